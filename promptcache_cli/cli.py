@@ -1,0 +1,298 @@
+"""The `pc` command: parse options, call the library, render. Answers go to stdout; progress,
+warnings and timings to stderr; ``--json`` prints one object on stdout instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import errors
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Answer questions about long, reused context fast: compile a schema's modules into "
+    "cached attention states once, then ask from the cache.",
+)
+
+ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file (default: SmolLM2-135M-Instruct).")
+CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", help="Cache directory (default: user cache dir).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+EncodingOpt = typer.Option(
+    "independent", "--encoding",
+    help="How modules are encoded: 'independent' (each after the shared prefix) or 'scaffold' "
+    "(after the whole default prompt before it, as the reference implementation).",
+)
+CompressionOpt = typer.Option("none", "--compression", help="Cache file codec: none (memory-mapped) or zstd.")
+
+
+def _err(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
+
+
+def _session(model: Optional[str], cache_dir: Optional[str], encoding: str, compression: str):
+    from .cache_file import CODECS
+    from .cache_store import default_cache_dir
+    from .engine import Session
+    from .layout import ENCODINGS
+    from .models import resolve_model
+
+    if encoding not in ENCODINGS:
+        raise errors.InputError(f"--encoding must be one of {', '.join(ENCODINGS)}")
+    if compression not in CODECS:
+        raise errors.InputError(f"--compression must be one of {', '.join(CODECS)}")
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return Session(resolve_model(model), cache_dir=root, encoding=encoding, codec=compression)
+
+
+def _load_schema(path: str):
+    from .pml import load_schema
+
+    return load_schema(path)
+
+
+def _emit_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _progress_bar(enabled: bool):
+    """A rich progress bar on stderr (only on a terminal), as a (context manager, callback)."""
+    from contextlib import nullcontext
+
+    if not enabled or not sys.stderr.isatty():
+        return nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} tokens"),
+        TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+    )
+    task = bar.add_task("compiling", total=None)
+
+    def update(done: int, total: int, name: str) -> None:
+        bar.update(task, completed=done, total=total, description=f"compiling {name}")
+
+    return bar, update
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@app.command()
+def compile(
+    schema: str = typer.Argument(..., help="Schema file (PML)."),
+    model: Optional[str] = ModelOpt,
+    cache_dir: Optional[str] = CacheOpt,
+    encoding: str = EncodingOpt,
+    compression: str = CompressionOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute even the modules already cached."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Precompute every module's attention states and store them in the cache."""
+    sch = _load_schema(schema)
+    sess = _session(model, cache_dir, encoding, compression)
+    bar, update = _progress_bar(not as_json)
+    with bar:
+        report = sess.compile(sch, force=force, progress=update)
+    rows = [
+        {"module": m.name, "status": m.status, "tokens": m.tokens, "bytes": m.bytes,
+         "seconds": round(m.seconds, 3), "key": m.key}
+        for m in report.modules
+    ]
+    if as_json:
+        _emit_json({"schema": report.schema, "encoding": report.encoding, "model": sess.model.description,
+                    "cache_dir": str(sess.store.root), "seconds": round(report.seconds, 3), "modules": rows})
+        return
+    computed = [r for r in rows if r["status"] == "computed"]
+    reused = [r for r in rows if r["status"] == "reused"]
+    for r in rows:
+        _err(f"{r['status']:>8}  {r['module']:<32} {r['tokens']:>6} tokens  {r['bytes'] / 1e6:8.2f} MB")
+    _err(
+        f"compiled '{report.schema}': {len(computed)} computed, {len(reused)} reused, "
+        f"{sum(r['tokens'] for r in rows)} tokens in {report.seconds:.2f} s ({report.encoding} encoding)"
+    )
+
+
+@app.command()
+def ask(
+    question: Optional[str] = typer.Argument(None, help="The question; '-' or nothing reads it from stdin."),
+    schema: str = typer.Option(..., "--schema", "-s", help="Schema file (PML)."),
+    module: list[str] = typer.Option([], "--module", "-m", help="Import a module (path a/b for nested); repeatable."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Parameter NAME=VALUE (or module/NAME=VALUE); repeatable."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="A <prompt> file choosing modules, parameters and the question."),
+    max_tokens: int = typer.Option(128, "--max-tokens", "-n", min=1, help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 is greedy (reproducible)."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Prefill the same prompt from scratch (the baseline)."),
+    as_json: bool = JsonOpt,
+    model: Optional[str] = ModelOpt,
+    cache_dir: Optional[str] = CacheOpt,
+    encoding: str = EncodingOpt,
+    compression: str = CompressionOpt,
+    timings: Optional[bool] = typer.Option(None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."),
+) -> None:
+    """Answer a question over the schema's modules, loading their states from the cache."""
+    from .sampling import Sampler
+    from .selection import select_cli, select_imports
+
+    sch = _load_schema(schema)
+    if prompt:
+        from .pml import load_prompt
+
+        pr = load_prompt(prompt)
+        if pr.schema != sch.name:
+            raise errors.InputError(f"{prompt}: prompt is for schema '{pr.schema}', not '{sch.name}'")
+        if module or param:
+            raise errors.InputError("--prompt chooses modules and parameters itself; drop --module/--param")
+        selection = select_imports(sch, pr.imports)
+        if question is not None and question != "-":
+            raise errors.InputError("--prompt carries the question; drop the QUESTION argument")
+        text = pr.question
+    else:
+        selection = select_cli(sch, modules=module, params=param)
+        text = _read_question(question)
+    if not text.strip():
+        raise errors.InputError("empty question")
+    try:
+        sampler = Sampler(temperature=temperature, top_p=top_p if top_p > 0 else 1.0, seed=seed)
+    except ValueError as e:
+        raise errors.InputError(str(e)) from None
+    sess = _session(model, cache_dir, encoding, compression)
+    on_text = None if as_json else _stdout_writer()
+    bar, update = _progress_bar(not as_json)
+    with bar:
+        res = sess.ask(sch, selection, text, max_tokens=max_tokens, sampler=sampler, no_cache=no_cache,
+                       on_text=on_text, on_event=None, progress=update)
+    for w in res.warnings:
+        _err(f"warning: {w}")
+    if res.compiled:
+        _err(f"compiled {len(res.compiled)} module(s) on demand: {', '.join(m.name for m in res.compiled)}")
+    if as_json:
+        _emit_json({
+            "answer": res.answer, "ttft_ms": round(res.ttft_ms, 2), "total_ms": round(res.total_ms, 2),
+            "cached_tokens": res.cached_tokens, "computed_tokens": res.computed_tokens,
+            "generated_tokens": len(res.tokens), "modules": res.modules, "model": res.model,
+            "no_cache": no_cache, "warnings": res.warnings,
+        })
+        return
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if timings if timings is not None else sys.stderr.isatty():
+        mode = "no cache" if no_cache else f"{res.cached_tokens} cached tokens"
+        _err(f"[{mode}, {res.computed_tokens} computed; first token {res.ttft_ms:.0f} ms, total {res.total_ms:.0f} ms]")
+
+
+def _read_question(question: Optional[str]) -> str:
+    if question is not None and question != "-":
+        return question
+    if question is None and sys.stdin.isatty():
+        raise errors.InputError("no question: pass it as an argument or on stdin")
+    data = sys.stdin.buffer.read(1 << 20)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InputError("the question on stdin is not UTF-8") from None
+
+
+def _stdout_writer():
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    return write
+
+
+@app.command()
+def inspect(
+    schema: str = typer.Argument(..., help="Schema file (PML)."),
+    model: Optional[str] = ModelOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Print the schema's layout: every element's offset and token length. Computes no states."""
+    from .layout import build
+    from .llama_backend import Model
+    from .models import resolve_model
+
+    sch = _load_schema(schema)
+    m = Model(str(resolve_model(model)))
+    lo = build(sch, m, m.chat_template())
+    rows = [
+        {"name": e.name or e.kind, "kind": e.kind, "path": "/".join(e.path), "offset": e.offset,
+         "length": e.length, "source": e.source, "depth": e.depth}
+        for e in lo.elements
+    ]
+    if as_json:
+        _emit_json({"schema": sch.name, "model": m.description, "length": lo.end, "elements": rows})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"schema '{sch.name}': {lo.end} positions ({m.description})")
+    for col in ("offset", "length", "kind", "name", "source"):
+        t.add_column(col, justify="right" if col in ("offset", "length") else "left")
+    for r in rows:
+        t.add_row(str(r["offset"]), str(r["length"]), r["kind"], "  " * r["depth"] + r["name"], r["source"])
+    Console().print(t)
+
+
+@app.command()
+def path(cache_dir: Optional[str] = CacheOpt) -> None:
+    """Print the cache directory."""
+    from .cache_store import default_cache_dir
+
+    print(Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
+
+
+def main() -> None:
+    """Entry point: run the app, turning every known error into one line and an exit code."""
+    try:
+        rv = app(standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(errors.EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place that maps errors to exit codes
+        if type(exc).__name__ == "Abort":  # click's Ctrl-C at a prompt
+            _err("interrupted")
+            sys.exit(errors.EXIT_INTERRUPTED)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors
+            exc.show()
+            sys.exit(errors.EXIT_USAGE)
+        code = errors.exit_code_for(exc)
+        if code is None:
+            if os.environ.get("PC_DEBUG"):
+                raise
+            _err(f"pc: internal error: {type(exc).__name__}: {exc}")
+            sys.exit(errors.EXIT_INTERNAL)
+        _err(f"pc: {exc}")
+        sys.exit(code)
+
+
+def _quiet_broken_pipe() -> None:
+    """stdout was closed (e.g. `pc ask ... | head -c 20`): stop quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

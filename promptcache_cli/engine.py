@@ -1,0 +1,425 @@
+"""Compile modules into cached states, stitch them into one sequence, and answer.
+
+The only stateful object is :class:`Session` (a loaded model, a context sized on demand and a
+cache store). It returns dataclasses, reports progress through callbacks and never prints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import cache_file, layout as lay, state_blob
+from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
+from .layout import ROOT, Layout, Path as ModPath, Segment
+from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
+from .pml import Schema
+from .sampling import Sampler
+from .selection import Selection, param_value
+
+Progress = Callable[[int, int, str], None]  # (tokens done, tokens total, module name)
+
+
+class PromptTooLong(Exception):
+    """The prompt does not fit into the model's context."""
+
+
+class ParameterTooLong(Exception):
+    """A parameter value has more tokens than its slot."""
+
+
+def owner_name(owner: ModPath) -> str:
+    return "/".join(owner) if owner else "(schema)"
+
+
+@dataclass(frozen=True)
+class ModuleReport:
+    name: str
+    key: str
+    status: str  # reused | computed
+    tokens: int
+    bytes: int
+    seconds: float
+    reason: str = ""
+
+
+@dataclass
+class CompileReport:
+    schema: str
+    encoding: str
+    modules: list[ModuleReport]
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AskResult:
+    answer: str
+    tokens: list[int]
+    ttft_ms: float
+    total_ms: float
+    cached_tokens: int
+    computed_tokens: int
+    modules: list[str]
+    model: str
+    warnings: list[str]
+    compiled: list[ModuleReport]
+    first_logits: np.ndarray | None = None
+
+
+class Session:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        cache_dir: str | Path,
+        settings: ContextSettings = ContextSettings(),
+        encoding: str = "independent",
+        codec: str = "none",
+    ) -> None:
+        if encoding not in lay.ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}")
+        self.model = Model(str(model_path))
+        if self.model.kind in ("recurrent", "hybrid"):
+            from .llama_backend import UnsupportedModel
+
+            raise UnsupportedModel(
+                f"{self.model.description} is a {self.model.kind} model: its state cannot be "
+                "stitched from modules; use prefix mode (pc compile --mode prefix) instead"
+            )
+        self.fingerprint = model_fingerprint(str(model_path))
+        self.store = CacheStore(Path(cache_dir))
+        self.settings = settings
+        self.encoding = encoding
+        self.codec = codec
+        self._ctx: Context | None = None
+        self._layouts: dict[int, Layout] = {}
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+        self.model.close()
+
+    def context(self, n_cells: int) -> Context:
+        """A context with at least ``n_cells`` cells (reused while big enough), cleared."""
+        need = max(256, -(-n_cells // 256) * 256)
+        if need > self.model.n_ctx_train:
+            raise PromptTooLong(
+                f"the prompt needs {n_cells} positions, the model's context is {self.model.n_ctx_train}"
+            )
+        if self._ctx is None or self._ctx.n_ctx < need:
+            if self._ctx is not None:
+                self._ctx.close()
+            from dataclasses import replace
+
+            self._ctx = Context(self.model, replace(self.settings, n_ctx=need))
+        self._ctx.clear()
+        return self._ctx
+
+    def layout(self, schema: Schema) -> Layout:
+        lo = self._layouts.get(id(schema))
+        if lo is None:
+            lo = self._layouts[id(schema)] = lay.build(schema, self.model, self.model.chat_template())
+        return lo
+
+    def keys(self, layout: Layout) -> dict[ModPath, str]:
+        out = {}
+        for owner in layout.owners():
+            segs = [
+                (s.offset, s.tokens, lay.context_tokens(layout, s, self.encoding))
+                for s in layout.segments_of(owner)
+            ]
+            out[owner] = module_key(
+                model=self.fingerprint, llama_cpp=llama_cpp_version(),
+                state_layout=self.settings.state_layout(), segments=segs,
+            )
+        return out
+
+    # -- compile ------------------------------------------------------------------------------
+    def compile(
+        self,
+        schema: Schema,
+        *,
+        owners: list[ModPath] | None = None,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> CompileReport:
+        """Compute and store every module's states that are not cached yet (or ``owners``)."""
+        t0 = time.perf_counter()
+        layout = self.layout(schema)
+        keys = self.keys(layout)
+        todo = owners if owners is not None else layout.owners()
+        reports: list[ModuleReport] = []
+        pending = []
+        for owner in todo:
+            path = self.store.module_path(keys[owner])
+            if not force and path.exists():
+                n = sum(len(s.tokens) for s in layout.segments_of(owner))
+                reports.append(ModuleReport(owner_name(owner), keys[owner], "reused", n, path.stat().st_size, 0.0))
+            else:
+                pending.append(owner)
+        if pending:
+            reports += self._compute(layout, keys, pending, progress=progress)
+        order = {owner_name(o): i for i, o in enumerate(layout.owners())}
+        reports.sort(key=lambda r: order[r.name])
+        return CompileReport(schema.name, self.encoding, reports, time.perf_counter() - t0)
+
+    def _compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
+                 progress: Progress | None) -> list[ModuleReport]:
+        jobs = []
+        for owner in owners:
+            segs = layout.segments_of(owner)
+            jobs.append((owner, [(s, lay.context_tokens(layout, s, self.encoding)) for s in segs]))
+        total = sum(len(c) + len(s.tokens) for _, segs in jobs for s, c in segs)
+        widest = max(len(c) + len(s.tokens) for _, segs in jobs for s, c in segs)
+        ctx = self.context(max(layout.end, widest) + 1)
+        done = 0
+        running: tuple[int, list[int]] = (0, [])  # what seq 0 holds: (start position, tokens)
+        reports = []
+        for owner, segs in jobs:
+            t = time.perf_counter()
+            name = owner_name(owner)
+            with self.store.lock(keys[owner]):
+                path = self.store.module_path(keys[owner])
+                blobs = []
+                for seg, context in segs:
+                    def tick(n: int, _name=name) -> None:
+                        nonlocal done
+                        done += n
+                        if progress:
+                            progress(done, total, _name)
+
+                    running = _extend(ctx, running, seg.offset - len(context), list(context) + list(seg.tokens), tick)
+                    ctx.seq_cp(0, 1, seg.offset, seg.end)
+                    blobs.append(ctx.save_state(1))
+                    ctx.seq_rm(1)
+                header = self._header(layout, owner, keys[owner])
+                chunks = cache_file.encode(header, blobs, [s.tokens for s, _ in segs],
+                                           [s.offset for s, _ in segs], codec=self.codec)
+                nbytes = self.store.write_atomic(path, chunks)
+            n_tok = sum(len(s.tokens) for s, _ in segs)
+            reports.append(ModuleReport(name, keys[owner], "computed", n_tok, nbytes, time.perf_counter() - t))
+        ctx.clear()
+        return reports
+
+    def _header(self, layout: Layout, owner: ModPath, key: str) -> dict:
+        return {
+            "key": key,
+            "schema": layout.schema_name,
+            "module": owner_name(owner),
+            "model": self.fingerprint,
+            "llama_cpp": llama_cpp_version(),
+            "state_layout": self.settings.state_layout(),
+            "encoding": self.encoding,
+            "created": time.time(),
+        }
+
+    # -- ask ----------------------------------------------------------------------------------
+    def prompt_plan(self, layout: Layout, selection: Selection) -> list[tuple[str, object]]:
+        """The selected prompt in position order: ("segment", Segment) or ("fresh", (start, tokens))."""
+        included = {ROOT} | set(selection.modules)
+        items: list[tuple[int, str, object]] = [(s.offset, "segment", s) for s in layout.segments if s.owner in included]
+        for slot in layout.slots:
+            if slot.owner not in included:
+                continue
+            value = param_value(selection, slot.owner, slot.name)
+            toks = tuple(self.model.tokenize(value, special=False)) if value is not None else slot.scaffold
+            if len(toks) > slot.length:
+                raise ParameterTooLong(
+                    f"parameter '{owner_name(slot.owner)}/{slot.name}' is {len(toks)} tokens, "
+                    f"longer than its length {slot.length}"
+                )
+            if toks:
+                items.append((slot.offset, "fresh", toks))
+        items.sort(key=lambda it: it[0])
+        return [(kind, obj) for _, kind, obj in items]
+
+    def question_tokens(self, layout: Layout, question: str) -> list[int]:
+        text = (lay.QUESTION_SEPARATOR + question) if question and layout.tail_joins else question
+        toks = self.model.tokenize(text, special=False) if text else []
+        return toks + self.model.tokenize(layout.tail, special=True)
+
+    def ask(
+        self,
+        schema: Schema,
+        selection: Selection,
+        question: str,
+        *,
+        max_tokens: int = 128,
+        sampler: Sampler = Sampler(),
+        no_cache: bool = False,
+        on_text: Callable[[str], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
+        keep_logits: bool = False,
+    ) -> AskResult:
+        t0 = time.perf_counter()
+        layout = self.layout(schema)
+        plan = self.prompt_plan(layout, selection)
+        q = self.question_tokens(layout, question)
+        warnings: list[str] = []
+        compiled: list[ModuleReport] = []
+        n_prompt = layout.end + len(q)
+        if no_cache:
+            ctx = self.context(n_prompt + max_tokens)
+            tokens = [t for kind, obj in plan for t in (obj.tokens if kind == "segment" else obj)] + q
+            ctx.decode(tokens, start=0, logits=True)
+            cached = 0
+            computed = len(tokens)
+        else:
+            cached, computed, compiled = self._stitch(layout, plan, q, max_tokens, warnings, on_event, progress)
+            ctx = self._ctx
+        logits = ctx.logits()
+        result = _generate(self.model, ctx, logits, max_tokens=max_tokens, sampler=sampler, on_text=on_text, t0=t0)
+        answer, out_tokens, ttft = result
+        return AskResult(
+            answer=answer,
+            tokens=out_tokens,
+            ttft_ms=ttft * 1000,
+            total_ms=(time.perf_counter() - t0) * 1000,
+            cached_tokens=cached,
+            computed_tokens=computed,
+            modules=sorted(owner_name(m) for m in selection.modules),
+            model=self.model.description,
+            warnings=warnings,
+            compiled=compiled,
+            first_logits=logits if keep_logits else None,
+        )
+
+    def _stitch(self, layout, plan, q, max_tokens, warnings, on_event, progress):
+        keys = self.keys(layout)
+        needed = list(dict.fromkeys(obj.owner for kind, obj in plan if kind == "segment"))
+        files: dict[ModPath, cache_file.CacheFile] = {}
+        compiled: list[ModuleReport] = []
+        to_compile = []
+        for owner in needed:
+            path = self.store.module_path(keys[owner])
+            if not path.exists():
+                to_compile.append(owner)
+                continue
+            try:
+                files[owner] = self._open_checked(path, keys[owner], layout, owner)
+            except (cache_file.CacheFileError, state_blob.BlobError) as e:
+                warnings.append(f"cache file for module '{owner_name(owner)}' is damaged ({e}); recomputing it")
+                to_compile.append(owner)
+        if to_compile:
+            if on_event:
+                on_event(f"compiling {len(to_compile)} module(s) not in the cache")
+            try:
+                compiled = self._compute(layout, keys, to_compile, progress=progress)
+            except CacheWriteError as e:
+                raise CacheWriteError(f"{e}") from None
+            for owner in to_compile:
+                files[owner] = self._open_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
+        ctx = self.context(layout.end + len(q) + max_tokens)
+        cached = computed = 0
+        index = {owner: {rec.offset: i for i, rec in enumerate(f.segments)} for owner, f in files.items()}
+        for kind, obj in plan:
+            if kind == "segment":
+                f = files[obj.owner]
+                blob = f.blob(index[obj.owner][obj.offset])
+                if ctx.pos_max(0) < 0:
+                    ctx.load_state(0, blob)
+                else:
+                    ctx.load_state(1, blob)
+                    ctx.seq_cp(1, 0)
+                    ctx.seq_rm(1)
+                cached += len(obj.tokens)
+            else:
+                ctx.decode(list(obj), start=ctx.pos_max(0) + 1)
+                computed += len(obj)
+        ctx.decode(q, start=ctx.pos_max(0) + 1, logits=True)
+        computed += len(q)
+        for f in files.values():
+            f.close()
+        return cached, computed, compiled
+
+    def _open_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> cache_file.CacheFile:
+        """Open a module file and check it is exactly what this request needs."""
+        f = cache_file.read(path)
+        try:
+            h = f.header
+            if h.get("key") != key:
+                raise cache_file.CacheFileError("its key does not match its name")
+            if h.get("model", {}).get("sha256_ends") != self.fingerprint["sha256_ends"]:
+                raise cache_file.CacheFileError("it was made with another model")
+            if h.get("state_layout") != self.settings.state_layout():
+                raise cache_file.CacheFileError("it was made with other context settings")
+            expected = [(s.offset, s.tokens) for s in layout.segments_of(owner)]
+            if [(r.offset, r.tokens) for r in f.segments] != expected:
+                raise cache_file.CacheFileError("its tokens differ from the schema's")
+            k, v = GGML_TYPES[self.settings.type_k], GGML_TYPES[self.settings.type_v]
+            for i, rec in enumerate(f.segments):
+                info = state_blob.parse(f.blob(i))
+                if info.n_layer != self.model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
+                    raise state_blob.BlobError("its state has another shape than this model's")
+                if info.v_trans == self.settings.flash_attn:
+                    raise state_blob.BlobError("its V layout does not match the flash-attention setting")
+                if not np.array_equal(np.sort(info.positions), np.arange(rec.offset, rec.offset + len(rec.tokens))):
+                    raise state_blob.BlobError("its cell positions differ from the schema's")
+        except Exception:
+            f.close()
+            raise
+        return f
+
+
+def _extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: list[int],
+            tick: Callable[[int], None]) -> tuple[int, list[int]]:
+    """Make seq 0 hold exactly ``tokens`` at positions ``start...``, reusing what it holds."""
+    cur_start, cur = running
+    keep = 0
+    if cur_start == start:
+        n = min(len(cur), len(tokens))
+        while keep < n and cur[keep] == tokens[keep]:
+            keep += 1
+    if keep == len(tokens) and keep > 0:  # nothing new; recompute the last token to stay simple
+        keep -= 1
+    if keep == 0:
+        ctx.seq_rm(0)
+    else:
+        ctx.seq_rm(0, start + keep, -1)
+    ctx.decode(tokens[keep:], start=start + keep, progress=tick)
+    return start, tokens
+
+
+def _generate(model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
+              on_text: Callable[[str], None] | None, t0: float) -> tuple[str, list[int], float]:
+    import codecs
+
+    rng = sampler.rng()
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out: list[int] = []
+    parts: list[str] = []
+    ttft = None
+    pos = ctx.pos_max(0) + 1
+    for _ in range(max_tokens):
+        tok = sampler.pick(logits, rng)
+        if ttft is None:
+            ttft = time.perf_counter() - t0
+        if model.is_eog(tok):
+            break
+        out.append(tok)
+        text = dec.decode(model.token_bytes(tok))
+        if text:
+            parts.append(text)
+            if on_text:
+                on_text(text)
+        if len(out) == max_tokens or pos >= ctx.n_ctx:
+            break
+        ctx.decode([tok], start=pos, logits=True)
+        pos += 1
+        logits = ctx.logits()
+    tail = dec.decode(b"", final=True)
+    if tail:
+        parts.append(tail)
+        if on_text:
+            on_text(tail)
+    if ttft is None:
+        ttft = time.perf_counter() - t0
+    return "".join(parts), out, ttft

@@ -1,0 +1,58 @@
+"""Exit codes, and which library error maps to which. README's table is generated from this."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug: one line on stderr, PC_DEBUG=1 shows the traceback
+EXIT_USAGE = 2  # bad command-line options (also Typer's own code)
+EXIT_INPUT = 3  # schema, prompt, module, parameter or question problem
+EXIT_MODEL = 4  # model file missing, unreadable, not GGUF, or unusable (template, kind)
+EXIT_CACHE = 5  # the cache cannot be written or read
+EXIT_TOO_LONG = 6  # the prompt does not fit the model's context
+EXIT_BACKEND = 7  # llama.cpp failed while computing
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_INTERNAL: "internal error (a bug; PC_DEBUG=1 prints the traceback)",
+    EXIT_USAGE: "bad command-line usage",
+    EXIT_INPUT: "bad schema, prompt, module, parameter or question",
+    EXIT_MODEL: "model missing, unreadable, not a GGUF, or unsupported for this mode",
+    EXIT_CACHE: "cache directory unusable (cannot write)",
+    EXIT_TOO_LONG: "prompt longer than the model's context",
+    EXIT_BACKEND: "llama.cpp failed while computing",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def exit_code_for(exc: BaseException) -> int | None:
+    """The documented exit code for a known library error, None for anything else."""
+    from .cache_store import CacheWriteError
+    from .chat_template import TemplateError
+    from .engine import ParameterTooLong, PromptTooLong
+    from .llama_backend import BackendError, ContextFullError, ModelLoadError
+    from .models import ModelNotFound
+    from .pml import PmlError
+    from .selection import SelectionError
+
+    table: list[tuple[type, int]] = [
+        (PmlError, EXIT_INPUT),
+        (SelectionError, EXIT_INPUT),
+        (ParameterTooLong, EXIT_INPUT),
+        (InputError, EXIT_INPUT),
+        (ModelNotFound, EXIT_MODEL),
+        (ModelLoadError, EXIT_MODEL),
+        (TemplateError, EXIT_MODEL),
+        (CacheWriteError, EXIT_CACHE),
+        (PromptTooLong, EXIT_TOO_LONG),
+        (ContextFullError, EXIT_TOO_LONG),
+        (BackendError, EXIT_BACKEND),
+    ]
+    for cls, code in table:
+        if isinstance(exc, cls):
+            return code
+    return None
+
+
+class InputError(Exception):
+    """A problem with what the user typed that the CLI itself detects."""

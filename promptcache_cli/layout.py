@@ -1,0 +1,288 @@
+"""Static positions of a schema (Prompt Cache's layout), and what each cached segment is
+computed after (the encoding mode).
+
+A *segment* is a maximal run of tokens owned by one module (or by the schema itself, owner
+``()``, which is always part of the prompt: template glue and text outside modules). Segments are
+what gets cached. A *slot* is a parameter's reserved positions. Union members all start at the
+union's offset; the union takes as many positions as its longest member.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+from . import chat_template
+from .pml import Module, Parameter, Role, Schema, Text, Union
+
+Path = tuple[str, ...]
+ROOT: Path = ()
+QUESTION_SEPARATOR = "\n\n"
+ENCODINGS = ("independent", "scaffold")
+
+
+class Tokenizer(Protocol):
+    add_bos: bool
+    bos: int
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]: ...
+
+    def token_text(self, token: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class Segment:
+    owner: Path
+    offset: int
+    tokens: tuple[int, ...]
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.tokens)
+
+
+@dataclass(frozen=True)
+class Slot:
+    owner: Path
+    name: str
+    offset: int
+    length: int
+    scaffold: tuple[int, ...]  # placeholder tokens (the parameter's scaffold text), maybe empty
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    path: Path
+    offset: int
+    length: int
+    union: int | None  # id of the union it is a member of
+    scaffold: bool  # it is its union's scaffold member
+    source: str
+
+
+@dataclass(frozen=True)
+class Element:
+    """One row of ``pc inspect``."""
+
+    kind: str  # template | text | module | union | parameter | role
+    name: str
+    path: Path
+    offset: int
+    length: int
+    source: str
+    depth: int
+
+
+@dataclass
+class Layout:
+    schema_name: str
+    segments: tuple[Segment, ...]
+    slots: tuple[Slot, ...]
+    modules: dict[Path, ModuleInfo]
+    elements: tuple[Element, ...]
+    end: int
+    tail: str  # template glue after the question: computed fresh with it
+    tail_joins: bool  # the question continues the schema's last user turn (after a blank line)
+    default_modules: frozenset[Path] = field(default=frozenset())
+
+    def owners(self) -> list[Path]:
+        """Every segment owner, root first, then modules in document order."""
+        seen: dict[Path, None] = {}
+        for seg in self.segments:
+            seen.setdefault(seg.owner, None)
+        return list(seen)
+
+    def segments_of(self, owner: Path) -> list[Segment]:
+        return [s for s in self.segments if s.owner == owner]
+
+
+def build(schema: Schema, tok: Tokenizer, template: str | None) -> Layout:
+    return _Builder(schema, tok, template).build()
+
+
+class _Builder:
+    def __init__(self, schema: Schema, tok: Tokenizer, template: str | None) -> None:
+        self.schema = schema
+        self.tok = tok
+        self.template = template
+        self.file = schema.path or "<schema>"
+        self.offset = 0
+        self.segments: list[Segment] = []
+        self.slots: list[Slot] = []
+        self.modules: dict[Path, ModuleInfo] = {}
+        self.elements: list[Element] = []
+        self.n_unions = 0
+
+    def build(self) -> Layout:
+        roles = [c for c in self.schema.children if isinstance(c, Role)]
+        contents: list[tuple[Node, ...]] = (
+            [r.children for r in roles] if roles else [self.schema.children]
+        )
+        role_names = [r.role for r in roles] if roles else ["user"]
+        joins = role_names[-1] == "user"
+        if not joins:
+            role_names = role_names + ["user"]
+        bos_text = self.tok.token_text(self.tok.bos) if self.tok.bos >= 0 else ""
+        rendered = chat_template.render(self.template, role_names, bos_token=bos_text)
+        glue = list(rendered.glue)
+        if self.tok.add_bos and self.tok.bos >= 0 and not glue[0].startswith(bos_text or "\0"):
+            self._emit(ROOT, [self.tok.bos], kind="template", name="bos")
+        for i, children in enumerate(contents):
+            self._glue(glue[i])
+            if roles:
+                start = self.offset
+                self._walk(children, ROOT, depth=1)
+                r = roles[i]
+                self.elements.append(
+                    Element("role", r.role, ROOT, start, self.offset - start, self._src(r.line), 0)
+                )
+            else:
+                self._walk(children, ROOT, depth=0)
+        if not joins:
+            self._glue(glue[len(contents)])
+        self.elements.sort(key=lambda e: (e.offset, e.depth))
+        return Layout(
+            schema_name=self.schema.name,
+            segments=tuple(sorted(self.segments, key=lambda s: s.offset)),
+            slots=tuple(self.slots),
+            modules=self.modules,
+            elements=tuple(self.elements),
+            end=self.offset,
+            tail=glue[-1],
+            tail_joins=joins,
+            default_modules=frozenset(self._defaults()),
+        )
+
+    # -- walking ------------------------------------------------------------------------------
+    def _src(self, line: int) -> str:
+        return f"{self.file}:{line}"
+
+    def _glue(self, text: str) -> None:
+        if text:
+            self._emit(ROOT, self.tok.tokenize(text, special=True), kind="template", name="")
+
+    def _emit(self, owner: Path, tokens: list[int], *, kind: str, name: str, source: str = "") -> None:
+        if not tokens:
+            return
+        if kind == "template":
+            self.elements.append(Element(kind, name, owner, self.offset, len(tokens), "chat template", 0))
+        last = self.segments[-1] if self.segments else None
+        if last is not None and last.owner == owner and last.end == self.offset:
+            self.segments[-1] = Segment(owner, last.offset, last.tokens + tuple(tokens))
+        else:
+            self.segments.append(Segment(owner, self.offset, tuple(tokens)))
+        self.offset += len(tokens)
+
+    def _walk(self, children: Iterable, owner: Path, *, depth: int, union: int | None = None,
+              scaffold_name: str | None = None) -> None:
+        for node in children:
+            if isinstance(node, Text):
+                start = self.offset
+                self._emit(owner, self.tok.tokenize(node.text, special=False), kind="text", name="")
+                if owner == ROOT and self.offset > start:
+                    self.elements.append(
+                        Element("text", "", owner, start, self.offset - start, self._src(node.line), depth)
+                    )
+            elif isinstance(node, Module):
+                self._module(node, owner, depth=depth, union=union, scaffold_name=scaffold_name)
+            elif isinstance(node, Union):
+                self._union(node, owner, depth=depth)
+            elif isinstance(node, Parameter):
+                self._parameter(node, owner, depth=depth)
+            else:  # pragma: no cover - the parser only allows the above inside contents
+                raise TypeError(f"unexpected node {node!r}")
+
+    def _module(self, m: Module, owner: Path, *, depth: int, union: int | None,
+                scaffold_name: str | None) -> None:
+        path = owner + (m.name,)
+        start = self.offset
+        self._walk(m.children, path, depth=depth + 1)
+        source = f"{self.file}:{m.line}" + (f" (src={m.src})" if m.src else "")
+        is_scaffold = union is not None and scaffold_name == m.name
+        self.modules[path] = ModuleInfo(path, start, self.offset - start, union, is_scaffold, source)
+        self.elements.append(
+            Element("module", m.name, path, start, self.offset - start, source, depth)
+        )
+
+    def _union(self, u: Union, owner: Path, *, depth: int) -> None:
+        uid = self.n_unions
+        self.n_unions += 1
+        start = end = self.offset
+        for member in u.members:
+            self.offset = start
+            self._walk([member], owner, depth=depth + 1, union=uid, scaffold_name=u.scaffold)
+            end = max(end, self.offset)
+        self.offset = end
+        label = f"scaffold={u.scaffold}" if u.scaffold else ""
+        self.elements.append(Element("union", label, owner, start, end - start, self._src(u.line), depth))
+
+    def _parameter(self, p: Parameter, owner: Path, *, depth: int) -> None:
+        scaffold = tuple(self.tok.tokenize(p.scaffold, special=False)) if p.scaffold else ()
+        if len(scaffold) > p.length:
+            from .pml import PmlError
+
+            raise PmlError(
+                f"scaffold of parameter '{p.name}' is {len(scaffold)} tokens, longer than its length {p.length}",
+                file=self.schema.path, line=p.line, element=f'<parameter name="{p.name}">',
+            )
+        self.slots.append(Slot(owner, p.name, self.offset, p.length, scaffold))
+        self.elements.append(
+            Element("parameter", p.name, owner + (p.name,), self.offset, p.length, self._src(p.line), depth)
+        )
+        self.offset += p.length
+
+    def _defaults(self) -> set[Path]:
+        out = set()
+        for path, info in self.modules.items():
+            if all(self.modules[path[:i]].union is None or self.modules[path[:i]].scaffold
+                   for i in range(1, len(path) + 1)):
+                out.add(path)
+        return out
+
+
+Node = object  # the pml node union; kept loose here to avoid a circular alias
+
+
+# -- what a segment is computed after --------------------------------------------------------
+
+
+def _ancestors(path: Path) -> list[Path]:
+    return [path[:i] for i in range(len(path) + 1)]
+
+
+def scaffold_selection(layout: Layout, owner: Path) -> set[Path]:
+    """The default prompt, with every union on ``owner``'s ancestor chain switched to the
+    member on that chain (the reference implementation's context for a module)."""
+    chosen = set(layout.default_modules)
+    for anc in _ancestors(owner)[1:]:
+        info = layout.modules[anc]
+        if info.union is not None and anc not in chosen:
+            rivals = {p for p, i in layout.modules.items() if i.union == info.union and p != anc}
+            chosen = {p for p in chosen if not any(p[: len(r)] == r for r in rivals)}
+            chosen |= {p for p in layout.default_modules if p[: len(anc)] == anc} | {anc}
+    chosen.update(_ancestors(owner)[1:])
+    return chosen
+
+
+def context_tokens(layout: Layout, segment: Segment, encoding: str) -> tuple[int, ...]:
+    """The tokens a segment is computed after, in order; they are decoded immediately before
+    the segment (at positions ending at ``segment.offset - 1``) and then dropped.
+
+    - ``independent``: the text of the schema and of the segment's own ancestor modules before
+      it (the shared prefix: system turn, role headers, the enclosing modules' text), with
+      parameters' scaffold text. Sibling modules are not seen, so each module's states depend
+      only on its own text and the prefix: changing one module never invalidates another.
+    - ``scaffold``: everything of the default prompt before it (the reference implementation).
+    """
+    if encoding == "independent":
+        visible = set(_ancestors(segment.owner))
+    elif encoding == "scaffold":
+        visible = scaffold_selection(layout, segment.owner) | {ROOT}
+    else:
+        raise ValueError(f"unknown encoding {encoding!r}")
+    items: list[tuple[int, tuple[int, ...]]] = [
+        (s.offset, s.tokens) for s in layout.segments if s.owner in visible and s.offset < segment.offset
+    ]
+    items += [(s.offset, s.scaffold) for s in layout.slots if s.owner in visible and s.offset < segment.offset]
+    items.sort(key=lambda it: it[0])
+    return tuple(t for _, toks in items for t in toks)
