@@ -6,8 +6,8 @@
     8   u32      format version (1)
     12  u32      header length H (<= 16 MiB)
     16  H bytes  header: UTF-8 JSON (see ``write``)
-    ..  frames   payload; every frame's [offset, offset+size) is listed in the header, frames tile
-                 the rest of the file exactly, in order, with no gaps.
+    16+H frames  payload; every frame's [offset, offset+size) is listed in the header, counted
+                 from the payload's start; frames tile the rest of the file exactly, in order.
 
 Each segment's state blob is split into frames of at most ``FRAME_BYTES`` raw bytes; a frame is
 stored raw (codec ``none``, memory-mapped and handed over without a copy) or as one zstd frame
@@ -91,27 +91,18 @@ def encode(header: dict[str, Any], blobs: list[np.ndarray], tokens: list[tuple[i
             cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
             chunks = [cctx.compress(c) for c in chunks]
         frames_per_seg.append(chunks)
-    # two passes: the header's length fixes where the payload starts
     records = []
-    for blob, chunks, toks, off in zip(blobs, frames_per_seg, tokens, offsets):
-        records.append({"offset": off, "tokens": list(toks), "raw_size": int(blob.nbytes),
-                        "frames": [[0, len(c), 0] for c in chunks]})
+    pos = 0  # frame offsets count from the start of the payload, right after the header
+    for blob, chunks, toks, off in zip(blobs, frames_per_seg, tokens, offsets, strict=True):
+        frames, raw_left = [], int(blob.nbytes)
+        for c in chunks:
+            raw = min(FRAME_BYTES, raw_left)
+            frames.append([pos, len(c), raw])
+            pos += len(c)
+            raw_left -= raw
+        records.append({"offset": off, "tokens": list(toks), "raw_size": int(blob.nbytes), "frames": frames})
     head = dict(header, codec=codec, segments=records)
-    for _ in range(3):  # offsets change the header length at most a couple of times
-        body = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
-        pos = _PRELUDE.size + len(body)
-        for rec, blob, chunks in zip(records, blobs, frames_per_seg):
-            raw_left = int(blob.nbytes)
-            for fr, c in zip(rec["frames"], chunks):
-                raw = min(FRAME_BYTES, raw_left)
-                fr[0], fr[2] = pos, raw
-                pos += len(c)
-                raw_left -= raw
-        new_body = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
-        if new_body == body:
-            break
-    else:  # pragma: no cover
-        raise RuntimeError("cache header did not converge")
+    body = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
     out: list[bytes | memoryview] = [_PRELUDE.pack(MAGIC, VERSION, len(body)), body]
     for chunks in frames_per_seg:
         out.extend(chunks)
@@ -119,35 +110,31 @@ def encode(header: dict[str, Any], blobs: list[np.ndarray], tokens: list[tuple[i
 
 
 def read(path: str | os.PathLike) -> CacheFile:
-    """Open and validate a cache file's structure (frames are checked when decoded)."""
+    """Open and validate a cache file's structure (frames are checked when decoded). The header
+    is read and checked before anything is memory-mapped."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size < _PRELUDE.size:
+            prelude = f.read(_PRELUDE.size)
+            if len(prelude) < _PRELUDE.size:
                 raise CacheFileError(f"truncated cache file ({size} bytes)")
+            magic, version, hlen = _PRELUDE.unpack(prelude)
+            if magic != MAGIC:
+                raise CacheFileError("not a promptcache file (bad magic)")
+            if version != VERSION:
+                raise CacheFileError(f"cache file format {version}, this pc reads {VERSION}")
+            if hlen > MAX_HEADER or _PRELUDE.size + hlen > size:
+                raise CacheFileError(f"cache header length {hlen} does not fit the file")
+            header, segments = _parse(f.read(hlen), _PRELUDE.size + hlen, size)
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as e:
         raise CacheFileError(f"cannot read cache file: {e.strerror}") from None
-    buf = np.frombuffer(mm, dtype=np.uint8)
-    try:
-        header, segments = _parse(buf, size)
-    except CacheFileError:
-        del buf
-        mm.close()
-        raise
-    return CacheFile(header, segments, mm, buf)
+    return CacheFile(header, segments, mm, np.frombuffer(mm, dtype=np.uint8))
 
 
-def _parse(buf: np.ndarray, size: int) -> tuple[dict, list[SegmentRecord]]:
-    magic, version, hlen = _PRELUDE.unpack(buf[: _PRELUDE.size].tobytes())
-    if magic != MAGIC:
-        raise CacheFileError("not a promptcache file (bad magic)")
-    if version != VERSION:
-        raise CacheFileError(f"cache file format {version}, this pc reads {VERSION}")
-    if hlen > MAX_HEADER or _PRELUDE.size + hlen > size:
-        raise CacheFileError(f"cache header length {hlen} does not fit the file")
+def _parse(raw_header: bytes, base: int, size: int) -> tuple[dict, list[SegmentRecord]]:
     try:
-        header = json.loads(buf[_PRELUDE.size : _PRELUDE.size + hlen].tobytes())
+        header = json.loads(raw_header)
         if header.get("codec") not in CODECS:
             raise CacheFileError(f"unknown codec {header.get('codec')!r}")
         segments = [
@@ -159,7 +146,7 @@ def _parse(buf: np.ndarray, size: int) -> tuple[dict, list[SegmentRecord]]:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CacheFileError(f"malformed cache header: {e}") from None
-    pos = _PRELUDE.size + hlen
+    pos = 0
     for rec in segments:
         if not rec.frames or sum(r for _, _, r in rec.frames) != rec.raw_size:
             raise CacheFileError("frame sizes do not add up to the segment size")
@@ -167,10 +154,12 @@ def _parse(buf: np.ndarray, size: int) -> tuple[dict, list[SegmentRecord]]:
             if start != pos or stored <= 0 or raw <= 0 or raw > FRAME_BYTES:
                 raise CacheFileError("frames do not tile the cache file")
             pos += stored
-    if pos != size:
-        raise CacheFileError(f"cache file is {size} bytes, its frames end at {pos} (truncated or padded)")
+    if base + pos != size:
+        raise CacheFileError(f"cache file is {size} bytes, its frames end at {base + pos} (truncated or padded)")
     if header["codec"] == "none" and any(s != r for rec in segments for _, s, r in rec.frames):
         raise CacheFileError("raw frame sizes disagree")
+    segments = [SegmentRecord(r.offset, r.tokens, r.raw_size,
+                              tuple((base + a, b, c) for a, b, c in r.frames)) for r in segments]
     return header, segments
 
 

@@ -127,9 +127,9 @@ def compile(
 def ask(
     question: Optional[str] = typer.Argument(None, help="The question; '-' or nothing reads it from stdin."),
     schema: str = typer.Option(..., "--schema", "-s", help="Schema file (PML)."),
-    module: list[str] = typer.Option([], "--module", "-m", help="Import a module (path a/b for nested); repeatable."),
-    param: list[str] = typer.Option([], "--param", "-p", help="Parameter NAME=VALUE (or module/NAME=VALUE); repeatable."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="A <prompt> file choosing modules, parameters and the question."),
+    module: list[str] = typer.Option([], "--module", "-m", help="Import a module (a/b when nested); repeatable."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Parameter NAME=VALUE or module/NAME=VALUE; repeatable."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="A <prompt> file: modules, parameters, question."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", min=1, help="Most tokens to generate."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 is greedy (reproducible)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
@@ -140,7 +140,9 @@ def ask(
     cache_dir: Optional[str] = CacheOpt,
     encoding: str = EncodingOpt,
     compression: str = CompressionOpt,
-    timings: Optional[bool] = typer.Option(None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."),
+    timings: Optional[bool] = typer.Option(
+        None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."
+    ),
 ) -> None:
     """Answer a question over the schema's modules, loading their states from the cache."""
     from .sampling import Sampler

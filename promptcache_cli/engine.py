@@ -15,7 +15,7 @@ import numpy as np
 
 from . import cache_file, layout as lay, state_blob
 from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
-from .layout import ROOT, Layout, Path as ModPath, Segment
+from .layout import ROOT, Layout, Path as ModPath
 from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
 from .pml import Schema
 from .sampling import Sampler
@@ -224,7 +224,9 @@ class Session:
     def prompt_plan(self, layout: Layout, selection: Selection) -> list[tuple[str, object]]:
         """The selected prompt in position order: ("segment", Segment) or ("fresh", (start, tokens))."""
         included = {ROOT} | set(selection.modules)
-        items: list[tuple[int, str, object]] = [(s.offset, "segment", s) for s in layout.segments if s.owner in included]
+        items: list[tuple[int, str, object]] = [
+            (s.offset, "segment", s) for s in layout.segments if s.owner in included
+        ]
         for slot in layout.slots:
             if slot.owner not in included:
                 continue

@@ -18,7 +18,7 @@ EXIT_CODES = {
     EXIT_USAGE: "bad command-line usage",
     EXIT_INPUT: "bad schema, prompt, module, parameter or question",
     EXIT_MODEL: "model missing, unreadable, not a GGUF, or unsupported for this mode",
-    EXIT_CACHE: "cache directory unusable (cannot write)",
+    EXIT_CACHE: "cache unusable: cannot be written, or a freshly written file reads back damaged",
     EXIT_TOO_LONG: "prompt longer than the model's context",
     EXIT_BACKEND: "llama.cpp failed while computing",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
@@ -27,6 +27,7 @@ EXIT_CODES = {
 
 def exit_code_for(exc: BaseException) -> int | None:
     """The documented exit code for a known library error, None for anything else."""
+    from .cache_file import CacheFileError
     from .cache_store import CacheWriteError
     from .chat_template import TemplateError
     from .engine import ParameterTooLong, PromptTooLong
@@ -34,6 +35,7 @@ def exit_code_for(exc: BaseException) -> int | None:
     from .models import ModelNotFound
     from .pml import PmlError
     from .selection import SelectionError
+    from .state_blob import BlobError
 
     table: list[tuple[type, int]] = [
         (PmlError, EXIT_INPUT),
@@ -44,6 +46,8 @@ def exit_code_for(exc: BaseException) -> int | None:
         (ModelLoadError, EXIT_MODEL),
         (TemplateError, EXIT_MODEL),
         (CacheWriteError, EXIT_CACHE),
+        (CacheFileError, EXIT_CACHE),
+        (BlobError, EXIT_CACHE),
         (PromptTooLong, EXIT_TOO_LONG),
         (ContextFullError, EXIT_TOO_LONG),
         (BackendError, EXIT_BACKEND),

@@ -232,12 +232,11 @@ class _Builder:
         self.offset += p.length
 
     def _defaults(self) -> set[Path]:
-        out = set()
-        for path, info in self.modules.items():
-            if all(self.modules[path[:i]].union is None or self.modules[path[:i]].scaffold
-                   for i in range(1, len(path) + 1)):
-                out.add(path)
-        return out
+        """Modules outside unions and scaffold members, all the way up their ancestors."""
+        def plain(p: Path) -> bool:
+            return self.modules[p].union is None or self.modules[p].scaffold
+
+        return {path for path in self.modules if all(plain(path[:i]) for i in range(1, len(path) + 1))}
 
 
 Node = object  # the pml node union; kept loose here to avoid a circular alias

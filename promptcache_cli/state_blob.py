@@ -50,7 +50,8 @@ class _Reader:
 
     def take(self, n: int) -> np.ndarray:
         if n < 0 or self.pos + n > len(self.buf):
-            raise BlobError(f"truncated state blob: need {n} bytes at offset {self.pos}, have {len(self.buf) - self.pos}")
+            have = len(self.buf) - self.pos
+            raise BlobError(f"truncated state blob: need {n} bytes at offset {self.pos}, have {have}")
         out = self.buf[self.pos : self.pos + n]
         self.pos += n
         return out
