@@ -92,12 +92,14 @@ class CacheStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except OSError as e:
+        except BaseException as e:  # also Ctrl-C: never leave a temporary file behind
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise CacheWriteError(f"cannot write cache file {path}: {e.strerror}") from None
+            if isinstance(e, OSError):
+                raise CacheWriteError(f"cannot write cache file {path}: {e.strerror}") from None
+            raise
         try:
             dfd = os.open(path.parent, os.O_RDONLY)
             try:

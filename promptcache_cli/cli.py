@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -24,12 +25,28 @@ app = typer.Typer(
 ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file (default: SmolLM2-135M-Instruct).")
 CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", help="Cache directory (default: user cache dir).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+
+
+class Encoding(str, Enum):
+    independent = "independent"
+    scaffold = "scaffold"
+
+
+class Compression(str, Enum):
+    none = "none"
+    zstd = "zstd"
+
+
+class StdoutClosed(Exception):
+    """stdout was closed by the reader (e.g. `| head -c 20`)."""
+
+
 EncodingOpt = typer.Option(
-    "independent", "--encoding",
+    Encoding.independent, "--encoding",
     help="How modules are encoded: 'independent' (each after the shared prefix) or 'scaffold' "
     "(after the whole default prompt before it, as the reference implementation).",
 )
-CompressionOpt = typer.Option("none", "--compression", help="Cache file codec: none (memory-mapped) or zstd.")
+CompressionOpt = typer.Option(Compression.none, "--compression", help="Cache file codec: none (memory-mapped) or zstd.")
 
 
 def _err(message: str) -> None:
@@ -38,19 +55,13 @@ def _err(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
 
 
-def _session(model: Optional[str], cache_dir: Optional[str], encoding: str, compression: str):
-    from .cache_file import CODECS
+def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression):
     from .cache_store import default_cache_dir
     from .engine import Session
-    from .layout import ENCODINGS
     from .models import resolve_model
 
-    if encoding not in ENCODINGS:
-        raise errors.InputError(f"--encoding must be one of {', '.join(ENCODINGS)}")
-    if compression not in CODECS:
-        raise errors.InputError(f"--compression must be one of {', '.join(CODECS)}")
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return Session(resolve_model(model), cache_dir=root, encoding=encoding, codec=compression)
+    return Session(resolve_model(model), cache_dir=root, encoding=encoding.value, codec=compression.value)
 
 
 def _load_schema(path: str):
@@ -59,9 +70,18 @@ def _load_schema(path: str):
     return load_schema(path)
 
 
+def _out(text: str) -> None:
+    """Write to stdout now; a closed stdout becomes StdoutClosed (Typer would turn the
+    BrokenPipeError into exit 1)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
 def _emit_json(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    _out(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def _progress_bar(enabled: bool):
@@ -93,8 +113,8 @@ def compile(
     schema: str = typer.Argument(..., help="Schema file (PML)."),
     model: Optional[str] = ModelOpt,
     cache_dir: Optional[str] = CacheOpt,
-    encoding: str = EncodingOpt,
-    compression: str = CompressionOpt,
+    encoding: Encoding = EncodingOpt,
+    compression: Compression = CompressionOpt,
     force: bool = typer.Option(False, "--force", help="Recompute even the modules already cached."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -138,8 +158,8 @@ def ask(
     as_json: bool = JsonOpt,
     model: Optional[str] = ModelOpt,
     cache_dir: Optional[str] = CacheOpt,
-    encoding: str = EncodingOpt,
-    compression: str = CompressionOpt,
+    encoding: Encoding = EncodingOpt,
+    compression: Compression = CompressionOpt,
     timings: Optional[bool] = typer.Option(
         None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."
     ),
@@ -171,7 +191,7 @@ def ask(
     except ValueError as e:
         raise errors.InputError(str(e)) from None
     sess = _session(model, cache_dir, encoding, compression)
-    on_text = None if as_json else _stdout_writer()
+    on_text = None if as_json else _out
     bar, update = _progress_bar(not as_json)
     with bar:
         res = sess.ask(sch, selection, text, max_tokens=max_tokens, sampler=sampler, no_cache=no_cache,
@@ -188,8 +208,7 @@ def ask(
             "no_cache": no_cache, "warnings": res.warnings,
         })
         return
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    _out("\n")
     if timings if timings is not None else sys.stderr.isatty():
         mode = "no cache" if no_cache else f"{res.cached_tokens} cached tokens"
         _err(f"[{mode}, {res.computed_tokens} computed; first token {res.ttft_ms:.0f} ms, total {res.total_ms:.0f} ms]")
@@ -205,14 +224,6 @@ def _read_question(question: Optional[str]) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.InputError("the question on stdin is not UTF-8") from None
-
-
-def _stdout_writer():
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    return write
 
 
 @app.command()
@@ -260,21 +271,25 @@ def main() -> None:
     """Entry point: run the app, turning every known error into one line and an exit code."""
     try:
         rv = app(standalone_mode=False)
+        if rv == errors.EXIT_INTERRUPTED:  # Typer turns Ctrl-C into this exit code
+            _err("pc: interrupted")
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except KeyboardInterrupt:
-        _err("interrupted")
+        _err("pc: interrupted")
         sys.exit(errors.EXIT_INTERRUPTED)
-    except BrokenPipeError:
+    except (BrokenPipeError, StdoutClosed):
         _quiet_broken_pipe()
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that maps errors to exit codes
         if type(exc).__name__ == "Abort":  # click's Ctrl-C at a prompt
-            _err("interrupted")
+            _err("pc: interrupted")
             sys.exit(errors.EXIT_INTERRUPTED)
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors
-            exc.show()
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _err(f"pc: {exc.format_message()}{hint}".replace("\n", " "))
             sys.exit(errors.EXIT_USAGE)
         code = errors.exit_code_for(exc)
         if code is None:

@@ -6,15 +6,17 @@ cache store). It returns dataclasses, reports progress through callbacks and nev
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
 from . import cache_file, layout as lay, state_blob
-from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
+from .cache_store import CacheStore, model_fingerprint, module_key
 from .layout import ROOT, Layout, Path as ModPath
 from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
 from .pml import Schema
@@ -158,55 +160,83 @@ class Session:
         reports: list[ModuleReport] = []
         pending = []
         for owner in todo:
-            path = self.store.module_path(keys[owner])
-            if not force and path.exists():
-                n = sum(len(s.tokens) for s in layout.segments_of(owner))
-                reports.append(ModuleReport(owner_name(owner), keys[owner], "reused", n, path.stat().st_size, 0.0))
+            if not force and self.store.module_path(keys[owner]).exists():
+                reports.append(self._reused(layout, keys, owner))
             else:
                 pending.append(owner)
         if pending:
-            reports += self._compute(layout, keys, pending, progress=progress)
+            reports += self._compute(layout, keys, pending, redo=pending if force else (), progress=progress)
         order = {owner_name(o): i for i, o in enumerate(layout.owners())}
         reports.sort(key=lambda r: order[r.name])
         return CompileReport(schema.name, self.encoding, reports, time.perf_counter() - t0)
 
     def _compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
-                 progress: Progress | None) -> list[ModuleReport]:
-        jobs = []
-        for owner in owners:
-            segs = layout.segments_of(owner)
-            jobs.append((owner, [(s, lay.context_tokens(layout, s, self.encoding)) for s in segs]))
-        total = sum(len(c) + len(s.tokens) for _, segs in jobs for s, c in segs)
-        widest = max(len(c) + len(s.tokens) for _, segs in jobs for s, c in segs)
-        ctx = self.context(max(layout.end, widest) + 1)
+                 redo: Collection[ModPath] = (), progress: Progress | None) -> list[ModuleReport]:
+        """Compute the owners' segments and write one file per owner.
+
+        Segments are computed in position order whatever their owner, so the running sequence
+        only grows along the default prompt: with the scaffold encoding the whole default prompt
+        is decoded about once. The owners' locks are held throughout; an owner another process
+        finished while we waited for its lock is reused, not recomputed, unless it is in ``redo``
+        (forced, or found damaged). The old file stays in place until the new one replaces it.
+        """
+        with contextlib.ExitStack() as locks:
+            for owner in sorted(owners, key=lambda o: keys[o]):
+                locks.enter_context(self.store.lock(keys[owner]))
+            reports = {
+                o: self._reused(layout, keys, o)
+                for o in owners
+                if o not in redo and self.store.module_path(keys[o]).exists()
+            }
+            todo = [o for o in owners if o not in reports]
+            jobs = sorted(
+                ((seg, lay.context_tokens(layout, seg, self.encoding)) for o in todo for seg in layout.segments_of(o)),
+                key=lambda job: job[0].offset,
+            )
+            if jobs:
+                reports.update(self._compute_jobs(layout, keys, jobs, progress))
+        return [reports[o] for o in owners]
+
+    def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list, progress: Progress | None):
+        total = sum(len(c) + len(s.tokens) for s, c in jobs)
+        ctx = self.context(max(layout.end, max(len(c) + len(s.tokens) for s, c in jobs)) + 1)
+        left = Counter(seg.owner for seg, _ in jobs)
+        blobs: dict[ModPath, list[np.ndarray]] = {o: [] for o in left}
+        seconds: Counter = Counter()
         done = 0
         running: tuple[int, list[int]] = (0, [])  # what seq 0 holds: (start position, tokens)
-        reports = []
-        for owner, segs in jobs:
+        reports = {}
+        for seg, context in jobs:
             t = time.perf_counter()
-            name = owner_name(owner)
-            with self.store.lock(keys[owner]):
-                path = self.store.module_path(keys[owner])
-                blobs = []
-                for seg, context in segs:
-                    def tick(n: int, _name=name) -> None:
-                        nonlocal done
-                        done += n
-                        if progress:
-                            progress(done, total, _name)
 
-                    running = _extend(ctx, running, seg.offset - len(context), list(context) + list(seg.tokens), tick)
-                    ctx.seq_cp(0, 1, seg.offset, seg.end)
-                    blobs.append(ctx.save_state(1))
-                    ctx.seq_rm(1)
-                header = self._header(layout, owner, keys[owner])
-                chunks = cache_file.encode(header, blobs, [s.tokens for s, _ in segs],
-                                           [s.offset for s, _ in segs], codec=self.codec)
-                nbytes = self.store.write_atomic(path, chunks)
-            n_tok = sum(len(s.tokens) for s, _ in segs)
-            reports.append(ModuleReport(name, keys[owner], "computed", n_tok, nbytes, time.perf_counter() - t))
+            def tick(n: int, _name=owner_name(seg.owner)) -> None:
+                nonlocal done
+                done += n
+                if progress:
+                    progress(done, total, _name)
+
+            running = _extend(ctx, running, seg.offset - len(context), list(context) + list(seg.tokens), tick)
+            ctx.seq_cp(0, 1, seg.offset, seg.end)
+            blobs[seg.owner].append(ctx.save_state(1))
+            ctx.seq_rm(1)
+            left[seg.owner] -= 1
+            if left[seg.owner] == 0:  # the owner's last segment: write its file now
+                segs = layout.segments_of(seg.owner)
+                chunks = cache_file.encode(self._header(layout, seg.owner, keys[seg.owner]), blobs.pop(seg.owner),
+                                           [s.tokens for s in segs], [s.offset for s in segs], codec=self.codec)
+                nbytes = self.store.write_atomic(self.store.module_path(keys[seg.owner]), chunks)
+            seconds[seg.owner] += time.perf_counter() - t
+            if left[seg.owner] == 0:
+                n_tok = sum(len(s.tokens) for s in layout.segments_of(seg.owner))
+                reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed", n_tok,
+                                                  nbytes, seconds[seg.owner])
         ctx.clear()
         return reports
+
+    def _reused(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath) -> ModuleReport:
+        n = sum(len(s.tokens) for s in layout.segments_of(owner))
+        size = self.store.module_path(keys[owner]).stat().st_size
+        return ModuleReport(owner_name(owner), keys[owner], "reused", n, size, 0.0)
 
     def _header(self, layout: Layout, owner: ModPath, key: str) -> dict:
         return {
@@ -299,7 +329,7 @@ class Session:
         needed = list(dict.fromkeys(obj.owner for kind, obj in plan if kind == "segment"))
         files: dict[ModPath, cache_file.CacheFile] = {}
         compiled: list[ModuleReport] = []
-        to_compile = []
+        to_compile, damaged = [], []
         for owner in needed:
             path = self.store.module_path(keys[owner])
             if not path.exists():
@@ -310,13 +340,12 @@ class Session:
             except (cache_file.CacheFileError, state_blob.BlobError) as e:
                 warnings.append(f"cache file for module '{owner_name(owner)}' is damaged ({e}); recomputing it")
                 to_compile.append(owner)
+                damaged.append(owner)
         if to_compile:
             if on_event:
                 on_event(f"compiling {len(to_compile)} module(s) not in the cache")
-            try:
-                compiled = self._compute(layout, keys, to_compile, progress=progress)
-            except CacheWriteError as e:
-                raise CacheWriteError(f"{e}") from None
+            compiled = self._compute(layout, keys, to_compile, redo=damaged, progress=progress)
+            compiled = [r for r in compiled if r.status == "computed"]
             for owner in to_compile:
                 files[owner] = self._open_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
         ctx = self.context(layout.end + len(q) + max_tokens)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from promptcache_cli import layout as lay, pml
+from promptcache_cli import cache_file, layout as lay, pml
 from promptcache_cli.engine import ParameterTooLong, Session
 from promptcache_cli.selection import default_selection, select_cli
 
@@ -231,7 +231,8 @@ def test_damaged_cache_file_is_recomputed_and_answer_stays_correct(model_path, d
         sess.close()
     assert any("mpl" in w and "recomputing" in w for w in res.warnings)
     assert [m.name for m in res.compiled] == ["mpl"]
-    assert path.stat().st_size == len(data)
+    cache_file.read(path).close()  # replaced by a whole, valid file (raises if not)
+    assert abs(path.stat().st_size - len(data)) < 64  # same states; only the header's timestamp may differ
     assert "4417" in res.answer and "4417" in base.answer
 
 
