@@ -42,9 +42,9 @@ class StdoutClosed(Exception):
 
 
 EncodingOpt = typer.Option(
-    Encoding.independent, "--encoding",
-    help="How modules are encoded: 'independent' (each after the shared prefix) or 'scaffold' "
-    "(after the whole default prompt before it, as the reference implementation).",
+    Encoding.scaffold, "--encoding",
+    help="How modules are encoded: 'scaffold' (after the whole default prompt before it; measured "
+    "closer to uncached answers) or 'independent' (after the shared prefix only; edits invalidate less).",
 )
 CompressionOpt = typer.Option(Compression.none, "--compression", help="Cache file codec: none (memory-mapped) or zstd.")
 

@@ -80,7 +80,7 @@ class Session:
         *,
         cache_dir: str | Path,
         settings: ContextSettings = ContextSettings(),
-        encoding: str = "independent",
+        encoding: str = "scaffold",
         codec: str = "none",
     ) -> None:
         if encoding not in lay.ENCODINGS:

@@ -183,9 +183,11 @@ def test_path_prints_pc_cache_dir(cache_dir: Path, tmp_path: Path) -> None:
 def test_compile_reports_then_reuses_then_recomputes_only_the_edited_module(
     tmp_path: Path, cache_dir: Path
 ) -> None:
+    """With --encoding independent, an edit (same length) invalidates only the edited module."""
     schema = write(tmp_path, "fruit.xml", FRUIT.format(banana="yellow"))
+    enc = ("--encoding", "independent")
 
-    first = ok(pc("compile", schema, "--json")).json()
+    first = ok(pc("compile", schema, "--json", *enc)).json()
     assert first["schema"] == "fruit"
     assert first["cache_dir"] == str(cache_dir)
     rows = first["modules"]
@@ -202,17 +204,17 @@ def test_compile_reports_then_reuses_then_recomputes_only_the_edited_module(
     assert any(p.is_file() for p in cache_dir.rglob("*"))
     assert not (tmp_path / "xdg-cache").exists() or not any((tmp_path / "xdg-cache").rglob("*"))
 
-    second = ok(pc("compile", schema, "--json")).json()
+    second = ok(pc("compile", schema, "--json", *enc)).json()
     assert [(r["module"], r["status"]) for r in second["modules"]] == [(n, "reused") for n in names]
     assert [r["tokens"] for r in second["modules"]] == [r["tokens"] for r in rows]
 
     # human output: the table goes to stderr, nothing to stdout
-    human = ok(pc("compile", schema))
+    human = ok(pc("compile", schema, *enc))
     assert human.out == ""
     assert "reused" in human.err
 
     schema.write_text(FRUIT.format(banana="green"), encoding="utf-8")
-    third = ok(pc("compile", schema, "--json")).json()
+    third = ok(pc("compile", schema, "--json", *enc)).json()
     status = {r["module"]: r["status"] for r in third["modules"]}
     assert status == {n: ("computed" if n == "banana" else "reused") for n in names}
     keys = {r["module"]: r["key"] for r in rows}
@@ -220,6 +222,17 @@ def test_compile_reports_then_reuses_then_recomputes_only_the_edited_module(
     assert new_keys["banana"] != keys["banana"]
     assert {n: k for n, k in new_keys.items() if n != "banana"} == {
         n: k for n, k in keys.items() if n != "banana"}
+
+
+def test_default_scaffold_encoding_recompiles_the_edited_module_and_what_follows(tmp_path: Path) -> None:
+    """The default encoding computes each module after the default prompt before it, so an edit
+    invalidates that module and every module after it, never one before it."""
+    schema = write(tmp_path, "fruit.xml", FRUIT.format(banana="yellow"))
+    first = ok(pc("compile", schema, "--json")).json()
+    assert {r["status"] for r in first["modules"]} == {"computed"}
+    schema.write_text(FRUIT.format(banana="green"), encoding="utf-8")
+    status = {r["module"]: r["status"] for r in ok(pc("compile", schema, "--json")).json()["modules"]}
+    assert (status["apple"], status["banana"], status["cherry"]) == ("reused", "computed", "computed")
 
 
 # -- pc ask -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from promptcache_cli.selection import default_selection, select_cli
 
 from .conftest import license_excerpt, write_schema
 
+DEFAULT = lay.ENCODINGS[0]  # the default encoding, what users get
 NEEDLE = "The access code for the archive room is 4417."
 
 
@@ -64,7 +65,7 @@ def test_single_module_from_cache_equals_no_cache_exactly(sessions, tmp_path):
           <user><module name="doc" src="doc.txt"/></user>
         </schema>""", {"doc.txt": license_excerpt("Apache-2.0.txt", 2500)})
     schema = pml.load_schema(path)
-    sess = sessions["independent"]
+    sess = sessions[DEFAULT]
     sess.compile(schema)
     sel = default_selection(schema)
     cached = sess.ask(schema, sel, "What kind of document is this?", max_tokens=24, keep_logits=True)
@@ -131,7 +132,7 @@ def test_cache_file_round_trip_is_exact(model_path, docs_schema, tmp_path):
 
 
 def test_needle_in_one_of_several_documents_found_from_cache(sessions, docs_schema):
-    sess = sessions["independent"]
+    sess = sessions[DEFAULT]
     sess.compile(docs_schema)
     question = "What is the access code for the archive room?"
     for modules in (["bsd", "mpl", "artistic"], ["artistic", "mpl"], ["mpl"]):
@@ -163,7 +164,7 @@ def travel_schema(tmp_path_factory):
 
 
 def test_parameter_value_reaches_the_model(sessions, travel_schema):
-    sess = sessions["independent"]
+    sess = sessions[DEFAULT]
     answers = {}
     for city in ("Paris", "Tokyo"):
         sel = select_cli(travel_schema, modules=[], params=[f"city={city}"])
@@ -173,7 +174,7 @@ def test_parameter_value_reaches_the_model(sessions, travel_schema):
 
 
 def test_union_member_selection_reaches_the_model(sessions, travel_schema):
-    sess = sessions["independent"]
+    sess = sessions[DEFAULT]
     got = {}
     for member in ("blue", "red"):
         sel = select_cli(travel_schema, modules=[f"trip/{member}"], params=["city=Rome"])
@@ -186,7 +187,7 @@ def test_union_member_selection_reaches_the_model(sessions, travel_schema):
 def test_parameter_longer_than_its_slot_is_refused(sessions, travel_schema):
     sel = select_cli(travel_schema, modules=[], params=["city=" + "Llanfairpwllgwyngyll " * 3])
     with pytest.raises(ParameterTooLong, match="city"):
-        sessions["independent"].ask(travel_schema, sel, "Where?", max_tokens=4)
+        sessions[DEFAULT].ask(travel_schema, sel, "Where?", max_tokens=4)
 
 
 def test_changed_module_recompiles_only_itself_when_independent(model_path, tmp_path):
@@ -238,7 +239,7 @@ def test_damaged_cache_file_is_recomputed_and_answer_stays_correct(model_path, d
 
 def test_only_selected_modules_are_loaded(sessions, docs_schema):
     """Skipped modules are not loaded: the cached tokens are exactly the selected segments."""
-    sess = sessions["independent"]
+    sess = sessions[DEFAULT]
     layout = sess.layout(docs_schema)
     sel = select_cli(docs_schema, modules=["bsd"], params=[])
     res = sess.ask(docs_schema, sel, "Who may redistribute?", max_tokens=1)
