@@ -195,7 +195,7 @@ def ask(
     bar, update = _progress_bar(not as_json)
     with bar:
         res = sess.ask(sch, selection, text, max_tokens=max_tokens, sampler=sampler, no_cache=no_cache,
-                       on_text=on_text, on_event=None, progress=update)
+                       on_text=on_text, progress=update)
     for w in res.warnings:
         _err(f"warning: {w}")
     if res.compiled:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Collection
 
@@ -46,7 +46,6 @@ class ModuleReport:
     tokens: int
     bytes: int
     seconds: float
-    reason: str = ""
 
 
 @dataclass
@@ -55,7 +54,6 @@ class CompileReport:
     encoding: str
     modules: list[ModuleReport]
     seconds: float
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -89,9 +87,11 @@ class Session:
         if self.model.kind in ("recurrent", "hybrid"):
             from .llama_backend import UnsupportedModel
 
+            kind = self.model.kind
+            self.model.close()
             raise UnsupportedModel(
-                f"{self.model.description} is a {self.model.kind} model: its state cannot be "
-                "stitched from modules; use prefix mode (pc compile --mode prefix) instead"
+                f"{model_path} is a {kind} model: its state cannot be cut or stitched from modules, "
+                "which needs an attention model (prefix mode for recurrent models is not built yet)"
             )
         self.fingerprint = model_fingerprint(str(model_path))
         self.store = CacheStore(Path(cache_dir))
@@ -99,7 +99,7 @@ class Session:
         self.encoding = encoding
         self.codec = codec
         self._ctx: Context | None = None
-        self._layouts: dict[int, Layout] = {}
+        self._layouts: dict[int, tuple[Schema, Layout]] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -111,24 +111,24 @@ class Session:
     def context(self, n_cells: int) -> Context:
         """A context with at least ``n_cells`` cells (reused while big enough), cleared."""
         need = max(256, -(-n_cells // 256) * 256)
-        if need > self.model.n_ctx_train:
+        if n_cells > self.model.n_ctx_train:
             raise PromptTooLong(
-                f"the prompt needs {n_cells} positions, the model's context is {self.model.n_ctx_train}"
+                f"the prompt and answer need {n_cells} positions, "
+                f"the model's context is {self.model.n_ctx_train}"
             )
+        need = min(need, self.model.n_ctx_train)
         if self._ctx is None or self._ctx.n_ctx < need:
             if self._ctx is not None:
                 self._ctx.close()
-            from dataclasses import replace
-
             self._ctx = Context(self.model, replace(self.settings, n_ctx=need))
         self._ctx.clear()
         return self._ctx
 
     def layout(self, schema: Schema) -> Layout:
-        lo = self._layouts.get(id(schema))
-        if lo is None:
-            lo = self._layouts[id(schema)] = lay.build(schema, self.model, self.model.chat_template())
-        return lo
+        hit = self._layouts.get(id(schema))
+        if hit is None or hit[0] is not schema:  # ids are reused once a schema is freed
+            hit = self._layouts[id(schema)] = (schema, lay.build(schema, self.model, self.model.chat_template()))
+        return hit[1]
 
     def keys(self, layout: Layout) -> dict[ModPath, str]:
         out = {}
@@ -252,7 +252,8 @@ class Session:
 
     # -- ask ----------------------------------------------------------------------------------
     def prompt_plan(self, layout: Layout, selection: Selection) -> list[tuple[str, object]]:
-        """The selected prompt in position order: ("segment", Segment) or ("fresh", (start, tokens))."""
+        """The selected prompt in position order: ("segment", Segment) for cached text, or
+        ("fresh", tokens) for a parameter value, computed at ask time."""
         included = {ROOT} | set(selection.modules)
         items: list[tuple[int, str, object]] = [
             (s.offset, "segment", s) for s in layout.segments if s.owner in included
@@ -287,7 +288,6 @@ class Session:
         sampler: Sampler = Sampler(),
         no_cache: bool = False,
         on_text: Callable[[str], None] | None = None,
-        on_event: Callable[[str], None] | None = None,
         progress: Progress | None = None,
         keep_logits: bool = False,
     ) -> AskResult:
@@ -305,7 +305,7 @@ class Session:
             cached = 0
             computed = len(tokens)
         else:
-            cached, computed, compiled = self._stitch(layout, plan, q, max_tokens, warnings, on_event, progress)
+            cached, computed, compiled = self._stitch(layout, plan, q, max_tokens, warnings, progress)
             ctx = self._ctx
         logits = ctx.logits()
         result = _generate(self.model, ctx, logits, max_tokens=max_tokens, sampler=sampler, on_text=on_text, t0=t0)
@@ -324,10 +324,13 @@ class Session:
             first_logits=logits if keep_logits else None,
         )
 
-    def _stitch(self, layout, plan, q, max_tokens, warnings, on_event, progress):
+    def _stitch(self, layout: Layout, plan: list, q: list[int], max_tokens: int, warnings: list[str],
+                progress: Progress | None) -> tuple[int, int, list[ModuleReport]]:
+        """Load the plan's cached segments into sequence 0 at their positions, compute the fresh
+        parts in between and the question; modules missing or damaged are compiled first."""
         keys = self.keys(layout)
         needed = list(dict.fromkeys(obj.owner for kind, obj in plan if kind == "segment"))
-        files: dict[ModPath, cache_file.CacheFile] = {}
+        blobs: dict[ModPath, dict[int, np.ndarray]] = {}
         compiled: list[ModuleReport] = []
         to_compile, damaged = [], []
         for owner in needed:
@@ -336,28 +339,24 @@ class Session:
                 to_compile.append(owner)
                 continue
             try:
-                files[owner] = self._open_checked(path, keys[owner], layout, owner)
+                blobs[owner] = self._load_checked(path, keys[owner], layout, owner)
             except (cache_file.CacheFileError, state_blob.BlobError) as e:
                 warnings.append(f"cache file for module '{owner_name(owner)}' is damaged ({e}); recomputing it")
                 to_compile.append(owner)
                 damaged.append(owner)
         if to_compile:
-            if on_event:
-                on_event(f"compiling {len(to_compile)} module(s) not in the cache")
             compiled = self._compute(layout, keys, to_compile, redo=damaged, progress=progress)
             compiled = [r for r in compiled if r.status == "computed"]
             for owner in to_compile:
-                files[owner] = self._open_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
+                blobs[owner] = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
         ctx = self.context(layout.end + len(q) + max_tokens)
         cached = computed = 0
-        index = {owner: {rec.offset: i for i, rec in enumerate(f.segments)} for owner, f in files.items()}
         for kind, obj in plan:
             if kind == "segment":
-                f = files[obj.owner]
-                blob = f.blob(index[obj.owner][obj.offset])
+                blob = blobs[obj.owner][obj.offset]
                 if ctx.pos_max(0) < 0:
                     ctx.load_state(0, blob)
-                else:
+                else:  # loading replaces a sequence: load into scratch, then copy the cells over
                     ctx.load_state(1, blob)
                     ctx.seq_cp(1, 0)
                     ctx.seq_rm(1)
@@ -367,12 +366,11 @@ class Session:
                 computed += len(obj)
         ctx.decode(q, start=ctx.pos_max(0) + 1, logits=True)
         computed += len(q)
-        for f in files.values():
-            f.close()
         return cached, computed, compiled
 
-    def _open_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> cache_file.CacheFile:
-        """Open a module file and check it is exactly what this request needs."""
+    def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> dict[int, np.ndarray]:
+        """A module file's state blobs by segment offset, checked to be exactly what this request
+        needs (raw blobs are views of the memory-mapped file)."""
         f = cache_file.read(path)
         try:
             h = f.header
@@ -386,18 +384,20 @@ class Session:
             if [(r.offset, r.tokens) for r in f.segments] != expected:
                 raise cache_file.CacheFileError("its tokens differ from the schema's")
             k, v = GGML_TYPES[self.settings.type_k], GGML_TYPES[self.settings.type_v]
+            out = {}
             for i, rec in enumerate(f.segments):
-                info = state_blob.parse(f.blob(i))
+                blob = f.blob(i)
+                info = state_blob.parse(blob)
                 if info.n_layer != self.model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
                     raise state_blob.BlobError("its state has another shape than this model's")
                 if info.v_trans == self.settings.flash_attn:
                     raise state_blob.BlobError("its V layout does not match the flash-attention setting")
                 if not np.array_equal(np.sort(info.positions), np.arange(rec.offset, rec.offset + len(rec.tokens))):
                     raise state_blob.BlobError("its cell positions differ from the schema's")
-        except Exception:
-            f.close()
-            raise
-        return f
+                out[rec.offset] = blob
+            return out
+        finally:
+            f.close()  # a memory map stays alive while a view of it does
 
 
 def _extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: list[int],
