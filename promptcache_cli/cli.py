@@ -37,6 +37,9 @@ class Compression(str, Enum):
     zstd = "zstd"
 
 
+MAX_QUESTION_BYTES = 1 << 20
+
+
 class StdoutClosed(Exception):
     """stdout was closed by the reader (e.g. `| head -c 20`)."""
 
@@ -219,7 +222,9 @@ def _read_question(question: Optional[str]) -> str:
         return question
     if question is None and sys.stdin.isatty():
         raise errors.InputError("no question: pass it as an argument or on stdin")
-    data = sys.stdin.buffer.read(1 << 20)
+    data = sys.stdin.buffer.read(MAX_QUESTION_BYTES + 1)
+    if len(data) > MAX_QUESTION_BYTES:
+        raise errors.InputError(f"the question on stdin is longer than {MAX_QUESTION_BYTES >> 20} MiB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
