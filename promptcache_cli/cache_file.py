@@ -1,17 +1,23 @@
 """The on-disk format of one cached module: its segments' tokens, positions and state blobs.
+Specified in docs/cache-format.md; this module is the reference reader and writer.
 
 ::
 
-    0   8 bytes  magic b"PCACHE\\r\\n"
-    8   u32      format version (1)
-    12  u32      header length H (<= 16 MiB)
-    16  H bytes  header: UTF-8 JSON (see ``write``)
-    16+H frames  payload; every frame's [offset, offset+size) is listed in the header, counted
-                 from the payload's start; frames tile the rest of the file exactly, in order.
+    0    8 bytes  magic b"PCACHE\\r\\n"
+    8    u32      format version (1)
+    12   u32      header length H (<= 16 MiB)
+    16   u64      xxh3_64 of the header bytes
+    24   H bytes  header: UTF-8 JSON
+    24+H          payload: the frames listed in the header, in order, tiling it exactly
 
-Each segment's state blob is split into frames of at most ``FRAME_BYTES`` raw bytes; a frame is
-stored raw (codec ``none``, memory-mapped and handed over without a copy) or as one zstd frame
-with its content checksum (codec ``zstd``), decompressed on all cores into one buffer.
+A segment's state blob (llama.cpp's bytes) is stored as one or more *planes*: ``all`` (the blob
+as is) or, for f16 KV caches, ``lo`` and ``hi`` (the even and odd bytes: the low and high byte
+of every 16-bit value). Each plane is cut into frames of at most ``FRAME_BYTES`` raw bytes; a
+frame is stored raw (``none``) or zstd-compressed (``zstd``), and carries the xxh3_64 of its raw
+bytes. The default codec keeps the ``lo`` plane raw (it does not compress) and compresses the
+``hi`` plane (sign, exponent, top mantissa bits: about 1.4x). Frames decode independently, on all
+cores, straight into the buffer handed to llama.cpp; a single raw ``all`` plane is handed over as a
+view of the memory-mapped file, without a copy.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import xxhash
 
 MAGIC = b"PCACHE\r\n"
 VERSION = 1
 MAX_HEADER = 16 << 20
 FRAME_BYTES = 4 << 20
-CODECS = ("zstd", "none")
-_PRELUDE = struct.Struct("<8sII")
+CODECS = ("zstd", "none")  # what `--compression` offers; the first is the default
+PLANES = {"all": (0, 1), "lo": (0, 2), "hi": (1, 2)}  # plane -> (first byte, stride) in the blob
+_PRELUDE = struct.Struct("<8sIIQ")
 
 
 class CacheFileError(Exception):
@@ -39,17 +47,77 @@ class CacheFileError(Exception):
 
 
 @dataclass(frozen=True)
+class Frame:
+    plane: str
+    raw_at: int  # offset of its raw bytes within the plane
+    raw: int  # raw size
+    at: int  # absolute file offset of the stored bytes
+    size: int  # stored size
+    codec: str
+    xxh3: int
+
+
+@dataclass(frozen=True)
 class SegmentRecord:
     offset: int
     tokens: tuple[int, ...]
     raw_size: int
-    frames: tuple[tuple[int, int, int], ...]  # (file offset, stored size, raw size)
+    frames: tuple[Frame, ...]
+
+    @property
+    def stored_size(self) -> int:
+        return sum(f.size for f in self.frames)
+
+
+def _checksum(data) -> int:
+    return xxhash.xxh3_64_intdigest(data)
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def encode(header: dict[str, Any], blobs: list[np.ndarray], tokens: list[tuple[int, ...]],
+           offsets: list[int], *, codec: str, split_planes: bool, level: int = 3) -> list[bytes | memoryview]:
+    """The file's bytes as a list of chunks. ``split_planes`` (f16 KV) stores the low and high
+    bytes as separate planes; with codec ``zstd`` the high plane is compressed."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}")
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor(level=level)
+    records, payload, pos = [], [], 0
+    for blob, toks, off in zip(blobs, tokens, offsets, strict=True):
+        blob = np.ascontiguousarray(blob, dtype=np.uint8)
+        if split_planes and blob.nbytes % 2:
+            raise ValueError("a 16-bit state blob has an odd length")
+        # (plane, compress it?): the low bytes of f16 values are noise to zstd, stored raw
+        planes = [("lo", False), ("hi", codec == "zstd")] if split_planes else [("all", codec == "zstd")]
+        frames = []
+        for plane, compress in planes:
+            first, stride = PLANES[plane]
+            data = memoryview(np.ascontiguousarray(blob[first::stride])).cast("B")
+            for raw_at in range(0, len(data), FRAME_BYTES):
+                chunk = data[raw_at : raw_at + FRAME_BYTES]
+                stored = cctx.compress(chunk) if compress else chunk
+                frames.append({"plane": plane, "raw_at": raw_at, "raw": len(chunk), "at": pos,
+                               "size": len(stored), "codec": "zstd" if compress else "none",
+                               "xxh3": f"{_checksum(chunk):016x}"})
+                payload.append(stored)
+                pos += len(stored)
+        records.append({"offset": off, "tokens": list(toks), "raw_size": int(blob.nbytes), "frames": frames})
+    head = dict(header, format=VERSION, codec=codec, segments=records)
+    body = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
+    return [_PRELUDE.pack(MAGIC, VERSION, len(body), _checksum(body)), body, *payload]
+
+
+# -- reading -------------------------------------------------------------------------------------
 
 
 @dataclass
 class CacheFile:
     header: dict[str, Any]
     segments: list[SegmentRecord]
+    size: int
     _map: mmap.mmap | None
     _buf: np.ndarray
 
@@ -58,137 +126,151 @@ class CacheFile:
         return self.header["codec"]
 
     def blob(self, i: int, *, threads: int = 0) -> np.ndarray:
-        """The state blob of segment ``i`` (a zero-copy view for codec ``none``)."""
+        """Segment ``i``'s state blob, every frame's checksum verified. A single raw plane is a
+        zero-copy view of the memory-mapped file; otherwise frames decode in parallel into one
+        new buffer."""
         rec = self.segments[i]
-        if self.codec == "none":
-            start = rec.frames[0][0]
-            return self._buf[start : start + rec.raw_size]
-        return _decompress(self._buf, rec, threads=threads)
+        if len(rec.frames) and all(f.plane == "all" and f.codec == "none" for f in rec.frames):
+            start = rec.frames[0].at
+            view = self._buf[start : start + rec.raw_size]
+            _map_frames(lambda f: _verify(f, self._buf[f.at : f.at + f.size]), rec.frames, threads)
+            return view
+        out = np.empty(rec.raw_size, dtype=np.uint8)
+        _map_frames(lambda f: _decode_into(out, f, self._buf[f.at : f.at + f.size]), rec.frames, threads)
+        return out
 
     def close(self) -> None:
         self._buf = np.empty(0, np.uint8)
         if self._map is not None:
             try:
                 self._map.close()
-            except BufferError:  # a view is still alive; the map closes with it
+            except BufferError:  # a blob view is still alive; the map closes with it
                 pass
             self._map = None
 
 
-def encode(header: dict[str, Any], blobs: list[np.ndarray], tokens: list[tuple[int, ...]],
-           offsets: list[int], *, codec: str, level: int = 3) -> list[bytes | memoryview]:
-    """The file's bytes as a list of chunks (header first). ``header`` gets ``codec`` and
-    ``segments`` filled in."""
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}")
-    frames_per_seg: list[list[bytes | memoryview]] = []
-    for blob in blobs:
-        mv = memoryview(np.ascontiguousarray(blob, dtype=np.uint8)).cast("B")
-        chunks = [mv[i : i + FRAME_BYTES] for i in range(0, len(mv), FRAME_BYTES)]
-        if codec == "zstd":
-            import zstandard
-
-            cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
-            chunks = [cctx.compress(c) for c in chunks]
-        frames_per_seg.append(chunks)
-    records = []
-    pos = 0  # frame offsets count from the start of the payload, right after the header
-    for blob, chunks, toks, off in zip(blobs, frames_per_seg, tokens, offsets, strict=True):
-        frames, raw_left = [], int(blob.nbytes)
-        for c in chunks:
-            raw = min(FRAME_BYTES, raw_left)
-            frames.append([pos, len(c), raw])
-            pos += len(c)
-            raw_left -= raw
-        records.append({"offset": off, "tokens": list(toks), "raw_size": int(blob.nbytes), "frames": frames})
-    head = dict(header, codec=codec, segments=records)
-    body = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
-    out: list[bytes | memoryview] = [_PRELUDE.pack(MAGIC, VERSION, len(body)), body]
-    for chunks in frames_per_seg:
-        out.extend(chunks)
-    return out
-
-
 def read(path: str | os.PathLike) -> CacheFile:
-    """Open and validate a cache file's structure (frames are checked when decoded). The header
-    is read and checked before anything is memory-mapped."""
+    """Open a cache file: the prelude and header are read and checked (header checksum, frames
+    tiling planes and payload exactly) before the payload is memory-mapped. Frame checksums are
+    checked when a blob is read."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             prelude = f.read(_PRELUDE.size)
             if len(prelude) < _PRELUDE.size:
                 raise CacheFileError(f"truncated cache file ({size} bytes)")
-            magic, version, hlen = _PRELUDE.unpack(prelude)
+            magic, version, hlen, hsum = _PRELUDE.unpack(prelude)
             if magic != MAGIC:
                 raise CacheFileError("not a promptcache file (bad magic)")
             if version != VERSION:
                 raise CacheFileError(f"cache file format {version}, this pc reads {VERSION}")
             if hlen > MAX_HEADER or _PRELUDE.size + hlen > size:
                 raise CacheFileError(f"cache header length {hlen} does not fit the file")
-            header, segments = _parse(f.read(hlen), _PRELUDE.size + hlen, size)
+            body = f.read(hlen)
+            if _checksum(body) != hsum:
+                raise CacheFileError("cache header checksum mismatch")
+            header, segments = parse_header(body, base=_PRELUDE.size + hlen, size=size)
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as e:
         raise CacheFileError(f"cannot read cache file: {e.strerror}") from None
-    return CacheFile(header, segments, mm, np.frombuffer(mm, dtype=np.uint8))
+    return CacheFile(header, segments, size, mm, np.frombuffer(mm, dtype=np.uint8))
 
 
-def _parse(raw_header: bytes, base: int, size: int) -> tuple[dict, list[SegmentRecord]]:
+def parse_header(body: bytes, *, base: int, size: int) -> tuple[dict, list[SegmentRecord]]:
+    """Decode and validate a header; frame offsets come back absolute."""
     try:
-        header = json.loads(raw_header)
-        if header.get("codec") not in CODECS:
-            raise CacheFileError(f"unknown codec {header.get('codec')!r}")
+        header = json.loads(body)
+        if not isinstance(header, dict) or header.get("codec") not in CODECS:
+            raise CacheFileError("malformed cache header: no known codec")
         segments = [
-            SegmentRecord(int(s["offset"]), tuple(int(t) for t in s["tokens"]), int(s["raw_size"]),
-                          tuple((int(a), int(b), int(c)) for a, b, c in s["frames"]))
+            SegmentRecord(
+                int(s["offset"]), tuple(int(t) for t in s["tokens"]), int(s["raw_size"]),
+                tuple(Frame(str(f["plane"]), int(f["raw_at"]), int(f["raw"]), base + int(f["at"]),
+                            int(f["size"]), str(f["codec"]), int(f["xxh3"], 16)) for f in s["frames"]),
+            )
             for s in header["segments"]
         ]
     except CacheFileError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CacheFileError(f"malformed cache header: {e}") from None
-    pos = 0
+        raise CacheFileError(f"malformed cache header: {type(e).__name__} {e}") from None
+    at = base
     for rec in segments:
-        if not rec.frames or sum(r for _, _, r in rec.frames) != rec.raw_size:
-            raise CacheFileError("frame sizes do not add up to the segment size")
-        for start, stored, raw in rec.frames:
-            if start != pos or stored <= 0 or raw <= 0 or raw > FRAME_BYTES:
+        if rec.raw_size <= 0 or rec.offset < 0 or not rec.tokens:
+            raise CacheFileError("cache segment with no state or no tokens")
+        planes = {f.plane for f in rec.frames}
+        if planes not in ({"all"}, {"lo", "hi"}):
+            raise CacheFileError(f"cache segment has planes {sorted(planes)}")
+        if planes == {"lo", "hi"} and rec.raw_size % 2:
+            raise CacheFileError("byte planes of an odd-sized state")
+        for plane in planes:
+            first, stride = PLANES[plane]
+            expect, length = 0, len(range(first, rec.raw_size, stride))
+            for f in (f for f in rec.frames if f.plane == plane):
+                if f.raw_at != expect or not 0 < f.raw <= FRAME_BYTES or f.codec not in ("none", "zstd"):
+                    raise CacheFileError("frames do not tile their plane")
+                if f.codec == "none" and f.size != f.raw:
+                    raise CacheFileError("a raw frame's stored size differs from its size")
+                expect += f.raw
+            if expect != length:
+                raise CacheFileError("frames do not cover their plane")
+        for f in rec.frames:
+            if f.at != at or f.size <= 0:
                 raise CacheFileError("frames do not tile the cache file")
-            pos += stored
-    if base + pos != size:
-        raise CacheFileError(f"cache file is {size} bytes, its frames end at {base + pos} (truncated or padded)")
-    if header["codec"] == "none" and any(s != r for rec in segments for _, s, r in rec.frames):
-        raise CacheFileError("raw frame sizes disagree")
-    segments = [SegmentRecord(r.offset, r.tokens, r.raw_size,
-                              tuple((base + a, b, c) for a, b, c in r.frames)) for r in segments]
+            at += f.size
+    if at != size:
+        raise CacheFileError(f"cache file is {size} bytes, its frames end at {at} (truncated or padded)")
     return header, segments
 
+
+def verify(path: str | os.PathLike) -> CacheFile:
+    """Read every frame of every segment (all checksums); raises CacheFileError on damage."""
+    f = read(path)
+    try:
+        for i in range(len(f.segments)):
+            f.blob(i)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+# -- frame decoding ----------------------------------------------------------------------------
 
 _pool: ThreadPoolExecutor | None = None
 
 
-def _decompress(buf: np.ndarray, rec: SegmentRecord, *, threads: int) -> np.ndarray:
-    import zstandard
-
-    out = np.empty(rec.raw_size, dtype=np.uint8)
-    starts = np.cumsum([0] + [r for _, _, r in rec.frames])
-
-    def one(i: int) -> None:
-        start, stored, raw = rec.frames[i]
-        try:
-            data = zstandard.ZstdDecompressor().decompress(buf[start : start + stored], max_output_size=raw)
-        except zstandard.ZstdError as e:
-            raise CacheFileError(f"corrupt compressed frame: {e}") from None
-        if len(data) != raw:
-            raise CacheFileError("compressed frame has the wrong size")
-        out[starts[i] : starts[i] + raw] = np.frombuffer(data, dtype=np.uint8)
-
+def _map_frames(fn, frames, threads: int) -> None:
     global _pool
     n = threads or os.cpu_count() or 1
-    if len(rec.frames) == 1 or n == 1:
-        for i in range(len(rec.frames)):
-            one(i)
+    if len(frames) <= 1 or n == 1:
+        for f in frames:
+            fn(f)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="pc-frames")
+    list(_pool.map(fn, frames))
+
+
+def _verify(frame: Frame, raw) -> None:
+    if _checksum(raw) != frame.xxh3:
+        raise CacheFileError(f"checksum mismatch in a {frame.plane} frame at byte {frame.at}")
+
+
+def _decode_into(out: np.ndarray, frame: Frame, stored: np.ndarray) -> None:
+    if frame.codec == "zstd":
+        import zstandard
+
+        try:
+            data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=frame.raw)
+        except zstandard.ZstdError as e:
+            raise CacheFileError(f"corrupt compressed frame at byte {frame.at}: {e}") from None
+        if len(data) != frame.raw:
+            raise CacheFileError(f"compressed frame at byte {frame.at} has the wrong size")
+        raw = np.frombuffer(data, dtype=np.uint8)
     else:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=n)
-        list(_pool.map(one, range(len(rec.frames))))
-    return out
+        raw = stored
+    _verify(frame, raw)
+    first, stride = PLANES[frame.plane]
+    start = first + frame.raw_at * stride
+    out[start : start + frame.raw * stride : stride] = raw

@@ -49,7 +49,10 @@ EncodingOpt = typer.Option(
     help="How modules are encoded: 'scaffold' (after the whole default prompt before it; measured "
     "closer to uncached answers) or 'independent' (after the shared prefix only; edits invalidate less).",
 )
-CompressionOpt = typer.Option(Compression.none, "--compression", help="Cache file codec: none (memory-mapped) or zstd.")
+CompressionOpt = typer.Option(
+    Compression.zstd, "--compression",
+    help="Cache file codec: zstd (f16 high bytes compressed, ~1.17x smaller) or none (memory-mapped, no copy).",
+)
 
 
 def _err(message: str) -> None:

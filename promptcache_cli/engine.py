@@ -79,7 +79,7 @@ class Session:
         cache_dir: str | Path,
         settings: ContextSettings = ContextSettings(),
         encoding: str = "scaffold",
-        codec: str = "none",
+        codec: str = "zstd",
     ) -> None:
         if encoding not in lay.ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
@@ -223,7 +223,8 @@ class Session:
             if left[seg.owner] == 0:  # the owner's last segment: write its file now
                 segs = layout.segments_of(seg.owner)
                 chunks = cache_file.encode(self._header(layout, seg.owner, keys[seg.owner]), blobs.pop(seg.owner),
-                                           [s.tokens for s in segs], [s.offset for s in segs], codec=self.codec)
+                                           [s.tokens for s in segs], [s.offset for s in segs], codec=self.codec,
+                                           split_planes=self.settings.type_k == self.settings.type_v == "f16")
                 nbytes = self.store.write_atomic(self.store.module_path(keys[seg.owner]), chunks)
             seconds[seg.owner] += time.perf_counter() - t
             if left[seg.owner] == 0:
