@@ -7,6 +7,7 @@ cache store). It returns dataclasses, reports progress through callbacks and nev
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from typing import Callable, Collection
 
 import numpy as np
 
-from . import cache_file, layout as lay, state_blob
+from . import cache_file, layout as lay, manifest, state_blob
 from .cache_store import CacheStore, model_fingerprint, module_key
 from .layout import ROOT, Layout, Path as ModPath
 from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
@@ -130,6 +131,24 @@ class Session:
             hit = self._layouts[id(schema)] = (schema, lay.build(schema, self.model, self.model.chat_template()))
         return hit[1]
 
+    @property
+    def variant(self) -> manifest.Variant:
+        return manifest.Variant(self.fingerprint, llama_cpp_version(), self.settings.state_layout(), self.encoding)
+
+    def _record(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> None:
+        modules = [{"name": owner_name(o), "key": keys[o], "tokens": sum(len(s.tokens) for s in layout.segments_of(o))}
+                   for o in layout.owners()]
+        manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=self.variant,
+                        codec=self.codec, modules=modules)
+
+    def _why_missing(self, schema: Schema) -> str | None:
+        """When a schema's cache exists only for other models or settings, say how it differs."""
+        data = manifest.load(manifest.manifest_path(self.store.root, schema.name, schema.path))
+        if not data or self.variant.id in data["variants"]:
+            return None
+        diffs = sorted({d for v in data["variants"].values() for d in self.variant.differences(v)})
+        return ", ".join(diffs) if diffs else None
+
     def keys(self, layout: Layout) -> dict[ModPath, str]:
         out = {}
         for owner in layout.owners():
@@ -168,6 +187,7 @@ class Session:
             reports += self._compute(layout, keys, pending, redo=pending if force else (), progress=progress)
         order = {owner_name(o): i for i, o in enumerate(layout.owners())}
         reports.sort(key=lambda r: order[r.name])
+        self._record(schema, layout, keys)
         return CompileReport(schema.name, self.encoding, reports, time.perf_counter() - t0)
 
     def _compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
@@ -306,7 +326,7 @@ class Session:
             cached = 0
             computed = len(tokens)
         else:
-            cached, computed, compiled = self._stitch(layout, plan, q, max_tokens, warnings, progress)
+            cached, computed, compiled = self._stitch(schema, layout, plan, q, max_tokens, warnings, progress)
             ctx = self._ctx
         logits = ctx.logits()
         result = _generate(self.model, ctx, logits, max_tokens=max_tokens, sampler=sampler, on_text=on_text, t0=t0)
@@ -325,8 +345,8 @@ class Session:
             first_logits=logits if keep_logits else None,
         )
 
-    def _stitch(self, layout: Layout, plan: list, q: list[int], max_tokens: int, warnings: list[str],
-                progress: Progress | None) -> tuple[int, int, list[ModuleReport]]:
+    def _stitch(self, schema: Schema, layout: Layout, plan: list, q: list[int], max_tokens: int,
+                warnings: list[str], progress: Progress | None) -> tuple[int, int, list[ModuleReport]]:
         """Load the plan's cached segments into sequence 0 at their positions, compute the fresh
         parts in between and the question; modules missing or damaged are compiled first."""
         keys = self.keys(layout)
@@ -346,8 +366,13 @@ class Session:
                 to_compile.append(owner)
                 damaged.append(owner)
         if to_compile:
+            why = self._why_missing(schema)
+            if why:
+                warnings.append(f"the cache of schema '{schema.name}' was made with {why}; recomputing it for "
+                                f"{self.model.description} with these settings")
             compiled = self._compute(layout, keys, to_compile, redo=damaged, progress=progress)
             compiled = [r for r in compiled if r.status == "computed"]
+            self._record(schema, layout, keys)
             for owner in to_compile:
                 blobs[owner] = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
         ctx = self.context(layout.end + len(q) + max_tokens)
@@ -373,6 +398,7 @@ class Session:
         """A module file's state blobs by segment offset, checked to be exactly what this request
         needs (raw blobs are views of the memory-mapped file)."""
         f = cache_file.read(path)
+        _touch(path)
         try:
             h = f.header
             if h.get("key") != key:
@@ -399,6 +425,14 @@ class Session:
             return out
         finally:
             f.close()  # a memory map stays alive while a view of it does
+
+
+def _touch(path: Path) -> None:
+    """Mark a module file as used now (its access time; `pc gc` evicts least recently used)."""
+    try:
+        os.utime(path, (time.time(), path.stat().st_mtime))
+    except OSError:  # a read-only cache still answers
+        pass
 
 
 def _extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: list[int],
