@@ -40,6 +40,11 @@ class Compression(str, Enum):
 MAX_QUESTION_BYTES = 1 << 20
 
 
+class KvType(str, Enum):
+    f16 = "f16"
+    q8_0 = "q8_0"
+
+
 class StdoutClosed(Exception):
     """stdout was closed by the reader (e.g. `| head -c 20`)."""
 
@@ -48,6 +53,10 @@ EncodingOpt = typer.Option(
     Encoding.scaffold, "--encoding",
     help="How modules are encoded: 'scaffold' (after the whole default prompt before it; measured "
     "closer to uncached answers) or 'independent' (after the shared prefix only; edits invalidate less).",
+)
+KvTypeOpt = typer.Option(
+    KvType.f16, "--kv-type",
+    help="KV cache type: f16, or q8_0 (about 1.9x smaller states, flash attention on).",
 )
 CompressionOpt = typer.Option(
     Compression.zstd, "--compression",
@@ -61,13 +70,18 @@ def _err(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
 
 
-def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression):
+def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression,
+             kv_type: KvType):
     from .cache_store import default_cache_dir
     from .engine import Session
+    from .llama_backend import ContextSettings
     from .models import resolve_model
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return Session(resolve_model(model), cache_dir=root, encoding=encoding.value, codec=compression.value)
+    # llama.cpp stores a quantized V cache only with flash attention
+    settings = ContextSettings(type_k=kv_type.value, type_v=kv_type.value, flash_attn=kv_type != KvType.f16)
+    return Session(resolve_model(model), cache_dir=root, encoding=encoding.value, codec=compression.value,
+                   settings=settings)
 
 
 def _load_schema(path: str):
@@ -121,12 +135,13 @@ def compile(
     cache_dir: Optional[str] = CacheOpt,
     encoding: Encoding = EncodingOpt,
     compression: Compression = CompressionOpt,
+    kv_type: KvType = KvTypeOpt,
     force: bool = typer.Option(False, "--force", help="Recompute even the modules already cached."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Precompute every module's attention states and store them in the cache."""
     sch = _load_schema(schema)
-    sess = _session(model, cache_dir, encoding, compression)
+    sess = _session(model, cache_dir, encoding, compression, kv_type)
     bar, update = _progress_bar(not as_json)
     with bar:
         report = sess.compile(sch, force=force, progress=update)
@@ -166,6 +181,7 @@ def ask(
     cache_dir: Optional[str] = CacheOpt,
     encoding: Encoding = EncodingOpt,
     compression: Compression = CompressionOpt,
+    kv_type: KvType = KvTypeOpt,
     timings: Optional[bool] = typer.Option(
         None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."
     ),
@@ -196,7 +212,7 @@ def ask(
         sampler = Sampler(temperature=temperature, top_p=top_p if top_p > 0 else 1.0, seed=seed)
     except ValueError as e:
         raise errors.InputError(str(e)) from None
-    sess = _session(model, cache_dir, encoding, compression)
+    sess = _session(model, cache_dir, encoding, compression, kv_type)
     on_text = None if as_json else _out
     bar, update = _progress_bar(not as_json)
     with bar:

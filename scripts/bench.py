@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from promptcache_cli import layout as lay, pml  # noqa: E402
 from promptcache_cli.engine import Session  # noqa: E402
-from promptcache_cli.llama_backend import llama_cpp_version  # noqa: E402
+from promptcache_cli.llama_backend import ContextSettings, llama_cpp_version  # noqa: E402
 from promptcache_cli.models import resolve_model  # noqa: E402
 from promptcache_cli.selection import default_selection, select_cli  # noqa: E402
 
@@ -42,42 +42,56 @@ def median(xs: list[float]) -> float:
 # -- speed ------------------------------------------------------------------------------------
 
 
+SYSTEMS = {  # cache variants measured side by side: (codec, kv type)
+    "zstd": ("zstd", "f16"),  # the default
+    "none": ("none", "f16"),
+    "q8_0": ("zstd", "q8_0"),
+}
+
+
+def _settings(kv: str) -> ContextSettings:
+    return ContextSettings(type_k=kv, type_v=kv, flash_attn=kv != "f16")
+
+
 def bench_in_process(model: Path, cache: Path, rounds: int, nocache_rounds: int) -> dict:
+    """Every cache variant and the uncached baseline, alternating run by run in one process."""
     schema = pml.load_schema(SPEED_SCHEMA)
-    sess = Session(model, cache_dir=cache)
+    sessions = {name: Session(model, cache_dir=cache / name, codec=codec, settings=_settings(kv))
+                for name, (codec, kv) in SYSTEMS.items()}
+    sel = default_selection(schema)
+    out: dict = {"schema": str(SPEED_SCHEMA.relative_to(ROOT)), "systems": {}}
     try:
-        t = time.perf_counter()
-        report = sess.compile(schema, force=True)
-        compile_s = time.perf_counter() - t
-        layout = sess.layout(schema)
-        sel = default_selection(schema)
-        cached, nocache = [], []
-        ask = lambda nc: sess.ask(schema, sel, SPEED_QUESTION, max_tokens=1, no_cache=nc)  # noqa: E731
-        ask(False)  # warm the page cache and the context once, as any later ask finds them
-        for i in range(max(rounds, nocache_rounds)):  # alternate the two systems run by run
+        for name, sess in sessions.items():
+            t = time.perf_counter()
+            report = sess.compile(schema, force=True)
+            out["systems"][name] = {"compile_seconds": time.perf_counter() - t,
+                                    "cache_bytes": sum(m.bytes for m in report.modules), "ttft_ms": []}
+        ask = lambda sess, nc: sess.ask(schema, sel, SPEED_QUESTION, max_tokens=1, no_cache=nc)  # noqa: E731
+        for sess in sessions.values():
+            ask(sess, False)  # warm the page cache and the context once, as any later ask finds them
+        nocache = []
+        for i in range(max(rounds, nocache_rounds)):  # alternate the systems run by run
             if i < rounds:
-                cached.append(ask(False).ttft_ms)
+                for name, sess in sessions.items():
+                    out["systems"][name]["ttft_ms"].append(ask(sess, False).ttft_ms)
             if i < nocache_rounds:
-                nocache.append(ask(True).ttft_ms)
-        res = ask(False)
-        disk = sum(m.bytes for m in report.modules)
-        tokens = res.cached_tokens
+                nocache.append(ask(sessions["zstd"], True).ttft_ms)
+        res = ask(sessions["zstd"], False)
+        out["layout_tokens"] = sessions["zstd"].layout(schema).end
     finally:
-        sess.close()
-    return {
-        "schema": str(SPEED_SCHEMA.relative_to(ROOT)),
-        "layout_tokens": layout.end,
-        "cached_tokens": tokens,
-        "question_tokens": res.computed_tokens,
-        "compile_seconds": compile_s,
-        "cache_bytes": disk,
-        "state_bytes_per_token": disk / max(tokens, 1),
-        "ttft_ms_cached": cached,
-        "ttft_ms_nocache": nocache,
-        "median_ms_cached": median(cached),
-        "median_ms_nocache": median(nocache),
-        "speedup": median(nocache) / median(cached),
-    }
+        for sess in sessions.values():
+            sess.close()
+    tokens = res.cached_tokens
+    raw = out["systems"]["none"]["cache_bytes"]
+    for sysres in out["systems"].values():
+        sysres["median_ms"] = median(sysres["ttft_ms"])
+        sysres["bytes_per_token"] = sysres["cache_bytes"] / tokens
+        sysres["smaller_than_raw_f16"] = raw / sysres["cache_bytes"]
+        sysres["speedup_vs_nocache"] = median(nocache) / sysres["median_ms"]
+    out.update(cached_tokens=tokens, question_tokens=res.computed_tokens, ttft_ms_nocache=nocache,
+               median_ms_nocache=median(nocache),
+               zstd_vs_none_ttft=out["systems"]["zstd"]["median_ms"] / out["systems"]["none"]["median_ms"])
+    return out
 
 
 def bench_process(model: Path, cache: Path, rounds: int) -> dict:
@@ -161,6 +175,8 @@ def bench_quality(model: Path, cache: Path, n_tokens: int, limit: int | None) ->
         schema = pml.load_schema(quality_schema(Path(tmp)))
         cases = quality_cases()[:limit] if limit else quality_cases()
         sessions = {enc: Session(model, cache_dir=cache / enc, encoding=enc) for enc in lay.ENCODINGS}
+        sessions["scaffold+q8_0"] = Session(model, cache_dir=cache / "q8_0", encoding="scaffold",
+                                            settings=_settings("q8_0"))
         rows = []
         try:
             for s in sessions.values():
@@ -178,24 +194,27 @@ def bench_quality(model: Path, cache: Path, n_tokens: int, limit: int | None) ->
                     lq = _logp(r.first_logits)
                     row[enc] = {
                         "answer": r.answer,
+                        "tokens": r.tokens,
                         "exact_match": r.tokens == base.tokens,
                         "top1_agree": int(np.argmax(lq)) == int(np.argmax(lp)),
                         "kl": float((np.exp(lp) * (lp - lq)).sum()),
                         "correct": None if want is None else want in r.answer,
                     }
+                row["q8_0_same_as_f16"] = row["scaffold+q8_0"]["tokens"] == row["scaffold"]["tokens"]
                 rows.append(row)
         finally:
             for s in sessions.values():
                 s.close()
     summary = {}
     needles = [r for r in rows if r["expected"] is not None]
-    for enc in lay.ENCODINGS:
+    for enc in (*lay.ENCODINGS, "scaffold+q8_0"):
         summary[enc] = {
             "exact_match_rate": sum(r[enc]["exact_match"] for r in rows) / len(rows),
             "top1_agreement": sum(r[enc]["top1_agree"] for r in rows) / len(rows),
             "median_kl": median([r[enc]["kl"] for r in rows]),
             "needle_accuracy": sum(r[enc]["correct"] for r in needles) / max(len(needles), 1),
         }
+    summary["q8_0_same_greedy_answer_as_f16"] = sum(r["q8_0_same_as_f16"] for r in rows) / len(rows)
     summary["nocache"] = {"needle_accuracy": sum(r["nocache_correct"] for r in needles) / max(len(needles), 1)}
     return {"questions": len(rows), "generated_tokens": n_tokens, "summary": summary, "rows": rows}
 
@@ -208,30 +227,38 @@ def markdown(res: dict) -> str:
            f"llama-cpp-python {res['llama_cpp']}", ""]
     if "in_process" in res:
         ip, pr = res["in_process"], res.get("process")
-        out += ["## Time to first token, ~4,000-token real document (GPL v2)", "",
-                "| measure | --no-cache | cached | speedup |", "| --- | ---: | ---: | ---: |",
-                f"| in process (model loaded), median ms | {ip['median_ms_nocache']:.0f} | "
-                f"{ip['median_ms_cached']:.1f} | {ip['speedup']:.0f}x |"]
+        out += ["## Time to first token and cache size, ~4,000-token real document (GPL v2)", "",
+                "| system | median TTFT ms (in process) | vs --no-cache | bytes per cached token "
+                "| smaller than raw f16 |",
+                "| --- | ---: | ---: | ---: | ---: |",
+                f"| --no-cache | {ip['median_ms_nocache']:.0f} | 1x | - | - |"]
+        for name, s in ip["systems"].items():
+            codec, kv = SYSTEMS[name]
+            out.append(f"| cached, {kv}, --compression {codec} | {s['median_ms']:.1f} | "
+                       f"{s['speedup_vs_nocache']:.0f}x | {s['bytes_per_token']:.0f} | "
+                       f"{s['smaller_than_raw_f16']:.2f}x |")
+        out += ["", f"default (zstd) TTFT / uncompressed TTFT: {ip['zstd_vs_none_ttft']:.2f}x. "
+                f"runs: {len(ip['systems']['zstd']['ttft_ms'])} per cached system, "
+                f"{len(ip['ttft_ms_nocache'])} uncached, alternating; {ip['cached_tokens']} cached tokens, "
+                f"{ip['question_tokens']} computed at ask.", ""]
         if pr:
-            out.append(f"| whole `pc ask -n 1` process, median ms | {pr['median_ms_nocache']:.0f} | "
-                       f"{pr['median_ms_cached']:.0f} | {pr['speedup']:.1f}x |")
-        out += ["", f"runs: {len(ip['ttft_ms_cached'])} cached / {len(ip['ttft_ms_nocache'])} uncached in process"
-                + (f", {len(pr['wall_ms_cached'])} each as processes" if pr else "") + ", alternating.",
-                f"cached tokens {ip['cached_tokens']}, computed at ask {ip['question_tokens']}; "
-                f"compile {ip['compile_seconds']:.1f} s; cache {ip['cache_bytes'] / 1e6:.1f} MB on disk = "
-                f"{ip['state_bytes_per_token']:.0f} bytes per cached token.", ""]
+            out += ["| whole `pc ask -n 1` process | --no-cache | cached (default) | speedup |",
+                    "| --- | ---: | ---: | ---: |",
+                    f"| median wall ms ({len(pr['wall_ms_cached'])} runs each, alternating) | "
+                    f"{pr['median_ms_nocache']:.0f} | {pr['median_ms_cached']:.0f} | {pr['speedup']:.1f}x |", ""]
     if "quality" in res:
         q = res["quality"]
         out += [f"## Answer quality against --no-cache ({q['questions']} questions, "
                 f"{q['generated_tokens']} greedy tokens each)", "",
                 "| encoding | exact match | first-token top-1 agreement | median KL | needle accuracy |",
                 "| --- | ---: | ---: | ---: | ---: |"]
-        for enc in lay.ENCODINGS:
+        for enc in (*lay.ENCODINGS, "scaffold+q8_0"):
             s = q["summary"][enc]
             out.append(f"| {enc} | {s['exact_match_rate']:.0%} | {s['top1_agreement']:.0%} | "
                        f"{s['median_kl']:.4f} | {s['needle_accuracy']:.0%} |")
         out.append(f"| --no-cache | 100% | 100% | 0 | {q['summary']['nocache']['needle_accuracy']:.0%} |")
-        out.append("")
+        out += ["", f"q8_0 KV: same greedy answer as the f16 cache on "
+                f"{q['summary']['q8_0_same_greedy_answer_as_f16']:.0%} of questions.", ""]
     return "\n".join(out)
 
 
@@ -257,7 +284,7 @@ def main() -> None:
             print("in-process time to first token ...", file=sys.stderr)
             res["in_process"] = bench_in_process(model, cache / "speed", args.rounds, args.nocache_rounds)
             print("whole-process time ...", file=sys.stderr)
-            res["process"] = bench_process(model, cache / "speed", args.process_rounds)
+            res["process"] = bench_process(model, cache / "speed" / "zstd", args.process_rounds)
         if args.only in (None, "quality"):
             print("answer quality of the two encodings ...", file=sys.stderr)
             res["quality"] = bench_quality(model, cache / "quality", args.quality_tokens, 8 if args.quick else None)
