@@ -291,6 +291,219 @@ def path(cache_dir: Optional[str] = CacheOpt) -> None:
     print(Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
 
 
+# -- cache housekeeping: ls, verify, gc, rm ----------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30,
+               "ti": 2**40}
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``123456``, ``500M``, ``2G``, ``1.5GB`` (k, M, G, T: powers of 1000; KiB, MiB,
+    GiB, TiB: powers of 1024)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"'{text}' is not a size: give bytes or a number with a unit, like 500M, 2G, 1.5GB, 800MiB")
+    return int(float(m[1]) * _SIZE_UNITS[(m[2] or "").lower()])
+
+
+def parse_age(text: str) -> float:
+    """Seconds from ``30d``, ``12h``, ``90m``, ``2w`` or ``45s``."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhdw])\s*", text)
+    if not m:
+        raise ValueError(f"'{text}' is not an age: give a number and a unit s, m, h, d or w, like 30d, 12h, 90m")
+    return float(m[1]) * _AGE_UNITS[m[2]]
+
+
+def _option_parser(parse):
+    """A Typer option parser whose errors keep their message (exit 2 via main())."""
+    def parser(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    return parser
+
+
+def _cache_root(cache_dir: Optional[str]) -> Path:
+    from .cache_store import default_cache_dir
+
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
+def _iso(ts: Optional[float]) -> Optional[str]:
+    from datetime import datetime
+
+    return None if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def _when(ts: Optional[float]) -> str:
+    return (_iso(ts) or "")[:16].replace("T", " ")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _file_json(f) -> dict:
+    return {"path": str(f.path), "key": f.key or None, "bytes": f.bytes, "last_used": _iso(f.last_used)}
+
+
+def _note_json(n) -> dict:
+    return {"kind": n.kind, **_file_json(n.file), "reason": n.reason}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _freed(report) -> int:
+    return sum(n.file.bytes for n in report.removed)
+
+
+@app.command("ls")
+def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
+    """List the cached schemas and module files: tokens, size, compression ratio, last use."""
+    from .cache_admin import list_cache
+
+    root = _cache_root(cache_dir)
+    listing = list_cache(root)
+    if as_json:
+        _emit_json({
+            "cache_dir": str(root),
+            "schemas": [
+                {"schema": s.schema, "path": s.path, "variants": [
+                    {"model": v.model, "encoding": v.encoding, "codec": v.codec, "llama_cpp": v.llama_cpp,
+                     "modules": [{"name": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes,
+                                  "ratio": None if m.ratio is None else round(m.ratio, 3),
+                                  "last_used": _iso(m.last_used), "present": m.present} for m in v.modules]}
+                    for v in s.variants]}
+                for s in listing.schemas
+            ],
+            "orphans": [_file_json(f) for f in listing.orphans],
+            "total_bytes": listing.total_bytes,
+        })
+        return
+    if not listing.schemas and not listing.orphans:
+        _err(f"the cache {root} holds no module files")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    n_files = len({m.key for s in listing.schemas for v in s.variants for m in v.modules if m.present})
+    n_files += len(listing.orphans)
+    t = Table(title=f"{root}: {n_files} module files, {_size(listing.total_bytes)}")
+    for col in ("schema", "module", "tokens", "size", "ratio", "last used", "model · encoding · codec"):
+        t.add_column(col, justify="right" if col in ("tokens", "size", "ratio") else "left")
+    for s in listing.schemas:
+        for v in s.variants:
+            for m in v.modules:
+                t.add_row(s.schema, m.name, str(m.tokens), _size(m.bytes) if m.present else "missing",
+                          f"{m.ratio:.2f}x" if m.ratio else "", _when(m.last_used),
+                          f"{v.model} · {v.encoding} · {v.codec}")
+    for f in listing.orphans:
+        t.add_row("(no schema)", f.key[:16], "", _size(f.bytes), "", _when(f.last_used), "")
+    console = Console(markup=False, highlight=False)  # names and paths are shown as they are
+    if not console.is_terminal:
+        console = Console(markup=False, highlight=False, width=200)
+    console.print(t)
+
+
+@app.command("verify")
+def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
+    """Read every cache file whole and check every checksum; exit 5 if any is damaged."""
+    from .cache_admin import verify_cache
+
+    root = _cache_root(cache_dir)
+    report = verify_cache(root)
+    if as_json:
+        _emit_json({
+            "cache_dir": str(root), "checked": report.checked, "ok": not report.damaged,
+            "damaged": [{"path": str(d.file.path), "key": d.file.key, "reason": d.reason} for d in report.damaged],
+            "stale_temporary": [{"path": str(f.path), "bytes": f.bytes} for f in report.stale_temporary],
+        })
+    else:
+        for d in report.damaged:
+            _out(f"damaged   {d.file.path}: {d.reason}\n")
+        for f in report.stale_temporary:
+            _out(f"leftover  {f.path} ({_size(f.bytes)}, a temporary file older than an hour; `pc gc` removes it)\n")
+    if report.damaged:
+        _err(f"pc: {len(report.damaged)} of {_count(report.checked, 'cache file')} damaged "
+             "(`pc ask` recomputes a damaged module when it needs it)")
+        raise typer.Exit(errors.EXIT_CACHE)
+    if not as_json:
+        _err(f"{_count(report.checked, 'cache file')} intact in {root}")
+
+
+@app.command("gc")
+def gc_cmd(
+    max_size: Optional[int] = typer.Option(
+        None, "--max-size", parser=_option_parser(parse_size), metavar="SIZE",
+        help="Remove least recently used module files until they take at most SIZE (500M, 2G, 1.5GB, bytes).",
+    ),
+    older_than: Optional[float] = typer.Option(
+        None, "--older-than", parser=_option_parser(parse_age), metavar="AGE",
+        help="Remove module files not used for longer than AGE (30d, 12h, 90m, 2w).",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    cache_dir: Optional[str] = CacheOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Evict module files by last use; also remove stale temporary and lock files."""
+    from .cache_admin import gc
+
+    if max_size is None and older_than is None:
+        _err("pc: gc needs --max-size SIZE or --older-than AGE, or both (see `pc gc --help`)")
+        raise typer.Exit(errors.EXIT_USAGE)
+    root = _cache_root(cache_dir)
+    report = gc(root, max_size=max_size, older_than=older_than, dry_run=dry_run)
+    if as_json:
+        _emit_json({
+            "cache_dir": str(root), "dry_run": dry_run, "removed": [_note_json(n) for n in report.removed],
+            "skipped": [_note_json(n) for n in report.skipped], "bytes_freed": _freed(report),
+            "total_before": report.total_before, "total_after": report.total_after,
+        })
+        return
+    verb = "would remove" if dry_run else "removed"
+    for n in report.removed:
+        _err(f"{verb}  {n.file.path}  {_size(n.file.bytes)}  ({n.reason})")
+    for n in report.skipped:
+        _err(f"kept  {n.file.path}  ({n.reason})")
+    _err(f"{'would free' if dry_run else 'freed'} {_size(_freed(report))} in {_count(len(report.removed), 'file')}; "
+         f"module files {'would ' if dry_run else ''}take {_size(report.total_after)}")
+
+
+@app.command("rm")
+def rm_cmd(
+    schema: str = typer.Argument(..., help="The schema: its file's path, or its name as `pc ls` shows it."),
+    cache_dir: Optional[str] = CacheOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove a schema from the cache: its manifest and the module files no other schema uses."""
+    from .cache_admin import remove_schema
+
+    root = _cache_root(cache_dir)
+    report = remove_schema(root, schema)
+    if as_json:
+        _emit_json({
+            "cache_dir": str(root), "schema": report.schema, "path": report.path, "manifest": str(report.manifest),
+            "removed": [_note_json(n) for n in report.removed], "skipped": [_note_json(n) for n in report.skipped],
+            "kept": [{"name": name, "key": key} for name, key in report.kept], "bytes_freed": _freed(report),
+        })
+        return
+    for n in report.skipped:
+        _err(f"kept  {n.file.path}  ({n.reason})")
+    _err(f"removed schema '{report.schema}': {_count(len(report.removed), 'module file')}, "
+         f"{_size(_freed(report))} freed; kept {len(report.kept)} used by other schemas")
+
+
 def main() -> None:
     """Entry point: run the app, turning every known error into one line and an exit code."""
     try:
