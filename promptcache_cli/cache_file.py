@@ -26,7 +26,7 @@ import json
 import mmap
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,7 +125,7 @@ class CacheFile:
     def codec(self) -> str:
         return self.header["codec"]
 
-    def blob(self, i: int, *, threads: int = 0) -> np.ndarray:
+    def blob(self, i: int) -> np.ndarray:
         """Segment ``i``'s state blob, every frame's checksum verified. A single raw plane is a
         zero-copy view of the memory-mapped file; otherwise frames decode in parallel into one
         new buffer."""
@@ -133,10 +133,10 @@ class CacheFile:
         if len(rec.frames) and all(f.plane == "all" and f.codec == "none" for f in rec.frames):
             start = rec.frames[0].at
             view = self._buf[start : start + rec.raw_size]
-            _map_frames(lambda f: _verify(f, self._buf[f.at : f.at + f.size]), rec.frames, threads)
+            _map_frames(lambda f: _verify(f, self._buf[f.at : f.at + f.size]), rec.frames)
             return view
         out = np.empty(rec.raw_size, dtype=np.uint8)
-        _map_frames(lambda f: _decode_into(out, f, self._buf[f.at : f.at + f.size]), rec.frames, threads)
+        _map_frames(lambda f: _decode_into(out, f, self._buf[f.at : f.at + f.size]), rec.frames)
         return out
 
     def close(self) -> None:
@@ -176,27 +176,52 @@ def read(path: str | os.PathLike) -> CacheFile:
     return CacheFile(header, segments, size, mm, np.frombuffer(mm, dtype=np.uint8))
 
 
+_MAX_INT = 1 << 48  # no size, offset or position in a cache file comes near this
+_MAX_TOKEN = 1 << 31
+
+
+def _int(value: Any, *, limit: int = _MAX_INT) -> int:
+    """A JSON integer in [0, limit): no strings, floats or booleans."""
+    if type(value) is not int or not 0 <= value < limit:
+        raise CacheFileError(f"malformed cache header: {value!r:.40} is not an integer in range")
+    return value
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise CacheFileError(f"malformed cache header: {value!r:.40} is not a string")
+    return value
+
+
+def _hex64(value: Any) -> int:
+    if type(value) is not str or len(value) != 16 or any(c not in "0123456789abcdef" for c in value):
+        raise CacheFileError("malformed cache header: a checksum is not 16 hex digits")
+    return int(value, 16)
+
+
 def parse_header(body: bytes, *, base: int, size: int) -> tuple[dict, list[SegmentRecord]]:
     """Decode and validate a header; frame offsets come back absolute."""
     try:
         header = json.loads(body)
         if not isinstance(header, dict) or header.get("codec") not in CODECS:
             raise CacheFileError("malformed cache header: no known codec")
+        if type(header.get("segments")) is not list:
+            raise CacheFileError("malformed cache header: no segment list")
         segments = [
             SegmentRecord(
-                int(s["offset"]), tuple(int(t) for t in s["tokens"]), int(s["raw_size"]),
-                tuple(Frame(str(f["plane"]), int(f["raw_at"]), int(f["raw"]), base + int(f["at"]),
-                            int(f["size"]), str(f["codec"]), int(f["xxh3"], 16)) for f in s["frames"]),
+                _int(s["offset"]), tuple(_int(t, limit=_MAX_TOKEN) for t in _list(s["tokens"])), _int(s["raw_size"]),
+                tuple(Frame(_str(f["plane"]), _int(f["raw_at"]), _int(f["raw"]), base + _int(f["at"]),
+                            _int(f["size"]), _str(f["codec"]), _hex64(f["xxh3"])) for f in _list(s["frames"])),
             )
             for s in header["segments"]
         ]
     except CacheFileError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CacheFileError(f"malformed cache header: {type(e).__name__} {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+        raise CacheFileError(f"malformed cache header: {type(e).__name__} {e}"[:200]) from None
     at = base
     for rec in segments:
-        if rec.raw_size <= 0 or rec.offset < 0 or not rec.tokens:
+        if rec.raw_size == 0 or not rec.tokens:
             raise CacheFileError("cache segment with no state or no tokens")
         planes = {f.plane for f in rec.frames}
         if planes not in ({"all"}, {"lo", "hi"}):
@@ -207,7 +232,9 @@ def parse_header(body: bytes, *, base: int, size: int) -> tuple[dict, list[Segme
             first, stride = PLANES[plane]
             expect, length = 0, len(range(first, rec.raw_size, stride))
             for f in (f for f in rec.frames if f.plane == plane):
-                if f.raw_at != expect or not 0 < f.raw <= FRAME_BYTES or f.codec not in ("none", "zstd"):
+                if f.codec not in ("none", "zstd"):
+                    raise CacheFileError(f"unknown frame codec {f.codec!r:.20}")
+                if f.raw_at != expect or not 0 < f.raw <= FRAME_BYTES:
                     raise CacheFileError("frames do not tile their plane")
                 if f.codec == "none" and f.size != f.raw:
                     raise CacheFileError("a raw frame's stored size differs from its size")
@@ -235,21 +262,31 @@ def verify(path: str | os.PathLike) -> CacheFile:
     return f
 
 
+def _list(value: Any) -> list:
+    if type(value) is not list:
+        raise CacheFileError("malformed cache header: expected a list")
+    return value
+
+
 # -- frame decoding ----------------------------------------------------------------------------
 
 _pool: ThreadPoolExecutor | None = None
 
 
-def _map_frames(fn, frames, threads: int) -> None:
+def _map_frames(fn, frames) -> None:
+    """Run ``fn`` on every frame on all cores. Every frame's work has finished when this
+    returns or raises (the first error), so no thread still reads the map afterwards."""
     global _pool
-    n = threads or os.cpu_count() or 1
-    if len(frames) <= 1 or n == 1:
+    if len(frames) <= 1 or (os.cpu_count() or 1) == 1:
         for f in frames:
             fn(f)
         return
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="pc-frames")
-    list(_pool.map(fn, frames))
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="pc-frames")
+    futures = [_pool.submit(fn, f) for f in frames]
+    wait(futures)
+    for fut in futures:
+        fut.result()
 
 
 def _verify(frame: Frame, raw) -> None:
@@ -262,8 +299,11 @@ def _decode_into(out: np.ndarray, frame: Frame, stored: np.ndarray) -> None:
         import zstandard
 
         try:
-            data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=frame.raw)
-        except zstandard.ZstdError as e:
+            declared = zstandard.frame_content_size(stored)  # checked first: decompress() trusts it
+            if declared not in (-1, frame.raw):
+                raise CacheFileError(f"compressed frame at byte {frame.at} declares {declared} bytes, not {frame.raw}")
+            data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=frame.raw, allow_extra_data=False)
+        except (zstandard.ZstdError, MemoryError) as e:
             raise CacheFileError(f"corrupt compressed frame at byte {frame.at}: {e}") from None
         if len(data) != frame.raw:
             raise CacheFileError(f"compressed frame at byte {frame.at} has the wrong size")
