@@ -132,6 +132,11 @@ class Session:
         return hit[1]
 
     @property
+    def _split_planes(self) -> bool:
+        """Byte planes pay only when the high bytes get compressed: f16 states with zstd."""
+        return self.codec == "zstd" and self.settings.type_k == self.settings.type_v == "f16"
+
+    @property
     def variant(self) -> manifest.Variant:
         return manifest.Variant(self.fingerprint, llama_cpp_version(), self.settings.state_layout(), self.encoding)
 
@@ -244,7 +249,7 @@ class Session:
                 segs = layout.segments_of(seg.owner)
                 chunks = cache_file.encode(self._header(layout, seg.owner, keys[seg.owner]), blobs.pop(seg.owner),
                                            [s.tokens for s in segs], [s.offset for s in segs], codec=self.codec,
-                                           split_planes=self.settings.type_k == self.settings.type_v == "f16")
+                                           split_planes=self._split_planes)
                 nbytes = self.store.write_atomic(self.store.module_path(keys[seg.owner]), chunks)
             seconds[seg.owner] += time.perf_counter() - t
             if left[seg.owner] == 0:

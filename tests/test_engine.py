@@ -8,6 +8,7 @@ import pytest
 
 from promptcache_cli import cache_file, layout as lay, pml
 from promptcache_cli.engine import ParameterTooLong, Session
+from promptcache_cli.llama_backend import ContextSettings
 from promptcache_cli.selection import default_selection, select_cli
 
 from .conftest import license_excerpt, write_schema
@@ -58,14 +59,16 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
     return float((np.exp(lp) * (lp - lq)).sum())
 
 
-def test_single_module_from_cache_equals_no_cache_exactly(sessions, tmp_path):
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
+def test_single_module_from_cache_equals_no_cache_exactly(sessions, model_path, tmp_path, kv):
     path = write_schema(tmp_path, """
         <schema name="one">
           <system>You answer briefly.</system>
           <user><module name="doc" src="doc.txt"/></user>
         </schema>""", {"doc.txt": license_excerpt("Apache-2.0.txt", 2500)})
     schema = pml.load_schema(path)
-    sess = sessions[DEFAULT]
+    sess = sessions[DEFAULT] if kv == "f16" else Session(
+        model_path, cache_dir=tmp_path / "q8", settings=ContextSettings(type_k=kv, type_v=kv, flash_attn=True))
     sess.compile(schema)
     sel = default_selection(schema)
     cached = sess.ask(schema, sel, "What kind of document is this?", max_tokens=24, keep_logits=True)
@@ -116,12 +119,14 @@ def test_stitched_states_match_unserialized_reference(sessions, docs_schema, enc
     assert np.abs(ref - cached.first_logits).max() < 1.5
 
 
-def test_cache_file_round_trip_is_exact(model_path, docs_schema, tmp_path):
-    """States read back from disk are the bytes llama.cpp wrote, whatever the codec: the
-    answers' logits from a zstd cache and a raw cache are identical."""
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
+def test_cache_file_round_trip_is_exact(model_path, docs_schema, tmp_path, kv):
+    """States read back from disk are the bytes llama.cpp wrote, whatever the codec and KV type:
+    the answers' logits from a zstd cache and a raw cache are identical."""
+    settings = ContextSettings(type_k=kv, type_v=kv, flash_attn=kv != "f16")
     logits = {}
     for codec in ("none", "zstd"):
-        sess = Session(model_path, cache_dir=tmp_path / codec, codec=codec)
+        sess = Session(model_path, cache_dir=tmp_path / codec, codec=codec, settings=settings)
         try:
             sess.compile(docs_schema)
             sel = default_selection(docs_schema)
