@@ -37,7 +37,7 @@ MAGIC = b"PCACHE\r\n"
 VERSION = 1
 MAX_HEADER = 16 << 20
 FRAME_BYTES = 4 << 20
-CODECS = ("zstd", "none")  # what `--compression` offers; the first is the default
+CODECS = ("none", "zstd")  # what `--compression` offers
 PLANES = {"all": (0, 1), "lo": (0, 2), "hi": (1, 2)}  # plane -> (first byte, stride) in the blob
 _PRELUDE = struct.Struct("<8sIIQ")
 

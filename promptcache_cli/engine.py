@@ -80,7 +80,7 @@ class Session:
         cache_dir: str | Path,
         settings: ContextSettings = ContextSettings(),
         encoding: str = "scaffold",
-        codec: str = "zstd",
+        codec: str = "none",
     ) -> None:
         if encoding not in lay.ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
