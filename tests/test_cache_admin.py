@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,8 +23,8 @@ from promptcache_cli.pml import load_schema
 from promptcache_cli.selection import default_selection
 
 from .conftest import write_schema
+from .pc_process import Run, ok, pc
 
-PC = [sys.executable, "-m", "promptcache_cli.cli"]
 DAY = 86400
 # One thread: llama.cpp's spinning threads slow down tenfold when other processes want the cores
 # (tests running side by side). The thread count is not part of the cache key.
@@ -85,28 +83,6 @@ def cache(template: Template, tmp_path: Path) -> Path:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict:
-        assert self.out.endswith("\n") and self.out.count("\n") == 1, self.out
-        return json.loads(self.out)
-
-
-def pc(*args: str | Path) -> Run:
-    proc = subprocess.run(PC + [str(a) for a in args], capture_output=True, timeout=300, check=False)
-    return Run(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
-
-
-def ok(run: Run) -> Run:
-    assert run.code == 0, f"exit {run.code}: {run.err}"
-    assert "Traceback" not in run.err
-    return run
 
 
 def one_line_error(run: Run, code: int) -> str:

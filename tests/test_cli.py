@@ -8,7 +8,6 @@ errors as one line on stderr, never a traceback, with the exit code documented i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -20,8 +19,8 @@ import pytest
 
 from promptcache_cli import cache_file, errors
 
-PC = [sys.executable, "-m", "promptcache_cli.cli"]
-TIMEOUT = 300  # seconds per command; generous, the machine may be shared
+from .pc_process import PC, TIMEOUT, Run, ok, pc
+
 
 SYSTEM = "<system>You are a helpful assistant. Answer briefly.</system>"
 
@@ -80,37 +79,6 @@ REPEAT = "Repeat the sentence above."  # the tiny model gets this one right
 
 
 # -- running the command ----------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict:
-        """stdout must be exactly one JSON object on one line."""
-        assert self.out.endswith("\n") and self.out.count("\n") == 1, self.out
-        obj = json.loads(self.out)
-        assert isinstance(obj, dict)
-        return obj
-
-
-def pc(*args: str | Path, cache_dir: Path | None = None, stdin: str | bytes = b"") -> Run:
-    """Run `pc ARGS` as a real process. stdin is always a pipe (never the test runner's tty)."""
-    env = dict(os.environ)
-    if cache_dir is not None:
-        env["PC_CACHE_DIR"] = str(cache_dir)
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    proc = subprocess.run(PC + [str(a) for a in args], check=False, input=data,
-                          capture_output=True, env=env, timeout=TIMEOUT)
-    return Run(proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8"))
-
-
-def ok(run: Run) -> Run:
-    assert run.code == 0, f"exit {run.code}, stderr: {run.err}"
-    assert "Traceback" not in run.err, run.err
-    return run
 
 
 def assert_one_line_error(run: Run, code: int) -> None:
