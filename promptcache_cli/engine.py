@@ -79,7 +79,7 @@ class Session:
         *,
         cache_dir: str | Path,
         settings: ContextSettings = ContextSettings(),
-        encoding: str = "scaffold",
+        encoding: str = lay.ENCODINGS[0],
         codec: str = "none",
     ) -> None:
         if encoding not in lay.ENCODINGS:
@@ -141,8 +141,7 @@ class Session:
         return manifest.Variant(self.fingerprint, llama_cpp_version(), self.settings.state_layout(), self.encoding)
 
     def _record(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> None:
-        modules = [{"name": owner_name(o), "key": keys[o], "tokens": sum(len(s.tokens) for s in layout.segments_of(o))}
-                   for o in layout.owners()]
+        modules = [{"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)} for o in layout.owners()]
         manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=self.variant,
                         codec=self.codec, modules=modules)
 
@@ -251,18 +250,17 @@ class Session:
                                            [s.tokens for s in segs], [s.offset for s in segs], codec=self.codec,
                                            split_planes=self._split_planes)
                 nbytes = self.store.write_atomic(self.store.module_path(keys[seg.owner]), chunks)
-            seconds[seg.owner] += time.perf_counter() - t
-            if left[seg.owner] == 0:
-                n_tok = sum(len(s.tokens) for s in layout.segments_of(seg.owner))
-                reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed", n_tok,
-                                                  nbytes, seconds[seg.owner])
+                seconds[seg.owner] += time.perf_counter() - t
+                reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed",
+                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
+            else:
+                seconds[seg.owner] += time.perf_counter() - t
         ctx.clear()
         return reports
 
     def _reused(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath) -> ModuleReport:
-        n = sum(len(s.tokens) for s in layout.segments_of(owner))
         size = self.store.module_path(keys[owner]).stat().st_size
-        return ModuleReport(owner_name(owner), keys[owner], "reused", n, size, 0.0)
+        return ModuleReport(owner_name(owner), keys[owner], "reused", layout.tokens_of(owner), size, 0.0)
 
     def _header(self, layout: Layout, owner: ModPath, key: str) -> dict:
         return {

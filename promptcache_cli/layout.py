@@ -95,6 +95,10 @@ class Layout:
     def segments_of(self, owner: Path) -> list[Segment]:
         return [s for s in self.segments if s.owner == owner]
 
+    def tokens_of(self, owner: Path) -> int:
+        """How many tokens the owner's segments hold (what its cache file stores)."""
+        return sum(len(s.tokens) for s in self.segments_of(owner))
+
 
 def build(schema: Schema, tok: Tokenizer, template: str | None) -> Layout:
     return _Builder(schema, tok, template).build()
