@@ -91,14 +91,33 @@ def _load_schema(path: str):
     return load_schema(path)
 
 
+class _ClosedStdoutGuard:
+    """Wraps stdout so a reader that went away (EPIPE) raises StdoutClosed from any write: print,
+    rich or streamed answers alike. Typer would turn a BrokenPipeError into exit 1."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def _out(text: str) -> None:
-    """Write to stdout now; a closed stdout becomes StdoutClosed (Typer would turn the
-    BrokenPipeError into exit 1)."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise StdoutClosed() from None
+    """Write to stdout now (answers stream token by token)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _emit_json(obj: dict) -> None:
@@ -289,7 +308,7 @@ def path(cache_dir: Optional[str] = CacheOpt) -> None:
     """Print the cache directory."""
     from .cache_store import default_cache_dir
 
-    print(Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
+    _out(f"{Path(cache_dir).expanduser() if cache_dir else default_cache_dir()}\n")
 
 
 # -- cache housekeeping: ls, verify, gc, rm ----------------------------------------------------
@@ -507,6 +526,8 @@ def rm_cmd(
 
 def main() -> None:
     """Entry point: run the app, turning every known error into one line and an exit code."""
+    if not isinstance(sys.stdout, _ClosedStdoutGuard):
+        sys.stdout = _ClosedStdoutGuard(sys.stdout)
     try:
         rv = app(standalone_mode=False)
         if rv == errors.EXIT_INTERRUPTED:  # Typer turns Ctrl-C into this exit code

@@ -487,6 +487,19 @@ def test_closed_stdout_is_quiet(closed_stdout: tuple[bytes, int, str]) -> None:
     assert code == 0
 
 
+@pytest.mark.parametrize("command", [
+    ["path"],  # print()
+    ["inspect", str(Path(__file__).resolve().parent.parent / "schemas" / "travel.xml")],  # a rich table
+])
+def test_closed_stdout_is_quiet_for_every_command(command: list[str]) -> None:
+    """The reader is gone before the command writes (as in `pc path | true`): exit 0, no output."""
+    proc = subprocess.Popen(PC + command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=TIMEOUT) == 0
+    assert err == b""
+
+
 def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
     """SIGINT during a long prefill: exit 130, "interrupted" on stderr, no cache file."""
     import signal
