@@ -26,6 +26,8 @@ import json
 import mmap
 import os
 import struct
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -128,7 +130,8 @@ class CacheFile:
     def blob(self, i: int) -> np.ndarray:
         """Segment ``i``'s state blob, every frame's checksum verified. A single raw plane is a
         zero-copy view of the memory-mapped file; otherwise frames decode in parallel into one
-        new buffer."""
+        new buffer (a ``lo`` and a ``hi`` frame over the same bytes are decoded and interleaved
+        together, in one pass over cache-warm memory)."""
         rec = self.segments[i]
         if len(rec.frames) and all(f.plane == "all" and f.codec == "none" for f in rec.frames):
             start = rec.frames[0].at
@@ -136,7 +139,12 @@ class CacheFile:
             _map_frames(lambda f: _verify(f, self._buf[f.at : f.at + f.size]), rec.frames)
             return view
         out = np.empty(rec.raw_size, dtype=np.uint8)
-        _map_frames(lambda f: _decode_into(out, f, self._buf[f.at : f.at + f.size]), rec.frames)
+        pairs = _plane_pairs(rec.frames) if sys.byteorder == "little" else None
+        if pairs is not None:
+            words = out.view(np.uint16)
+            _map_frames(lambda pair: _decode_pair_into(words, *pair, self._buf), pairs)
+        else:
+            _map_frames(lambda f: _decode_into(out, f, self._buf[f.at : f.at + f.size]), rec.frames)
         return out
 
     def close(self) -> None:
@@ -294,23 +302,62 @@ def _verify(frame: Frame, raw) -> None:
         raise CacheFileError(f"checksum mismatch in a {frame.plane} frame at byte {frame.at}")
 
 
-def _decode_into(out: np.ndarray, frame: Frame, stored: np.ndarray) -> None:
-    if frame.codec == "zstd":
-        import zstandard
+_scratch = threading.local()  # per decoding thread: a reused buffer for decompressed frames
 
-        try:
-            declared = zstandard.frame_content_size(stored)  # checked first: decompress() trusts it
-            if declared not in (-1, frame.raw):
-                raise CacheFileError(f"compressed frame at byte {frame.at} declares {declared} bytes, not {frame.raw}")
-            data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=frame.raw, allow_extra_data=False)
-        except (zstandard.ZstdError, MemoryError) as e:
-            raise CacheFileError(f"corrupt compressed frame at byte {frame.at}: {e}") from None
-        if len(data) != frame.raw:
+
+def _raw_frame(frame: Frame, stored: np.ndarray, slot: int) -> np.ndarray:
+    """A frame's raw bytes, checksum verified: the stored bytes themselves, or the frame
+    decompressed into this thread's reused scratch buffer ``slot`` (valid until its next use)."""
+    if frame.codec != "zstd":
+        _verify(frame, stored)
+        return stored
+    import zstandard
+
+    bufs = _scratch.__dict__.setdefault("bufs", {})
+    buf = bufs.get(slot)
+    if buf is None or len(buf) < frame.raw:
+        buf = bufs[slot] = np.empty(max(frame.raw, FRAME_BYTES), dtype=np.uint8)
+    raw = buf[: frame.raw]
+    try:
+        declared = zstandard.frame_content_size(stored)  # checked first: never trust a size field
+        if declared not in (-1, frame.raw):
+            raise CacheFileError(f"compressed frame at byte {frame.at} declares {declared} bytes, not {frame.raw}")
+        reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=True)
+        got = 0
+        while got < frame.raw:
+            n = reader.readinto(raw[got:])
+            if not n:
+                break
+            got += n
+        if got != frame.raw or reader.read(1):  # too short, or more data than declared
             raise CacheFileError(f"compressed frame at byte {frame.at} has the wrong size")
-        raw = np.frombuffer(data, dtype=np.uint8)
-    else:
-        raw = stored
+    except (zstandard.ZstdError, MemoryError) as e:
+        raise CacheFileError(f"corrupt compressed frame at byte {frame.at}: {e}") from None
     _verify(frame, raw)
+    return raw
+
+
+def _decode_into(out: np.ndarray, frame: Frame, stored: np.ndarray) -> None:
+    raw = _raw_frame(frame, stored, 0)
     first, stride = PLANES[frame.plane]
     start = first + frame.raw_at * stride
     out[start : start + frame.raw * stride : stride] = raw
+
+
+def _plane_pairs(frames: tuple[Frame, ...]) -> list[tuple[Frame, Frame]] | None:
+    """(lo, hi) frames covering the same bytes of their planes, when every frame has its partner
+    (the writer cuts both planes alike); None otherwise."""
+    lo = {(f.raw_at, f.raw): f for f in frames if f.plane == "lo"}
+    hi = {(f.raw_at, f.raw): f for f in frames if f.plane == "hi"}
+    if not lo or lo.keys() != hi.keys() or len(lo) + len(hi) != len(frames):
+        return None
+    return [(lo[k], hi[k]) for k in sorted(lo)]
+
+
+def _decode_pair_into(words: np.ndarray, lo: Frame, hi: Frame, buf: np.ndarray) -> None:
+    """Interleave a lo and a hi frame into 16-bit little-endian words: word = lo | hi << 8."""
+    lo_raw = _raw_frame(lo, buf[lo.at : lo.at + lo.size], 0)
+    hi_raw = _raw_frame(hi, buf[hi.at : hi.at + hi.size], 1)
+    dst = words[lo.raw_at : lo.raw_at + lo.raw]
+    np.left_shift(hi_raw, 8, out=dst, dtype=np.uint16, casting="unsafe")
+    np.bitwise_or(dst, lo_raw, out=dst, casting="unsafe")
