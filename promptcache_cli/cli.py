@@ -40,6 +40,12 @@ class Compression(str, Enum):
 MAX_QUESTION_BYTES = 1 << 20
 
 
+class Mode(str, Enum):
+    auto = "auto"
+    modular = "modular"
+    prefix = "prefix"
+
+
 class KvType(str, Enum):
     f16 = "f16"
     q8_0 = "q8_0"
@@ -58,6 +64,17 @@ KvTypeOpt = typer.Option(
     KvType.f16, "--kv-type",
     help="KV cache type: f16, or q8_0 (about 1.9x smaller states, flash attention on).",
 )
+ModeOpt = typer.Option(
+    Mode.auto, "--mode",
+    help="'modular': stitch each module's cached states (attention models); 'prefix': resume from the "
+    "longest cached prefix, answers identical to --no-cache; 'auto': prefix for recurrent and hybrid "
+    "models, modular otherwise.",
+)
+CheckpointsOpt = typer.Option(
+    4, "--checkpoints", min=0, max=1024,
+    help="Prefix mode, recurrent and hybrid models: states kept inside the prompt besides its end, "
+    "placed where past requests diverged.",
+)
 CompressionOpt = typer.Option(
     Compression.none, "--compression",
     help="Cache file codec: none (memory-mapped, handed over without a copy; fastest) or zstd "
@@ -72,17 +89,17 @@ def _err(message: str) -> None:
 
 
 def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression,
-             kv_type: KvType):
+             kv_type: KvType, mode: Mode = Mode.auto, checkpoints: int = 4):
     from .cache_store import default_cache_dir
-    from .engine import Session
     from .llama_backend import ContextSettings
     from .models import resolve_model
+    from .sessions import open_session
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     # llama.cpp stores a quantized V cache only with flash attention
     settings = ContextSettings(type_k=kv_type.value, type_v=kv_type.value, flash_attn=kv_type != KvType.f16)
-    return Session(resolve_model(model), cache_dir=root, encoding=encoding.value, codec=compression.value,
-                   settings=settings)
+    return open_session(resolve_model(model), cache_dir=root, mode=mode.value, encoding=encoding.value,
+                        codec=compression.value, settings=settings, checkpoints=checkpoints)
 
 
 def _load_schema(path: str):
@@ -156,12 +173,14 @@ def compile(
     encoding: Encoding = EncodingOpt,
     compression: Compression = CompressionOpt,
     kv_type: KvType = KvTypeOpt,
+    mode: Mode = ModeOpt,
+    checkpoints: int = CheckpointsOpt,
     force: bool = typer.Option(False, "--force", help="Recompute even the modules already cached."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Precompute every module's attention states and store them in the cache."""
+    """Precompute every module's attention states (or the default prompt's prefix states) and store them."""
     sch = _load_schema(schema)
-    sess = _session(model, cache_dir, encoding, compression, kv_type)
+    sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
     bar, update = _progress_bar(not as_json)
     with bar:
         report = sess.compile(sch, force=force, progress=update)
@@ -171,7 +190,8 @@ def compile(
         for m in report.modules
     ]
     if as_json:
-        _emit_json({"schema": report.schema, "encoding": report.encoding, "model": sess.model.description,
+        _emit_json({"schema": report.schema, "mode": sess.mode, "encoding": report.encoding,
+                    "model": sess.model.description,
                     "cache_dir": str(sess.store.root), "seconds": round(report.seconds, 3), "modules": rows})
         return
     computed = [r for r in rows if r["status"] == "computed"]
@@ -180,8 +200,16 @@ def compile(
         _err(f"{r['status']:>8}  {r['module']:<32} {r['tokens']:>6} tokens  {r['bytes'] / 1e6:8.2f} MB")
     _err(
         f"compiled '{report.schema}': {len(computed)} computed, {len(reused)} reused, "
-        f"{sum(r['tokens'] for r in rows)} tokens in {report.seconds:.2f} s ({report.encoding} encoding)"
+        f"{_tokens_total(report, rows)} tokens in {report.seconds:.2f} s "
+        f"({'prefix mode' if report.encoding == 'prefix' else report.encoding + ' encoding'})"
     )
+
+
+def _tokens_total(report, rows: list[dict]) -> int:
+    """Tokens a compile covers: module lengths add up; prefix states are nested prefixes."""
+    if report.encoding == "prefix":
+        return max((r["tokens"] for r in rows), default=0)
+    return sum(r["tokens"] for r in rows)
 
 
 @app.command()
@@ -202,6 +230,8 @@ def ask(
     encoding: Encoding = EncodingOpt,
     compression: Compression = CompressionOpt,
     kv_type: KvType = KvTypeOpt,
+    mode: Mode = ModeOpt,
+    checkpoints: int = CheckpointsOpt,
     timings: Optional[bool] = typer.Option(
         None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."
     ),
@@ -232,7 +262,7 @@ def ask(
         sampler = Sampler(temperature=temperature, top_p=top_p if top_p > 0 else 1.0, seed=seed)
     except ValueError as e:
         raise errors.InputError(str(e)) from None
-    sess = _session(model, cache_dir, encoding, compression, kv_type)
+    sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
     on_text = None if as_json else _out
     bar, update = _progress_bar(not as_json)
     with bar:
@@ -247,7 +277,7 @@ def ask(
             "answer": res.answer, "ttft_ms": round(res.ttft_ms, 2), "total_ms": round(res.total_ms, 2),
             "cached_tokens": res.cached_tokens, "computed_tokens": res.computed_tokens,
             "generated_tokens": len(res.tokens), "modules": res.modules, "model": res.model,
-            "no_cache": no_cache, "warnings": res.warnings,
+            "no_cache": no_cache, "mode": sess.mode, "warnings": res.warnings,
         })
         return
     _out("\n")

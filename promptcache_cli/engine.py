@@ -73,6 +73,7 @@ class AskResult:
 
 
 class Session:
+    mode = "modular"
     def __init__(
         self,
         model_path: str | Path,
@@ -81,18 +82,23 @@ class Session:
         settings: ContextSettings = ContextSettings(),
         encoding: str = lay.ENCODINGS[0],
         codec: str = "none",
+        stitch: bool = True,
+        model: Model | None = None,
     ) -> None:
+        """``stitch``: this session stitches modules (refused for recurrent and hybrid models,
+        whose states cannot be cut or merged; prefix mode passes False). ``model``: the file
+        at ``model_path``, already loaded."""
         if encoding not in lay.ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
-        self.model = Model(str(model_path))
-        if self.model.kind in ("recurrent", "hybrid"):
+        self.model = model if model is not None else Model(str(model_path))
+        if stitch and self.model.kind in ("recurrent", "hybrid"):
             from .llama_backend import UnsupportedModel
 
             kind = self.model.kind
             self.model.close()
             raise UnsupportedModel(
-                f"{model_path} is a {kind} model: its state cannot be cut or stitched from modules, "
-                "which needs an attention model (prefix mode for recurrent models is not built yet)"
+                f"{model_path} is a {kind} model: its state cannot be cut back or stitched from modules; "
+                "use prefix mode (--mode prefix, the default for such models)"
             )
         self.fingerprint = model_fingerprint(str(model_path))
         self.store = CacheStore(Path(cache_dir))
@@ -297,6 +303,11 @@ class Session:
         items.sort(key=lambda it: it[0])
         return [(kind, obj) for _, kind, obj in items]
 
+    @staticmethod
+    def flat_tokens(plan: list[tuple[str, object]]) -> list[int]:
+        """A prompt plan's tokens one after another, as a cold prefill from position 0 sees them."""
+        return [t for kind, obj in plan for t in (obj.tokens if kind == "segment" else obj)]
+
     def question_tokens(self, layout: Layout, question: str) -> list[int]:
         text = (lay.QUESTION_SEPARATOR + question) if question and layout.tail_joins else question
         toks = self.model.tokenize(text, special=False) if text else []
@@ -324,7 +335,7 @@ class Session:
         n_prompt = layout.end + len(q)
         if no_cache:
             ctx = self.context(n_prompt + max_tokens)
-            tokens = [t for kind, obj in plan for t in (obj.tokens if kind == "segment" else obj)] + q
+            tokens = self.flat_tokens(plan) + q
             ctx.decode(tokens, start=0, logits=True)
             cached = 0
             computed = len(tokens)

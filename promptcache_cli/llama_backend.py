@@ -66,15 +66,19 @@ class ContextSettings:
     type_k: str = "f16"
     type_v: str = "f16"
     flash_attn: bool = False
+    swa_full: bool = False  # sliding-window layers keep every cell (prefix mode cuts states back)
 
     def state_layout(self) -> dict:
         """The settings a state blob depends on: a blob only loads where these are equal."""
-        return {
+        layout = {
             "type_k": self.type_k,
             "type_v": self.type_v,
             "flash_attn": self.flash_attn,
             "kv_unified": True,
         }
+        if self.swa_full:
+            layout["swa_full"] = True
+        return layout
 
 
 class Model:
@@ -200,6 +204,7 @@ class Context:
             C.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         p.kv_unified = True
+        p.swa_full = settings.swa_full
         p.no_perf = True
         self._ptr = C.llama_init_from_model(model._ptr, p)
         if not self._ptr:
@@ -286,22 +291,27 @@ class Context:
         self._has_logits = False
 
     # -- state blobs ------------------------------------------------------------------------
-    def save_state(self, seq: int) -> np.ndarray:
-        """The serialized cells of ``seq`` (llama.cpp's per-sequence state format)."""
-        size = C.llama_state_seq_get_size(self._ptr, seq)
+    def save_state(self, seq: int, *, partial: bool = False) -> np.ndarray:
+        """The serialized cells of ``seq`` (llama.cpp's per-sequence state format). ``partial``
+        keeps only the part that cannot be cut back: a hybrid model's recurrent state, an
+        interleaved-SWA model's window cache."""
+        flags = C.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else C.LLAMA_STATE_SEQ_FLAGS_NONE
+        size = C.llama_state_seq_get_size_ext(self._ptr, seq, flags)
         buf = np.empty(size, dtype=np.uint8)
         ptr = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-        written = C.llama_state_seq_get_data(self._ptr, ptr, size, seq)
+        written = C.llama_state_seq_get_data_ext(self._ptr, ptr, size, seq, flags)
         if written != size:
             raise BackendError(f"state of sequence {seq}: wrote {written} of {size} bytes")
         return buf
 
-    def load_state(self, seq: int, blob: np.ndarray) -> None:
+    def load_state(self, seq: int, blob: np.ndarray, *, partial: bool = False) -> None:
         """Replace ``seq`` with the cells of a blob made by :meth:`save_state` in a context
-        with the same state layout. The caller validates the blob's structure first."""
+        with the same state layout (``partial``: replace only the part such a blob holds).
+        The caller validates the blob's structure first."""
         blob = np.ascontiguousarray(blob, dtype=np.uint8)
         ptr = blob.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-        read = C.llama_state_seq_set_data(self._ptr, ptr, blob.nbytes, seq)
+        flags = C.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else C.LLAMA_STATE_SEQ_FLAGS_NONE
+        read = C.llama_state_seq_set_data_ext(self._ptr, ptr, blob.nbytes, seq, flags)
         if read == 0:
             raise BackendError(f"llama.cpp refused a state blob of {blob.nbytes} bytes")
         self._has_logits = False

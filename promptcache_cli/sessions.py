@@ -1,0 +1,31 @@
+"""Open the right kind of session for a model: modular stitching, or exact prefix reuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .engine import Session
+from .llama_backend import ContextSettings, Model
+from .prefix_engine import DEFAULT_CHECKPOINTS, PrefixSession
+
+MODES = ("auto", "modular", "prefix")
+PREFIX_KINDS = ("recurrent", "hybrid")  # what `auto` serves in prefix mode: states that cannot be stitched
+
+
+def open_session(model_path: str | Path, *, cache_dir: str | Path, mode: str = "auto",
+                 settings: ContextSettings = ContextSettings(), encoding: str | None = None, codec: str = "none",
+                 checkpoints: int = DEFAULT_CHECKPOINTS) -> Session:
+    """``auto`` picks prefix mode for recurrent and hybrid models and modular stitching otherwise.
+    Modular stitching of a recurrent or hybrid model raises UnsupportedModel."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    model = Model(str(model_path))
+    try:
+        if mode == "prefix" or (mode == "auto" and model.kind in PREFIX_KINDS):
+            return PrefixSession(model_path, cache_dir=cache_dir, settings=settings, codec=codec,
+                                 checkpoints=checkpoints, model=model)
+        extra = {"encoding": encoding} if encoding else {}
+        return Session(model_path, cache_dir=cache_dir, settings=settings, codec=codec, model=model, **extra)
+    except BaseException:
+        model.close()
+        raise
