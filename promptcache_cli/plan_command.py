@@ -1,0 +1,137 @@
+"""`pc plan`: where prefix checkpoints would go, the DP's plan beside the baselines, from a trace file
+or a recorded overlap history. Registered in cli.py with ``app.command("plan")(plan)``.
+
+stdout carries a table, or one JSON object with ``--json``::
+
+    {"strategies": {"dp": {"positions": [...], "expected_recomputed_tokens": X}, "block": {...},
+                    "uniform": {...}, "sqrt": {...}, "dyadic": {...}},
+     "source": ..., "requests": N, "weight": W, "length": L, "checkpoints": M, "decay": 0.99,
+     "bin_tokens": 64, "block_tokens": 256}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import checkpoint_plan as cp
+from . import errors
+
+
+def plan(
+    trace: Optional[Path] = typer.Option(
+        None, "--trace", metavar="FILE",
+        help='Requests as JSON lines {"tokens": N, "overlap": D}: prompt length, tokens shared with the cached prompt.',
+    ),
+    history: Optional[Path] = typer.Option(
+        None, "--history", metavar="DIR", help="A recorded overlap history: the folder holding overlap.jsonl.",
+    ),
+    checkpoints: int = typer.Option(
+        4, "--checkpoints", min=0, max=1024, metavar="M",
+        help="Checkpoints to place; the state at the end of the cached prompt is kept besides them.",
+    ),
+    length: Optional[int] = typer.Option(
+        None, "--length", min=1, metavar="L",
+        help="The cached prompt's length in tokens (default: the deepest overlap among the requests).",
+    ),
+    decay: float = typer.Option(
+        cp.DECAY, "--decay", help="Each newer request multiplies the weight of older ones by this (1: all equal).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Where to keep prefix checkpoints: the optimal plan against the baselines, with the tokens each
+    recomputes per request."""
+    if (trace is None) == (history is None):
+        _usage("give one of --trace FILE or --history DIR")
+    if not 0.0 < decay <= 1.0:
+        _usage(f"--decay must be in (0, 1], not {decay}")
+    source, depths = _requests(trace, history)
+    deepest = max(depths, default=0)
+    if length is None:
+        if deepest < 1:
+            what = "no requests" if not depths else "no request sharing any token"
+            raise errors.InputError(f"{source} holds {what}: give --length L to see the plan without data")
+        length = deepest
+    elif length < deepest:
+        _usage(f"--length {length} is shorter than the deepest overlap in {source} ({deepest} tokens)")
+    results = cp.compare(depths, length=length, checkpoints=checkpoints, decay=decay)
+    weights = cp.decay_weights(len(depths), decay)
+    report = {
+        "strategies": {
+            name: {"positions": list(r.positions), "expected_recomputed_tokens": round(r.expected_recomputed_tokens, 3)}
+            for name, r in results.items()
+        },
+        "source": source, "requests": len(depths), "weight": round(float(weights.sum()), 3), "length": length,
+        "checkpoints": checkpoints, "decay": decay, "bin_tokens": cp.BIN_TOKENS, "block_tokens": cp.BLOCK_TOKENS,
+    }
+    if not any(d < length for d in depths):
+        _note("no request stops short of the cached prompt's end: the plan is the default, evenly spaced")
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.flush()
+        return
+    _table(report)
+
+
+def _requests(trace: Optional[Path], history: Optional[Path]) -> tuple[str, list[int]]:
+    from .overlap_log import OverlapLog, OverlapLogError, TraceError, read_trace
+
+    try:
+        if trace is not None:
+            return str(trace), [o.overlap for o in read_trace(trace)]
+        return str(history), [o.overlap for o in OverlapLog(history).read()]
+    except (TraceError, OverlapLogError) as e:
+        raise errors.InputError(str(e)) from None
+
+
+def _note(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"pc: {message}", markup=False)
+
+
+def _usage(message: str) -> None:
+    """Bad options: one line on stderr and exit 2, as the other commands do."""
+    _note(f"{message} (see `pc plan --help`)")
+    raise typer.Exit(errors.EXIT_USAGE)
+
+
+def _positions(positions: list[int], shown: int = 10) -> str:
+    text = ", ".join(str(p) for p in positions[:shown])
+    return text + (f", ... ({len(positions)} in all)" if len(positions) > shown else "") if positions else "-"
+
+
+def _versus(x: float, dp: float) -> str:
+    """How many more tokens per request a baseline recomputes than the DP."""
+    if abs(x - dp) < 5e-4:
+        return "same"
+    return f"{x - dp:+,.1f}" + (f" ({x / dp:.2f}x)" if dp > 0 else "")
+
+
+def _table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    strategies = report["strategies"]
+    dp = strategies["dp"]["expected_recomputed_tokens"]
+    t = Table(
+        title=f"{report['length']}-token cached prompt, {report['checkpoints']} checkpoints besides its end",
+        caption=f"{report['requests']} requests from {report['source']}, weighing {report['weight']:,.1f} "
+        f"after decay {report['decay']} per request",
+    )
+    t.add_column("strategy")
+    t.add_column("positions")
+    t.add_column("recomputed tokens per request", justify="right")
+    t.add_column("vs dp", justify="right")
+    for name in cp.STRATEGIES:
+        r = strategies[name]
+        x = r["expected_recomputed_tokens"]
+        t.add_row(name, _positions(r["positions"]), f"{x:,.1f}", "-" if name == "dp" else _versus(x, dp))
+    console = Console(markup=False, highlight=False)
+    if not console.is_terminal:
+        console = Console(markup=False, highlight=False, width=200)
+    console.print(t)

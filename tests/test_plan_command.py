@@ -1,0 +1,148 @@
+"""`pc plan`: run as a real process through cli.main() (the command is registered on the app at run
+time until cli.py registers it), and once in process on a Typer app of its own. JSON shape and
+values, the table, trace files and recorded histories, and one-line errors with their exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from promptcache_cli import checkpoint_plan as cp
+from promptcache_cli import errors
+from promptcache_cli.overlap_log import OverlapLog
+from promptcache_cli.plan_command import plan
+
+from .pc_process import TIMEOUT, Run, ok
+
+# cli.main() with `plan` registered, as `pc plan ...` will run once cli.py registers it
+MAIN = """
+import sys
+from promptcache_cli import cli
+from promptcache_cli.plan_command import plan
+if not any(c.name == "plan" for c in cli.app.registered_commands):
+    cli.app.command("plan")(plan)
+sys.argv[0] = "pc"
+cli.main()
+"""
+
+TRACE = [  # system prompt only, a document with two branch points, full reuse
+    {"tokens": 900, "overlap": 310}, {"tokens": 4500, "overlap": 312}, {"tokens": 2300, "overlap": 2210},
+    {"tokens": 4600, "overlap": 4404}, {"tokens": 2500, "overlap": 2200}, {"tokens": 400, "overlap": 0},
+    {"tokens": 3300, "overlap": 3100}, {"tokens": 4500, "overlap": 4404},
+]
+DEPTHS = [r["overlap"] for r in TRACE]
+
+
+def pc_plan(*args: str | Path) -> Run:
+    proc = subprocess.run([sys.executable, "-c", MAIN, "plan", *map(str, args)], check=False, capture_output=True,
+                          timeout=TIMEOUT)
+    return Run(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def failed(run: Run, code: int) -> str:
+    """The one-line error of a run that must exit ``code``."""
+    assert run.code == code, f"exit {run.code}, stderr: {run.err}"
+    assert run.out == "" and "Traceback" not in run.err
+    assert run.err.startswith("pc: ") and run.err.count("\n") == 1, run.err
+    return run.err
+
+
+def write_trace(folder: Path, records: list[dict], name: str = "trace.jsonl") -> Path:
+    path = folder / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_json_holds_every_strategy_with_its_positions_and_expected_tokens(tmp_path):
+    run = ok(pc_plan("--trace", write_trace(tmp_path, TRACE), "--checkpoints", "2", "--decay", "1", "--json"))
+    assert run.err == ""
+    report = run.json()
+    assert set(report["strategies"]) == {"dp", "block", "uniform", "sqrt", "dyadic"}
+    expected = cp.compare(DEPTHS, length=4404, checkpoints=2, decay=1.0)
+    for name, entry in report["strategies"].items():
+        assert set(entry) == {"positions", "expected_recomputed_tokens"}
+        assert entry["positions"] == list(expected[name].positions)
+        assert entry["expected_recomputed_tokens"] == round(expected[name].expected_recomputed_tokens, 3)
+    # {2200, 3100} recomputes 310 + 312 + 10 tokens; {310, 2200} would recompute 2 + 10 + 900
+    assert report["strategies"]["dp"]["positions"] == [2200, 3100]
+    assert report["strategies"]["dp"]["expected_recomputed_tokens"] == (310 + 312 + 10) / 8
+    assert report["length"] == 4404 and report["requests"] == 8 and report["checkpoints"] == 2
+
+
+def test_the_table_goes_to_stdout(tmp_path):
+    run = ok(pc_plan("--trace", write_trace(tmp_path, TRACE), "--checkpoints", "2"))
+    assert run.err == ""
+    for word in ("recomputed tokens per request", "vs dp", *cp.STRATEGIES):
+        assert word in run.out
+    dp = cp.compare(DEPTHS, length=4404, checkpoints=2)["dp"]
+    assert ", ".join(map(str, dp.positions)) in run.out
+    assert f"{dp.expected_recomputed_tokens:,.1f}" in run.out
+
+
+def test_from_a_recorded_history(tmp_path):
+    log = OverlapLog(tmp_path / "prefix" / "key")
+    for r in TRACE:
+        log.append(tokens=r["tokens"], overlap=r["overlap"])
+    report = ok(pc_plan("--history", log.directory, "--checkpoints", "3", "--json")).json()
+    assert report["requests"] == 8 and report["decay"] == cp.DECAY
+    assert report["weight"] == round(float(cp.decay_weights(8).sum()), 3)
+    assert report["strategies"]["dp"]["positions"] == list(cp.plan_for(DEPTHS, length=4404, checkpoints=3))
+
+
+def test_without_requests_the_plan_needs_a_length_and_is_evenly_spaced(tmp_path):
+    err = failed(pc_plan("--history", tmp_path / "nothing"), errors.EXIT_INPUT)
+    assert "holds no requests: give --length L" in err
+    run = ok(pc_plan("--history", tmp_path / "nothing", "--length", "1000", "--checkpoints", "3", "--json"))
+    report = run.json()
+    assert report["strategies"]["dp"]["positions"] == [250, 500, 750]
+    assert all(s["expected_recomputed_tokens"] == 0 for s in report["strategies"].values())
+    assert "the plan is the default, evenly spaced" in run.err
+
+
+def test_zero_checkpoints(tmp_path):
+    report = ok(pc_plan("--trace", write_trace(tmp_path, TRACE), "--checkpoints", "0", "--decay", "1", "--json")).json()
+    assert {name: s["positions"] for name, s in report["strategies"].items()} == dict.fromkeys(cp.STRATEGIES, [])
+    assert {s["expected_recomputed_tokens"] for s in report["strategies"].values()} == {sum(d for d in DEPTHS if d < 4404) / 8}
+
+
+def test_a_bad_trace_is_one_line_and_exit_3(tmp_path):
+    path = write_trace(tmp_path, TRACE[:1])
+    with path.open("a") as f:
+        f.write('{"tokens": 100, "overlap": 200}\n')
+    err = failed(pc_plan("--trace", path), errors.EXIT_INPUT)
+    assert err == f"pc: {path}:2: 'overlap' (200) is larger than 'tokens' (100)\n"
+    path.write_bytes(b'{"tokens": 100, "overlap": 20}\n{"tokens": 1\n')
+    assert failed(pc_plan("--trace", path, "--json"), errors.EXIT_INPUT).startswith(f"pc: {path}:2: not JSON")
+    err = failed(pc_plan("--trace", tmp_path / "missing.jsonl"), errors.EXIT_INPUT)
+    assert err == f"pc: {tmp_path / 'missing.jsonl'}: cannot read: No such file or directory\n"
+
+
+def test_bad_options_are_usage_errors(tmp_path):
+    trace = write_trace(tmp_path, TRACE)
+    assert "give one of --trace FILE or --history DIR" in failed(pc_plan(), errors.EXIT_USAGE)
+    failed(pc_plan("--trace", trace, "--history", tmp_path), errors.EXIT_USAGE)
+    err = failed(pc_plan("--trace", trace, "--length", "4000"), errors.EXIT_USAGE)
+    assert "--length 4000 is shorter than the deepest overlap" in err
+    assert "--decay must be in (0, 1]" in failed(pc_plan("--trace", trace, "--decay", "0"), errors.EXIT_USAGE)
+    failed(pc_plan("--trace", trace, "--checkpoints", "-1"), errors.EXIT_USAGE)
+
+
+def test_in_a_typer_app_of_its_own(tmp_path):
+    app = typer.Typer()
+    app.command("plan")(plan)
+    app.command("other")(lambda: None)  # two commands: `plan` is a subcommand, as in pc
+    runner = CliRunner()
+    result = runner.invoke(app, ["plan", "--trace", str(write_trace(tmp_path, TRACE)), "--json", "--checkpoints", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["strategies"]["dp"]["positions"] == list(
+        cp.plan_for(DEPTHS, length=4404, checkpoints=1))
+    bad = write_trace(tmp_path, [{"tokens": 1}], name="bad.jsonl")
+    result = runner.invoke(app, ["plan", "--trace", str(bad)])
+    assert isinstance(result.exception, errors.InputError)  # cli.main() maps it to exit 3
+    assert errors.exit_code_for(result.exception) == errors.EXIT_INPUT
+    assert str(result.exception) == f"{bad}:1: missing 'overlap'"
