@@ -89,7 +89,7 @@ def _err(message: str) -> None:
 
 
 def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression,
-             kv_type: KvType, mode: Mode = Mode.auto, checkpoints: int = 4):
+             kv_type: KvType, mode: Mode = Mode.auto, checkpoints: int = 4, checkpoint_bytes: int | None = None):
     from .cache_store import default_cache_dir
     from .llama_backend import ContextSettings
     from .models import resolve_model
@@ -99,7 +99,8 @@ def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding,
     # llama.cpp stores a quantized V cache only with flash attention
     settings = ContextSettings(type_k=kv_type.value, type_v=kv_type.value, flash_attn=kv_type != KvType.f16)
     return open_session(resolve_model(model), cache_dir=root, mode=mode.value, encoding=encoding.value,
-                        codec=compression.value, settings=settings, checkpoints=checkpoints)
+                        codec=compression.value, settings=settings, checkpoints=checkpoints,
+                        checkpoint_bytes=checkpoint_bytes)
 
 
 def _load_schema(path: str):
@@ -162,6 +163,42 @@ def _progress_bar(enabled: bool):
     return bar, update
 
 
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30,
+               "ti": 2**40}
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``123456``, ``500M``, ``2G``, ``1.5GB`` (k, M, G, T: powers of 1000; KiB, MiB,
+    GiB, TiB: powers of 1024)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"'{text}' is not a size: give bytes or a number with a unit, like 500M, 2G, 1.5GB, 800MiB")
+    return int(float(m[1]) * _SIZE_UNITS[(m[2] or "").lower()])
+
+
+def parse_age(text: str) -> float:
+    """Seconds from ``30d``, ``12h``, ``90m``, ``2w`` or ``45s``."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhdw])\s*", text)
+    if not m:
+        raise ValueError(f"'{text}' is not an age: give a number and a unit s, m, h, d or w, like 30d, 12h, 90m")
+    return float(m[1]) * _AGE_UNITS[m[2]]
+
+
+def _option_parser(parse):
+    """A Typer option parser whose errors keep their message (exit 2 via main())."""
+    def parser(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    return parser
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 
@@ -175,12 +212,16 @@ def compile(
     kv_type: KvType = KvTypeOpt,
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
+    checkpoint_bytes: Optional[int] = typer.Option(
+        None, "--checkpoint-bytes", parser=_option_parser(parse_size), metavar="SIZE",
+        help="Prefix mode: keep no more checkpoints than fit in SIZE (500M, 2G, bytes).",
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute even the modules already cached."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Precompute every module's attention states (or the default prompt's prefix states) and store them."""
     sch = _load_schema(schema)
-    sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
+    sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, checkpoint_bytes)
     bar, update = _progress_bar(not as_json)
     with bar:
         report = sess.compile(sch, force=force, progress=update)
@@ -343,42 +384,6 @@ def path(cache_dir: Optional[str] = CacheOpt) -> None:
 
 # -- cache housekeeping: ls, verify, gc, rm ----------------------------------------------------
 
-_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30,
-               "ti": 2**40}
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``123456``, ``500M``, ``2G``, ``1.5GB`` (k, M, G, T: powers of 1000; KiB, MiB,
-    GiB, TiB: powers of 1024)."""
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"'{text}' is not a size: give bytes or a number with a unit, like 500M, 2G, 1.5GB, 800MiB")
-    return int(float(m[1]) * _SIZE_UNITS[(m[2] or "").lower()])
-
-
-def parse_age(text: str) -> float:
-    """Seconds from ``30d``, ``12h``, ``90m``, ``2w`` or ``45s``."""
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhdw])\s*", text)
-    if not m:
-        raise ValueError(f"'{text}' is not an age: give a number and a unit s, m, h, d or w, like 30d, 12h, 90m")
-    return float(m[1]) * _AGE_UNITS[m[2]]
-
-
-def _option_parser(parse):
-    """A Typer option parser whose errors keep their message (exit 2 via main())."""
-    def parser(text: str):
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
-    return parser
-
-
 def _cache_root(cache_dir: Optional[str]) -> Path:
     from .cache_store import default_cache_dir
 
@@ -416,6 +421,15 @@ def _count(n: int, noun: str) -> str:
 
 def _freed(report) -> int:
     return sum(n.file.bytes for n in report.removed)
+
+
+def _register_plan() -> None:
+    from .plan_command import plan
+
+    app.command("plan")(plan)
+
+
+_register_plan()
 
 
 @app.command("ls")

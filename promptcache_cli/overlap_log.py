@@ -31,6 +31,13 @@ LOCK_TIMEOUT = 10.0  # seconds
 MAX_TOKENS = 1 << 31
 
 
+def history_dir(cache_root: Path | str, schema_name: str, schema_path: str | None) -> Path:
+    """Where a schema's prefix-mode requests are recorded in a cache directory."""
+    from .manifest import manifest_path
+
+    return Path(cache_root) / "prefix" / "history" / manifest_path(Path(cache_root), schema_name, schema_path).stem
+
+
 class OverlapLogError(Exception):
     """The record cannot be written (unwritable folder, full disk, lock held too long). Callers
     answering a question should warn and go on: the record only steers checkpoint placement."""

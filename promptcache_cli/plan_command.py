@@ -18,8 +18,9 @@ from typing import Optional
 
 import typer
 
-from . import checkpoint_plan as cp
 from . import errors
+
+DECAY = 0.99  # checkpoint_plan.DECAY (numpy is imported only when planning: fast `pc` start)
 
 
 def plan(
@@ -28,7 +29,12 @@ def plan(
         help='Requests as JSON lines {"tokens": N, "overlap": D}: prompt length, tokens shared with the cached prompt.',
     ),
     history: Optional[Path] = typer.Option(
-        None, "--history", metavar="DIR", help="A recorded overlap history: the folder holding overlap.jsonl.",
+        None, "--history", metavar="SCHEMA|DIR",
+        help="The overlap depths recorded by prefix-mode `pc ask`: a schema file (looked up in the cache "
+        "directory), or the folder holding overlap.jsonl.",
+    ),
+    cache_dir: Optional[str] = typer.Option(
+        None, "--cache-dir", envvar="PC_CACHE_DIR", help="Cache directory (default: user cache dir).",
     ),
     checkpoints: int = typer.Option(
         4, "--checkpoints", min=0, max=1024, metavar="M",
@@ -39,16 +45,18 @@ def plan(
         help="The cached prompt's length in tokens (default: the deepest overlap among the requests).",
     ),
     decay: float = typer.Option(
-        cp.DECAY, "--decay", help="Each newer request multiplies the weight of older ones by this (1: all equal).",
+        DECAY, "--decay", help="Each newer request multiplies the weight of older ones by this (1: all equal).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Where to keep prefix checkpoints: the optimal plan against the baselines, with the tokens each
     recomputes per request."""
     if (trace is None) == (history is None):
-        _usage("give one of --trace FILE or --history DIR")
+        _usage("give one of --trace FILE or --history SCHEMA|DIR")
     if not 0.0 < decay <= 1.0:
         _usage(f"--decay must be in (0, 1], not {decay}")
+    if history is not None and history.is_file():
+        history = _schema_history(history, cache_dir)
     source, depths = _requests(trace, history)
     deepest = max(depths, default=0)
     if length is None:
@@ -58,6 +66,8 @@ def plan(
         length = deepest
     elif length < deepest:
         _usage(f"--length {length} is shorter than the deepest overlap in {source} ({deepest} tokens)")
+    from . import checkpoint_plan as cp
+
     results = cp.compare(depths, length=length, checkpoints=checkpoints, decay=decay)
     weights = cp.decay_weights(len(depths), decay)
     report = {
@@ -75,6 +85,17 @@ def plan(
         sys.stdout.flush()
         return
     _table(report)
+
+
+def _schema_history(schema_file: Path, cache_dir: Optional[str]) -> Path:
+    """The folder where prefix-mode requests against this schema are recorded."""
+    from .cache_store import default_cache_dir
+    from .overlap_log import history_dir
+    from .pml import load_schema
+
+    schema = load_schema(str(schema_file))
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return history_dir(root, schema.name, schema.path)
 
 
 def _requests(trace: Optional[Path], history: Optional[Path]) -> tuple[str, list[int]]:
@@ -115,6 +136,8 @@ def _versus(x: float, dp: float) -> str:
 def _table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from . import checkpoint_plan as cp
 
     strategies = report["strategies"]
     dp = strategies["dp"]["expected_recomputed_tokens"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -31,7 +32,6 @@ from . import cache_file, state_blob
 from .cache_store import module_key
 from .engine import AskResult, CompileReport, ModuleReport, Progress, Session, _generate, _touch, owner_name
 from .llama_backend import Context, ContextSettings, llama_cpp_version
-from .manifest import manifest_path
 from .pml import Schema
 from .sampling import Sampler
 from .selection import Selection, default_selection
@@ -59,13 +59,17 @@ class PrefixSession(Session):
     mode = "prefix"
 
     def __init__(self, model_path, *, cache_dir, settings: ContextSettings = ContextSettings(),
-                 checkpoints: int = DEFAULT_CHECKPOINTS, codec: str = "none", model=None) -> None:
+                 checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
+                 codec: str = "none", model=None) -> None:
+        """``checkpoints``: states kept inside the prompt besides its end; ``checkpoint_bytes``, when
+        given, caps them further to what fits in that many bytes."""
         super().__init__(model_path, cache_dir=cache_dir, settings=settings, codec=codec, stitch=False, model=model)
         if self.model.kind == "swa" and not self.settings.swa_full:
             self.settings = replace(self.settings, swa_full=True)  # window caches keep every cell
         if checkpoints < 0:
             raise ValueError("the checkpoint budget cannot be negative")
         self.checkpoints = checkpoints
+        self.checkpoint_bytes = checkpoint_bytes
 
     # -- where things live ------------------------------------------------------------------
     def prompt_tokens(self, schema: Schema, selection: Selection) -> list[int]:
@@ -81,7 +85,9 @@ class PrefixSession(Session):
 
     def history_dir(self, schema: Schema) -> Path:
         """Where the overlap depths of a schema's requests are recorded."""
-        return self.store.root / "prefix" / "history" / manifest_path(self.store.root, schema.name, schema.path).stem
+        from .overlap_log import history_dir
+
+        return history_dir(self.store.root, schema.name, schema.path)
 
     def stored(self, key: str) -> dict[int, Checkpoint]:
         folder = self.state_dir(key)
@@ -96,17 +102,32 @@ class PrefixSession(Session):
     def plan_positions(self, schema: Schema, tokens: int, boundaries: list[int]) -> list[int]:
         """Checkpoint positions below the prompt's end (whose state is always kept besides):
         the dynamic program over the recorded overlap depths, preferring module boundaries."""
-        if self.model.kind in CUTTABLE or self.checkpoints == 0 or tokens <= 1:
+        budget = self.checkpoints
+        if self.model.kind in CUTTABLE or budget == 0 or tokens <= 1:
             return []
         from . import checkpoint_plan
+
+        if self.checkpoint_bytes is not None:
+            budget = min(budget, checkpoint_plan.checkpoints_for_budget(
+                budget_bytes=self.checkpoint_bytes, bytes_per_checkpoint=self._checkpoint_size()))
+            if budget == 0:
+                return []
         from .overlap_log import OverlapLog, OverlapLogError
 
         try:
             depths = [o.overlap for o in OverlapLog(self.history_dir(schema)).read()]
         except OverlapLogError:
             depths = []
-        return list(checkpoint_plan.plan_for(depths, length=tokens, checkpoints=self.checkpoints,
+        return list(checkpoint_plan.plan_for(depths, length=tokens, checkpoints=budget,
                                              boundaries=boundaries))
+
+    def _checkpoint_size(self) -> int:
+        """Bytes of one checkpoint: a recurrent state's size does not depend on its position."""
+        ctx = self.context(2)
+        ctx.decode([self.model.bos if self.model.bos >= 0 else 0], start=0)
+        size = len(ctx.save_state(0, partial=self.model.kind == "hybrid"))
+        ctx.clear()
+        return size
 
     def _record(self, schema: Schema, *, tokens: int, overlap: int) -> None:
         """Remember how deep this request's prompt followed the cached one (steers placement)."""
@@ -141,6 +162,27 @@ class PrefixSession(Session):
                 reports += self._prefill(key, tokens, todo, have={} if force else have, progress=progress)
         reports.sort(key=lambda r: int(r.name.rsplit("@", 1)[1]))
         return CompileReport(schema.name, "prefix", reports, time.perf_counter() - t0)
+
+    def store_states(self, tokens: list[int], positions: list[int], *,
+                     progress: Progress | None = None) -> list[ModuleReport]:
+        """Prefill ``tokens`` and store states at ``positions`` and at the end, replacing what was
+        stored for them (benchmarks compare placements this way)."""
+        key = self.prompt_key(tokens)
+        with self.store.lock(key):
+            for ck in self.stored(key).values():
+                ck.path.unlink(missing_ok=True)
+            want = sorted({p for p in positions if 0 < p < len(tokens)} | {len(tokens)})
+            return self._prefill(key, tokens, want, have={}, progress=progress)
+
+    def resume(self, cached: list[int], request: list[int], *, room: int = 0,
+               only: Collection[int] | None = None) -> tuple[Context, ResumePlan]:
+        """A context holding ``request``, resumed from the deepest usable stored state of ``cached``
+        and decoded the rest of the way: the last token's logits are ready. ``room``: cells left
+        free for generation; ``only``: use just the states stored at these positions."""
+        ctx = self.context(len(request) + room)
+        plan = self._restore(ctx, self.prompt_key(cached), cached, request, only=only)
+        ctx.decode(request[plan.restore_at:], start=plan.restore_at, logits=True)
+        return ctx, plan
 
     def _partial(self, pos: int, length: int) -> bool:
         return self.model.kind == "hybrid" and pos < length
@@ -275,12 +317,16 @@ class PrefixSession(Session):
         ctx = self.context(len(request) + max_tokens)
         return ctx, ResumePlan(_common_prefix(cached, request), 0, len(request))
 
-    def _restore(self, ctx: Context, key: str, cached: list[int], request: list[int]) -> ResumePlan:
+    def _restore(self, ctx: Context, key: str, cached: list[int], request: list[int], *,
+                 only: Collection[int] | None = None) -> ResumePlan:
         """Load the state the request resumes from into sequence 0 (left empty to start cold)."""
-        plan = self.resume_plan(cached, request, list(self.stored(key)))
+        stored = self.stored(key)
+        if only is not None:
+            stored = {p: ck for p, ck in stored.items() if p in only}
+        plan = self.resume_plan(cached, request, list(stored))
         ctx.clear()
         if plan.restore_at:
-            self._load_at(ctx, key, cached, plan.restore_at, self.stored(key))
+            self._load_at(ctx, key, cached, plan.restore_at, stored)
         return plan
 
     def _load_at(self, ctx: Context, key: str, cached: list[int], at: int, stored: dict[int, Checkpoint]) -> None:

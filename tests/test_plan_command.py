@@ -1,12 +1,9 @@
-"""`pc plan`: run as a real process through cli.main() (the command is registered on the app at run
-time until cli.py registers it), and once in process on a Typer app of its own. JSON shape and
+"""`pc plan`: run as a real process, and once in process on a Typer app of its own. JSON shape and
 values, the table, trace files and recorded histories, and one-line errors with their exit codes."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import typer
@@ -17,18 +14,7 @@ from promptcache_cli import errors
 from promptcache_cli.overlap_log import OverlapLog
 from promptcache_cli.plan_command import plan
 
-from .pc_process import TIMEOUT, Run, ok
-
-# cli.main() with `plan` registered, as `pc plan ...` will run once cli.py registers it
-MAIN = """
-import sys
-from promptcache_cli import cli
-from promptcache_cli.plan_command import plan
-if not any(c.name == "plan" for c in cli.app.registered_commands):
-    cli.app.command("plan")(plan)
-sys.argv[0] = "pc"
-cli.main()
-"""
+from .pc_process import Run, ok, pc
 
 TRACE = [  # system prompt only, a document with two branch points, full reuse
     {"tokens": 900, "overlap": 310}, {"tokens": 4500, "overlap": 312}, {"tokens": 2300, "overlap": 2210},
@@ -39,9 +25,7 @@ DEPTHS = [r["overlap"] for r in TRACE]
 
 
 def pc_plan(*args: str | Path) -> Run:
-    proc = subprocess.run([sys.executable, "-c", MAIN, "plan", *map(str, args)], check=False, capture_output=True,
-                          timeout=TIMEOUT)
-    return Run(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+    return pc("plan", *args)
 
 
 def failed(run: Run, code: int) -> str:
@@ -124,7 +108,7 @@ def test_a_bad_trace_is_one_line_and_exit_3(tmp_path):
 
 def test_bad_options_are_usage_errors(tmp_path):
     trace = write_trace(tmp_path, TRACE)
-    assert "give one of --trace FILE or --history DIR" in failed(pc_plan(), errors.EXIT_USAGE)
+    assert "give one of --trace FILE or --history SCHEMA|DIR" in failed(pc_plan(), errors.EXIT_USAGE)
     failed(pc_plan("--trace", trace, "--history", tmp_path), errors.EXIT_USAGE)
     err = failed(pc_plan("--trace", trace, "--length", "4000"), errors.EXIT_USAGE)
     assert "--length 4000 is shorter than the deepest overlap" in err
