@@ -408,7 +408,10 @@ def _size(n: int) -> str:
 
 
 def _file_json(f) -> dict:
-    return {"path": str(f.path), "key": f.key or None, "bytes": f.bytes, "last_used": _iso(f.last_used)}
+    out = {"path": str(f.path), "key": f.key or None, "bytes": f.bytes, "last_used": _iso(f.last_used)}
+    if f.position is not None:  # a prefix state
+        out["position"] = f.position
+    return out
 
 
 def _note_json(n) -> dict:
@@ -423,6 +426,40 @@ def _freed(report) -> int:
     return sum(n.file.bytes for n in report.removed)
 
 
+def _ratio(r: Optional[float]) -> Optional[float]:
+    return None if r is None else round(r, 3)
+
+
+def _variant_json(v) -> dict:
+    out = {"model": v.model, "mode": v.mode, "encoding": v.encoding, "codec": v.codec, "llama_cpp": v.llama_cpp,
+           "modules": [{"name": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes, "ratio": _ratio(m.ratio),
+                        "last_used": _iso(m.last_used), "present": m.present} for m in v.modules]}
+    if v.mode == "prefix":
+        out.update(key=v.key, tokens=v.tokens, states=[
+            {"position": st.position, "tokens": st.tokens, "bytes": st.bytes, "ratio": _ratio(st.ratio),
+             "last_used": _iso(st.last_used), "partial": st.partial, "path": str(st.path)} for st in v.states])
+    return out
+
+
+def _ls_rows(listing):
+    """(schema, name, tokens, size, ratio, last used, variant) per module file or prefix state."""
+    for s in listing.schemas:
+        for v in s.variants:
+            how = f"{v.model} · {v.encoding} · {v.codec}"
+            for m in v.modules:
+                yield (s.schema, m.name, str(m.tokens), _size(m.bytes) if m.present else "missing",
+                       f"{m.ratio:.2f}x" if m.ratio else "", _when(m.last_used), how)
+            for st in v.states:
+                yield (s.schema, f"prefix@{st.position}{' (partial)' if st.partial else ''}",
+                       str(st.tokens if st.tokens is not None else st.position), _size(st.bytes),
+                       f"{st.ratio:.2f}x" if st.ratio else "", _when(st.last_used), how)
+            if v.mode == "prefix" and not v.states:
+                yield s.schema, "prefix", str(v.tokens or ""), "missing", "", "", how
+    for f in listing.orphans:
+        name = f.key[:16] if f.position is None else f"{f.key[:16]}@{f.position}"
+        yield "(no schema)", name, "", _size(f.bytes), "", _when(f.last_used), ""
+
+
 def _register_plan() -> None:
     from .plan_command import plan
 
@@ -434,7 +471,8 @@ _register_plan()
 
 @app.command("ls")
 def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
-    """List the cached schemas and module files: tokens, size, compression ratio, last use."""
+    """List the cached schemas with their module files or prefix states: tokens, size, compression
+    ratio, last use."""
     from .cache_admin import list_cache
 
     root = _cache_root(cache_dir)
@@ -442,38 +480,28 @@ def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None
     if as_json:
         _emit_json({
             "cache_dir": str(root),
-            "schemas": [
-                {"schema": s.schema, "path": s.path, "variants": [
-                    {"model": v.model, "encoding": v.encoding, "codec": v.codec, "llama_cpp": v.llama_cpp,
-                     "modules": [{"name": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes,
-                                  "ratio": None if m.ratio is None else round(m.ratio, 3),
-                                  "last_used": _iso(m.last_used), "present": m.present} for m in v.modules]}
-                    for v in s.variants]}
-                for s in listing.schemas
-            ],
+            "schemas": [{"schema": s.schema, "path": s.path, "variants": [_variant_json(v) for v in s.variants]}
+                        for s in listing.schemas],
             "orphans": [_file_json(f) for f in listing.orphans],
             "total_bytes": listing.total_bytes,
         })
         return
     if not listing.schemas and not listing.orphans:
-        _err(f"the cache {root} holds no module files")
+        _err(f"the cache {root} holds no cache files")
         return
     from rich.console import Console
     from rich.table import Table
 
     n_files = len({m.key for s in listing.schemas for v in s.variants for m in v.modules if m.present})
-    n_files += len(listing.orphans)
-    t = Table(title=f"{root}: {n_files} module files, {_size(listing.total_bytes)}")
+    n_files += sum(f.position is None for f in listing.orphans)
+    n_states = len({st.path for s in listing.schemas for v in s.variants for st in v.states})
+    n_states += sum(f.position is not None for f in listing.orphans)
+    t = Table(title=f"{root}: {_count(n_files, 'module file')}, {_count(n_states, 'prefix state')}, "
+                    f"{_size(listing.total_bytes)}")
     for col in ("schema", "module", "tokens", "size", "ratio", "last used", "model · encoding · codec"):
         t.add_column(col, justify="right" if col in ("tokens", "size", "ratio") else "left")
-    for s in listing.schemas:
-        for v in s.variants:
-            for m in v.modules:
-                t.add_row(s.schema, m.name, str(m.tokens), _size(m.bytes) if m.present else "missing",
-                          f"{m.ratio:.2f}x" if m.ratio else "", _when(m.last_used),
-                          f"{v.model} · {v.encoding} · {v.codec}")
-    for f in listing.orphans:
-        t.add_row("(no schema)", f.key[:16], "", _size(f.bytes), "", _when(f.last_used), "")
+    for row in _ls_rows(listing):
+        t.add_row(*row)
     console = Console(markup=False, highlight=False)  # names and paths are shown as they are
     if not console.is_terminal:
         console = Console(markup=False, highlight=False, width=200)
@@ -490,7 +518,7 @@ def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> 
     if as_json:
         _emit_json({
             "cache_dir": str(root), "checked": report.checked, "ok": not report.damaged,
-            "damaged": [{"path": str(d.file.path), "key": d.file.key, "reason": d.reason} for d in report.damaged],
+            "damaged": [{"kind": d.kind, **_file_json(d.file), "reason": d.reason} for d in report.damaged],
             "stale_temporary": [{"path": str(f.path), "bytes": f.bytes} for f in report.stale_temporary],
         })
     else:
@@ -500,7 +528,7 @@ def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> 
             _out(f"leftover  {f.path} ({_size(f.bytes)}, a temporary file older than an hour; `pc gc` removes it)\n")
     if report.damaged:
         _err(f"pc: {len(report.damaged)} of {_count(report.checked, 'cache file')} damaged "
-             "(`pc ask` recomputes a damaged module when it needs it)")
+             "(`pc ask` recomputes a damaged module or prefix state when it needs it)")
         raise typer.Exit(errors.EXIT_CACHE)
     if not as_json:
         _err(f"{_count(report.checked, 'cache file')} intact in {root}")
@@ -510,17 +538,18 @@ def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> 
 def gc_cmd(
     max_size: Optional[int] = typer.Option(
         None, "--max-size", parser=_option_parser(parse_size), metavar="SIZE",
-        help="Remove least recently used module files until they take at most SIZE (500M, 2G, 1.5GB, bytes).",
+        help="Remove least recently used module files and prefix states until they take at most SIZE "
+        "(500M, 2G, 1.5GB, bytes).",
     ),
     older_than: Optional[float] = typer.Option(
         None, "--older-than", parser=_option_parser(parse_age), metavar="AGE",
-        help="Remove module files not used for longer than AGE (30d, 12h, 90m, 2w).",
+        help="Remove module files and prefix states not used for longer than AGE (30d, 12h, 90m, 2w).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Evict module files by last use; also remove stale temporary and lock files."""
+    """Evict module files and prefix states by last use; also remove stale temporary and lock files."""
     from .cache_admin import gc
 
     if max_size is None and older_than is None:
@@ -541,7 +570,7 @@ def gc_cmd(
     for n in report.skipped:
         _err(f"kept  {n.file.path}  ({n.reason})")
     _err(f"{'would free' if dry_run else 'freed'} {_size(_freed(report))} in {_count(len(report.removed), 'file')}; "
-         f"module files {'would ' if dry_run else ''}take {_size(report.total_after)}")
+         f"cache files {'would ' if dry_run else ''}take {_size(report.total_after)}")
 
 
 @app.command("rm")
@@ -550,7 +579,8 @@ def rm_cmd(
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Remove a schema from the cache: its manifest and the module files no other schema uses."""
+    """Remove a schema from the cache: its manifest, its overlap record, and the module files and
+    prefix states no other schema uses."""
     from .cache_admin import remove_schema
 
     root = _cache_root(cache_dir)
@@ -564,8 +594,10 @@ def rm_cmd(
         return
     for n in report.skipped:
         _err(f"kept  {n.file.path}  ({n.reason})")
-    _err(f"removed schema '{report.schema}': {_count(len(report.removed), 'module file')}, "
-         f"{_size(_freed(report))} freed; kept {len(report.kept)} used by other schemas")
+    n_modules, n_states = (sum(n.kind == kind for n in report.removed) for kind in ("module", "prefix"))
+    _err(f"removed schema '{report.schema}': {_count(n_modules, 'module file')}, "
+         f"{_count(n_states, 'prefix state')}, {_size(_freed(report))} freed; "
+         f"kept {len(report.kept)} used by other schemas")
 
 
 def main() -> None:

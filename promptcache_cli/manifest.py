@@ -10,6 +10,11 @@ model, llama.cpp build, setting or encoding).
                          "state_layout": {...}, "encoding": "scaffold", "codec": "zstd",
                          "compiled": 1795357344.7,
                          "modules": [{"name": "gpl2", "key": "...", "tokens": 4038}]}}}
+
+A prefix-mode variant (``"mode": "prefix"``, encoding ``"prefix"``) has no modules: its
+``"prefix": {"key": "...", "tokens": 5120}`` names the folder of states ``prefix/<key[:2]>/<key>/``
+and the length of the default prompt they were prefilled from. Which states exist is read from
+that folder (checkpoints are re-planned, `pc gc` may evict some).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+PREFIX = "prefix"  # the encoding (and mode) of a prefix-mode variant
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class Variant:
             diff = {k: v for k, v in (other.get("state_layout") or {}).items() if self.state_layout.get(k) != v}
             out.append("other context settings (" + ", ".join(f"{k}={v}" for k, v in sorted(diff.items())) + ")")
         if other.get("encoding") != self.encoding:
-            out.append(f"the {other.get('encoding')} encoding")
+            out.append("prefix mode" if other.get("encoding") == PREFIX else f"the {other.get('encoding')} encoding")
         return out
 
 
@@ -74,17 +81,31 @@ def load_all(root: Path) -> list[tuple[Path, dict]]:
 
 
 def record(store, *, schema_name: str, schema_path: str | None, variant: Variant, codec: str,
-           modules: list[dict]) -> None:
-    """Add or replace this variant's entry, under the manifest's lock, atomically."""
+           modules: list[dict], prefix: dict | None = None) -> None:
+    """Add or replace this variant's entry, under the manifest's lock, atomically. ``prefix``
+    (``{"key": ..., "tokens": ...}``) makes it a prefix-mode entry."""
     from filelock import FileLock
 
+    from .cache_store import CacheWriteError
+
     path = manifest_path(store.root, schema_name, schema_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    lock = FileLock(str(path) + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:  # a read-only cache
+        raise CacheWriteError(f"cannot write to the cache at {path.parent}: {e.strerror}") from None
+    try:
         data = load(path) or {"schema": schema_name, "variants": {}}
         data["path"] = os.path.abspath(schema_path) if schema_path else None
-        data["variants"][variant.id] = {
+        entry = {
             "model": variant.model, "llama_cpp": variant.llama_cpp, "state_layout": variant.state_layout,
             "encoding": variant.encoding, "codec": codec, "compiled": time.time(), "modules": modules,
+            "mode": "modular",
         }
+        if prefix is not None:
+            entry.update(mode=PREFIX, prefix=prefix)
+        data["variants"][variant.id] = entry
         store.write_atomic(path, [json.dumps(data, indent=1, sort_keys=True).encode()])
+    finally:
+        lock.release()

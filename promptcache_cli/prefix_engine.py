@@ -160,6 +160,11 @@ class PrefixSession(Session):
             reports = [self._report(key, have[p], "reused", 0.0) for p in want if p not in todo]
             if todo:
                 reports += self._prefill(key, tokens, todo, have={} if force else have, progress=progress)
+        from . import manifest  # the schema's entry: what `pc ls` lists and `pc rm` removes
+
+        variant = manifest.Variant(self.fingerprint, llama_cpp_version(), self.settings.state_layout(), manifest.PREFIX)
+        manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=variant,
+                        codec=self.codec, modules=[], prefix={"key": key, "tokens": len(tokens)})
         reports.sort(key=lambda r: int(r.name.rsplit("@", 1)[1]))
         return CompileReport(schema.name, "prefix", reports, time.perf_counter() - t0)
 
