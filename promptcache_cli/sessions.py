@@ -14,7 +14,7 @@ PREFIX_KINDS = ("recurrent", "hybrid")  # what `auto` serves in prefix mode: sta
 
 def open_session(model_path: str | Path, *, cache_dir: str | Path, mode: str = "auto",
                  settings: ContextSettings = ContextSettings(), encoding: str | None = None, codec: str = "none",
-                 checkpoints: int = DEFAULT_CHECKPOINTS) -> Session:
+                 checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None) -> Session:
     """``auto`` picks prefix mode for recurrent and hybrid models and modular stitching otherwise.
     Modular stitching of a recurrent or hybrid model raises UnsupportedModel."""
     if mode not in MODES:
@@ -23,7 +23,7 @@ def open_session(model_path: str | Path, *, cache_dir: str | Path, mode: str = "
     try:
         if mode == "prefix" or (mode == "auto" and model.kind in PREFIX_KINDS):
             return PrefixSession(model_path, cache_dir=cache_dir, settings=settings, codec=codec,
-                                 checkpoints=checkpoints, model=model)
+                                 checkpoints=checkpoints, checkpoint_bytes=checkpoint_bytes, model=model)
         extra = {"encoding": encoding} if encoding else {}
         return Session(model_path, cache_dir=cache_dir, settings=settings, codec=codec, model=model, **extra)
     except BaseException:
