@@ -158,3 +158,18 @@ def test_cli_prefix_mode(test_model: Path, schema_path: Path, tmp_path: Path) ->
     refused = pc("ask", "-s", schema_path, "--model", test_model, "--mode", "modular", QUESTION, cache_dir=cache)
     assert refused.code == 4 and len(refused.err.strip().splitlines()) == 1
     assert "prefix mode" in refused.err and "Traceback" not in refused.err
+
+
+@pytest.mark.parametrize("test_model", ["mamba"], indirect=True)
+def test_checkpoint_bytes_caps_the_checkpoints(test_model: Path, schema_path: Path, tmp_path: Path) -> None:
+    def states(*extra: str) -> list[int]:
+        r = ok(pc("compile", schema_path, "--model", test_model, "--json", *extra, cache_dir=tmp_path / "c"))
+        return [m["tokens"] for m in r.json()["modules"]]
+
+    one_state = states("--checkpoint-bytes", "1")
+    assert len(one_state) == 1  # no checkpoint fits: only the end state
+    state_bytes = (tmp_path / "c" / "prefix").rglob(f"{one_state[0]}.pcm").__next__().stat().st_size
+    assert len(states("--checkpoint-bytes", str(2 * state_bytes), "--checkpoints", "3")) == 3  # two fit, plus the end
+    assert len(states("--checkpoint-bytes", "1G", "--checkpoints", "3")) == 4
+    bad = pc("compile", schema_path, "--model", test_model, "--checkpoint-bytes", "lots", cache_dir=tmp_path / "c")
+    assert bad.code == 2 and "is not a size" in bad.err
