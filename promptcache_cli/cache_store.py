@@ -8,11 +8,13 @@ same folder, are synced and renamed into place, so a reader sees a whole file or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -73,8 +75,25 @@ class CacheStore:
         from filelock import FileLock
 
         path = self.module_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheWriteError(f"cannot write to the cache at {path.parent}: {e.strerror}") from None
         return FileLock(str(path) + ".lock")
+
+    @contextlib.contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """Hold :meth:`lock`; a lock file that cannot be created (read-only cache) is a
+        CacheWriteError."""
+        lock = self.lock(key)
+        try:
+            lock.acquire()
+        except OSError as e:
+            raise CacheWriteError(f"cannot write to the cache at {Path(lock.lock_file).parent}: {e.strerror}") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def write_atomic(self, path: Path, chunks: list) -> int:
         """Write ``chunks`` to ``path`` via a synced temporary file and a rename."""

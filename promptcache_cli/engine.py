@@ -10,14 +10,14 @@ import contextlib
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Collection
 
 import numpy as np
 
 from . import cache_file, layout as lay, manifest, state_blob
-from .cache_store import CacheStore, model_fingerprint, module_key
+from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
 from .layout import ROOT, Layout, Path as ModPath
 from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
 from .pml import Schema
@@ -70,6 +70,15 @@ class AskResult:
     warnings: list[str]
     compiled: list[ModuleReport]
     first_logits: np.ndarray | None = None
+
+
+@dataclass
+class Unstored:
+    """What an ask computed but could not store (a read-only or full cache): the first reason,
+    and the states by owner and segment offset, to answer from anyway."""
+
+    reason: str | None = None
+    blobs: dict[ModPath, dict[int, np.ndarray]] = field(default_factory=dict)
 
 
 class Session:
@@ -148,8 +157,11 @@ class Session:
 
     def _record(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> None:
         modules = [{"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)} for o in layout.owners()]
-        manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=self.variant,
-                        codec=self.codec, modules=modules)
+        try:
+            manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=self.variant,
+                            codec=self.codec, modules=modules)
+        except OSError as e:  # its folder or lock file cannot be created (write_atomic raises CacheWriteError)
+            raise CacheWriteError(f"cannot write to the cache at {self.store.root}: {e.strerror}") from None
 
     def _why_missing(self, schema: Schema) -> str | None:
         """When a schema's cache exists only for other models or settings, say how it differs."""
@@ -201,7 +213,8 @@ class Session:
         return CompileReport(schema.name, self.encoding, reports, time.perf_counter() - t0)
 
     def _compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
-                 redo: Collection[ModPath] = (), progress: Progress | None) -> list[ModuleReport]:
+                 redo: Collection[ModPath] = (), progress: Progress | None,
+                 unstored: Unstored | None = None) -> list[ModuleReport]:
         """Compute the owners' segments and write one file per owner.
 
         Segments are computed in position order whatever their owner, so the running sequence
@@ -209,10 +222,19 @@ class Session:
         is decoded about once. The owners' locks are held throughout; an owner another process
         finished while we waited for its lock is reused, not recomputed, unless it is in ``redo``
         (forced, or found damaged). The old file stays in place until the new one replaces it.
+
+        A cache that cannot be written raises CacheWriteError, unless ``unstored`` is given (an
+        ask): then the reason and the states not stored go there, and computing goes on.
         """
         with contextlib.ExitStack() as locks:
-            for owner in sorted(owners, key=lambda o: keys[o]):
-                locks.enter_context(self.store.lock(keys[owner]))
+            try:
+                for owner in sorted(owners, key=lambda o: keys[o]):
+                    locks.enter_context(self.store.locked(keys[owner]))
+            except CacheWriteError as e:
+                if unstored is None:
+                    raise
+                locks.close()  # no lock file can be made: nothing will be written, compute everything here
+                unstored.reason = str(e)
             reports = {
                 o: self._reused(layout, keys, o)
                 for o in owners
@@ -224,10 +246,27 @@ class Session:
                 key=lambda job: job[0].offset,
             )
             if jobs:
-                reports.update(self._compute_jobs(layout, keys, jobs, progress))
+                reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored))
         return [reports[o] for o in owners]
 
-    def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list, progress: Progress | None):
+    def _store(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, blobs: list[np.ndarray],
+               unstored: Unstored | None) -> int:
+        """Write an owner's file; returns its size, or 0 when the states went to ``unstored``."""
+        segs = layout.segments_of(owner)
+        if unstored is None or unstored.reason is None:
+            chunks = cache_file.encode(self._header(layout, owner, keys[owner]), blobs, [s.tokens for s in segs],
+                                       [s.offset for s in segs], codec=self.codec, split_planes=self._split_planes)
+            try:
+                return self.store.write_atomic(self.store.module_path(keys[owner]), chunks)
+            except CacheWriteError as e:
+                if unstored is None:
+                    raise
+                unstored.reason = str(e)
+        unstored.blobs[owner] = {s.offset: b for s, b in zip(segs, blobs, strict=True)}
+        return 0
+
+    def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list, progress: Progress | None,
+                      unstored: Unstored | None = None):
         total = sum(len(c) + len(s.tokens) for s, c in jobs)
         ctx = self.context(max(layout.end, max(len(c) + len(s.tokens) for s, c in jobs)) + 1)
         left = Counter(seg.owner for seg, _ in jobs)
@@ -251,11 +290,7 @@ class Session:
             ctx.seq_rm(1)
             left[seg.owner] -= 1
             if left[seg.owner] == 0:  # the owner's last segment: write its file now
-                segs = layout.segments_of(seg.owner)
-                chunks = cache_file.encode(self._header(layout, seg.owner, keys[seg.owner]), blobs.pop(seg.owner),
-                                           [s.tokens for s in segs], [s.offset for s in segs], codec=self.codec,
-                                           split_planes=self._split_planes)
-                nbytes = self.store.write_atomic(self.store.module_path(keys[seg.owner]), chunks)
+                nbytes = self._store(layout, keys, seg.owner, blobs.pop(seg.owner), unstored)
                 seconds[seg.owner] += time.perf_counter() - t
                 reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed",
                                                   layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
@@ -384,10 +419,19 @@ class Session:
             if why:
                 warnings.append(f"the cache of schema '{schema.name}' was made with {why}; recomputing it for "
                                 f"{self.model.description} with these settings")
-            compiled = self._compute(layout, keys, to_compile, redo=damaged, progress=progress)
-            compiled = [r for r in compiled if r.status == "computed"]
-            self._record(schema, layout, keys)
-            for owner in to_compile:
+            unstored = Unstored()
+            compiled = self._compute(layout, keys, to_compile, redo=damaged, progress=progress, unstored=unstored)
+            stored = [o for o in to_compile if o not in unstored.blobs]
+            compiled = [r for o, r in zip(to_compile, compiled, strict=True) if r.status == "computed" and o in stored]
+            if unstored.reason is None:
+                try:
+                    self._record(schema, layout, keys)
+                except CacheWriteError as e:
+                    unstored.reason = str(e)
+            if unstored.reason is not None:  # one warning, however many writes failed
+                warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
+            blobs.update(unstored.blobs)
+            for owner in stored:
                 blobs[owner] = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
         ctx = self.context(layout.end + len(q) + max_tokens)
         cached = computed = 0

@@ -42,6 +42,7 @@ def exit_code_for(exc: BaseException) -> int | None:
         (SelectionError, EXIT_INPUT),
         (ParameterTooLong, EXIT_INPUT),
         (InputError, EXIT_INPUT),
+        (UsageError, EXIT_USAGE),
         (ModelNotFound, EXIT_MODEL),
         (ModelLoadError, EXIT_MODEL),
         (TemplateError, EXIT_MODEL),
@@ -60,3 +61,7 @@ def exit_code_for(exc: BaseException) -> int | None:
 
 class InputError(Exception):
     """A problem with what the user typed that the CLI itself detects."""
+
+
+class UsageError(Exception):
+    """A bad setting outside the options, such as an environment variable."""

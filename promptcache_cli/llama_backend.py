@@ -36,9 +36,10 @@ class ContextFullError(BackendError):
     """The prompt does not fit into the context."""
 
 
-@C.llama_log_callback
-def _silent_log(level, text, user_data):  # pragma: no cover - called from C
-    return None
+# llama.cpp's log lines are dropped by a builtin, not a Python function: a Ctrl-C that lands while
+# llama.cpp logs (model loading logs hundreds of lines) would be raised inside a Python callback,
+# where ctypes prints it as "Exception ignored" and loses it; a builtin runs no bytecode.
+_silent_log = C.llama_log_callback(slice)
 
 
 _initialized = False
@@ -62,7 +63,7 @@ class ContextSettings:
 
     n_ctx: int = 4096
     n_batch: int = 512
-    n_threads: int = 0  # 0: every core
+    n_threads: int = 0  # 0: $PC_THREADS, else every core
     type_k: str = "f16"
     type_v: str = "f16"
     flash_attn: bool = False
@@ -181,6 +182,21 @@ class Model:
             pass
 
 
+ENV_THREADS = "PC_THREADS"
+
+
+def _env_threads() -> int | None:
+    """Threads from $PC_THREADS (a positive integer), None when unset."""
+    raw = os.environ.get(ENV_THREADS, "").strip()
+    if not raw:
+        return None
+    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= 1024:
+        from .errors import UsageError
+
+        raise UsageError(f"{ENV_THREADS} must be a number of threads from 1 to 1024, not {raw!r}")
+    return int(raw)
+
+
 class Context:
     """A llama.cpp context with a unified KV cache and two sequences: 0 (the prompt being
     built) and 1 (scratch, for loading a blob before copying its cells into 0)."""
@@ -188,6 +204,7 @@ class Context:
     N_SEQ = 2
 
     def __init__(self, model: Model, settings: ContextSettings) -> None:
+        """``settings.n_threads`` 0 means $PC_THREADS, or else every core."""
         self.model = model
         self.settings = settings
         p = C.llama_context_default_params()
@@ -195,7 +212,7 @@ class Context:
         p.n_batch = settings.n_batch
         p.n_ubatch = settings.n_batch
         p.n_seq_max = self.N_SEQ
-        threads = settings.n_threads or os.cpu_count() or 1
+        threads = settings.n_threads or _env_threads() or os.cpu_count() or 1
         p.n_threads = threads
         p.n_threads_batch = threads
         p.type_k = GGML_TYPES[settings.type_k]
