@@ -29,9 +29,9 @@ from typing import Collection
 import numpy as np
 
 from . import cache_file, state_blob
-from .cache_store import module_key
+from .cache_store import CacheWriteError, module_key
 from .engine import AskResult, CompileReport, ModuleReport, Progress, Session, _generate, _touch, owner_name
-from .llama_backend import Context, ContextSettings, llama_cpp_version
+from .llama_backend import BackendError, Context, ContextSettings, llama_cpp_version
 from .pml import Schema
 from .sampling import Sampler
 from .selection import Selection, default_selection
@@ -151,7 +151,7 @@ class PrefixSession(Session):
         key = self.prompt_key(tokens)
         starts = list(np.cumsum([len(obj.tokens if kind == "segment" else obj) for kind, obj in plan])[:-1])
         want = sorted(set(self.plan_positions(schema, len(tokens), [int(b) for b in starts])) | {len(tokens)})
-        with self.store.lock(key):
+        with self.store.locked(key):
             have = self.stored(key)
             for pos, ck in have.items():  # a re-plan drops checkpoints it no longer wants
                 if pos not in want:
@@ -173,7 +173,7 @@ class PrefixSession(Session):
         """Prefill ``tokens`` and store states at ``positions`` and at the end, replacing what was
         stored for them (benchmarks compare placements this way)."""
         key = self.prompt_key(tokens)
-        with self.store.lock(key):
+        with self.store.locked(key):
             for ck in self.stored(key).values():
                 ck.path.unlink(missing_ok=True)
             want = sorted({p for p in positions if 0 < p < len(tokens)} | {len(tokens)})
@@ -184,7 +184,7 @@ class PrefixSession(Session):
         """A context holding ``request``, resumed from the deepest usable stored state of ``cached``
         and decoded the rest of the way: the last token's logits are ready. ``room``: cells left
         free for generation; ``only``: use just the states stored at these positions."""
-        ctx = self.context(len(request) + room)
+        ctx = self.context(max(len(request), len(cached)) + room)  # a restored end state holds every cached cell
         plan = self._restore(ctx, self.prompt_key(cached), cached, request, only=only)
         ctx.decode(request[plan.restore_at:], start=plan.restore_at, logits=True)
         return ctx, plan
@@ -224,7 +224,10 @@ class PrefixSession(Session):
             chunks = cache_file.encode(header, [blob], [tuple(tokens[:pos])], [0], codec=self.codec,
                                        split_planes=False)
             path = self.state_dir(key) / f"{pos}.pcm"
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CacheWriteError(f"cannot write to the cache at {path.parent}: {e.strerror}") from None
             self.store.write_atomic(path, chunks)
             reports.append(self._report(key, Checkpoint(pos, path), "computed", time.perf_counter() - t))
         ctx.clear()
@@ -309,14 +312,14 @@ class PrefixSession(Session):
                     if attempt or (cached and len(cached) not in self.stored(key)):
                         compiled += [r for r in self.compile(schema, progress=progress).modules
                                      if r.status == "computed"]
-                    ctx = self.context(len(request) + max_tokens)
+                    ctx = self.context(max(len(request), len(cached)) + max_tokens)
                     return ctx, self._restore(ctx, key, cached, request)
                 except DamagedState as e:
                     if attempt:
                         raise
                     warnings.append(f"{e}; recomputing it")
                     _discard(self.state_dir(key) / f"{e.position}.pcm")
-        except (DamagedState, OSError) as e:
+        except (DamagedState, CacheWriteError, OSError) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             warnings.append(f"cannot use the prefix cache ({why}); answering without it")
         ctx = self.context(len(request) + max_tokens)
@@ -337,13 +340,13 @@ class PrefixSession(Session):
     def _load_at(self, ctx: Context, key: str, cached: list[int], at: int, stored: dict[int, Checkpoint]) -> None:
         n = len(cached)
         if self.model.kind in CUTTABLE or (self.model.kind == "hybrid" and at < n):
-            ctx.load_state(0, self._checked(stored, n, key, cached, partial=False))
+            _load(ctx, self._checked(stored, n, key, cached, partial=False), n)
             if self.model.kind == "hybrid":
-                ctx.load_state(0, self._checked(stored, at, key, cached[:at], partial=True), partial=True)
+                _load(ctx, self._checked(stored, at, key, cached[:at], partial=True), at, partial=True)
             if at < n:
                 ctx.seq_rm(0, at, -1)
         else:
-            ctx.load_state(0, self._checked(stored, at, key, cached[:at], partial=False))
+            _load(ctx, self._checked(stored, at, key, cached[:at], partial=False), at)
         if ctx.pos_max(0) != at - 1:
             raise DamagedState(at, f"the restored state ends at {ctx.pos_max(0) + 1}, not {at}")
 
@@ -363,6 +366,13 @@ class DamagedState(Exception):
     def __init__(self, position: int, why: str) -> None:
         super().__init__(f"prefix state at token {position}: {why}")
         self.position = position
+
+
+def _load(ctx: Context, blob: np.ndarray, position: int, *, partial: bool = False) -> None:
+    try:
+        ctx.load_state(0, blob, partial=partial)
+    except BackendError as e:
+        raise DamagedState(position, str(e)) from None
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

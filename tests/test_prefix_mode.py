@@ -17,6 +17,7 @@ from promptcache_cli.sessions import open_session
 
 from .conftest import license_excerpt, write_schema
 from .pc_process import ok, pc
+from .test_faults import read_only_works as _read_only_works  # noqa: F401  (the fixture, under its own name)
 
 QUESTION = "What is the code word?"
 SELECTIONS = [None, ["a", "c"], ["b"], ["a", "b"], []]  # None: the default prompt (every module)
@@ -173,3 +174,26 @@ def test_checkpoint_bytes_caps_the_checkpoints(test_model: Path, schema_path: Pa
     assert len(states("--checkpoint-bytes", "1G", "--checkpoints", "3")) == 4
     bad = pc("compile", schema_path, "--model", test_model, "--checkpoint-bytes", "lots", cache_dir=tmp_path / "c")
     assert bad.code == 2 and "is not a size" in bad.err
+
+
+@pytest.mark.usefixtures("_read_only_works")
+@pytest.mark.parametrize("test_model", ["lfm2"], indirect=True)
+def test_read_only_cache_prefix_mode(test_model: Path, schema_path: Path, tmp_path: Path) -> None:
+    """A warm read-only cache answers from its states silently; an empty one warns once and
+    answers cold; either way the answer is the --no-cache answer and nothing is written."""
+    from . import faults
+
+    args = ["ask", "-s", schema_path, "--model", test_model, "-m", "b", "-n", "6", QUESTION]
+    cold = ok(pc(*args, "--no-cache", cache_dir=tmp_path / "scratch")).out
+    warm_cache, empty_cache = tmp_path / "warm", tmp_path / "empty"
+    ok(pc("compile", schema_path, "--model", test_model, cache_dir=warm_cache))
+    empty_cache.mkdir()
+    for cache in (warm_cache, empty_cache):
+        faults.make_read_only(cache)
+        before = faults.snapshot(cache)
+        proc = faults.run(args, cache=cache, preexec=faults.drop_root_write_bypass)
+        assert proc.code == 0 and proc.out == cold, proc.err
+        warnings = [line for line in proc.err.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == (0 if cache == warm_cache else 1), proc.err
+        assert faults.snapshot(cache) == before
+        faults.make_writable(cache)
