@@ -100,10 +100,10 @@ class Session:
         if encoding not in lay.ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
         self.model = model if model is not None else Model(str(model_path))
-        if stitch and self.model.kind in ("recurrent", "hybrid"):
+        if stitch and self.model.kind in ("recurrent", "hybrid", "swa"):
             from .llama_backend import UnsupportedModel
 
-            kind = self.model.kind
+            kind = {"swa": "sliding-window attention"}.get(self.model.kind, self.model.kind)
             self.model.close()
             raise UnsupportedModel(
                 f"{model_path} is a {kind} model: its state cannot be cut back or stitched from modules; "
@@ -127,11 +127,7 @@ class Session:
     def context(self, n_cells: int) -> Context:
         """A context with at least ``n_cells`` cells (reused while big enough), cleared."""
         need = max(256, -(-n_cells // 256) * 256)
-        if n_cells > self.model.n_ctx_train:
-            raise PromptTooLong(
-                f"the prompt and answer need {n_cells} positions, "
-                f"the model's context is {self.model.n_ctx_train}"
-            )
+        self._check_fits(n_cells)
         need = min(need, self.model.n_ctx_train)
         if self._ctx is None or self._ctx.n_ctx < need:
             if self._ctx is not None:
@@ -139,6 +135,13 @@ class Session:
             self._ctx = Context(self.model, replace(self.settings, n_ctx=need))
         self._ctx.clear()
         return self._ctx
+
+    def _check_fits(self, n_cells: int) -> None:
+        if n_cells > self.model.n_ctx_train:
+            raise PromptTooLong(
+                f"the prompt and answer need {n_cells} positions, "
+                f"the model's context is {self.model.n_ctx_train}"
+            )
 
     def layout(self, schema: Schema) -> Layout:
         hit = self._layouts.get(id(schema))
@@ -226,6 +229,7 @@ class Session:
         A cache that cannot be written raises CacheWriteError, unless ``unstored`` is given (an
         ask): then the reason and the states not stored go there, and computing goes on.
         """
+        self._check_fits(layout.end + 1)  # before any lock file is made
         with contextlib.ExitStack() as locks:
             try:
                 for owner in sorted(owners, key=lambda o: keys[o]):
@@ -368,6 +372,7 @@ class Session:
         warnings: list[str] = []
         compiled: list[ModuleReport] = []
         n_prompt = layout.end + len(q)
+        self._check_fits(n_prompt + max_tokens)  # before compiling anything on demand
         if no_cache:
             ctx = self.context(n_prompt + max_tokens)
             tokens = self.flat_tokens(plan) + q

@@ -67,7 +67,6 @@ class ContextSettings:
     type_k: str = "f16"
     type_v: str = "f16"
     flash_attn: bool = False
-    swa_full: bool = False  # sliding-window layers keep every cell (prefix mode cuts states back)
 
     def state_layout(self) -> dict:
         """The settings a state blob depends on: a blob only loads where these are equal."""
@@ -77,8 +76,6 @@ class ContextSettings:
             "flash_attn": self.flash_attn,
             "kv_unified": True,
         }
-        if self.swa_full:
-            layout["swa_full"] = True
         return layout
 
 
@@ -221,7 +218,6 @@ class Context:
             C.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         p.kv_unified = True
-        p.swa_full = settings.swa_full
         p.no_perf = True
         self._ptr = C.llama_init_from_model(model._ptr, p)
         if not self._ptr:

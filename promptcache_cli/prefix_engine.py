@@ -7,10 +7,11 @@ answer is the ``--no-cache`` answer.
 
 What a "state at position s" is depends on the model (``Model.kind``):
 
-- attention (and sliding-window, run with full-size window caches): one full state at the end of
-  the cached prompt; it is loaded and cut back to any ``s`` with ``seq_rm``.
-- recurrent: a state cannot be cut back, so full states are stored at sparse checkpoints, placed
-  by the dynamic program of :mod:`checkpoint_plan` over the overlap depths requests showed.
+- attention: one full state at the end of the cached prompt; it is loaded and cut back to any
+  ``s`` with ``seq_rm``.
+- recurrent, and sliding-window attention (whose window cache keeps only the last window of
+  cells, so a state cannot be cut back either): full states are stored at sparse checkpoints,
+  placed by the dynamic program of :mod:`checkpoint_plan` over the overlap depths requests showed.
 - hybrid: the attention cells are stored once, in full, at the end; checkpoints store only the
   recurrent part (``partial``). Resuming at ``s`` loads the full state, overwrites its recurrent
   part with the checkpoint's and cuts the attention cells back to ``s``.
@@ -22,7 +23,7 @@ tokens ``0..s``), ``key`` hashing the model, llama.cpp version, settings and the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
@@ -37,7 +38,7 @@ from .sampling import Sampler
 from .selection import Selection, default_selection
 
 DEFAULT_CHECKPOINTS = 4
-CUTTABLE = ("attention", "swa")  # kinds whose one full state is cut back to any prefix
+CUTTABLE = ("attention",)  # kinds whose one full state is cut back to any prefix
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,6 @@ class PrefixSession(Session):
         """``checkpoints``: states kept inside the prompt besides its end; ``checkpoint_bytes``, when
         given, caps them further to what fits in that many bytes."""
         super().__init__(model_path, cache_dir=cache_dir, settings=settings, codec=codec, stitch=False, model=model)
-        if self.model.kind == "swa" and not self.settings.swa_full:
-            self.settings = replace(self.settings, swa_full=True)  # window caches keep every cell
         if checkpoints < 0:
             raise ValueError("the checkpoint budget cannot be negative")
         self.checkpoints = checkpoints

@@ -9,14 +9,14 @@ from .llama_backend import ContextSettings, Model
 from .prefix_engine import DEFAULT_CHECKPOINTS, PrefixSession
 
 MODES = ("auto", "modular", "prefix")
-PREFIX_KINDS = ("recurrent", "hybrid")  # what `auto` serves in prefix mode: states that cannot be stitched
+PREFIX_KINDS = ("recurrent", "hybrid", "swa")  # what `auto` serves in prefix mode: states that cannot be stitched
 
 
 def open_session(model_path: str | Path, *, cache_dir: str | Path, mode: str = "auto",
                  settings: ContextSettings = ContextSettings(), encoding: str | None = None, codec: str = "none",
                  checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None) -> Session:
-    """``auto`` picks prefix mode for recurrent and hybrid models and modular stitching otherwise.
-    Modular stitching of a recurrent or hybrid model raises UnsupportedModel."""
+    """``auto`` picks prefix mode for recurrent, hybrid and sliding-window models and modular
+    stitching otherwise. Modular stitching of such a model raises UnsupportedModel."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     model = Model(str(model_path))
