@@ -15,12 +15,13 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_INTERNAL: "internal error (a bug; PC_DEBUG=1 prints the traceback)",
-    EXIT_USAGE: "bad command-line usage",
+    EXIT_USAGE: "bad command-line usage (or a bad PC_THREADS)",
     EXIT_INPUT: "bad schema, prompt, module, parameter or question",
     EXIT_MODEL: "model missing, unreadable, not a GGUF, or unsupported for this mode",
-    EXIT_CACHE: "cache unusable: cannot be written, or a freshly written file reads back damaged",
+    EXIT_CACHE: "cache unusable: pc compile cannot write it, a freshly written file reads back damaged, "
+                "or pc verify found a damaged file",
     EXIT_TOO_LONG: "prompt longer than the model's context",
-    EXIT_BACKEND: "llama.cpp failed while computing",
+    EXIT_BACKEND: "llama.cpp failed while computing, or refused a cached state",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

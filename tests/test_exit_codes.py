@@ -1,0 +1,138 @@
+"""One real `pc` process per documented exit code (README's table, errors.EXIT_CODES): the code,
+and for every failure exactly one line on stderr, never a traceback, nothing on stdout."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from promptcache_cli import cache_file, errors
+
+from . import faults
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+GPL = Path(__file__).resolve().parent.parent / "schemas" / "gpl-manual.xml"
+FACTS = """<schema name="facts"><system>Answer briefly.</system><user><module name="fact">The secret color is blue.
+The secret animal is a cat.</module></user></schema>
+"""
+
+
+def write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def facts(tmp: Path) -> Path:
+    return write(tmp, "facts.xml", FACTS)
+
+
+def internal_error(tmp: Path, **env: str) -> faults.Proc:
+    """A bug stand-in: `pc path` whose cache-dir lookup raises an exception pc does not know."""
+    code = ("import sys; from promptcache_cli import cache_store, cli; "
+            "cache_store.default_cache_dir = lambda: 1 / 0; sys.argv = ['pc', 'path']; cli.main()")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE,
+                         env={k: v for k, v in faults.env_for(None, **env).items() if k != "PC_CACHE_DIR"})
+    return faults.finish(p, time.perf_counter())
+
+
+def refused_state(tmp: Path) -> faults.Proc:
+    """A cache file that passes every check of pc's but that llama.cpp refuses to load."""
+    cache = tmp / "cache"
+    schema = facts(tmp)
+    assert faults.run(["compile", schema], cache=cache).code == 0
+    for path in faults.module_files(cache):
+        f = cache_file.read(path)
+        module = f.header["module"]
+        f.close()
+        if module == "fact":
+            faults.forge_refused_state(path)
+            cache_file.verify(path).close()  # every checksum is right
+    return faults.run(["ask", "What is the secret color?", "-s", schema, "-n", "4"], cache=cache)
+
+
+def interrupted(tmp: Path) -> faults.Proc:
+    """Ctrl-C while `pc ask` computes a 4,000-token document on demand."""
+    t0 = time.perf_counter()
+    p = faults.start(["ask", "Can I charge a fee?", "-s", GPL], cache=tmp / "cache")
+    assert faults.wait_for_llama(p.pid)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    return faults.finish(p, t0)
+
+
+def damaged_verify(tmp: Path) -> faults.Proc:
+    cache = tmp / "cache"
+    assert faults.run(["compile", facts(tmp)], cache=cache).code == 0
+    victim = faults.module_files(cache)[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0x01
+    victim.write_bytes(bytes(data))
+    return faults.run(["verify"], cache=cache)
+
+
+def not_a_dir(tmp: Path) -> Path:
+    return write(tmp, "file", "not a folder\n")
+
+
+CASES: dict[str, tuple[int, Callable[[Path], faults.Proc]]] = {
+    "success": (errors.EXIT_OK, lambda tmp: faults.run(["path"], cache=tmp / "cache")),
+    "internal error": (errors.EXIT_INTERNAL, internal_error),
+    "unknown option": (errors.EXIT_USAGE, lambda tmp: faults.run(["ask", "hi", "-s", facts(tmp), "--bogus"],
+                                                                 cache=tmp / "cache")),
+    "bad PC_THREADS": (errors.EXIT_USAGE, lambda tmp: faults.run(["ask", "hi", "-s", facts(tmp), "--no-cache"],
+                                                                 cache=tmp / "cache", PC_THREADS="many")),
+    "malformed schema": (errors.EXIT_INPUT, lambda tmp: faults.run(
+        ["ask", "hi", "-s", write(tmp, "bad.xml", "<schema name='b'>")], cache=tmp / "cache")),
+    "not a model": (errors.EXIT_MODEL, lambda tmp: faults.run(
+        ["ask", "hi", "-s", facts(tmp), "--model", write(tmp, "m.gguf", "not a model")], cache=tmp / "cache")),
+    "cache cannot be written": (errors.EXIT_CACHE, lambda tmp: faults.run(["compile", facts(tmp)],
+                                                                          cache=not_a_dir(tmp))),
+    "damaged cache file (pc verify)": (errors.EXIT_CACHE, damaged_verify),
+    "prompt longer than the context": (errors.EXIT_TOO_LONG, lambda tmp: faults.run(
+        ["ask", "-", "-s", facts(tmp)], cache=tmp / "cache", stdin=b"why " * 20_000)),
+    "llama.cpp refuses a state": (errors.EXIT_BACKEND, refused_state),
+    "interrupted": (errors.EXIT_INTERRUPTED, interrupted),
+}
+
+
+def test_every_documented_code_has_a_case() -> None:
+    assert {code for code, _ in CASES.values()} == set(errors.EXIT_CODES)
+
+
+def test_readme_table_is_errors_exit_codes() -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Exit codes"):]
+    section = section[: section.index("\n## ", 1)]
+    rows = dict(re.findall(r"^\| *(\d+) *\| *(.+?) *\|$", section, re.MULTILINE))
+    assert {int(k): v.replace("`", "") for k, v in rows.items()} == errors.EXIT_CODES
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_exit_code(name: str, tmp_path: Path) -> None:
+    code, make = CASES[name]
+    proc = make(tmp_path)
+    assert "Traceback" not in proc.err, proc.err
+    assert proc.code == code, f"exit {proc.code}, stderr: {proc.err}"
+    if code == errors.EXIT_OK:
+        assert proc.out.strip() and proc.err == ""
+        return
+    if name != "damaged cache file (pc verify)":  # verify names each damaged file on stdout
+        assert proc.out == "", proc.out
+    assert len(proc.err_lines) == 1 and proc.err_lines[0].startswith("pc: "), proc.err
+
+
+def test_internal_error_is_one_line_and_pc_debug_shows_the_traceback(tmp_path: Path) -> None:
+    plain = internal_error(tmp_path)
+    assert plain.err_lines == ["pc: internal error: ZeroDivisionError: division by zero"], plain.err
+    debug = internal_error(tmp_path, PC_DEBUG="1")
+    assert debug.code == errors.EXIT_INTERNAL
+    assert "Traceback" in debug.err and "ZeroDivisionError" in debug.err
