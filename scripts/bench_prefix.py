@@ -76,7 +76,7 @@ def first_token_ms(sess: PrefixSession, cached: list[int], request: list[int], o
 
 def run(quick: bool, out_dir: Path) -> dict:
     budgets = (1, 4) if quick else (1, 2, 4, 8)
-    n_eval = 4 if quick else 8
+    n_eval = 4 if quick else 6
     length, trace = _make_trace()(requests=400, seed=0)
     history = [r["overlap"] for r in trace[:300]]
     held_out = sorted(trace[300:], key=lambda r: r["overlap"])  # replay its depth quantiles: the spread
