@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
-bench: install
-	$(BIN)/python scripts/bench.py
+bench: install  # `make bench BENCH_ARGS=--quick` for the short run
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh "$(SCHEMA)" "$(QUESTION)"

@@ -16,7 +16,7 @@ from typing import Callable, Collection
 
 import numpy as np
 
-from . import cache_file, layout as lay, manifest, state_blob
+from . import cache_file, layout as lay, manifest, repair, state_blob
 from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
 from .layout import ROOT, Layout, Path as ModPath
 from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
@@ -93,10 +93,12 @@ class Session:
         codec: str = "none",
         stitch: bool = True,
         model: Model | None = None,
+        repair_tokens: int = 0,
     ) -> None:
         """``stitch``: this session stitches modules (refused for recurrent and hybrid models,
         whose states cannot be cut or merged; prefix mode passes False). ``model``: the file
-        at ``model_path``, already loaded."""
+        at ``model_path``, already loaded. ``repair_tokens``: recompute that many first tokens of
+        each stitched module whose cached context differs from the prompt's (repair.py); 0: none."""
         if encoding not in lay.ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
         self.model = model if model is not None else Model(str(model_path))
@@ -114,6 +116,7 @@ class Session:
         self.settings = settings
         self.encoding = encoding
         self.codec = codec
+        self.repair_tokens = repair_tokens
         self._ctx: Context | None = None
         self._layouts: dict[int, tuple[Schema, Layout]] = {}
 
@@ -439,17 +442,21 @@ class Session:
             for owner in stored:
                 blobs[owner] = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
         ctx = self.context(layout.end + len(q) + max_tokens)
+        fix = repair.plan(layout, plan, self.encoding, self.repair_tokens) if self.repair_tokens else {}
         cached = computed = 0
         for kind, obj in plan:
             if kind == "segment":
                 blob = blobs[obj.owner][obj.offset]
-                if ctx.pos_max(0) < 0:
+                n = fix.get(obj.offset, 0)
+                if n:  # boundary repair: its first n tokens computed in this prompt's context
+                    repair.load(ctx, obj, blob, n)
+                elif ctx.pos_max(0) < 0:
                     ctx.load_state(0, blob)
                 else:  # loading replaces a sequence: load into scratch, then copy the cells over
                     ctx.load_state(1, blob)
                     ctx.seq_cp(1, 0)
                     ctx.seq_rm(1)
-                cached += len(obj.tokens)
+                cached, computed = cached + len(obj.tokens) - n, computed + n
             else:
                 ctx.decode(list(obj), start=ctx.pos_max(0) + 1)
                 computed += len(obj)

@@ -1,26 +1,25 @@
 #!/usr/bin/env python3
 """Separate the two causes of q8_0 answer drift: KV quantization, and the flash-attention kernel
-llama.cpp needs for a quantized V cache. Same question set as `scripts/bench.py` (quality part);
-prints the share of questions whose 16 greedy tokens are identical between two cache settings.
+llama.cpp needs for a quantized V cache. Same question set as the quality part of `make bench`
+(promptcache_cli.benchmarks.needles); prints the share of questions whose greedy tokens are
+identical between two cache settings.
 
-    python scripts/kv_agreement.py
+    python scripts/kv_agreement.py [--tokens 32] [--questions 30]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bench  # noqa: E402
-from promptcache_cli import pml  # noqa: E402
+from promptcache_cli.benchmarks import needles  # noqa: E402
 from promptcache_cli.engine import Session  # noqa: E402
 from promptcache_cli.llama_backend import ContextSettings  # noqa: E402
 from promptcache_cli.models import resolve_model  # noqa: E402
-from promptcache_cli.selection import select_cli  # noqa: E402
 
 SETTINGS = {
     "f16": ContextSettings(),
@@ -30,22 +29,29 @@ SETTINGS = {
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--questions", type=int, default=30)
+    args = ap.parse_args()
     model = resolve_model(None)
     with tempfile.TemporaryDirectory() as tmp:
-        schema = pml.load_schema(bench.quality_schema(Path(tmp)))
         sessions = {k: Session(model, cache_dir=Path(tmp) / k, settings=v) for k, v in SETTINGS.items()}
+        wl = needles.quality(Path(tmp), sessions["f16"].model, doc_tokens=450, n_questions=args.questions)
+        schema = wl.schema()
         answers: dict[str, list[list[int]]] = {k: [] for k in sessions}
         for sess in sessions.values():
             sess.compile(schema)
-        for modules, question, _ in bench.quality_cases():
-            sel = select_cli(schema, modules=modules, params=[])
+        for q in wl.questions:
+            sel = wl.selection(q)
             for name, sess in sessions.items():
-                answers[name].append(sess.ask(schema, sel, question, max_tokens=16).tokens)
+                answers[name].append(sess.ask(schema, sel, q.text, max_tokens=args.tokens).tokens)
+        for sess in sessions.values():
+            sess.close()
 
     def same(a: str, b: str) -> float:
         return sum(x == y for x, y in zip(answers[a], answers[b], strict=True)) / len(answers[a])
 
-    print(f"questions: {len(answers['f16'])}")
+    print(f"questions: {len(answers['f16'])}, {args.tokens} greedy tokens each")
     print(f"q8_0+fa vs f16+fa (quantization alone):    {same('q8_0+fa', 'f16+fa'):.0%}")
     print(f"f16+fa  vs f16    (flash attention alone): {same('f16+fa', 'f16'):.0%}")
     print(f"q8_0+fa vs f16    (both, what users see):  {same('q8_0+fa', 'f16'):.0%}")

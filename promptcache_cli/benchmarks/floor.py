@@ -1,0 +1,83 @@
+"""The physical floor of a cached answer: with the same llama.cpp build and the selected states
+already decoded in RAM (numpy arrays), the time to hand them to llama.cpp the way the engine does
+(the first into sequence 0, each next one into scratch sequence 1, copied into 0, 1 cleared),
+compute only the fresh tokens (parameter values, the question) and pick the first token.
+
+Nothing a cached system does can be faster with this build: it leaves out reading, checking and
+decompressing files, the layout and every Python step of the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from .. import cache_file
+from ..engine import Session
+from ..llama_backend import Context
+from .workloads import Question, Workload
+
+
+class Floor:
+    name = "floor"
+    label = "physical floor (states in RAM, question only)"
+
+    def __init__(self) -> None:
+        self.ctx: Context | None = None
+        self._ops: list[tuple[str, object]] = []
+        self._question: list[int] = []
+        self._key: tuple | None = None
+
+    def prepare(self, session: Session, wl: Workload, q: Question) -> None:
+        """Read the question's states from ``session``'s cache files into RAM (untimed)."""
+        if self._key == (wl.name, q):
+            return
+        schema = wl.schema()
+        layout = session.layout(schema)
+        plan = session.prompt_plan(layout, wl.selection(q))
+        keys = session.keys(layout)
+        files: dict[str, cache_file.CacheFile] = {}
+        ops: list[tuple[str, object]] = []
+        try:
+            for kind, obj in plan:
+                if kind == "fresh":
+                    ops.append(("decode", list(obj)))
+                    continue
+                key = keys[obj.owner]
+                f = files.get(key) or files.setdefault(key, cache_file.read(session.store.module_path(key)))
+                i = next(i for i, s in enumerate(f.segments) if s.offset == obj.offset)
+                ops.append(("load", np.array(f.blob(i))))  # a private copy in RAM
+        finally:
+            for f in files.values():
+                f.close()
+        self._ops, self._question, self._key = ops, session.question_tokens(layout, q.text), (wl.name, q)
+        need = max(256, -(-(layout.end + len(self._question) + 1) // 256) * 256)
+        if self.ctx is None or self.ctx.n_ctx < need or self.ctx.model is not session.model:
+            self.close()
+            self.ctx = Context(session.model, replace(session.settings, n_ctx=need))
+
+    def measure(self) -> float:
+        """Milliseconds from an empty context to the first token's id."""
+        ctx = self.ctx
+        assert ctx is not None
+        t0 = time.perf_counter()
+        ctx.clear()
+        for kind, obj in self._ops:
+            if kind == "decode":
+                ctx.decode(obj, start=ctx.pos_max(0) + 1)
+            elif ctx.pos_max(0) < 0:
+                ctx.load_state(0, obj)
+            else:
+                ctx.load_state(1, obj)
+                ctx.seq_cp(1, 0)
+                ctx.seq_rm(1)
+        ctx.decode(self._question, start=ctx.pos_max(0) + 1, logits=True)
+        int(np.argmax(ctx.logits()))
+        return (time.perf_counter() - t0) * 1000
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self.ctx.close()
+            self.ctx = None

@@ -1,0 +1,138 @@
+"""Answer quality: every cached answer against the `--no-cache` answer to the same prompt.
+
+Per question and cache variant: greedy exact match of the first ``n_tokens`` tokens, top-1
+agreement and KL divergence KL(no-cache || cached) of the first token's distribution, and whether
+the answer contains the planted fact. Variants: both module encodings (``independent``: after the
+shared prefix; ``scaffold``: after the default prompt before the module), and each with the
+boundary repair (``repair.py``) when the engine offers it. Variants alternate question by question.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import layout as lay
+from ..engine import Session
+from .workloads import Workload
+
+Progress = Callable[[str], None]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """KL(p || q) in nats between the softmax distributions of two logit vectors."""
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return float((np.exp(lp) * (lp - lq)).sum())
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def variants(repair_tokens: tuple[int, ...]) -> list[tuple[str, str, int]]:
+    """(name, encoding, repaired tokens per module boundary)."""
+    out = [(enc, enc, 0) for enc in lay.ENCODINGS]
+    out += [(f"{enc}+repair{r}", enc, r) for r in repair_tokens for enc in lay.ENCODINGS]
+    return out
+
+
+def make_session(model_path: Path, cache_dir: Path, *, encoding: str, repair: int) -> Session:
+    if not repair:
+        return Session(model_path, cache_dir=cache_dir, encoding=encoding)
+    return Session(model_path, cache_dir=cache_dir, encoding=encoding, repair_tokens=repair)
+
+
+def repair_supported() -> bool:
+    import inspect
+
+    return "repair_tokens" in inspect.signature(Session.__init__).parameters
+
+
+def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, repair_tokens: tuple[int, ...],
+                progress: Progress) -> dict:
+    schema = wl.schema()
+    if repair_tokens and not repair_supported():
+        repair_tokens = ()
+    chosen = variants(repair_tokens)
+    base = Session(model_path, cache_dir=root / "nocache")
+    sessions = {name: make_session(model_path, root / enc, encoding=enc, repair=r) for name, enc, r in chosen}
+    rows = []
+    try:
+        for enc in lay.ENCODINGS:  # variants of one encoding share its files
+            t = time.perf_counter()
+            sessions[enc].compile(schema)
+            progress(f"quality: compiled the {enc} encoding in {time.perf_counter() - t:.0f} s")
+        layout = base.layout(schema)
+        for i, q in enumerate(wl.questions):
+            sel = wl.selection(q)
+            ref = base.ask(schema, sel, q.text, max_tokens=n_tokens, no_cache=True, keep_logits=True)
+            row = {"modules": list(q.modules), "question": q.text, "expected": q.expected,
+                   "nocache": {"answer": ref.answer, "tokens": ref.tokens, "ttft_ms": ref.ttft_ms,
+                               "correct": None if q.expected is None else q.expected in ref.answer},
+                   "gaps": _gaps(base, layout, sel)}
+            names = [name for name, _, _ in chosen]
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                r = sessions[name].ask(schema, sel, q.text, max_tokens=n_tokens, keep_logits=True)
+                row[name] = {
+                    "answer": r.answer, "tokens": r.tokens, "ttft_ms": r.ttft_ms,
+                    "exact_match": r.tokens[:n_tokens] == ref.tokens[:n_tokens],
+                    "common_prefix": common_prefix(r.tokens, ref.tokens),
+                    "top1_agree": int(np.argmax(r.first_logits)) == int(np.argmax(ref.first_logits)),
+                    "kl": kl(ref.first_logits, r.first_logits),
+                    "computed_tokens": r.computed_tokens,
+                    "correct": None if q.expected is None else q.expected in r.answer,
+                }
+            rows.append(row)
+            progress(f"quality: question {i + 1}/{len(wl.questions)}")
+    finally:
+        base.close()
+        for s in sessions.values():
+            s.close()
+    return {"questions": len(rows), "generated_tokens": n_tokens, "note": wl.note,
+            "variants": [{"name": n, "encoding": e, "repair_tokens": r} for n, e, r in chosen],
+            "repair_available": repair_supported(),
+            "summary": summarize(rows, [n for n, _, _ in chosen]), "rows": rows}
+
+
+def _gaps(session: Session, layout: lay.Layout, sel) -> int:
+    """Position gaps between the selected cached segments (0 when the prompt is contiguous)."""
+    plan = session.prompt_plan(layout, sel)
+    ends = [(obj.offset, obj.end) for kind, obj in plan if kind == "segment"]
+    return sum(1 for (_, e), (o, _) in zip(ends, ends[1:], strict=False) if o != e)
+
+
+def summarize(rows: list[dict], names: list[str]) -> dict:
+    needles = [r for r in rows if r["expected"] is not None]
+    out = {}
+    for name in names:
+        kls = [r[name]["kl"] for r in rows]
+        out[name] = {
+            "exact_match_rate": sum(r[name]["exact_match"] for r in rows) / len(rows),
+            "top1_agreement": sum(r[name]["top1_agree"] for r in rows) / len(rows),
+            "median_kl": float(statistics.median(kls)),
+            "mean_kl": float(statistics.fmean(kls)),
+            "max_kl": float(max(kls)),
+            "mean_common_prefix": float(statistics.fmean(r[name]["common_prefix"] for r in rows)),
+            "needle_accuracy": sum(r[name]["correct"] for r in needles) / len(needles) if needles else None,
+            "median_ttft_ms": float(statistics.median(r[name]["ttft_ms"] for r in rows)),
+            "mean_computed_tokens": float(statistics.fmean(r[name]["computed_tokens"] for r in rows)),
+        }
+    out["nocache"] = {
+        "needle_accuracy": sum(r["nocache"]["correct"] for r in needles) / len(needles) if needles else None,
+        "median_ttft_ms": float(statistics.median(r["nocache"]["ttft_ms"] for r in rows)),
+    }
+    return out

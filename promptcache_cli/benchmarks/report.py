@@ -1,0 +1,200 @@
+"""The markdown report and the issue's targets, computed from a results dict (nothing measured here)."""
+
+from __future__ import annotations
+
+TARGET_LEVEL = 4096
+DEFAULT = "pc"  # the pc system with default settings (uncompressed modular cache)
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def _x(a: float | None, b: float | None) -> str:
+    return "-" if not a or not b else f"{a / b:,.1f}x"
+
+
+def _status(s: dict) -> str:
+    return "" if s["status"] == "ok" else s["status"]
+
+
+def workload(res: dict, kind: str, level: int | None = None) -> dict | None:
+    for w in res.get("workloads", []):
+        if w["kind"] == kind and (level is None or w["level"] == level):
+            return w
+    return None
+
+
+def median_of(w: dict | None, system: str) -> float | None:
+    if w is None or system not in w["systems"]:
+        return None
+    return w["systems"][system].get("median_ttft_ms")
+
+
+def targets(res: dict) -> list[dict]:
+    """Each target of the issue with its measured value and whether it was met (None: not measured)."""
+    w = workload(res, "docqa", TARGET_LEVEL)
+    pc, nocache, disk = median_of(w, DEFAULT), median_of(w, "nocache"), median_of(w, "llama-disk")
+    floor = (w or {}).get("floor") or {}
+    fl = floor.get("median_ttft_ms")
+    out = [
+        _target("cached TTFT at 4k at least 100x faster than --no-cache (in process)",
+                nocache / pc if pc and nocache else None, lambda v: v >= 100, "{:.0f}x"),
+        _target("cached TTFT at 4k within 1.3x of the physical floor",
+                pc / fl if pc and fl else None, lambda v: v <= 1.3, "{:.2f}x"),
+        _target("cached TTFT at 4k at least 10x faster than llama-cpp-python's disk cache (subsets, reordered)",
+                disk / pc if pc and disk else None, lambda v: v >= 10, "{:.0f}x"),
+    ]
+    quality = res.get("quality") or {}
+    q = quality.get("summary") or {}
+    base = q.get("nocache", {}).get("needle_accuracy")
+    variants = {v["name"]: v for v in quality.get("variants", [])}
+    names = ["scaffold"] + [n for n in variants if n.startswith("scaffold+")]
+    n_tokens = quality.get("generated_tokens", 32)
+    for name in names:  # the default encoding, then with each repair
+        m = q.get(name)
+        how = "default encoding" + (f" + boundary repair of {variants[name]['repair_tokens']} tokens"
+                                    if "+" in name else "")
+        out.append(_target(f"first-{n_tokens}-token agreement with --no-cache on at least 90% of questions ({how})",
+                           m["exact_match_rate"] if m else None, lambda v: v >= 0.9, "{:.0%}"))
+        acc = (m or {}).get("needle_accuracy")
+        out.append(_target(f"needle accuracy no lower than --no-cache ({how})",
+                           None if acc is None or base is None else acc - base, lambda v: v >= 0,
+                           "{:+.0%} points", detail=f"{_pct(acc)} vs {_pct(base)}"))
+    return out
+
+
+def _target(name: str, value: float | None, ok, fmt: str, detail: str = "") -> dict:
+    return {"target": name, "value": value, "shown": "not measured in this run" if value is None else
+            fmt.format(value) + (f" ({detail})" if detail else ""), "met": None if value is None else bool(ok(value))}
+
+
+def markdown(res: dict) -> str:
+    out = [f"# pc bench, {res['date']}", "",
+           f"{res['machine']}; model {res['model']}; llama-cpp-python {res['llama_cpp']}; "
+           f"{res.get('preset', 'custom')} configuration, {res['seconds'] / 60:.1f} min.", ""]
+    out += ["## Targets", "", "| target | measured | met |", "| --- | ---: | :---: |"]
+    for t in res.get("targets", []):
+        out.append(f"| {t['target']} | {t['shown']} | {'-' if t['met'] is None else 'yes' if t['met'] else 'no'} |")
+    out.append("")
+    docqa = [w for w in res.get("workloads", []) if w["kind"] == "docqa"]
+    if docqa:
+        out += _docqa(docqa)
+    for w in res.get("workloads", []):
+        if w["kind"] != "docqa":
+            out += _single(w)
+    procs = [w for w in res.get("workloads", []) if any("process" in s for s in w["systems"].values())]
+    if procs:
+        out += _processes(procs)
+    if res.get("quality"):
+        out += _quality(res["quality"])
+    out += ["## How this was measured", ""] + [f"- {n}" for n in res.get("notes", [])] + [""]
+    return "\n".join(out)
+
+
+def _names(ws: list[dict]) -> list[str]:
+    names: dict[str, None] = {}
+    for w in ws:
+        for n in w["systems"]:
+            names.setdefault(n, None)
+    return list(names)
+
+
+def _docqa(ws: list[dict]) -> list[str]:
+    names = _names(ws)
+    labels = {n: ws[0]["systems"][n]["label"] for n in names}
+    head = "| system | " + " | ".join(f"{w['level']:,} ({_ms(w['prompt_tokens'])} tokens)" for w in ws) + " |"
+    out = ["## (a) Document questions: subsets of documents in different orders", "", ws[0]["note"] + ".", "",
+           "Median time to first token in ms, in process (model loaded); columns: nominal context "
+           "(median prompt tokens).", "", head, "| --- |" + " ---: |" * len(ws)]
+    for n in names:
+        cells = [_status(w["systems"][n]) or _ms(w["systems"][n]["median_ttft_ms"]) for w in ws]
+        out.append(f"| {labels[n]} | " + " | ".join(cells) + " |")
+    out.append("| " + ws[0]["floor"]["label"] + " | " + " | ".join(
+        _ms((w["floor"] or {}).get("median_ttft_ms")) for w in ws) + " |" if ws[0].get("floor") else "")
+    out += ["", "Speed-up of the default `pc` cache:", "", "| against | " +
+            " | ".join(f"{w['level']:,}" for w in ws) + " |", "| --- |" + " ---: |" * len(ws)]
+    for n in names:
+        if n != DEFAULT:
+            out.append(f"| {labels[n]} | " + " | ".join(_x(median_of(w, n), median_of(w, DEFAULT)) for w in ws) + " |")
+    out.append("| `pc` / physical floor | " + " | ".join(
+        _x(median_of(w, DEFAULT), (w.get("floor") or {}).get("median_ttft_ms")) for w in ws) + " |")
+    out += ["", "Bytes each system keeps for the workload (on disk; the RAM cache: in process memory):", "",
+            "| system | " + " | ".join(f"{w['level']:,}" for w in ws) + " |", "| --- |" + " ---: |" * len(ws)]
+    for n in names:
+        if any(w["systems"][n].get("cache_bytes") for w in ws):
+            ram = " (RAM)" if ws[0]["systems"][n].get("in_ram") else ""
+            out.append(f"| {labels[n]}{ram} | " + " | ".join(_bytes(w["systems"][n].get("cache_bytes")) for w in ws)
+                       + " |")
+    return out + [""]
+
+
+def _single(w: dict) -> list[str]:
+    title = {"prefix": "(b) One document, varying tails (prefix workload)",
+             "params": "(c) Parameterized and union prompts"}.get(w["kind"], w["name"])
+    out = [f"## {title}", "", w["note"] + f"; median prompt {_ms(w['prompt_tokens'])} tokens.", "",
+           "| system | median TTFT ms (in process) | vs `pc` | bytes kept |", "| --- | ---: | ---: | ---: |"]
+    for s in w["systems"].values():
+        cell = _status(s) or _ms(s["median_ttft_ms"])
+        out.append(f"| {s['label']} | {cell} | {_x(s['median_ttft_ms'], median_of(w, DEFAULT))} | "
+                   f"{_bytes(s.get('cache_bytes'))}{' (RAM)' if s.get('in_ram') and s.get('cache_bytes') else ''} |")
+    if w.get("floor"):
+        out.append(f"| {w['floor']['label']} | {_ms(w['floor']['median_ttft_ms'])} | "
+                   f"{_x(w['floor']['median_ttft_ms'], median_of(w, DEFAULT))} | - |")
+    return out + [""]
+
+
+def _processes(ws: list[dict]) -> list[str]:
+    out = ["## Whole processes", "", "One answer (one token) per process: interpreter start, imports, model load, "
+           "cache load or prefill, first token. Median wall time and the largest peak resident memory "
+           "(`ru_maxrss`).", "", "| workload | system | median wall ms | peak memory | runs |",
+           "| --- | --- | ---: | ---: | ---: |"]
+    for w in ws:
+        for s in w["systems"].values():
+            p = s.get("process")
+            if not p:
+                continue
+            errs = f" ({len(p['errors'])} failed: {p['errors'][0]})" if p["errors"] else ""
+            out.append(f"| {w['name']} | {s['label']} | {_ms(p['median_wall_ms'])} | "
+                       f"{_bytes(p['max_peak_rss_bytes'])} | {len(p['wall_ms'])}{errs} |")
+    return out + [""]
+
+
+def _quality(q: dict) -> list[str]:
+    s = q["summary"]
+    out = [f"## Answer quality against --no-cache ({q['questions']} questions, {q['generated_tokens']} greedy "
+           "tokens each)", "", q["note"] + ".", "",
+           f"| cache | same {q['generated_tokens']} tokens | same first token | median KL | mean KL | "
+           "needles found | median TTFT ms |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for v in q["variants"]:
+        m = s[v["name"]]
+        out.append(f"| {v['name']} | {_pct(m['exact_match_rate'])} | {_pct(m['top1_agreement'])} | "
+                   f"{m['median_kl']:.4f} | {m['mean_kl']:.4f} | {_pct(m['needle_accuracy'])} | "
+                   f"{_ms(m['median_ttft_ms'])} |")
+    out.append(f"| --no-cache | 100% | 100% | 0 | 0 | {_pct(s['nocache']['needle_accuracy'])} | "
+               f"{_ms(s['nocache']['median_ttft_ms'])} |")
+    out.append("")
+    if not q.get("repair_available"):
+        out.append("The boundary repair is not available in this engine, so it was not measured.")
+    for v in q["variants"]:
+        if v["repair_tokens"]:
+            m, plain = s[v["name"]], s[v["encoding"]]
+            out += [f"- {v['name']}: recomputes {m['mean_computed_tokens'] - plain['mean_computed_tokens']:.0f} "
+                    f"more tokens per question than {v['encoding']}; median TTFT {_ms(m['median_ttft_ms'])} ms "
+                    f"against {_ms(plain['median_ttft_ms'])} ms ({_x(m['median_ttft_ms'], plain['median_ttft_ms'])})."]
+    return out + [""]

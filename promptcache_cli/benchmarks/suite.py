@@ -1,0 +1,256 @@
+"""The whole benchmark: configuration presets, one run over every section, and its output files
+(``<stamp>.json``, ``<stamp>.md``, ``<stamp>-ttft.png``, ``<stamp>-bytes.png``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ..engine import Session
+from ..llama_backend import Context, ContextSettings, llama_cpp_version
+from . import corpus, needles, report, workloads
+from .floor import Floor
+from .llama_api import CAPACITY
+from .llama_systems import LlamaCacheSystem
+from .quality import run_quality
+from .runner import SpeedSettings, needed_questions, run_workload
+from .systems import PcSystem, PrefixSystem, System
+
+Progress = Callable[[str], None]
+SECTIONS = ("docqa", "prefix", "params", "quality")
+SYSTEMS = ("nocache", "pc", "pc-zstd", "pc-prefix", "llama-ram", "llama-disk")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool = False
+    sections: tuple[str, ...] = SECTIONS
+    systems: tuple[str, ...] = SYSTEMS
+    levels: tuple[int, ...] = (1024, 2048, 4096, 8192)  # (a): nominal total context per workload
+    slots: int = 3  # (a): documents per question
+    pool: int = 4  # (a): documents to choose from
+    rounds: int = 3  # in-process questions per workload, every system answering each
+    long_rounds: int = 2  # the same above 4,096 tokens (an uncached 8k prefill takes about a minute)
+    fast_repeats: int = 4  # extra answers by the cheap systems per round
+    process_rounds: int = 2  # whole-process answers per system, on the workloads below
+    process_levels: tuple[int, ...] = (4096,)  # (a) levels with whole-process runs
+    process_others: bool = True  # whole-process runs on (b) and (c) too
+    prefix_level: int = 4096
+    quality_questions: int = 30
+    quality_doc_tokens: int = 450
+    quality_slots: int = 3
+    quality_docs: int = 5  # texts with a planted fact to choose from (at most len(needles.NEEDLES))
+    quality_tokens: int = 32
+    repair_tokens: tuple[int, ...] = (16, 64)  # boundary repair variants measured in the quality section
+
+
+QUICK = BenchConfig(quick=True, levels=(512, 1024), slots=2, pool=3, rounds=1, fast_repeats=2, process_rounds=1,
+                    process_levels=(1024,), process_others=False, prefix_level=1024, quality_questions=6,
+                    quality_doc_tokens=200, quality_slots=2, quality_docs=4, repair_tokens=(32,))
+
+
+def preset(cfg: BenchConfig) -> str:
+    """'quick' or 'full' (with the sections when not all), else 'custom'."""
+    name = "quick" if cfg.quick else "full"
+    if replace(cfg, sections=SECTIONS, systems=SYSTEMS) != (QUICK if cfg.quick else BenchConfig()):
+        return "custom"
+    parts = [s for s in SECTIONS if s in cfg.sections]
+    return name + ("" if parts == list(SECTIONS) else f" ({', '.join(parts)} only)")
+
+
+def make_systems(model_path: Path, root: Path, names: tuple[str, ...]) -> list[System]:
+    pc = PcSystem(model_path, root, name="pc", label="pc, modular cache (default: --compression none)")
+    made: dict[str, System] = {
+        "nocache": PcSystem(model_path, root, name="nocache", label="pc ask --no-cache", no_cache=True),
+        "pc": pc,
+        "pc-zstd": PcSystem(model_path, root, name="pc-zstd", label="pc, modular cache, --compression zstd",
+                            codec="zstd", source=pc),
+        "pc-prefix": PrefixSystem(model_path, root),
+        "llama-ram": LlamaCacheSystem(model_path, root, kind="ram"),
+        "llama-disk": LlamaCacheSystem(model_path, root, kind="disk"),
+    }
+    return [made[n] for n in SYSTEMS if n in names]
+
+
+def calibrate(session: Session) -> float:
+    """Prefill tokens per second on this machine now (512 tokens of real text, two threads or more)."""
+    tokens = session.model.tokenize(corpus.text("license:GPL-3"), special=False)[:512]
+    with Context(session.model, ContextSettings(n_ctx=1024)) as ctx:
+        t = time.perf_counter()
+        ctx.decode(tokens, start=0, logits=True)
+        return len(tokens) / (time.perf_counter() - t)
+
+
+def estimate_seconds(cfg: BenchConfig, rate: float) -> float:
+    """A rough plan of the prefill work (compiles, uncached answers, llama-cpp-python's misses)."""
+    def cost(n_tokens: float, ctx: float) -> float:  # attention grows with the context
+        return n_tokens / rate * (1 + ctx / 6000)
+
+    total = 0.0
+    llamas = sum(s.startswith("llama-") for s in cfg.systems)
+    full = ("nocache" in cfg.systems) + ("pc-prefix" in cfg.systems)  # prefix mode finds no shared prefix in (a)
+    if "docqa" in cfg.sections:
+        for lv in cfg.levels:
+            miss = 1 - 1 / cfg.slots  # the llama caches reuse at most the first document
+            procs = cfg.process_rounds if lv in cfg.process_levels else 0
+            total += cost(cfg.pool * lv, lv / cfg.slots) + cost(llamas * cfg.pool * lv / cfg.slots, lv / cfg.slots)
+            rounds = cfg.rounds if lv <= 4096 else min(cfg.rounds, cfg.long_rounds)
+            total += (rounds + procs) * cost(lv * (full + llamas * miss), lv)
+    others = cfg.process_rounds if cfg.process_others else 0
+    if "prefix" in cfg.sections:
+        lv = cfg.prefix_level
+        total += cost(lv, lv) * (3 + cfg.rounds + 2 * others)
+    if "params" in cfg.sections:
+        total += cost(1800, 1800) * (3 + 3 * (cfg.rounds + others))
+    if "quality" in cfg.sections:
+        n = cfg.quality_slots * cfg.quality_doc_tokens
+        total += cost(2 * cfg.quality_docs * n, n) + cfg.quality_questions * cost(n, n)
+        total += cfg.quality_questions * (3 + 2 * len(cfg.repair_tokens)) * cfg.quality_tokens * 0.03
+    return total * 1.15  # model loads, process starts, cache stores
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def run(cfg: BenchConfig, *, model_path: Path, work: Path, progress: Progress) -> dict:
+    t0 = time.perf_counter()
+    res: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+                 "model": Path(model_path).name, "llama_cpp": llama_cpp_version(), "config": asdict(cfg),
+                 "preset": preset(cfg), "workloads": []}
+    renderer = Session(model_path, cache_dir=work / "render")
+    rate = calibrate(renderer)
+    res["prefill_tokens_per_second_at_start"] = rate
+    progress(f"prefill runs at {rate:.0f} tokens/s now; estimated run time {estimate_seconds(cfg, rate) / 60:.0f} min")
+    systems = make_systems(model_path, work / "systems", cfg.systems)
+    res["systems"] = {s.name: {"label": s.label, "status": s.status} for s in systems}
+    floor = Floor()
+    speed = SpeedSettings(cfg.rounds, cfg.fast_repeats, cfg.process_rounds)
+    n_q = needed_questions(speed)
+    folder = work / "workloads"
+    plans: list[tuple[Callable[[], workloads.Workload], SpeedSettings]] = []
+    if "docqa" in cfg.sections:
+        for lv in cfg.levels:
+            s = speed if lv in cfg.process_levels else replace(speed, process_rounds=0)
+            s = s if lv <= 4096 else replace(s, rounds=min(cfg.rounds, cfg.long_rounds))
+            plans.append((lambda lv=lv: workloads.docqa(folder, renderer.model, level=lv, n_questions=n_q,
+                                                        slots=cfg.slots, pool=workloads.DOCQA_POOL[: cfg.pool]), s))
+    other = speed if cfg.process_others else replace(speed, process_rounds=0)
+    if "prefix" in cfg.sections:
+        plans.append((lambda: workloads.prefix(folder, renderer.model, level=cfg.prefix_level, n_questions=n_q), other))
+    if "params" in cfg.sections:
+        plans.append((lambda: workloads.params(folder, renderer.model, n_questions=n_q), other))
+    try:
+        for i, (build, settings) in enumerate(plans, 1):
+            wl = build()
+            progress(f"[{(time.perf_counter() - t0) / 60:.1f} min] workload {i}/{len(plans)}: {wl.name}")
+            res["workloads"].append(run_workload(wl, systems, renderer=renderer, floor=floor, settings=settings,
+                                                 progress=progress))
+            for s in systems:  # keep the disk free: the bytes are recorded
+                shutil.rmtree(s.folder(wl), ignore_errors=True)
+        if "quality" in cfg.sections:
+            progress(f"[{(time.perf_counter() - t0) / 60:.1f} min] answer quality")
+            wl = needles.quality(folder, renderer.model, doc_tokens=cfg.quality_doc_tokens,
+                                 n_questions=cfg.quality_questions, slots=cfg.quality_slots, n_docs=cfg.quality_docs)
+            res["quality"] = run_quality(Path(model_path), work / "quality", wl, n_tokens=cfg.quality_tokens,
+                                         repair_tokens=cfg.repair_tokens, progress=progress)
+    finally:
+        floor.close()
+        renderer.close()
+    res["seconds"] = time.perf_counter() - t0
+    res["targets"] = report.targets(res)
+    res["notes"] = notes(res)
+    return res
+
+
+def notes(res: dict) -> list[str]:
+    cfg = res["config"]
+    out = [
+        f"In process: every system answers the same question per round, {cfg['rounds']} rounds per workload "
+        f"({min(cfg['rounds'], cfg['long_rounds'])} above 4,096 tokens), "
+        "the order of systems rotated each round; the `pc` caches and the floor answer each round's question "
+        f"{cfg['fast_repeats']} more times (alternating). Medians. One generated token.",
+        "Every measured question is new to every system: no prompt repeats a warm-up or an earlier question, "
+        "so llama-cpp-python's caches find at most a shared prefix. Warm-ups (untimed) let every cache see each "
+        "document once before measuring; `pc` compiles its modules once per workload (not timed as TTFT).",
+        "llama-cpp-python runs the high-level `Llama` (the threads `pc` uses, batch 512, f16 KV, no flash "
+        "attention, a context just large enough) with `LlamaRAMCache`/`LlamaDiskCache` of "
+        f"{CAPACITY >> 30} GiB capacity (no eviction); its TTFT is the time from "
+        "`create_completion(text, stream=True)` to the first chunk. It gets the prompt as text: exactly "
+        "`pc`'s prompt tokens written out, control tokens included. " + _token_gap(res),
+        "The zstd cache holds the same state blobs as the default cache, re-encoded from its files instead of "
+        "computed twice.",
+        "Physical floor: the question's states already decoded in RAM as numpy arrays, loaded into a llama.cpp "
+        "context of the same build as the engine does, then only the fresh tokens decoded and the first token "
+        "picked.",
+        "Whole processes: each answers a further new question; peak memory is the child's `ru_maxrss` from "
+        "`os.wait4`. A fresh process has an empty `LlamaRAMCache`, so that system always prefills: measured anyway.",
+        f"Prefill ran at {res['prefill_tokens_per_second_at_start']:.0f} tokens/s (512 tokens) when the run started.",
+    ]
+    missing = [f"{s['label']}: {s['status']}" for s in res.get("systems", {}).values() if s["status"] != "ok"]
+    if missing:
+        out.append("Not measured: " + "; ".join(missing) + ".")
+    return out
+
+
+def _token_gap(res: dict) -> str:
+    diffs = []
+    for w in res.get("workloads", []):
+        ref = w["prompt_tokens_per_question"]
+        for name in ("llama-ram", "llama-disk"):
+            got = (w["systems"].get(name) or {}).get("prompt_tokens", [])
+            diffs += [abs(a - b) for a, b in zip(got, ref, strict=False)]
+    if not diffs:
+        return ""
+    return (f"Re-tokenized whole, that text came out at most {max(diffs)} tokens different from `pc`'s "
+            f"({sum(d == 0 for d in diffs)} of {len(diffs)} prompts identical in length).")
+
+
+def write(res: dict, out_dir: Path, *, stamp: str | None = None) -> dict[str, Path]:
+    """The JSON, the markdown and (with matplotlib installed) the two plots; returns their paths."""
+    from . import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = stamp or dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    paths = {"json": out_dir / f"{stamp}.json", "md": out_dir / f"{stamp}.md"}
+    paths["json"].write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    md = report.markdown(res)
+    try:
+        for key, draw in (("ttft", plots.ttft), ("bytes", plots.cache_bytes)):
+            png = out_dir / f"{stamp}-{key}.png"
+            if draw(res, png):
+                paths[key] = png
+                md += f"\n![{key}]({png.name})\n"
+    except ImportError:
+        md += "\nPlots skipped: matplotlib is not installed (pip install -e '.[dev]').\n"
+    paths["md"].write_text(md, encoding="utf-8")
+    return paths
+
+
+def config_for(*, quick: bool, only: list[str] | None = None, **overrides) -> BenchConfig:
+    """The preset (full or quick) with ``only`` sections ("speed" = docqa, prefix and params)."""
+    cfg = QUICK if quick else BenchConfig()
+    if only:
+        wanted = {s for o in only for s in (("docqa", "prefix", "params") if o == "speed" else (o,))}
+        unknown = wanted - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}: "
+                             f"choose from speed, {', '.join(SECTIONS)}")
+        cfg = replace(cfg, sections=tuple(s for s in SECTIONS if s in wanted))
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_and_write(cfg: BenchConfig, *, model_path: Path, out_dir: Path, progress: Progress) -> dict[str, Path]:
+    """Run in a temporary folder (removed afterwards) and write the results to ``out_dir``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pc-bench-") as tmp:
+        res = run(cfg, model_path=model_path, work=Path(tmp), progress=progress)
+    return write(res, out_dir)

@@ -1,0 +1,109 @@
+"""The benchmark suite end to end at its smallest (real model, one tiny workload, one round, every
+system once, whole processes included, two quality questions): the files it writes exist and are
+well formed. No timing is asserted: speed is measured by `make bench`, never by tests."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from promptcache_cli.bench_command import bench
+from promptcache_cli.benchmarks import suite
+from promptcache_cli.benchmarks.systems import NOT_BUILT
+
+TINY = suite.BenchConfig(sections=("docqa", "quality"), levels=(256,), slots=2, pool=3, rounds=1, fast_repeats=1,
+                         process_rounds=1, process_levels=(256,), quality_questions=2, quality_doc_tokens=64,
+                         quality_slots=2, quality_docs=3, quality_tokens=4, repair_tokens=(4,))
+MEASURED = ("nocache", "pc", "pc-zstd", "llama-ram", "llama-disk")  # and pc-prefix, when it is built
+
+
+@pytest.fixture(scope="module")
+def outputs(model_path, tmp_path_factory):
+    work, out = tmp_path_factory.mktemp("bench-work"), tmp_path_factory.mktemp("bench-out")
+    messages: list[str] = []
+    res = suite.run(TINY, model_path=model_path, work=work, progress=messages.append)
+    paths = suite.write(res, out, stamp="tiny")
+    return paths, messages
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_json_holds_every_system_measured(outputs):
+    paths, messages = outputs
+    res = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert any("estimated run time" in m for m in messages)
+    [w] = res["workloads"]
+    assert w["name"] == "docqa-256" and 150 < w["prompt_tokens"] < 300
+    for name in MEASURED:
+        s = w["systems"][name]
+        assert s["status"] == "ok", (name, s["status"])
+        assert len(s["ttft_ms"]) >= 1 and all(t > 0 for t in s["ttft_ms"]), name
+        p = s["process"]
+        assert p["errors"] == [] and len(p["wall_ms"]) == 1, (name, p)
+        assert p["peak_rss_bytes"][0] > 50e6  # a whole process holding a model
+    for name in ("pc", "pc-zstd", "llama-disk", "llama-ram"):
+        assert w["systems"][name]["cache_bytes"] > 0, name
+    assert w["systems"]["nocache"]["cache_bytes"] is None
+    assert w["floor"]["ttft_ms"] and all(t > 0 for t in w["floor"]["ttft_ms"])
+    prefix = w["systems"]["pc-prefix"]
+    assert prefix["status"] == NOT_BUILT or prefix["status"] == "ok" and prefix["ttft_ms"], prefix["status"]
+    # llama-cpp-python saw pc's prompt as text: re-tokenized, nearly the same length
+    for name in ("llama-ram", "llama-disk"):
+        assert abs(w["systems"][name]["prompt_tokens"][0] - w["prompt_tokens_per_question"][0]) <= 8
+
+
+def test_quality_compares_every_variant_with_no_cache(outputs):
+    res = json.loads(outputs[0]["json"].read_text(encoding="utf-8"))
+    q = res["quality"]
+    assert q["questions"] == 2 and len(q["rows"]) == 2
+    names = [v["name"] for v in q["variants"]]
+    assert {"scaffold", "independent"} <= set(names)
+    for row in q["rows"]:
+        assert row["gaps"] == 0  # equal-length documents: the cached prompt is contiguous
+        assert row["expected"] and len(row["nocache"]["tokens"]) <= 4
+        for name in names:
+            m = row[name]
+            assert m["kl"] >= -1e-9 and isinstance(m["exact_match"], bool)
+            assert m["exact_match"] == (m["tokens"] == row["nocache"]["tokens"])
+    for name in names:
+        s = q["summary"][name]
+        assert 0 <= s["exact_match_rate"] <= 1 and 0 <= s["needle_accuracy"] <= 1
+    assert [t["met"] for t in res["targets"]][:3] == [None, None, None]  # no 4k workload in this run
+
+
+def test_markdown_and_plots(outputs):
+    paths, _ = outputs
+    md = paths["md"].read_text(encoding="utf-8")
+    assert md.startswith("# pc bench") and "## Targets" in md and "## Answer quality" in md
+    for label in ("pc ask --no-cache", "LlamaRAMCache", "LlamaDiskCache", "--compression zstd", "physical floor",
+                  "pc prefix mode", "Whole processes"):
+        assert label in md, label
+    for key in ("ttft", "bytes"):
+        w, h = _png_size(paths[key])
+        assert w > 400 and h > 300
+        assert f"({paths[key].name})" in md
+
+
+def test_command_options_and_errors(tmp_path):
+    app = typer.Typer()
+    app.command()(bench)
+    app.command("noop")(lambda: None)
+    run = CliRunner().invoke(app, ["bench", "--help"])
+    assert run.exit_code == 0 and "--quick" in run.output and "--only" in run.output
+    with pytest.raises(ValueError, match="unknown section"):
+        suite.config_for(quick=True, only=["nonsense"])
+    assert suite.config_for(quick=False, only=["speed"]).sections == ("docqa", "prefix", "params")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+    proc = subprocess.run([sys.executable, str(script), "--only", "nonsense"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown section" in proc.stderr and "Traceback" not in proc.stderr
