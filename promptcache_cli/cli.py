@@ -279,7 +279,7 @@ def ask(
 ) -> None:
     """Answer a question over the schema's modules, loading their states from the cache."""
     from .sampling import Sampler
-    from .selection import select_cli, select_imports
+    from .selection import SelectionError, select_cli, select_imports
 
     sch = _load_schema(schema)
     if prompt:
@@ -290,7 +290,11 @@ def ask(
             raise errors.InputError(f"{prompt}: prompt is for schema '{pr.schema}', not '{sch.name}'")
         if module or param:
             raise errors.InputError("--prompt chooses modules and parameters itself; drop --module/--param")
-        selection = select_imports(sch, pr.imports)
+        try:
+            selection = select_imports(sch, pr.imports)
+        except SelectionError as e:  # name the prompt file: "FILE:LINE: message"
+            where = f"{prompt}:{e.line}" if e.line is not None else prompt
+            raise errors.InputError(f"{where}: {e.message}") from None
         if question is not None and question != "-":
             raise errors.InputError("--prompt carries the question; drop the QUESTION argument")
         text = pr.question
