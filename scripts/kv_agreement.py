@@ -4,7 +4,7 @@ llama.cpp needs for a quantized V cache. Same question set as the quality part o
 (promptcache_cli.benchmarks.needles); prints the share of questions whose greedy tokens are
 identical between two cache settings.
 
-    python scripts/kv_agreement.py [--tokens 32] [--questions 30]
+    python scripts/kv_agreement.py [--tokens 32] [--questions 30] [--doc-tokens 450]
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--questions", type=int, default=30)
+    ap.add_argument("--doc-tokens", type=int, default=450, help="length of each text with a planted fact")
     args = ap.parse_args()
     model = resolve_model(None)
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {k: Session(model, cache_dir=Path(tmp) / k, settings=v) for k, v in SETTINGS.items()}
-        wl = needles.quality(Path(tmp), sessions["f16"].model, doc_tokens=450, n_questions=args.questions)
+        wl = needles.quality(Path(tmp), sessions["f16"].model, doc_tokens=args.doc_tokens,
+                             n_questions=args.questions)
         schema = wl.schema()
         answers: dict[str, list[list[int]]] = {k: [] for k in sessions}
         for sess in sessions.values():

@@ -76,11 +76,16 @@ def run_workload(wl: Workload, systems: list[System], *, renderer: Session, floo
         progress(f"{wl.name}: {s.name} ready ({res[s.name]['status']})")
     source = next((s for s in live if isinstance(s, PcSystem) and not s.no_cache and s.codec == "none"), None)
     floor_ms: list[float] = []
+    floor_status = ["ok"]
 
     def measure(s: System | Floor, q, prompt: Prompt) -> None:
         if isinstance(s, Floor):
-            s.prepare(source.session, wl, q)
-            floor_ms.append(s.measure())
+            if floor_status[0] == "ok":
+                try:
+                    s.prepare(source.session, wl, q)
+                    floor_ms.append(s.measure())
+                except Exception as e:  # noqa: BLE001
+                    floor_status[0] = _failed(e)
             return
         try:
             a = s.ask(wl, q, prompt)
@@ -141,5 +146,6 @@ def run_workload(wl: Workload, systems: list[System], *, renderer: Session, floo
         "prompt_tokens": median(pc_tokens), "prompt_tokens_per_question": pc_tokens,
         "questions": [{"modules": list(q.modules), "params": list(q.params), "question": q.text} for q in asked],
         "systems": res,
-        "floor": {"label": Floor.label, "ttft_ms": floor_ms, "median_ttft_ms": median(floor_ms)} if use_floor else None,
+        "floor": {"label": Floor.label, "status": floor_status[0], "ttft_ms": floor_ms,
+                  "median_ttft_ms": median(floor_ms)} if use_floor else None,
     }
