@@ -24,7 +24,7 @@ test: install
 
 bench: install  # `make bench BENCH_ARGS=--quick` for the short run
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
-	$(BIN)/python scripts/bench_prefix.py $(BENCH_ARGS)
+	$(BIN)/python scripts/bench_prefix.py $(filter --quick,$(BENCH_ARGS))
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh "$(SCHEMA)" "$(QUESTION)"

@@ -464,13 +464,15 @@ def _ls_rows(listing):
         yield "(no schema)", name, "", _size(f.bytes), "", _when(f.last_used), ""
 
 
-def _register_plan() -> None:
+def _register_commands() -> None:
+    from .bench_command import bench
     from .plan_command import plan
 
     app.command("plan")(plan)
+    app.command("bench")(bench)
 
 
-_register_plan()
+_register_commands()
 
 
 @app.command("ls")
