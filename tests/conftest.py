@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -37,3 +39,13 @@ def license_excerpt(name: str, n_chars: int) -> str:
     """The first n_chars of a real license text shipped in schemas/docs, cut at a line end."""
     text = (LICENSES / name).read_text(encoding="utf-8")[:n_chars]
     return text[: text.rfind("\n")] if "\n" in text else text
+
+
+@pytest.fixture
+def cache(template, tmp_path: Path) -> Path:
+    """A private copy of the requesting test module's compiled ``template`` cache, where
+    PC_CACHE_DIR points (see ``_isolated_cache``)."""
+    dst = Path(os.environ["PC_CACHE_DIR"])
+    assert dst.is_relative_to(tmp_path)
+    shutil.copytree(template.cache, dst)
+    return dst

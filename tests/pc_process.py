@@ -41,3 +41,11 @@ def ok(run: Run) -> Run:
     assert run.code == 0, f"exit {run.code}, stderr: {run.err}"
     assert "Traceback" not in run.err, run.err
     return run
+
+
+def one_line_error(run: Run, code: int) -> str:
+    """The stderr of a run that must fail with ``code`` and exactly one line, no traceback."""
+    assert run.code == code, f"exit {run.code}: {run.err}"
+    assert "Traceback" not in run.err
+    assert run.err.strip() and run.err.rstrip("\n").count("\n") == 0, run.err
+    return run.err

@@ -23,7 +23,7 @@ from promptcache_cli.selection import default_selection, select_cli
 
 from .conftest import write_schema
 from .model_factory import make_test_model
-from .pc_process import Run, ok, pc
+from .pc_process import ok, one_line_error, pc
 
 DAY = 86400
 ONE_THREAD = ContextSettings(n_threads=1)
@@ -90,23 +90,7 @@ def template(tmp_path_factory: pytest.TempPathFactory, test_models_dir: Path) ->
     return Template(cache, prompts, gamma)
 
 
-@pytest.fixture
-def cache(template: Template, tmp_path: Path) -> Path:
-    """A private copy of the compiled cache, where PC_CACHE_DIR points (tests/conftest.py)."""
-    dst = Path(os.environ["PC_CACHE_DIR"])
-    assert dst.is_relative_to(tmp_path)
-    shutil.copytree(template.cache, dst)
-    return dst
-
-
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def one_line_error(run: Run, code: int) -> str:
-    assert run.code == code, f"exit {run.code}: {run.err}"
-    assert "Traceback" not in run.err
-    assert run.err.strip() and run.err.rstrip("\n").count("\n") == 0, run.err
-    return run.err
 
 
 def state_dir(cache: Path, key: str) -> Path:
