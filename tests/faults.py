@@ -4,19 +4,23 @@
   the child also drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, as any other user would lack them;
 - a full disk: RLIMIT_FSIZE in the child with SIGXFSZ ignored, so a write past the limit fails
   with EFBIG mid-file, as ENOSPC would;
-- peak memory: the child's ru_maxrss from ``os.wait4``;
+- peak memory: ``start(..., measured=True)`` runs pc under the benchmarks' tiny launcher, which
+  forks it from a bare interpreter and reports its own ru_maxrss (Linux carries a process's peak
+  across exec, so a child spawned straight from a large pytest would report pytest's size);
 - damage to cache files: seeded random cuts, bit flips, overwrites, appends and swaps.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import random
 import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from promptcache_cli import cache_file
+from promptcache_cli.benchmarks.processes import LAUNCHER
 
 from .conftest import license_excerpt
 
@@ -39,7 +44,7 @@ class Proc:
     out: str
     err: str
     seconds: float
-    max_rss: int  # bytes, the child's peak resident set
+    max_rss: int  # bytes: the child's own peak resident set when started measured, else an upper bound
 
     @property
     def err_lines(self) -> list[str]:
@@ -84,11 +89,22 @@ def env_for(cache: Path | None, **extra: str) -> dict[str, str]:
 
 
 def start(args: list, *, cache: Path | None, preexec: Callable[[], None] | None = None, stdin: bytes | None = None,
-          **env: str) -> subprocess.Popen:
-    """Start pc; ``stdin`` bytes are fed by :func:`finish` (no bytes: stdin is /dev/null)."""
-    p = subprocess.Popen(PC + [str(a) for a in args], stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+          measured: bool = False, **env: str) -> subprocess.Popen:
+    """Start pc; ``stdin`` bytes are fed by :func:`finish` (no bytes: stdin is /dev/null).
+
+    ``measured``: pc runs as the child of a bare launcher interpreter, so its ru_maxrss is its own
+    (signals sent to the returned process reach the launcher, not pc: not for the kill tests).
+    """
+    argv = PC + [str(a) for a in args]
+    report = None
+    if measured:
+        fd, report = tempfile.mkstemp(prefix="pc-rusage-", suffix=".json")
+        os.close(fd)
+        argv = [sys.executable, "-S", "-c", LAUNCHER, report, json.dumps(argv), str(TIMEOUT)]
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for(cache, **env), preexec_fn=preexec)
     p.stdin_data = stdin
+    p.rusage_report = report
     return p
 
 
@@ -118,11 +134,17 @@ def finish(p: subprocess.Popen, t0: float, timeout: float = TIMEOUT,
     if before_reap is not None:
         before_reap()
     _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
+    p.returncode, max_rss = os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024
+    report = getattr(p, "rusage_report", None)
+    if report is not None:
+        with open(report, encoding="utf-8") as f:
+            got = json.load(f)
+        os.unlink(report)
+        p.returncode, max_rss = got["code"], got["maxrss_kib"] * 1024
     p.stdout.close()
     p.stderr.close()
     return Proc(p.returncode, data["out"].decode("utf-8", "replace"), data["err"].decode("utf-8", "replace"),
-                time.perf_counter() - t0, usage.ru_maxrss * 1024)
+                time.perf_counter() - t0, max_rss)
 
 
 def run(args: list, *, cache: Path | None, preexec: Callable[[], None] | None = None, stdin: bytes | None = None,

@@ -97,7 +97,8 @@ def race(ref: Reference, cache: Path, *compile_extra: str) -> tuple[faults.Proc,
     t0 = time.perf_counter()
     compiling = faults.start(["compile", ref.schema, *compile_extra], cache=cache, **THREADS)
     asks = [(REQUESTS[i % len(REQUESTS)], faults.start(ask_args(ref.schema, REQUESTS[i % len(REQUESTS)]),
-                                                         cache=cache, **THREADS)) for i in range(N_ASKS)]
+                                                         cache=cache, measured=True, **THREADS))
+            for i in range(N_ASKS)]
     done = [(request, faults.finish(p, t0)) for request, p in asks]
     return faults.finish(compiling, t0), done
 
