@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from promptcache_cli import pml  # noqa: E402
 from promptcache_cli.benchmarks import needles  # noqa: E402
+from promptcache_cli.benchmarks.perturb import kv_payloads, round_mantissa  # noqa: E402
 from promptcache_cli.engine import Session  # noqa: E402
 from promptcache_cli.llama_backend import ContextSettings  # noqa: E402
 from promptcache_cli.models import resolve_model  # noqa: E402
@@ -65,42 +66,6 @@ from promptcache_cli.selection import select_cli  # noqa: E402
 
 LICENSES = Path("/usr/share/common-licenses")
 QK = 32  # values per q8_0 block
-
-# -- locating the K and V payloads of a blob (see state_blob.py for the layout) ----------------
-
-
-def kv_payloads(blob: np.ndarray) -> tuple[int, list[tuple[str, int, int, bool]]]:
-    """(n_cells, [(kind, byte offset, n_embd, transposed)]) for every f16 K and V payload."""
-    def u32(at: int) -> int:
-        return int(blob[at : at + 4].view("<u4")[0])
-
-    def u64(at: int) -> int:
-        return int(blob[at : at + 8].view("<u8")[0])
-
-    n_cells = u32(12)
-    at = 16 + 12 * n_cells
-    v_trans, n_layer = u32(at), u32(at + 4)
-    at += 8
-    out = []
-    for _ in range(n_layer):
-        assert u32(at) == 1, "K is not f16"
-        row = u64(at + 4)
-        out.append(("k", at + 12, row // 2, False))
-        at += 12 + row * n_cells
-    for _ in range(n_layer):
-        assert u32(at) == 1, "V is not f16"
-        if v_trans:
-            elem, n_embd = u32(at + 4), u32(at + 8)
-            assert elem == 2
-            out.append(("v", at + 12, n_embd, True))
-            at += 12 + elem * n_embd * n_cells
-        else:
-            row = u64(at + 4)
-            out.append(("v", at + 12, row // 2, False))
-            at += 12 + row * n_cells
-    assert at == len(blob)
-    return n_cells, out
-
 
 # -- q8_0 as llama.cpp's quantize_row_q8_0_ref / dequantize_row_q8_0 ---------------------------
 
@@ -126,15 +91,6 @@ def _round_trip_rows(x: np.ndarray) -> np.ndarray:
     if pad:
         x = np.concatenate([x, np.zeros((*x.shape[:-1], pad), x.dtype)], axis=-1)
     return q8_0_dequantize(*q8_0_quantize(x))[..., :n]
-
-
-def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
-    """f16 values rounded (to nearest even) to ``bits`` of their 10 mantissa bits: a control for how
-    sensitive answers are to noise far below q8_0's (relative error 2**-(bits+1))."""
-    drop = 10 - bits
-    u = x.view(np.uint16).astype(np.uint32)
-    u = (u + ((u >> drop) & 1) + (1 << (drop - 1)) - 1) >> drop << drop
-    return u.astype(np.uint16).view(np.float16)
 
 
 def round_trip(blob: np.ndarray, scheme: str) -> np.ndarray:

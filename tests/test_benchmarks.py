@@ -76,7 +76,10 @@ def test_quality_compares_every_variant_with_no_cache(outputs):
             m = row[name]
             assert m["kl"] >= -1e-9 and isinstance(m["exact_match"], bool)
             assert m["exact_match"] == (m["tokens"] == row["nocache"]["tokens"])
-    for name in names:
+        # the controls: the uncached prompt's own states reloaded give the uncached answer
+        assert row["exact-reload"]["tokens"] == row["nocache"]["tokens"]
+        assert row["exact-reload"]["kl"] < 1e-6 and row["exact-m9"]["kl"] >= -1e-9
+    for name in names + q["controls"]:
         s = q["summary"][name]
         assert 0 <= s["exact_match_rate"] <= 1 and 0 <= s["needle_accuracy"] <= 1
     assert [t["met"] for t in res["targets"]][:3] == [None, None, None]  # no 4k workload in this run

@@ -5,6 +5,11 @@ agreement and KL divergence KL(no-cache || cached) of the first token's distribu
 the answer contains the planted fact. Variants: both module encodings (``independent``: after the
 shared prefix; ``scaffold``: after the default prompt before the module), and each with the
 boundary repair (``repair.py``) when the engine offers it. Variants alternate question by question.
+
+Two controls bound what any approximate cache can reach: the uncached prompt's exact states saved
+and loaded back before the question (``exact-reload``: must agree fully), and the same states
+with every K and V value rounded to ``CONTROL_BITS`` of its 10 mantissa bits (``exact-m9``: a
+perturbation far below anything caching does; what it loses is the metric's noise floor).
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ from typing import Callable
 import numpy as np
 
 from .. import layout as lay
-from ..engine import Session
+from ..engine import Session, _generate
+from ..sampling import Sampler
+from .perturb import rounded_blob
 from .workloads import Workload
 
 Progress = Callable[[str], None]
+CONTROL_BITS = 9
+CONTROLS = ("exact-reload", f"exact-m{CONTROL_BITS}")
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -85,16 +94,21 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
                                "correct": None if q.expected is None else q.expected in ref.answer},
                    "gaps": _gaps(base, layout, sel)}
             names = [name for name, _, _ in chosen]
+            got = {}
             for name in names[i % len(names):] + names[: i % len(names)]:
                 r = sessions[name].ask(schema, sel, q.text, max_tokens=n_tokens, keep_logits=True)
+                got[name] = {"answer": r.answer, "tokens": r.tokens, "ttft_ms": r.ttft_ms,
+                             "first_logits": r.first_logits, "computed_tokens": r.computed_tokens}
+            got.update(controls(base, schema, sel, q.text, n_tokens))
+            for name, r in got.items():
                 row[name] = {
-                    "answer": r.answer, "tokens": r.tokens, "ttft_ms": r.ttft_ms,
-                    "exact_match": r.tokens[:n_tokens] == ref.tokens[:n_tokens],
-                    "common_prefix": common_prefix(r.tokens, ref.tokens),
-                    "top1_agree": int(np.argmax(r.first_logits)) == int(np.argmax(ref.first_logits)),
-                    "kl": kl(ref.first_logits, r.first_logits),
-                    "computed_tokens": r.computed_tokens,
-                    "correct": None if q.expected is None else q.expected in r.answer,
+                    "answer": r["answer"], "tokens": r["tokens"], "ttft_ms": r["ttft_ms"],
+                    "exact_match": r["tokens"][:n_tokens] == ref.tokens[:n_tokens],
+                    "common_prefix": common_prefix(r["tokens"], ref.tokens),
+                    "top1_agree": int(np.argmax(r["first_logits"])) == int(np.argmax(ref.first_logits)),
+                    "kl": kl(ref.first_logits, r["first_logits"]),
+                    "computed_tokens": r["computed_tokens"],
+                    "correct": None if q.expected is None else q.expected in r["answer"],
                 }
             rows.append(row)
             progress(f"quality: question {i + 1}/{len(wl.questions)}")
@@ -105,7 +119,30 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
     return {"questions": len(rows), "generated_tokens": n_tokens, "note": wl.note,
             "variants": [{"name": n, "encoding": e, "repair_tokens": r} for n, e, r in chosen],
             "repair_available": repair_supported(),
-            "summary": summarize(rows, [n for n, _, _ in chosen]), "rows": rows}
+            "controls": list(CONTROLS), "control_bits": CONTROL_BITS,
+            "summary": summarize(rows, [n for n, _, _ in chosen] + list(CONTROLS)), "rows": rows}
+
+
+def controls(session: Session, schema, sel, question: str, n_tokens: int) -> dict[str, dict]:
+    """The uncached prompt's exact states, reloaded as they are and rounded, then the question."""
+    layout = session.layout(schema)
+    prompt = session.flat_tokens(session.prompt_plan(layout, sel))
+    q = session.question_tokens(layout, question)
+    ctx = session.context(len(prompt) + len(q) + n_tokens)
+    ctx.decode(prompt, start=0)
+    exact = ctx.save_state(0)
+    out = {}
+    for name, blob in zip(CONTROLS, (exact, rounded_blob(exact, CONTROL_BITS)), strict=True):
+        ctx.clear()
+        ctx.load_state(0, blob)
+        t0 = time.perf_counter()
+        ctx.decode(q, start=len(prompt), logits=True)
+        logits = ctx.logits()
+        answer, tokens, ttft = _generate(session.model, ctx, logits, max_tokens=n_tokens, sampler=Sampler(),
+                                         on_text=None, t0=t0)
+        out[name] = {"answer": answer, "tokens": tokens, "ttft_ms": ttft * 1000, "first_logits": logits,
+                     "computed_tokens": len(q)}
+    return out
 
 
 def _gaps(session: Session, layout: lay.Layout, sel) -> int:

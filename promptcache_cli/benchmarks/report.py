@@ -193,7 +193,19 @@ def _quality(q: dict) -> list[str]:
                    f"{_ms(m['median_ttft_ms'])} |")
     out.append(f"| --no-cache | 100% | 100% | 0 | 0 | {_pct(s['nocache']['needle_accuracy'])} | "
                f"{_ms(s['nocache']['median_ttft_ms'])} |")
+    for name in q.get("controls", []):
+        m = s[name]
+        out.append(f"| control: {name} | {_pct(m['exact_match_rate'])} | {_pct(m['top1_agreement'])} | "
+                   f"{m['median_kl']:.4f} | {m['mean_kl']:.4f} | {_pct(m['needle_accuracy'])} | "
+                   f"{_ms(m['median_ttft_ms'])} |")
     out.append("")
+    if q.get("controls"):
+        out += [f"Controls: the uncached prompt's exact states saved and loaded back before the question "
+                f"(`exact-reload`), and the same states with every K and V value rounded to {q['control_bits']} "
+                f"of its 10 mantissa bits (`exact-m{q['control_bits']}`, relative error at most "
+                f"2^-{q['control_bits'] + 1}, a twentieth of q8_0's or less). What that control loses against "
+                "--no-cache is the noise floor of these metrics for this model: greedy answers of a 135M model "
+                "flip on near-ties under any perturbation, however small.", ""]
     if not q.get("repair_available"):
         out.append("The boundary repair is not available in this engine, so it was not measured.")
     for v in q["variants"]:
