@@ -21,7 +21,7 @@ from promptcache_cli.benchmarks.systems import NOT_BUILT
 TINY = suite.BenchConfig(sections=("docqa", "quality"), levels=(256,), slots=2, pool=3, rounds=1, fast_repeats=1,
                          process_rounds=1, process_levels=(256,), quality_questions=2, quality_doc_tokens=64,
                          quality_slots=2, quality_docs=3, quality_tokens=4, repair_tokens=(4,))
-MEASURED = ("nocache", "pc", "pc-zstd", "llama-ram", "llama-disk")  # and pc-prefix, when it is built
+MEASURED = ("nocache", "pc", "pc-zstd", "pc-q8", "llama-ram", "llama-disk")  # and pc-prefix, when it is built
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,10 @@ def test_json_holds_every_system_measured(outputs):
         p = s["process"]
         assert p["errors"] == [] and len(p["wall_ms"]) == 1, (name, p)
         assert p["peak_rss_bytes"][0] > 50e6  # a whole process holding a model
-    for name in ("pc", "pc-zstd", "llama-disk", "llama-ram"):
+    for name in ("pc", "pc-zstd", "pc-q8", "llama-disk", "llama-ram"):
         assert w["systems"][name]["cache_bytes"] > 0, name
+    sizes = {name: w["systems"][name]["cache_bytes"] for name in ("pc", "pc-zstd", "pc-q8")}
+    assert sizes["pc-q8"] < sizes["pc-zstd"] < sizes["pc"]  # q8_0 about half, zstd about 15% off
     assert w["systems"]["nocache"]["cache_bytes"] is None
     assert w["floor"]["ttft_ms"] and all(t > 0 for t in w["floor"]["ttft_ms"])
     assert built or "pc prefix mode" in res["notes"][-1]  # not built: said so, not dropped
@@ -68,7 +70,7 @@ def test_quality_compares_every_variant_with_no_cache(outputs):
     q = res["quality"]
     assert q["questions"] == 2 and len(q["rows"]) == 2
     names = [v["name"] for v in q["variants"]]
-    assert {"scaffold", "independent"} <= set(names)
+    assert {"scaffold", "independent", "scaffold-q8_0"} <= set(names)
     for row in q["rows"]:
         assert row["gaps"] == 0  # equal-length documents: the cached prompt is contiguous
         assert row["expected"] and len(row["nocache"]["tokens"]) <= 4
@@ -79,10 +81,14 @@ def test_quality_compares_every_variant_with_no_cache(outputs):
         # the controls: the uncached prompt's own states reloaded give the uncached answer
         assert row["exact-reload"]["tokens"] == row["nocache"]["tokens"]
         assert row["exact-reload"]["kl"] < 1e-6 and row["exact-m9"]["kl"] >= -1e-9
+        assert row["scaffold-q8_0"]["same_as_f16"] == (row["scaffold-q8_0"]["tokens"] == row["scaffold"]["tokens"])
     for name in names + q["controls"]:
         s = q["summary"][name]
         assert 0 <= s["exact_match_rate"] <= 1 and 0 <= s["needle_accuracy"] <= 1
+    assert 0 <= q["summary"]["scaffold-q8_0"]["same_as_f16_rate"] <= 1
+    met = {t["target"]: t["met"] for t in res["targets"]}
     assert [t["met"] for t in res["targets"]][:3] == [None, None, None]  # no 4k workload in this run
+    assert sum(m is None for m in met.values()) == 6  # the six 4k targets; the quality ones are measured
 
 
 def test_markdown_and_plots(outputs):

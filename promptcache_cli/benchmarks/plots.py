@@ -10,6 +10,7 @@ STYLE = {  # system -> (color, marker, line style)
     "llama-disk": ("#ff7f0e", "D", "-"),
     "pc": ("#1f77b4", "o", "-"),
     "pc-zstd": ("#17becf", "^", "-"),
+    "pc-q8": ("#8c564b", "P", "-"),
     "pc-prefix": ("#9467bd", "v", "-"),
     "floor": ("#2ca02c", "x", "--"),
 }

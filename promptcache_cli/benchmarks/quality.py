@@ -4,7 +4,9 @@ Per question and cache variant: greedy exact match of the first ``n_tokens`` tok
 agreement and KL divergence KL(no-cache || cached) of the first token's distribution, and whether
 the answer contains the planted fact. Variants: both module encodings (``independent``: after the
 shared prefix; ``scaffold``: after the default prompt before the module), and each with the
-boundary repair (``repair.py``) when the engine offers it. Variants alternate question by question.
+boundary repair (``repair.py``) when the engine offers it, and the default encoding with 8-bit
+quantized KV (``scaffold-q8_0``, as ``--kv-type q8_0``; also compared with the f16 cache's answer).
+Variants alternate question by question.
 
 Two controls bound what any approximate cache can reach: the uncached prompt's exact states saved
 and loaded back before the question (``exact-reload``: must agree fully), and the same states
@@ -23,6 +25,7 @@ import numpy as np
 
 from .. import layout as lay
 from ..engine import Session, _generate
+from ..llama_backend import ContextSettings
 from ..sampling import Sampler
 from .perturb import rounded_blob
 from .workloads import Workload
@@ -30,6 +33,8 @@ from .workloads import Workload
 Progress = Callable[[str], None]
 CONTROL_BITS = 9
 CONTROLS = ("exact-reload", f"exact-m{CONTROL_BITS}")
+Q8 = "scaffold-q8_0"  # the default encoding with `--kv-type q8_0`
+Q8_SETTINGS = ContextSettings(type_k="q8_0", type_v="q8_0", flash_attn=True)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -72,19 +77,22 @@ def repair_supported() -> bool:
 
 
 def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, repair_tokens: tuple[int, ...],
-                progress: Progress) -> dict:
+                progress: Progress, q8: bool = True) -> dict:
     schema = wl.schema()
     if repair_tokens and not repair_supported():
         repair_tokens = ()
     chosen = variants(repair_tokens)
     base = Session(model_path, cache_dir=root / "nocache")
     sessions = {name: make_session(model_path, root / enc, encoding=enc, repair=r) for name, enc, r in chosen}
+    if q8:
+        sessions[Q8] = Session(model_path, cache_dir=root / Q8, encoding="scaffold", settings=Q8_SETTINGS)
+        chosen.append((Q8, "scaffold", 0))
     rows = []
     try:
-        for enc in lay.ENCODINGS:  # variants of one encoding share its files
+        for enc in [*lay.ENCODINGS, *([Q8] if q8 else [])]:  # variants of one encoding share its files
             t = time.perf_counter()
             sessions[enc].compile(schema)
-            progress(f"quality: compiled the {enc} encoding in {time.perf_counter() - t:.0f} s")
+            progress(f"quality: compiled the {enc} cache in {time.perf_counter() - t:.0f} s")
         layout = base.layout(schema)
         for i, q in enumerate(wl.questions):
             sel = wl.selection(q)
@@ -110,6 +118,8 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
                     "computed_tokens": r["computed_tokens"],
                     "correct": None if q.expected is None else q.expected in r["answer"],
                 }
+            if Q8 in row:  # issue 4's question: does the q8_0 cache answer as the f16 cache does?
+                row[Q8]["same_as_f16"] = row[Q8]["tokens"][:n_tokens] == row["scaffold"]["tokens"][:n_tokens]
             rows.append(row)
             progress(f"quality: question {i + 1}/{len(wl.questions)}")
     finally:
@@ -117,7 +127,8 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
         for s in sessions.values():
             s.close()
     return {"questions": len(rows), "generated_tokens": n_tokens, "note": wl.note,
-            "variants": [{"name": n, "encoding": e, "repair_tokens": r} for n, e, r in chosen],
+            "variants": [{"name": n, "encoding": e, "repair_tokens": r, "kv_type": "q8_0" if n == Q8 else "f16"}
+                         for n, e, r in chosen],
             "repair_available": repair_supported(),
             "controls": list(CONTROLS), "control_bits": CONTROL_BITS,
             "summary": summarize(rows, [n for n, _, _ in chosen] + list(CONTROLS)), "rows": rows}
@@ -168,6 +179,8 @@ def summarize(rows: list[dict], names: list[str]) -> dict:
             "median_ttft_ms": float(statistics.median(r[name]["ttft_ms"] for r in rows)),
             "mean_computed_tokens": float(statistics.fmean(r[name]["computed_tokens"] for r in rows)),
         }
+        if name == Q8:
+            out[name]["same_as_f16_rate"] = sum(r[name]["same_as_f16"] for r in rows) / len(rows)
     out["nocache"] = {
         "needle_accuracy": sum(r["nocache"]["correct"] for r in needles) / len(needles) if needles else None,
         "median_ttft_ms": float(statistics.median(r["nocache"]["ttft_ms"] for r in rows)),

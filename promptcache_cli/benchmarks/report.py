@@ -76,7 +76,33 @@ def targets(res: dict) -> list[dict]:
         out.append(_target(f"needle accuracy no lower than --no-cache ({how})",
                            None if acc is None or base is None else acc - base, lambda v: v >= 0,
                            "{:+.0%} points", detail=f"{_pct(acc)} vs {_pct(base)}"))
-    return out
+    return out + _storage_targets(w, q, n_tokens)
+
+
+def _bytes_of(w: dict | None, system: str) -> int | None:
+    return None if w is None or system not in w["systems"] else w["systems"][system].get("cache_bytes")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def _storage_targets(w: dict | None, q: dict, n_tokens: int) -> list[dict]:
+    """The cache-format issue's targets: sizes and load time at 4k, q8_0 answers against f16."""
+    raw = _bytes_of(w, DEFAULT)
+    q8 = q.get("scaffold-q8_0") or {}
+    control = q.get("exact-m9") or {}
+    return [
+        _target("zstd cache at 4k at least 1.15x smaller than the uncompressed f16 cache",
+                _ratio(raw, _bytes_of(w, "pc-zstd")), lambda v: v >= 1.15, "{:.2f}x"),
+        _target("zstd cache's TTFT at 4k within 1.25x of the uncompressed cache's",
+                _ratio(median_of(w, "pc-zstd"), median_of(w, DEFAULT)), lambda v: v <= 1.25, "{:.2f}x"),
+        _target("--kv-type q8_0 cache at 4k at least 1.8x smaller than the uncompressed f16 cache",
+                _ratio(raw, _bytes_of(w, "pc-q8")), lambda v: v >= 1.8, "{:.2f}x"),
+        _target(f"--kv-type q8_0: the same {n_tokens} greedy tokens as the f16 cache on at least 95% of questions",
+                q8.get("same_as_f16_rate"), lambda v: v >= 0.95, "{:.0%}",
+                detail=f"control exact-m9 vs --no-cache: {_pct(control.get('exact_match_rate'))}" if control else ""),
+    ]
 
 
 def _target(name: str, value: float | None, ok, fmt: str, detail: str = "") -> dict:
@@ -214,4 +240,8 @@ def _quality(q: dict) -> list[str]:
             out += [f"- {v['name']}: recomputes {m['mean_computed_tokens'] - plain['mean_computed_tokens']:.0f} "
                     f"more tokens per question than {v['encoding']}; median TTFT {_ms(m['median_ttft_ms'])} ms "
                     f"against {_ms(plain['median_ttft_ms'])} ms ({_x(m['median_ttft_ms'], plain['median_ttft_ms'])})."]
+    q8 = s.get("scaffold-q8_0")
+    if q8 and "same_as_f16_rate" in q8:
+        out.append(f"- scaffold-q8_0 (`--kv-type q8_0`, flash attention): the same {q['generated_tokens']} greedy "
+                   f"tokens as the f16 scaffold cache on {_pct(q8['same_as_f16_rate'])} of questions.")
     return out + [""]

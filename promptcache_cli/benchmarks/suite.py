@@ -25,7 +25,7 @@ from .systems import PcSystem, PrefixSystem, System
 
 Progress = Callable[[str], None]
 SECTIONS = ("docqa", "prefix", "params", "quality")
-SYSTEMS = ("nocache", "pc", "pc-zstd", "pc-prefix", "llama-ram", "llama-disk")
+SYSTEMS = ("nocache", "pc", "pc-zstd", "pc-q8", "pc-prefix", "llama-ram", "llama-disk")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ def make_systems(model_path: Path, root: Path, names: tuple[str, ...]) -> list[S
         "pc": pc,
         "pc-zstd": PcSystem(model_path, root, name="pc-zstd", label="pc, modular cache, --compression zstd",
                             codec="zstd", source=pc),
+        "pc-q8": PcSystem(model_path, root, name="pc-q8", label="pc, modular cache, --kv-type q8_0", kv_type="q8_0"),
         "pc-prefix": PrefixSystem(model_path, root),
         "llama-ram": LlamaCacheSystem(model_path, root, kind="ram"),
         "llama-disk": LlamaCacheSystem(model_path, root, kind="disk"),
@@ -95,12 +96,14 @@ def estimate_seconds(cfg: BenchConfig, rate: float) -> float:
 
     total = 0.0
     llamas = sum(s.startswith("llama-") for s in cfg.systems)
+    compiles = 1 + ("pc-q8" in cfg.systems)  # the zstd cache re-encodes pc's files, q8_0 compiles its own
     full = ("nocache" in cfg.systems) + ("pc-prefix" in cfg.systems)  # prefix mode finds no shared prefix in (a)
     if "docqa" in cfg.sections:
         for lv in cfg.levels:
             miss = 1 - 1 / cfg.slots  # the llama caches reuse at most the first document
             procs = cfg.process_rounds if lv in cfg.process_levels else 0
-            total += cost(cfg.pool * lv, lv / cfg.slots) + cost(llamas * cfg.pool * lv / cfg.slots, lv / cfg.slots)
+            total += compiles * cost(cfg.pool * lv, lv / cfg.slots)
+            total += cost(llamas * cfg.pool * lv / cfg.slots, lv / cfg.slots)
             rounds = cfg.rounds if lv <= 4096 else min(cfg.rounds, cfg.long_rounds)
             total += (rounds + procs) * cost(lv * (full + llamas * miss), lv)
     others = cfg.process_rounds if cfg.process_others else 0
@@ -160,7 +163,8 @@ def run(cfg: BenchConfig, *, model_path: Path, work: Path, progress: Progress) -
             wl = needles.quality(folder, renderer.model, doc_tokens=cfg.quality_doc_tokens,
                                  n_questions=cfg.quality_questions, slots=cfg.quality_slots, n_docs=cfg.quality_docs)
             res["quality"] = run_quality(Path(model_path), work / "quality", wl, n_tokens=cfg.quality_tokens,
-                                         repair_tokens=cfg.repair_tokens, progress=progress)
+                                         repair_tokens=cfg.repair_tokens, progress=progress,
+                                         q8="pc-q8" in cfg.systems)
     finally:
         floor.close()
         renderer.close()

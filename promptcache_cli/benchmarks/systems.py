@@ -1,5 +1,5 @@
 """The systems compared, one small adapter each: `pc ask --no-cache`, the `pc` modular cache
-(uncompressed, the default, and zstd), and `pc` prefix mode. llama-cpp-python's own caches are in
+(uncompressed, the default; zstd; q8_0 KV), and `pc` prefix mode. llama-cpp-python's own caches are in
 ``llama_systems``. Each system keeps its files in its own folder per workload, so bytes on disk are
 exactly what that system stored for that workload.
 """
@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import cache_file
 from ..engine import Session
+from ..llama_backend import ContextSettings
 from .prompts import Prompt
 from .workloads import Question, Workload
 
@@ -98,14 +99,16 @@ class PcSystem(System):
     """`pc ask`, from the modular cache (``no_cache=False``) or prefilling everything."""
 
     def __init__(self, model_path: Path, root: Path, *, name: str, label: str, codec: str = "none",
-                 no_cache: bool = False, source: PcSystem | None = None) -> None:
+                 no_cache: bool = False, source: PcSystem | None = None, kv_type: str = "f16") -> None:
         super().__init__(model_path, root)
         self.name, self.label, self.codec, self.no_cache = name, label, codec, no_cache
+        self.kv_type = kv_type  # as `--kv-type`: a quantized cache needs flash attention
+        self.settings = ContextSettings(type_k=kv_type, type_v=kv_type, flash_attn=kv_type != "f16")
         self.source = source  # another pc system whose files are re-encoded instead of recomputed
         self.session: Session | None = None
 
     def start(self, wl: Workload, *, n_cells: int) -> Prepared:
-        self.session = Session(self.model_path, cache_dir=self.folder(wl), codec=self.codec)
+        self.session = Session(self.model_path, cache_dir=self.folder(wl), codec=self.codec, settings=self.settings)
         if self.no_cache:
             return Prepared(0.0)
         t = time.perf_counter()
@@ -128,7 +131,8 @@ class PcSystem(System):
     def process(self, wl: Workload, q: Question, prompt: Prompt) -> Command:
         argv = [*pc_command(), "ask", "-s", str(wl.schema_path)]
         argv += [a for m in q.modules for a in ("-m", m)] + [a for p in q.params for a in ("-p", p)]
-        argv += ["-n", "1", "--json", "--no-timings", "--mode", "modular", "--compression", self.codec]
+        argv += ["-n", "1", "--json", "--no-timings", "--mode", "modular", "--compression", self.codec,
+                 "--kv-type", self.kv_type]
         argv += ["--no-cache"] if self.no_cache else []
         argv += ["-"]  # the question on stdin, as any text
         return Command(argv, {"PC_CACHE_DIR": str(self.folder(wl)), "PC_MODEL": str(self.model_path)}, q.text)
