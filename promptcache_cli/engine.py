@@ -386,7 +386,7 @@ class Session:
             cached, computed, compiled = self._stitch(schema, layout, plan, q, max_tokens, warnings, progress)
             ctx = self._ctx
         logits = ctx.logits()
-        result = _generate(self.model, ctx, logits, max_tokens=max_tokens, sampler=sampler, on_text=on_text, t0=t0)
+        result = generate(self.model, ctx, logits, max_tokens=max_tokens, sampler=sampler, on_text=on_text, t0=t0)
         answer, out_tokens, ttft = result
         return AskResult(
             answer=answer,
@@ -524,7 +524,7 @@ def _extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: li
     return start, tokens
 
 
-def _generate(model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
+def generate(model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
               on_text: Callable[[str], None] | None, t0: float) -> tuple[str, list[int], float]:
     import codecs
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import cache_file, state_blob
 from .cache_store import CacheWriteError, module_key
-from .engine import AskResult, CompileReport, ModuleReport, Progress, Session, _generate, _touch, owner_name
+from .engine import AskResult, CompileReport, ModuleReport, Progress, Session, generate, _touch, owner_name
 from .llama_backend import BackendError, Context, ContextSettings, llama_cpp_version
 from .pml import Schema
 from .sampling import Sampler
@@ -292,7 +292,7 @@ class PrefixSession(Session):
         ctx.decode(request[plan.restore_at:], start=plan.restore_at, logits=True)
         self._record(schema, tokens=len(request), overlap=plan.overlap)
         logits = ctx.logits()
-        answer, out_tokens, ttft = _generate(self.model, ctx, logits, max_tokens=max_tokens, sampler=sampler,
+        answer, out_tokens, ttft = generate(self.model, ctx, logits, max_tokens=max_tokens, sampler=sampler,
                                              on_text=on_text, t0=t0)
         return AskResult(answer=answer, tokens=out_tokens, ttft_ms=ttft * 1000,
                          total_ms=(time.perf_counter() - t0) * 1000, cached_tokens=plan.restore_at,

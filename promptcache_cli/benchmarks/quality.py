@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .. import layout as lay
-from ..engine import Session, _generate
+from ..engine import Session, generate
 from ..llama_backend import ContextSettings
 from ..sampling import Sampler
 from .perturb import rounded_blob
@@ -118,7 +118,7 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
                     "computed_tokens": r["computed_tokens"],
                     "correct": None if q.expected is None else q.expected in r["answer"],
                 }
-            if Q8 in row:  # issue 4's question: does the q8_0 cache answer as the f16 cache does?
+            if Q8 in row:  # does the q8_0 cache answer as the f16 cache does?
                 row[Q8]["same_as_f16"] = row[Q8]["tokens"][:n_tokens] == row["scaffold"]["tokens"][:n_tokens]
             rows.append(row)
             progress(f"quality: question {i + 1}/{len(wl.questions)}")
@@ -149,7 +149,7 @@ def controls(session: Session, schema, sel, question: str, n_tokens: int) -> dic
         t0 = time.perf_counter()
         ctx.decode(q, start=len(prompt), logits=True)
         logits = ctx.logits()
-        answer, tokens, ttft = _generate(session.model, ctx, logits, max_tokens=n_tokens, sampler=Sampler(),
+        answer, tokens, ttft = generate(session.model, ctx, logits, max_tokens=n_tokens, sampler=Sampler(),
                                          on_text=None, t0=t0)
         out[name] = {"answer": answer, "tokens": tokens, "ttft_ms": ttft * 1000, "first_logits": logits,
                      "computed_tokens": len(q)}
