@@ -19,7 +19,7 @@ from promptcache_cli.benchmarks import suite
 from promptcache_cli.benchmarks.systems import NOT_BUILT
 
 TINY = suite.BenchConfig(sections=("docqa", "quality"), levels=(256,), slots=2, pool=3, rounds=1, fast_repeats=1,
-                         process_rounds=1, process_levels=(256,), quality_questions=2, quality_doc_tokens=64,
+                         process_rounds=1, process_levels=(256,), q8_levels=(256,), quality_questions=2, quality_doc_tokens=64,
                          quality_slots=2, quality_docs=3, quality_tokens=4, repair_tokens=(4,))
 MEASURED = ("nocache", "pc", "pc-zstd", "pc-q8", "llama-ram", "llama-disk")  # and pc-prefix, when it is built
 

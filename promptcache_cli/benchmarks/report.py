@@ -143,13 +143,15 @@ def _names(ws: list[dict]) -> list[str]:
 
 def _docqa(ws: list[dict]) -> list[str]:
     names = _names(ws)
-    labels = {n: ws[0]["systems"][n]["label"] for n in names}
+    labels = {n: next(w["systems"][n]["label"] for w in ws if n in w["systems"]) for n in names}
+    absent = {"status": "ok", "median_ttft_ms": None, "cache_bytes": None}  # a system not run at a level
     head = "| system | " + " | ".join(f"{w['level']:,} ({_ms(w['prompt_tokens'])} tokens)" for w in ws) + " |"
     out = ["## (a) Document questions: subsets of documents in different orders", "", ws[0]["note"] + ".", "",
            "Median time to first token in ms, in process (model loaded); columns: nominal context "
            "(median prompt tokens).", "", head, "| --- |" + " ---: |" * len(ws)]
     for n in names:
-        cells = [_status(w["systems"][n]) or _ms(w["systems"][n]["median_ttft_ms"]) for w in ws]
+        cells = [_status(w["systems"].get(n, absent)) or _ms(w["systems"].get(n, absent)["median_ttft_ms"])
+                 for w in ws]
         out.append(f"| {labels[n]} | " + " | ".join(cells) + " |")
     if ws[0].get("floor"):
         out.append("| " + ws[0]["floor"]["label"] + " | " + " | ".join(_floor(w) for w in ws) + " |")
@@ -163,10 +165,10 @@ def _docqa(ws: list[dict]) -> list[str]:
     out += ["", "Bytes each system keeps for the workload (on disk; the RAM cache: in process memory):", "",
             "| system | " + " | ".join(f"{w['level']:,}" for w in ws) + " |", "| --- |" + " ---: |" * len(ws)]
     for n in names:
-        if any(w["systems"][n].get("cache_bytes") for w in ws):
-            ram = " (RAM)" if ws[0]["systems"][n].get("in_ram") else ""
-            out.append(f"| {labels[n]}{ram} | " + " | ".join(_bytes(w["systems"][n].get("cache_bytes")) for w in ws)
-                       + " |")
+        if any(w["systems"].get(n, absent).get("cache_bytes") for w in ws):
+            ram = " (RAM)" if any(w["systems"].get(n, absent).get("in_ram") for w in ws) else ""
+            out.append(f"| {labels[n]}{ram} | " + " | ".join(_bytes(w["systems"].get(n, absent).get("cache_bytes"))
+                                                          for w in ws) + " |")
     return out + [""]
 
 

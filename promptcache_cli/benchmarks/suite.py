@@ -41,6 +41,7 @@ class BenchConfig:
     fast_repeats: int = 4  # extra answers by the cheap systems per round
     process_rounds: int = 2  # whole-process answers per system, on the workloads below
     process_levels: tuple[int, ...] = (4096,)  # (a) levels with whole-process runs
+    q8_levels: tuple[int, ...] = (4096,)  # (a) levels where the q8_0 cache runs too (it compiles its own states)
     process_others: bool = True  # whole-process runs on (b) and (c) too
     prefix_level: int = 4096
     quality_questions: int = 30
@@ -52,8 +53,8 @@ class BenchConfig:
 
 
 QUICK = BenchConfig(quick=True, levels=(512, 1024), slots=2, pool=3, rounds=1, fast_repeats=2, process_rounds=1,
-                    process_levels=(1024,), process_others=False, prefix_level=1024, quality_questions=6,
-                    quality_doc_tokens=200, quality_slots=2, quality_docs=4, repair_tokens=(32,))
+                    process_levels=(1024,), q8_levels=(1024,), process_others=False, prefix_level=1024,
+                    quality_questions=6, quality_doc_tokens=200, quality_slots=2, quality_docs=4, repair_tokens=(32,))
 
 
 def preset(cfg: BenchConfig) -> str:
@@ -96,13 +97,13 @@ def estimate_seconds(cfg: BenchConfig, rate: float) -> float:
 
     total = 0.0
     llamas = sum(s.startswith("llama-") for s in cfg.systems)
-    compiles = 1 + ("pc-q8" in cfg.systems)  # the zstd cache re-encodes pc's files, q8_0 compiles its own
+    q8 = "pc-q8" in cfg.systems  # the zstd cache re-encodes pc's files, the q8_0 cache compiles its own
     full = ("nocache" in cfg.systems) + ("pc-prefix" in cfg.systems)  # prefix mode finds no shared prefix in (a)
     if "docqa" in cfg.sections:
         for lv in cfg.levels:
             miss = 1 - 1 / cfg.slots  # the llama caches reuse at most the first document
             procs = cfg.process_rounds if lv in cfg.process_levels else 0
-            total += compiles * cost(cfg.pool * lv, lv / cfg.slots)
+            total += (1 + 1.5 * (q8 and lv in cfg.q8_levels)) * cost(cfg.pool * lv, lv / cfg.slots)
             total += cost(llamas * cfg.pool * lv / cfg.slots, lv / cfg.slots)
             rounds = cfg.rounds if lv <= 4096 else min(cfg.rounds, cfg.long_rounds)
             total += (rounds + procs) * cost(lv * (full + llamas * miss), lv)
@@ -138,23 +139,26 @@ def run(cfg: BenchConfig, *, model_path: Path, work: Path, progress: Progress) -
     speed = SpeedSettings(cfg.rounds, cfg.fast_repeats, cfg.process_rounds)
     n_q = needed_questions(speed)
     folder = work / "workloads"
-    plans: list[tuple[Callable[[], workloads.Workload], SpeedSettings]] = []
+    plans: list[tuple[Callable[[], workloads.Workload], SpeedSettings, list[System]]] = []
+    without_q8 = [s for s in systems if s.name != "pc-q8"]  # the q8_0 cache runs at cfg.q8_levels only
     if "docqa" in cfg.sections:
         for lv in cfg.levels:
             s = speed if lv in cfg.process_levels else replace(speed, process_rounds=0)
             s = s if lv <= 4096 else replace(s, rounds=min(cfg.rounds, cfg.long_rounds))
             plans.append((lambda lv=lv: workloads.docqa(folder, renderer.model, level=lv, n_questions=n_q,
-                                                        slots=cfg.slots, pool=workloads.DOCQA_POOL[: cfg.pool]), s))
+                                                        slots=cfg.slots, pool=workloads.DOCQA_POOL[: cfg.pool]), s,
+                          systems if lv in cfg.q8_levels else without_q8))
     other = speed if cfg.process_others else replace(speed, process_rounds=0)
     if "prefix" in cfg.sections:
-        plans.append((lambda: workloads.prefix(folder, renderer.model, level=cfg.prefix_level, n_questions=n_q), other))
+        plans.append((lambda: workloads.prefix(folder, renderer.model, level=cfg.prefix_level, n_questions=n_q), other,
+                      without_q8))
     if "params" in cfg.sections:
-        plans.append((lambda: workloads.params(folder, renderer.model, n_questions=n_q), other))
+        plans.append((lambda: workloads.params(folder, renderer.model, n_questions=n_q), other, without_q8))
     try:
-        for i, (build, settings) in enumerate(plans, 1):
+        for i, (build, settings, chosen) in enumerate(plans, 1):
             wl = build()
             progress(f"[{(time.perf_counter() - t0) / 60:.1f} min] workload {i}/{len(plans)}: {wl.name}")
-            res["workloads"].append(run_workload(wl, systems, renderer=renderer, floor=floor, settings=settings,
+            res["workloads"].append(run_workload(wl, chosen, renderer=renderer, floor=floor, settings=settings,
                                                  progress=progress))
             for s in systems:  # keep the disk free: the bytes are recorded
                 shutil.rmtree(s.folder(wl), ignore_errors=True)
@@ -190,7 +194,8 @@ def notes(res: dict) -> list[str]:
         "`create_completion(text, stream=True)` to the first chunk. It gets the prompt as text: exactly "
         "`pc`'s prompt tokens written out, control tokens included. " + _token_gap(res),
         "The zstd cache holds the same state blobs as the default cache, re-encoded from its files instead of "
-        "computed twice.",
+        "computed twice. The `--kv-type q8_0` cache compiles its own states, so it runs on the document "
+        f"workload at {', '.join(f'{lv:,}' for lv in cfg.get('q8_levels', ()))} tokens only.",
         "Physical floor: the question's states already decoded in RAM as numpy arrays, loaded into a llama.cpp "
         "context of the same build as the engine does, then only the fresh tokens decoded and the first token "
         "picked.",
