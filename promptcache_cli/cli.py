@@ -96,8 +96,7 @@ def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding,
     from .sessions import open_session
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    # llama.cpp stores a quantized V cache only with flash attention
-    settings = ContextSettings(type_k=kv_type.value, type_v=kv_type.value, flash_attn=kv_type != KvType.f16)
+    settings = ContextSettings.for_kv_type(kv_type.value)
     return open_session(resolve_model(model), cache_dir=root, mode=mode.value, encoding=encoding.value,
                         codec=compression.value, settings=settings, checkpoints=checkpoints,
                         checkpoint_bytes=checkpoint_bytes)

@@ -68,6 +68,12 @@ class ContextSettings:
     type_v: str = "f16"
     flash_attn: bool = False
 
+    @classmethod
+    def for_kv_type(cls, kv_type: str) -> ContextSettings:
+        """The settings of ``--kv-type``: K and V of that type; llama.cpp stores a quantized V
+        cache only with flash attention."""
+        return cls(type_k=kv_type, type_v=kv_type, flash_attn=kv_type != "f16")
+
     def state_layout(self) -> dict:
         """The settings a state blob depends on: a blob only loads where these are equal."""
         layout = {

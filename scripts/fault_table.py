@@ -302,10 +302,9 @@ def load(work: Path, rounds: int) -> str:
                 faults.run(["compile", schema], cache=cache, **THREADS)
             t0 = time.perf_counter()
             compiling = faults.start(["compile", schema] + (["--force"] if forced else []), cache=cache, **THREADS)
-            asks = [(REQUESTS[k % len(REQUESTS)], faults.start(["ask", QUESTION, "-s", schema, "-n", "8", "--json",
-                                                               *REQUESTS[k % len(REQUESTS)]], cache=cache, measured=True,
-                                                              **THREADS))
-                    for k in range(N_ASKS)]
+            asks = [(r, faults.start(["ask", QUESTION, "-s", schema, "-n", "8", "--json", *r], cache=cache,
+                                     measured=True, **THREADS))
+                    for r in (REQUESTS[k % len(REQUESTS)] for k in range(N_ASKS))]
             done = [(r, faults.finish(p, t0)) for r, p in asks]
             comp = faults.finish(compiling, t0)
             right = sum(answer_of(p) == refs[r] for r, p in done)

@@ -86,9 +86,9 @@ def test_quality_compares_every_variant_with_no_cache(outputs):
         s = q["summary"][name]
         assert 0 <= s["exact_match_rate"] <= 1 and 0 <= s["needle_accuracy"] <= 1
     assert 0 <= q["summary"]["scaffold-q8_0"]["same_as_f16_rate"] <= 1
-    met = {t["target"]: t["met"] for t in res["targets"]}
-    assert [t["met"] for t in res["targets"]][:3] == [None, None, None]  # no 4k workload in this run
-    assert sum(m is None for m in met.values()) == 6  # the six 4k targets; the quality ones are measured
+    met = [t["met"] for t in res["targets"]]
+    assert met[:3] == [None, None, None]  # no 4k workload in this run
+    assert met.count(None) == 6  # the six 4k targets; the quality ones are measured
 
 
 def test_markdown_and_plots(outputs):

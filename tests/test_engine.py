@@ -123,7 +123,7 @@ def test_stitched_states_match_unserialized_reference(sessions, docs_schema, enc
 def test_cache_file_round_trip_is_exact(model_path, docs_schema, tmp_path, kv):
     """States read back from disk are the bytes llama.cpp wrote, whatever the codec and KV type:
     the answers' logits from a zstd cache and a raw cache are identical."""
-    settings = ContextSettings(type_k=kv, type_v=kv, flash_attn=kv != "f16")
+    settings = ContextSettings.for_kv_type(kv)
     logits = {}
     for codec in ("none", "zstd"):
         sess = Session(model_path, cache_dir=tmp_path / codec, codec=codec, settings=settings)

@@ -34,7 +34,7 @@ Progress = Callable[[str], None]
 CONTROL_BITS = 9
 CONTROLS = ("exact-reload", f"exact-m{CONTROL_BITS}")
 Q8 = "scaffold-q8_0"  # the default encoding with `--kv-type q8_0`
-Q8_SETTINGS = ContextSettings(type_k="q8_0", type_v="q8_0", flash_attn=True)
+Q8_SETTINGS = ContextSettings.for_kv_type("q8_0")
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -102,8 +102,8 @@ class PcSystem(System):
                  no_cache: bool = False, source: PcSystem | None = None, kv_type: str = "f16") -> None:
         super().__init__(model_path, root)
         self.name, self.label, self.codec, self.no_cache = name, label, codec, no_cache
-        self.kv_type = kv_type  # as `--kv-type`: a quantized cache needs flash attention
-        self.settings = ContextSettings(type_k=kv_type, type_v=kv_type, flash_attn=kv_type != "f16")
+        self.kv_type = kv_type  # as `--kv-type`
+        self.settings = ContextSettings.for_kv_type(kv_type)
         self.source = source  # another pc system whose files are re-encoded instead of recomputed
         self.session: Session | None = None
 
