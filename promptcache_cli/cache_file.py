@@ -70,6 +70,11 @@ class SegmentRecord:
     def stored_size(self) -> int:
         return sum(f.size for f in self.frames)
 
+    @property
+    def mapped(self) -> bool:
+        """Stored as one raw plane: read as a view of the memory-mapped file, without a copy."""
+        return bool(self.frames) and all(f.plane == "all" and f.codec == "none" for f in self.frames)
+
 
 def _checksum(data) -> int:
     return xxhash.xxh3_64_intdigest(data)
@@ -127,18 +132,21 @@ class CacheFile:
     def codec(self) -> str:
         return self.header["codec"]
 
-    def blob(self, i: int) -> np.ndarray:
+    def blob(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         """Segment ``i``'s state blob, every frame's checksum verified. A single raw plane is a
-        zero-copy view of the memory-mapped file; otherwise frames decode in parallel into one
-        new buffer (a ``lo`` and a ``hi`` frame over the same bytes are decoded and interleaved
-        together, in one pass over cache-warm memory)."""
+        zero-copy view of the memory-mapped file; otherwise frames decode in parallel into
+        ``out`` (uint8, exactly the blob's size) or a new buffer (a ``lo`` and a ``hi`` frame over
+        the same bytes are decoded and interleaved together, in one pass over cache-warm memory)."""
         rec = self.segments[i]
-        if len(rec.frames) and all(f.plane == "all" and f.codec == "none" for f in rec.frames):
+        if rec.mapped:
             start = rec.frames[0].at
             view = self._buf[start : start + rec.raw_size]
             _map_frames(lambda f: _verify(f, self._buf[f.at : f.at + f.size]), rec.frames)
             return view
-        out = np.empty(rec.raw_size, dtype=np.uint8)
+        if out is None:
+            out = np.empty(rec.raw_size, dtype=np.uint8)
+        elif out.dtype != np.uint8 or out.shape != (rec.raw_size,):
+            raise ValueError(f"a {rec.raw_size}-byte blob cannot decode into {out.dtype} {out.shape}")
         pairs = _plane_pairs(rec.frames) if sys.byteorder == "little" else None
         if pairs is not None:
             words = out.view(np.uint16)

@@ -17,6 +17,7 @@ from typing import Callable, Collection
 import numpy as np
 
 from . import cache_file, layout as lay, manifest, repair, state_blob
+from .blob_arena import Arena
 from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
 from .layout import ROOT, Layout, Path as ModPath
 from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
@@ -119,12 +120,14 @@ class Session:
         self.repair_tokens = repair_tokens
         self._ctx: Context | None = None
         self._layouts: dict[int, tuple[Schema, Layout]] = {}
+        self._arena = Arena()  # decoded blobs of compressed module files, reused question to question
 
     # -- plumbing -----------------------------------------------------------------------------
     def close(self) -> None:
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
+        self._arena.close()
         self.model.close()
 
     def context(self, n_cells: int) -> Context:
@@ -407,6 +410,7 @@ class Session:
         """Load the plan's cached segments into sequence 0 at their positions, compute the fresh
         parts in between and the question; modules missing or damaged are compiled first."""
         keys = self.keys(layout)
+        self._arena.reset()  # the previous question's blobs are dead
         needed = list(dict.fromkeys(obj.owner for kind, obj in plan if kind == "segment"))
         blobs: dict[ModPath, dict[int, np.ndarray]] = {}
         compiled: list[ModuleReport] = []
@@ -483,7 +487,7 @@ class Session:
             k, v = GGML_TYPES[self.settings.type_k], GGML_TYPES[self.settings.type_v]
             out = {}
             for i, rec in enumerate(f.segments):
-                blob = f.blob(i)
+                blob = f.blob(i, None if rec.mapped else self._arena.take(rec.raw_size))
                 info = state_blob.parse(blob)
                 if info.n_layer != self.model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
                     raise state_blob.BlobError("its state has another shape than this model's")

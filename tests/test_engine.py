@@ -136,6 +136,26 @@ def test_cache_file_round_trip_is_exact(model_path, docs_schema, tmp_path, kv):
     np.testing.assert_array_equal(logits["none"], logits["zstd"])
 
 
+def test_zstd_session_reuses_its_decode_memory_without_mixing_questions(model_path, docs_schema, tmp_path):
+    """Decoded blobs live in the session's arena, reused question to question: a question asked
+    again after another one (other modules, other order) gets the same logits, and the arena
+    does not grow once it has held the largest question."""
+    sess = Session(model_path, cache_dir=tmp_path, codec="zstd")
+    try:
+        sess.compile(docs_schema)
+        a = select_cli(docs_schema, modules=["bsd", "mpl", "artistic"], params=[])
+        b = select_cli(docs_schema, modules=["mpl"], params=[])
+        first = sess.ask(docs_schema, a, "Who wrote this?", max_tokens=1, keep_logits=True).first_logits
+        held = sess._arena.nbytes
+        assert held > 0
+        sess.ask(docs_schema, b, "Who wrote this?", max_tokens=1)
+        again = sess.ask(docs_schema, a, "Who wrote this?", max_tokens=1, keep_logits=True).first_logits
+        np.testing.assert_array_equal(first, again)
+        assert sess._arena.nbytes == held
+    finally:
+        sess.close()
+
+
 def test_needle_in_one_of_several_documents_found_from_cache(sessions, docs_schema):
     sess = sessions[DEFAULT]
     sess.compile(docs_schema)

@@ -1,0 +1,63 @@
+"""Reused memory for decoded (decompressed) state blobs.
+
+A zstd cache file's blobs are decoded into memory before llama.cpp copies them into its KV cache.
+Fresh memory costs a page fault per 4 KiB on first touch (about 23,000 for the 93 MB of states of
+a 4k-token prompt), and the allocator gives large blocks back to the system once other work has
+churned memory, so a question asked after other work paid those faults again: measured on the
+4k-token document workload with an uncached question in between, 238 ms median time to first
+token with fresh buffers, 149 ms with this arena. An arena keeps its blocks: the first question
+maps them (prefaulted in one system call where the platform allows), later ones reuse them.
+Blobs taken from it are valid until the next :meth:`Arena.reset`.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+_ALIGN = 64
+
+
+class Arena:
+    def __init__(self) -> None:
+        self._blocks: list[np.ndarray] = []
+        self._block = 0  # the block being carved
+        self._used = 0  # bytes used in it
+
+    def reset(self) -> None:
+        """Every blob taken so far is dead; their memory is reused."""
+        self._block = self._used = 0
+
+    def take(self, n: int) -> np.ndarray:
+        """``n`` bytes of (uninitialised) memory."""
+        while self._block < len(self._blocks):
+            block = self._blocks[self._block]
+            if self._used + n <= len(block):
+                out = block[self._used : self._used + n]
+                self._used += -(-n // _ALIGN) * _ALIGN
+                return out
+            self._block, self._used = self._block + 1, 0
+        block = _map(max(n, 32 << 20))
+        self._blocks.append(block)
+        self._used = -(-n // _ALIGN) * _ALIGN
+        return block[:n]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self._blocks)
+
+    def close(self) -> None:
+        self._blocks.clear()
+        self.reset()
+
+
+def _map(n: int) -> np.ndarray:
+    """Anonymous memory, prefaulted when the platform can (Linux MAP_POPULATE)."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if populate and hasattr(mmap, "MAP_ANONYMOUS"):
+        try:
+            return np.frombuffer(mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate), np.uint8)
+        except OSError:
+            pass
+    return np.empty(n, dtype=np.uint8)
