@@ -85,10 +85,31 @@ def test_quality_compares_every_variant_with_no_cache(outputs):
     for name in names + q["controls"]:
         s = q["summary"][name]
         assert 0 <= s["exact_match_rate"] <= 1 and 0 <= s["needle_accuracy"] <= 1
+        assert s["needles_only_cached"] == sum(r[name]["correct"] and not r["nocache"]["correct"] for r in q["rows"])
+        assert s["needles_only_nocache"] == sum(r["nocache"]["correct"] and not r[name]["correct"] for r in q["rows"])
+        assert 0 < s["needle_mcnemar_p"] <= 1
     assert 0 <= q["summary"]["scaffold-q8_0"]["same_as_f16_rate"] <= 1
     met = [t["met"] for t in res["targets"]]
     assert met[:3] == [None, None, None]  # no 4k workload in this run
     assert met.count(None) == 6  # the six 4k targets; the quality ones are measured
+
+
+def test_needle_is_found_as_a_whole_word_or_number():
+    from promptcache_cli.benchmarks.needles import found
+
+    assert found("6", "Releases ship every 6 weeks.") and found("Pim", "The mascot is named Pim.")
+    assert not found("6", "every 16 weeks") and not found("6", "version 1.6 of the license")
+    assert not found("Pim", "Pimlico") and found(None, "anything") is None
+
+
+def test_mcnemar_split_of_needles():
+    from promptcache_cli.benchmarks.quality import _discordance
+
+    # 3 needles found only without the cache, 1 only with it: p = 2 * (1 + 4) / 16
+    got = _discordance([True, False, False, False, True], [False, True, True, True, True])
+    assert got == {"needles_only_cached": 1, "needles_only_nocache": 3, "needle_mcnemar_p": 0.625}
+    assert _discordance([True], [True])["needle_mcnemar_p"] == 1.0
+    assert _discordance([False] * 6, [True] * 6)["needle_mcnemar_p"] == 2 / 64
 
 
 def test_markdown_and_plots(outputs):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from pathlib import Path
 
 from . import corpus
@@ -31,6 +32,14 @@ NEEDLES = {  # source: (planted sentence, question, expected substring of a corr
     "python:execmodel": ("The build server of this project is named Aurora.",
                          "What is the name of the build server?", "Aurora"),
 }
+
+
+def found(expected: str | None, answer: str) -> bool | None:
+    """Whether an answer states the planted fact: ``expected`` as a whole word or number, so
+    "6" is found in "every 6 weeks" but not in "16" or "1.6" (None: the question has no needle)."""
+    if expected is None:
+        return None
+    return re.search(rf"(?<![\w.]){re.escape(expected)}(?!\w)", answer) is not None
 
 
 class NeedleError(Exception):

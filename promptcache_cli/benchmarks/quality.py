@@ -16,6 +16,7 @@ perturbation far below anything caching does; what it loses is the metric's nois
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from .. import layout as lay
 from ..engine import Session, generate
 from ..llama_backend import ContextSettings
 from ..sampling import Sampler
+from .needles import found
 from .perturb import rounded_blob
 from .workloads import Workload
 
@@ -99,7 +101,7 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
             ref = base.ask(schema, sel, q.text, max_tokens=n_tokens, no_cache=True, keep_logits=True)
             row = {"modules": list(q.modules), "question": q.text, "expected": q.expected,
                    "nocache": {"answer": ref.answer, "tokens": ref.tokens, "ttft_ms": ref.ttft_ms,
-                               "correct": None if q.expected is None else q.expected in ref.answer},
+                               "correct": found(q.expected, ref.answer)},
                    "gaps": _gaps(base, layout, sel)}
             names = [name for name, _, _ in chosen]
             got = {}
@@ -116,7 +118,7 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
                     "top1_agree": int(np.argmax(r["first_logits"])) == int(np.argmax(ref.first_logits)),
                     "kl": kl(ref.first_logits, r["first_logits"]),
                     "computed_tokens": r["computed_tokens"],
-                    "correct": None if q.expected is None else q.expected in r["answer"],
+                    "correct": found(q.expected, r["answer"]),
                 }
             if Q8 in row:  # does the q8_0 cache answer as the f16 cache does?
                 row[Q8]["same_as_f16"] = row[Q8]["tokens"][:n_tokens] == row["scaffold"]["tokens"][:n_tokens]
@@ -163,6 +165,16 @@ def _gaps(session: Session, layout: lay.Layout, sel) -> int:
     return sum(1 for (_, e), (o, _) in zip(ends, ends[1:], strict=False) if o != e)
 
 
+def _discordance(cached: list[bool], nocache: list[bool]) -> dict:
+    """Needles found by only one side, and the exact two-sided McNemar p-value of that split: how
+    likely so uneven a split is if caching made no difference to finding needles."""
+    only_cached = sum(c and not n for c, n in zip(cached, nocache, strict=True))
+    only_nocache = sum(n and not c for c, n in zip(cached, nocache, strict=True))
+    k, n = min(only_cached, only_nocache), only_cached + only_nocache
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"needles_only_cached": only_cached, "needles_only_nocache": only_nocache, "needle_mcnemar_p": p}
+
+
 def summarize(rows: list[dict], names: list[str]) -> dict:
     needles = [r for r in rows if r["expected"] is not None]
     out = {}
@@ -176,6 +188,7 @@ def summarize(rows: list[dict], names: list[str]) -> dict:
             "max_kl": float(max(kls)),
             "mean_common_prefix": float(statistics.fmean(r[name]["common_prefix"] for r in rows)),
             "needle_accuracy": sum(r[name]["correct"] for r in needles) / len(needles) if needles else None,
+            **_discordance([r[name]["correct"] for r in needles], [r["nocache"]["correct"] for r in needles]),
             "median_ttft_ms": float(statistics.median(r[name]["ttft_ms"] for r in rows)),
             "mean_computed_tokens": float(statistics.fmean(r[name]["computed_tokens"] for r in rows)),
         }
