@@ -31,17 +31,13 @@ class Arena:
 
     def take(self, n: int) -> np.ndarray:
         """``n`` bytes of (uninitialised) memory."""
-        while self._block < len(self._blocks):
-            block = self._blocks[self._block]
-            if self._used + n <= len(block):
-                out = block[self._used : self._used + n]
-                self._used += -(-n // _ALIGN) * _ALIGN
-                return out
-            self._block, self._used = self._block + 1, 0
-        block = _map(max(n, 32 << 20))
-        self._blocks.append(block)
-        self._used = -(-n // _ALIGN) * _ALIGN
-        return block[:n]
+        while self._block < len(self._blocks) and self._used + n > len(self._blocks[self._block]):
+            self._block, self._used = self._block + 1, 0  # this block is full: the next one
+        if self._block == len(self._blocks):
+            self._blocks.append(_map(max(n, 32 << 20)))
+        out = self._blocks[self._block][self._used : self._used + n]
+        self._used += -(-n // _ALIGN) * _ALIGN
+        return out
 
     @property
     def nbytes(self) -> int:
