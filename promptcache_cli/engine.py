@@ -529,7 +529,7 @@ def _extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: li
 
 
 def generate(model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
-              on_text: Callable[[str], None] | None, t0: float) -> tuple[str, list[int], float]:
+             on_text: Callable[[str], None] | None, t0: float) -> tuple[str, list[int], float]:
     import codecs
 
     rng = sampler.rng()
