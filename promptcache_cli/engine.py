@@ -20,7 +20,7 @@ from . import cache_file, layout as lay, manifest, repair, state_blob
 from .blob_arena import Arena
 from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
 from .layout import ROOT, Layout, Path as ModPath
-from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
+from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, StateRefused, llama_cpp_version
 from .pml import Schema
 from .sampling import Sampler
 from .selection import Selection, param_value
@@ -408,17 +408,44 @@ class Session:
     def _stitch(self, schema: Schema, layout: Layout, plan: list, q: list[int], max_tokens: int,
                 warnings: list[str], progress: Progress | None) -> tuple[int, int, list[ModuleReport]]:
         """Load the plan's cached segments into sequence 0 at their positions, compute the fresh
-        parts in between and the question; modules missing or damaged are compiled first."""
+        parts in between and the question; modules missing or damaged are compiled first, and so
+        is a module whose cached state llama.cpp refuses (once: a fresh state refused is its failure)."""
         keys = self.keys(layout)
         self._arena.reset()  # the previous question's blobs are dead
         needed = list(dict.fromkeys(obj.owner for kind, obj in plan if kind == "segment"))
+        blobs, compiled, fresh = self._gather(schema, layout, keys, needed, warnings, progress)
+        ctx = self.context(layout.end + len(q) + max_tokens)
+        fix = repair.plan(layout, plan, self.encoding, self.repair_tokens) if self.repair_tokens else {}
+        while True:
+            try:
+                cached, computed = _fill(ctx, plan, blobs, fix)
+                break
+            except ModuleStateRefused as e:
+                if e.owner in fresh:
+                    raise
+                warnings.append(f"llama.cpp refused the cached state of module '{owner_name(e.owner)}'; "
+                                "recomputing it")
+                more, recompiled, now = self._gather(schema, layout, keys, [e.owner], warnings, progress, redo=True)
+                blobs.update(more)
+                compiled += recompiled
+                fresh |= now
+                ctx.clear()
+        ctx.decode(q, start=ctx.pos_max(0) + 1, logits=True)
+        return cached, computed + len(q), compiled
+
+    def _gather(self, schema: Schema, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath],
+                warnings: list[str], progress: Progress | None, *, redo: bool = False,
+                ) -> tuple[dict[ModPath, dict[int, np.ndarray]], list[ModuleReport], set[ModPath]]:
+        """The owners' checked state blobs by segment offset, the modules compiled for them and
+        which owners' blobs were computed now. Missing or damaged files (every one, with ``redo``)
+        are computed first and stored when the cache can be written."""
         blobs: dict[ModPath, dict[int, np.ndarray]] = {}
-        compiled: list[ModuleReport] = []
         to_compile, damaged = [], []
-        for owner in needed:
+        for owner in owners:
             path = self.store.module_path(keys[owner])
-            if not path.exists():
+            if redo or not path.exists():
                 to_compile.append(owner)
+                damaged += [owner] if redo else []
                 continue
             try:
                 blobs[owner] = self._load_checked(path, keys[owner], layout, owner)
@@ -426,47 +453,27 @@ class Session:
                 warnings.append(f"cache file for module '{owner_name(owner)}' is damaged ({e}); recomputing it")
                 to_compile.append(owner)
                 damaged.append(owner)
-        if to_compile:
-            why = self._why_missing(schema)
-            if why:
-                warnings.append(f"the cache of schema '{schema.name}' was made with {why}; recomputing it for "
-                                f"{self.model.description} with these settings")
-            unstored = Unstored()
-            compiled = self._compute(layout, keys, to_compile, redo=damaged, progress=progress, unstored=unstored)
-            stored = [o for o in to_compile if o not in unstored.blobs]
-            compiled = [r for o, r in zip(to_compile, compiled, strict=True) if r.status == "computed" and o in stored]
-            if unstored.reason is None:
-                try:
-                    self._record(schema, layout, keys)
-                except CacheWriteError as e:
-                    unstored.reason = str(e)
-            if unstored.reason is not None:  # one warning, however many writes failed
-                warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
-            blobs.update(unstored.blobs)
-            for owner in stored:
-                blobs[owner] = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
-        ctx = self.context(layout.end + len(q) + max_tokens)
-        fix = repair.plan(layout, plan, self.encoding, self.repair_tokens) if self.repair_tokens else {}
-        cached = computed = 0
-        for kind, obj in plan:
-            if kind == "segment":
-                blob = blobs[obj.owner][obj.offset]
-                n = fix.get(obj.offset, 0)
-                if n:  # boundary repair: its first n tokens computed in this prompt's context
-                    repair.load(ctx, obj, blob, n)
-                elif ctx.pos_max(0) < 0:
-                    ctx.load_state(0, blob)
-                else:  # loading replaces a sequence: load into scratch, then copy the cells over
-                    ctx.load_state(1, blob)
-                    ctx.seq_cp(1, 0)
-                    ctx.seq_rm(1)
-                cached, computed = cached + len(obj.tokens) - n, computed + n
-            else:
-                ctx.decode(list(obj), start=ctx.pos_max(0) + 1)
-                computed += len(obj)
-        ctx.decode(q, start=ctx.pos_max(0) + 1, logits=True)
-        computed += len(q)
-        return cached, computed, compiled
+        if not to_compile:
+            return blobs, [], set()
+        why = None if redo else self._why_missing(schema)
+        if why:
+            warnings.append(f"the cache of schema '{schema.name}' was made with {why}; recomputing it for "
+                            f"{self.model.description} with these settings")
+        unstored = Unstored()
+        reports = self._compute(layout, keys, to_compile, redo=damaged, progress=progress, unstored=unstored)
+        stored = [o for o in to_compile if o not in unstored.blobs]
+        compiled = [r for o, r in zip(to_compile, reports, strict=True) if r.status == "computed" and o in stored]
+        if unstored.reason is None:
+            try:
+                self._record(schema, layout, keys)
+            except CacheWriteError as e:
+                unstored.reason = str(e)
+        if unstored.reason is not None:  # one warning, however many writes failed
+            warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
+        blobs.update(unstored.blobs)
+        for owner in stored:
+            blobs[owner] = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
+        return blobs, compiled, set(to_compile)
 
     def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> dict[int, np.ndarray]:
         """A module file's state blobs by segment offset, checked to be exactly what this request
@@ -507,6 +514,41 @@ def _touch(path: Path) -> None:
         os.utime(path, (time.time(), path.stat().st_mtime))
     except OSError:  # a read-only cache still answers
         pass
+
+
+class ModuleStateRefused(StateRefused):
+    """llama.cpp refused a module's state blob."""
+
+    def __init__(self, owner: ModPath, error: StateRefused) -> None:
+        super().__init__(str(error))
+        self.owner = owner
+
+
+def _fill(ctx: Context, plan: list, blobs: dict[ModPath, dict[int, np.ndarray]],
+          fix: dict[int, int]) -> tuple[int, int]:
+    """Put the plan into sequence 0 of an empty context: cached segments loaded at their positions
+    (the first ``fix[offset]`` tokens of a segment recomputed), fresh parts decoded. Returns
+    (cached tokens, computed tokens)."""
+    cached = computed = 0
+    for kind, obj in plan:
+        if kind != "segment":
+            ctx.decode(list(obj), start=ctx.pos_max(0) + 1)
+            computed += len(obj)
+            continue
+        blob, n = blobs[obj.owner][obj.offset], fix.get(obj.offset, 0)
+        try:
+            if n:  # boundary repair: its first n tokens computed in this prompt's context
+                repair.load(ctx, obj, blob, n)
+            elif ctx.pos_max(0) < 0:
+                ctx.load_state(0, blob)
+            else:  # loading replaces a sequence: load into scratch, then copy the cells over
+                ctx.load_state(1, blob)
+                ctx.seq_cp(1, 0)
+                ctx.seq_rm(1)
+        except StateRefused as e:
+            raise ModuleStateRefused(obj.owner, e) from None
+        cached, computed = cached + len(obj.tokens) - n, computed + n
+    return cached, computed
 
 
 def _extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: list[int],

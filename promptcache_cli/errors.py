@@ -21,7 +21,7 @@ EXIT_CODES = {
     EXIT_CACHE: "cache unusable: pc compile cannot write it, a freshly written file reads back damaged, "
                 "or pc verify found a damaged file",
     EXIT_TOO_LONG: "prompt longer than the model's context",
-    EXIT_BACKEND: "llama.cpp failed while computing, or refused a cached state",
+    EXIT_BACKEND: "llama.cpp failed while computing (or refused a state it had just computed)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

@@ -32,6 +32,10 @@ class UnsupportedModel(ModelLoadError):
     recurrent model's state)."""
 
 
+class StateRefused(BackendError):
+    """llama.cpp refused to load a state blob."""
+
+
 class ContextFullError(BackendError):
     """The prompt does not fit into the context."""
 
@@ -332,7 +336,7 @@ class Context:
         flags = C.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if partial else C.LLAMA_STATE_SEQ_FLAGS_NONE
         read = C.llama_state_seq_set_data_ext(self._ptr, ptr, blob.nbytes, seq, flags)
         if read == 0:
-            raise BackendError(f"llama.cpp refused a state blob of {blob.nbytes} bytes")
+            raise StateRefused(f"llama.cpp refused a state blob of {blob.nbytes} bytes")
         self._has_logits = False
 
     def close(self) -> None:

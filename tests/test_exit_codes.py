@@ -44,8 +44,9 @@ def internal_error(tmp: Path, **env: str) -> faults.Proc:
     return faults.finish(p, time.perf_counter())
 
 
-def refused_state(tmp: Path) -> faults.Proc:
-    """A cache file that passes every check of pc's but that llama.cpp refuses to load."""
+def forged_refused_state(tmp: Path) -> tuple[Path, Path]:
+    """A compiled schema whose module file passes every check of pc's (checksums, key, model,
+    layer count, KV types, positions) but holds a state llama.cpp refuses to load."""
     cache = tmp / "cache"
     schema = facts(tmp)
     assert faults.run(["compile", schema], cache=cache).code == 0
@@ -56,7 +57,18 @@ def refused_state(tmp: Path) -> faults.Proc:
         if module == "fact":
             faults.forge_refused_state(path)
             cache_file.verify(path).close()  # every checksum is right
-    return faults.run(["ask", "What is the secret color?", "-s", schema, "-n", "4"], cache=cache)
+    return schema, cache
+
+
+def backend_failure(tmp: Path) -> faults.Proc:
+    """A stand-in for llama.cpp failing mid-computation: `pc ask --no-cache` whose llama_decode
+    returns an error code (-1, as llama.cpp does for a batch it cannot process)."""
+    schema = facts(tmp)
+    code = ("import sys, llama_cpp; from promptcache_cli import cli; llama_cpp.llama_decode = lambda ctx, batch: -1; "
+            f"sys.argv = ['pc', 'ask', '--no-cache', '-s', {str(schema)!r}, 'hi']; cli.main()")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=faults.env_for(tmp / "cache"))
+    return faults.finish(p, time.perf_counter())
 
 
 def interrupted(tmp: Path) -> faults.Proc:
@@ -99,7 +111,7 @@ CASES: dict[str, tuple[int, Callable[[Path], faults.Proc]]] = {
     "damaged cache file (pc verify)": (errors.EXIT_CACHE, damaged_verify),
     "prompt longer than the context": (errors.EXIT_TOO_LONG, lambda tmp: faults.run(
         ["ask", "-", "-s", facts(tmp)], cache=tmp / "cache", stdin=b"why " * 20_000)),
-    "llama.cpp refuses a state": (errors.EXIT_BACKEND, refused_state),
+    "llama.cpp fails while computing": (errors.EXIT_BACKEND, backend_failure),
     "interrupted": (errors.EXIT_INTERRUPTED, interrupted),
 }
 
@@ -136,3 +148,19 @@ def test_internal_error_is_one_line_and_pc_debug_shows_the_traceback(tmp_path: P
     debug = internal_error(tmp_path, PC_DEBUG="1")
     assert debug.code == errors.EXIT_INTERNAL
     assert "Traceback" in debug.err and "ZeroDivisionError" in debug.err
+
+
+def test_a_cached_state_llama_cpp_refuses_is_recomputed(tmp_path: Path) -> None:
+    """The refused module is reported in one warning, recomputed and stored; the answer is the
+    one a fresh cache gives, and the next ask loads the new file without a warning."""
+    schema, cache = forged_refused_state(tmp_path)
+    ask = ["ask", "What is the secret color?", "-s", schema, "-n", "8"]
+    healed = faults.run(ask, cache=cache)
+    assert healed.code == 0, healed.err
+    assert "Traceback" not in healed.err
+    assert [line for line in healed.err_lines if "refused" in line] == [
+        "warning: llama.cpp refused the cached state of module 'fact'; recomputing it"], healed.err
+    fresh = faults.run(ask, cache=tmp_path / "fresh")
+    assert fresh.code == 0 and healed.out == fresh.out and fresh.out.strip()
+    again = faults.run(ask, cache=cache)
+    assert again.code == 0 and again.out == fresh.out and again.err == "", again.err

@@ -75,8 +75,10 @@ def targets(res: dict) -> list[dict]:
                            m["exact_match_rate"] if m else None, lambda v: v >= 0.9, "{:.0%}",
                            detail=f"control exact-m9: {_pct(control.get('exact_match_rate'))}" if control else ""))
         acc = (m or {}).get("needle_accuracy")
-        split = (f"; found only by the cache {m['needles_only_cached']}, only by --no-cache "
-                 f"{m['needles_only_nocache']}, McNemar p = {m['needle_mcnemar_p']:.2f}") if m and "needle_mcnemar_p" in m else ""
+        split = ""
+        if m and "needle_mcnemar_p" in m:
+            split = (f"; found only by the cache {m['needles_only_cached']}, only by --no-cache "
+                     f"{m['needles_only_nocache']}, McNemar p = {m['needle_mcnemar_p']:.2f}")
         out.append(_target(f"needle accuracy no lower than --no-cache ({how})",
                            None if acc is None or base is None else acc - base, lambda v: v >= 0,
                            "{:+.0%} points", detail=f"{_pct(acc)} vs {_pct(base)}{split}"))
