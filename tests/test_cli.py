@@ -507,7 +507,7 @@ def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path: Path) -> No
 
     gpl = Path(__file__).resolve().parent.parent / "schemas" / "gpl-manual.xml"
     env = dict(os.environ, PC_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.Popen([sys.executable, "-m", "promptcache_cli.cli", "ask", "-s", str(gpl), "hello"],
+    proc = subprocess.Popen([sys.executable, "-m", "promptcache_cli", "ask", "-s", str(gpl), "hello"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     time.sleep(3)  # model loaded, compiling the ~4,000-token document on demand
     proc.send_signal(signal.SIGINT)

@@ -40,7 +40,7 @@ def _files(version: str) -> dict[str, str]:
 
 def pc(*args: str, cache: Path, **kw) -> subprocess.Popen:
     env = dict(os.environ, PC_CACHE_DIR=str(cache))
-    return subprocess.Popen([sys.executable, "-m", "promptcache_cli.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "promptcache_cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 

@@ -57,7 +57,7 @@ def dir_bytes(path: Path) -> int:
 def pc_command() -> list[str]:
     """How a user runs `pc`: the console script beside this interpreter, else the module."""
     script = Path(sys.executable).parent / "pc"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "promptcache_cli.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "promptcache_cli"]
 
 
 class System:
