@@ -475,19 +475,23 @@ class Session:
             blobs[owner] = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
         return blobs, compiled, set(to_compile)
 
+    def _check_header(self, h: dict, key: str) -> None:
+        """What any cache file this session loads must say of itself: the key it is stored under,
+        this model and this session's state layout."""
+        if h.get("key") != key:
+            raise cache_file.CacheFileError("its key does not match its name")
+        if h.get("model", {}).get("sha256_ends") != self.fingerprint["sha256_ends"]:
+            raise cache_file.CacheFileError("it was made with another model")
+        if h.get("state_layout") != self.settings.state_layout():
+            raise cache_file.CacheFileError("it was made with other context settings")
+
     def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> dict[int, np.ndarray]:
         """A module file's state blobs by segment offset, checked to be exactly what this request
         needs (raw blobs are views of the memory-mapped file)."""
         f = cache_file.read(path)
         _touch(path)
         try:
-            h = f.header
-            if h.get("key") != key:
-                raise cache_file.CacheFileError("its key does not match its name")
-            if h.get("model", {}).get("sha256_ends") != self.fingerprint["sha256_ends"]:
-                raise cache_file.CacheFileError("it was made with another model")
-            if h.get("state_layout") != self.settings.state_layout():
-                raise cache_file.CacheFileError("it was made with other context settings")
+            self._check_header(f.header, key)
             expected = [(s.offset, s.tokens) for s in layout.segments_of(owner)]
             if [(r.offset, r.tokens) for r in f.segments] != expected:
                 raise cache_file.CacheFileError("its tokens differ from the schema's")

@@ -194,6 +194,7 @@ class PrefixSession(Session):
     def _prefill(self, key: str, tokens: list[int], todo: list[int], *, have: dict[int, Checkpoint],
                  progress: Progress | None) -> list[ModuleReport]:
         ctx = self.context(len(tokens) + 1)
+        self._arena.reset()  # no blob taken from it is alive here
         start = 0
         resumable = [p for p in have if p <= todo[0] and not self._partial(p, len(tokens))]
         if resumable and self.model.kind not in CUTTABLE:
@@ -237,20 +238,20 @@ class PrefixSession(Session):
 
     # -- loading ----------------------------------------------------------------------------
     def _load_blob(self, path: Path, key: str, tokens: list[int], *, partial: bool) -> np.ndarray:
-        """A stored state, checked to be the one this request needs."""
+        """A stored state, checked to be the one this request needs (a view of the memory-mapped
+        file when stored raw, else decoded into the session's arena)."""
         f = cache_file.read(path)
         _touch(path)
         try:
-            h = f.header
-            if h.get("key") != key or h.get("mode") != "prefix":
+            self._check_header(f.header, key)
+            if f.header.get("mode") != "prefix":
                 raise cache_file.CacheFileError("its key does not match its name")
-            if h.get("model", {}).get("sha256_ends") != self.fingerprint["sha256_ends"]:
-                raise cache_file.CacheFileError("it was made with another model")
-            if h.get("state_layout") != self.settings.state_layout() or h.get("partial") is not partial:
+            if f.header.get("partial") is not partial:
                 raise cache_file.CacheFileError("it was made with other context settings")
             if len(f.segments) != 1 or list(f.segments[0].tokens) != tokens:
                 raise cache_file.CacheFileError("its tokens differ from the prompt's")
-            blob = f.blob(0)
+            rec = f.segments[0]
+            blob = f.blob(0, None if rec.mapped else self._arena.take(rec.raw_size))
             if self.model.kind in CUTTABLE:  # a plain KV state: its whole structure is checked
                 if self.model.kind == "attention":
                     info = state_blob.parse(blob)
@@ -259,9 +260,9 @@ class PrefixSession(Session):
                         raise state_blob.BlobError("its cells differ from the prompt's")
             elif len(blob) < 8 or int(np.frombuffer(blob[:4], "<u4")[0]) != state_blob.MAGIC:
                 raise state_blob.BlobError("not a llama.cpp sequence state (bad magic)")
-            return np.array(blob)  # a copy: the map closes below
+            return blob
         finally:
-            f.close()
+            f.close()  # a memory map stays alive while a view of it does
 
     # -- ask --------------------------------------------------------------------------------
     def resume_plan(self, cached: list[int], request: list[int], stored: list[int]) -> ResumePlan:
@@ -282,6 +283,7 @@ class PrefixSession(Session):
             return super().ask(schema, selection, question, max_tokens=max_tokens, sampler=sampler,
                                no_cache=True, on_text=on_text, progress=progress, keep_logits=keep_logits)
         t0 = time.perf_counter()
+        self._arena.reset()  # the previous question's blobs are dead
         layout = self.layout(schema)
         request = self.flat_tokens(self.prompt_plan(layout, selection)) + self.question_tokens(layout, question)
         cached = self.prompt_tokens(schema, default_selection(schema))

@@ -74,6 +74,21 @@ def test_resumed_answers_equal_cold_prefill(test_model: Path, schema_path: Path,
         assert resumed[2] == positions[0]  # only module b: back to the end of the system prompt
 
 
+@pytest.mark.parametrize("test_model", ["mamba", "llama"], indirect=True)
+def test_zstd_states_decode_into_the_arena_and_stay_exact(test_model: Path, schema_path: Path,
+                                                           tmp_path: Path) -> None:
+    """zstd prefix states decode into the session's arena: answers still equal cold prefills, and
+    asking every selection again reuses the arena's memory instead of growing it."""
+    schema = pml.load_schema(schema_path)
+    sess = PrefixSession(test_model, cache_dir=tmp_path / "cache", checkpoints=3, codec="zstd")
+    sess.compile(schema)
+    first = check_against_cold_prefill(sess, schema)
+    held = sess._arena.nbytes
+    assert held > 0
+    assert check_against_cold_prefill(sess, schema) == first
+    assert sess._arena.nbytes == held
+
+
 def test_default_model_prefix_mode_is_exact(model_path: Path, schema_path: Path, tmp_path: Path) -> None:
     schema = pml.load_schema(schema_path)
     sess = open_session(model_path, cache_dir=tmp_path / "cache", mode="prefix")
