@@ -137,12 +137,17 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
 
 
 def controls(session: Session, schema, sel, question: str, n_tokens: int) -> dict[str, dict]:
-    """The uncached prompt's exact states, reloaded as they are and rounded, then the question."""
+    """The uncached prompt's exact states, reloaded as they are and rounded, then the question.
+    The states are the ones the `--no-cache` answer just attended to: ``session`` has answered
+    this prompt with ``no_cache=True`` last, and its context still holds prompt, question and
+    answer (so no second prefill of the prompt)."""
     layout = session.layout(schema)
     prompt = session.flat_tokens(session.prompt_plan(layout, sel))
     q = session.question_tokens(layout, question)
-    ctx = session.context(len(prompt) + len(q) + n_tokens)
-    ctx.decode(prompt, start=0)
+    ctx = session._ctx
+    if ctx is None or ctx.pos_max(0) < len(prompt) + len(q) - 1:
+        raise RuntimeError("controls() needs the session's --no-cache answer to this prompt first")
+    ctx.seq_rm(0, len(prompt), -1)
     exact = ctx.save_state(0)
     out = {}
     for name, blob in zip(CONTROLS, (exact, rounded_blob(exact, CONTROL_BITS)), strict=True):

@@ -44,7 +44,7 @@ class BenchConfig:
     q8_levels: tuple[int, ...] = (4096,)  # (a) levels where the q8_0 cache runs too (it compiles its own states)
     process_others: bool = True  # whole-process runs on (b) and (c) too
     prefix_level: int = 4096
-    quality_questions: int = 30
+    quality_questions: int = 60  # every ordered choice of 3 of the 5 texts, once
     quality_doc_tokens: int = 450
     quality_slots: int = 3
     quality_docs: int = 5  # texts with a planted fact to choose from (at most len(needles.NEEDLES))
