@@ -206,12 +206,16 @@ def _env_threads() -> int | None:
 
 class Context:
     """A llama.cpp context with a unified KV cache and two sequences: 0 (the prompt being
-    built) and 1 (scratch, for loading a blob before copying its cells into 0)."""
+    built) and 1 (scratch, for loading a blob before copying its cells into 0); more with
+    ``n_seq``, for :meth:`recompute`."""
 
     N_SEQ = 2
 
-    def __init__(self, model: Model, settings: ContextSettings) -> None:
+    def __init__(self, model: Model, settings: ContextSettings, *, n_seq: int = N_SEQ) -> None:
         """``settings.n_threads`` 0 means $PC_THREADS, or else every core."""
+        if not self.N_SEQ <= n_seq <= 256:
+            raise ValueError(f"a context has 2 to 256 sequences, not {n_seq}")
+        self.N_SEQ = n_seq
         self.model = model
         self.settings = settings
         p = C.llama_context_default_params()
@@ -296,6 +300,37 @@ class Context:
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
 
     # -- memory ---------------------------------------------------------------------------
+    def recompute(self, tokens: list[int] | np.ndarray, positions: list[int] | np.ndarray) -> None:
+        """Recompute sequence 0's cells at ``positions`` (increasing; the cells must exist) from
+        ``tokens``, each attending to sequence 0's cells before it. llama.cpp decodes a sequence
+        only at its next position, so each token goes into a sequence of its own (2, 3, ...) that
+        shares sequence 0's earlier cells; its new cell then replaces sequence 0's old one. Up to
+        ``n_seq - 2`` tokens share a batch; a token does not see the new cells of tokens in its
+        own batch (it sees their old ones)."""
+        tokens, positions = np.asarray(tokens, np.int32), np.asarray(positions, np.int32)
+        width = min(self.N_SEQ - 2, self.settings.n_batch)
+        if width < 1:
+            raise ValueError("recompute needs a context with more than two sequences")
+        for begin in range(0, len(tokens), width):
+            tok, pos = tokens[begin : begin + width], positions[begin : begin + width]
+            n = len(tok)
+            for j in range(n):
+                C.llama_memory_seq_cp(self._mem, 0, 2 + j, 0, int(pos[j]))
+                self._seq_ptrs[j][0] = 2 + j
+            self._tok[:n], self._pos[:n], self._nseq[:n], self._logit_flags[:n] = tok, pos, 1, 0
+            self._batch.n_tokens = n
+            rc = C.llama_decode(self._ptr, self._batch)
+            for j in range(n):
+                if rc == 0:
+                    self.seq_rm(0, int(pos[j]), int(pos[j]) + 1)
+                    C.llama_memory_seq_cp(self._mem, 2 + j, 0, int(pos[j]), int(pos[j]) + 1)
+                self.seq_rm(2 + j)
+            if rc == 1:
+                raise ContextFullError(f"the context of {self.n_ctx} cells is full")
+            if rc != 0:
+                raise BackendError(f"llama_decode failed with code {rc}")
+        self._has_logits = False
+
     def pos_max(self, seq: int = 0) -> int:
         """Highest position held by ``seq``, -1 when empty."""
         return C.llama_memory_seq_pos_max(self._mem, seq)

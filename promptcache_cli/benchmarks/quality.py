@@ -30,6 +30,7 @@ from ..llama_backend import ContextSettings
 from ..sampling import Sampler
 from .needles import found
 from .perturb import rounded_blob
+from .refresh import Refresher
 from .workloads import Workload
 
 Progress = Callable[[str], None]
@@ -79,13 +80,17 @@ def repair_supported() -> bool:
 
 
 def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, repair_tokens: tuple[int, ...],
-                progress: Progress, q8: bool = True) -> dict:
+                progress: Progress, q8: bool = True, refresh: tuple[float, ...] = ()) -> dict:
     schema = wl.schema()
     if repair_tokens and not repair_supported():
         repair_tokens = ()
     chosen = variants(repair_tokens)
     base = Session(model_path, cache_dir=root / "nocache")
     sessions = {name: make_session(model_path, root / enc, encoding=enc, repair=r) for name, enc, r in chosen}
+    refreshers = {f"scaffold+refresh{round(f * 100)}": Refresher(sessions["scaffold"], sessions["independent"], f)
+                  for f in refresh}
+    sessions.update(refreshers)
+    chosen += [(name, "scaffold", 0) for name in refreshers]
     if q8:
         sessions[Q8] = Session(model_path, cache_dir=root / Q8, encoding="scaffold", settings=Q8_SETTINGS)
         chosen.append((Q8, "scaffold", 0))
@@ -106,6 +111,9 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
             names = [name for name, _, _ in chosen]
             got = {}
             for name in names[i % len(names):] + names[: i % len(names)]:
+                if name in refreshers:
+                    got[name] = refreshers[name].ask(schema, sel, q.text, n_tokens)
+                    continue
                 r = sessions[name].ask(schema, sel, q.text, max_tokens=n_tokens, keep_logits=True)
                 got[name] = {"answer": r.answer, "tokens": r.tokens, "ttft_ms": r.ttft_ms,
                              "first_logits": r.first_logits, "computed_tokens": r.computed_tokens}
@@ -129,7 +137,8 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
         for s in sessions.values():
             s.close()
     return {"questions": len(rows), "generated_tokens": n_tokens, "note": wl.note,
-            "variants": [{"name": n, "encoding": e, "repair_tokens": r, "kv_type": "q8_0" if n == Q8 else "f16"}
+            "variants": [{"name": n, "encoding": e, "repair_tokens": r, "kv_type": "q8_0" if n == Q8 else "f16",
+                          "refresh_fraction": refreshers[n].fraction if n in refreshers else 0}
                          for n, e, r in chosen],
             "repair_available": repair_supported(),
             "controls": list(CONTROLS), "control_bits": CONTROL_BITS,

@@ -68,8 +68,7 @@ def targets(res: dict) -> list[dict]:
     n_tokens = quality.get("generated_tokens", 32)
     for name in names:  # the default encoding, then with each repair
         m = q.get(name)
-        how = "default encoding" + (f" + boundary repair of {variants[name]['repair_tokens']} tokens"
-                                    if "+" in name else "")
+        how = "default encoding" + _repair_name(variants.get(name, {}))
         control = q.get("exact-m9") or {}
         out.append(_target(f"first-{n_tokens}-token agreement with --no-cache on at least 90% of questions ({how})",
                            m["exact_match_rate"] if m else None, lambda v: v >= 0.9, "{:.0%}",
@@ -83,6 +82,14 @@ def targets(res: dict) -> list[dict]:
                            None if acc is None or base is None else acc - base, lambda v: v >= 0,
                            "{:+.0%} points", detail=f"{_pct(acc)} vs {_pct(base)}{split}"))
     return out + _storage_targets(w, q, n_tokens)
+
+
+def _repair_name(variant: dict) -> str:
+    if variant.get("refresh_fraction"):
+        return f" + selective recompute of {variant['refresh_fraction']:.0%} of the tokens (candidate, not in pc)"
+    if variant.get("repair_tokens"):
+        return f" + boundary repair of {variant['repair_tokens']} tokens"
+    return ""
 
 
 def _bytes_of(w: dict | None, system: str) -> int | None:
@@ -243,6 +250,14 @@ def _quality(q: dict) -> list[str]:
     if not q.get("repair_available"):
         out.append("The boundary repair is not available in this engine, so it was not measured.")
     for v in q["variants"]:
+        if v.get("refresh_fraction"):
+            m, plain = s[v["name"]], s[v["encoding"]]
+            out += [f"- {v['name']} (candidate repair, `benchmarks/refresh.py`, not in `pc` yet): recomputes the "
+                    f"{v['refresh_fraction']:.0%} of the prompt's tokens whose states differ most between the "
+                    "scaffold and the independent encoding, in the prompt's own context: "
+                    f"{m['mean_computed_tokens'] - plain['mean_computed_tokens']:.0f} more tokens per question; "
+                    f"median TTFT {_ms(m['median_ttft_ms'])} ms against {_ms(plain['median_ttft_ms'])} ms "
+                    f"({_x(m['median_ttft_ms'], plain['median_ttft_ms'])})."]
         if v["repair_tokens"]:
             m, plain = s[v["name"]], s[v["encoding"]]
             out += [f"- {v['name']}: recomputes {m['mean_computed_tokens'] - plain['mean_computed_tokens']:.0f} "

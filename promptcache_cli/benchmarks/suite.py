@@ -50,6 +50,7 @@ class BenchConfig:
     quality_docs: int = 5  # texts with a planted fact to choose from (at most len(needles.NEEDLES))
     quality_tokens: int = 32
     repair_tokens: tuple[int, ...] = (16, 64)  # boundary repair variants measured in the quality section
+    refresh: tuple[float, ...] = (0.05,)  # selective recompute (candidate repair): fractions of the prompt
 
 
 QUICK = BenchConfig(quick=True, levels=(512, 1024), slots=2, pool=3, rounds=1, fast_repeats=2, process_rounds=1,
@@ -167,7 +168,7 @@ def run(cfg: BenchConfig, *, model_path: Path, work: Path, progress: Progress) -
             wl = needles.quality(folder, renderer.model, doc_tokens=cfg.quality_doc_tokens,
                                  n_questions=cfg.quality_questions, slots=cfg.quality_slots, n_docs=cfg.quality_docs)
             res["quality"] = run_quality(Path(model_path), work / "quality", wl, n_tokens=cfg.quality_tokens,
-                                         repair_tokens=cfg.repair_tokens, progress=progress,
+                                         repair_tokens=cfg.repair_tokens, refresh=cfg.refresh, progress=progress,
                                          q8="pc-q8" in cfg.systems)
     finally:
         floor.close()
