@@ -117,7 +117,8 @@ def estimate_seconds(cfg: BenchConfig, rate: float) -> float:
     if "quality" in cfg.sections:
         n = cfg.quality_slots * cfg.quality_doc_tokens
         total += cost(2 * cfg.quality_docs * n, n) + cfg.quality_questions * cost(n, n)
-        total += cfg.quality_questions * (3 + 2 * len(cfg.repair_tokens)) * cfg.quality_tokens * 0.03
+        total += cfg.quality_questions * sum(cost(f * n, n) for f in cfg.refresh)
+        total += cfg.quality_questions * (3 + 2 * len(cfg.repair_tokens) + len(cfg.refresh)) * cfg.quality_tokens * 0.03
     return total * 1.15  # model loads, process starts, cache stores
 
 
