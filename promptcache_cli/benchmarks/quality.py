@@ -4,9 +4,10 @@ Per question and cache variant: greedy exact match of the first ``n_tokens`` tok
 agreement and KL divergence KL(no-cache || cached) of the first token's distribution, and whether
 the answer contains the planted fact. Variants: both module encodings (``independent``: after the
 shared prefix; ``scaffold``: after the default prompt before the module), and each with the
-boundary repair (``repair.py``) when the engine offers it, and the default encoding with 8-bit
-quantized KV (``scaffold-q8_0``, as ``--kv-type q8_0``; also compared with the f16 cache's answer).
-Variants alternate question by question.
+boundary repair (``repair.py``) when the engine offers it, the default encoding with the candidate
+selective recompute (``scaffold+refreshN``, ``refresh.py``: N% of the tokens recomputed), and the
+default encoding with 8-bit quantized KV (``scaffold-q8_0``, as ``--kv-type q8_0``; also compared
+with the f16 cache's answer). Variants alternate question by question.
 
 Two controls bound what any approximate cache can reach: the uncached prompt's exact states saved
 and loaded back before the question (``exact-reload``: must agree fully), and the same states
