@@ -70,7 +70,7 @@ def test_quality_compares_every_variant_with_no_cache(outputs):
     q = res["quality"]
     assert q["questions"] == 2 and len(q["rows"]) == 2
     names = [v["name"] for v in q["variants"]]
-    assert {"scaffold", "independent", "scaffold-q8_0"} <= set(names)
+    assert {"scaffold", "independent", "scaffold+refresh5", "scaffold-q8_0"} <= set(names)
     for row in q["rows"]:
         assert row["gaps"] == 0  # equal-length documents: the cached prompt is contiguous
         assert row["expected"] and len(row["nocache"]["tokens"]) <= 4
@@ -81,6 +81,8 @@ def test_quality_compares_every_variant_with_no_cache(outputs):
         # the controls: the uncached prompt's own states reloaded give the uncached answer
         assert row["exact-reload"]["tokens"] == row["nocache"]["tokens"]
         assert row["exact-reload"]["kl"] < 1e-6 and row["exact-m9"]["kl"] >= -1e-9
+        # the selective-recompute candidate recomputes 5% of the prompt on top of the question
+        assert row["scaffold+refresh5"]["computed_tokens"] > row["scaffold"]["computed_tokens"]
         assert row["scaffold-q8_0"]["same_as_f16"] == (row["scaffold-q8_0"]["tokens"] == row["scaffold"]["tokens"])
     for name in names + q["controls"]:
         s = q["summary"][name]
