@@ -627,6 +627,8 @@ def main() -> None:
             _err("pc: interrupted")
             sys.exit(errors.EXIT_INTERRUPTED)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors
+            if not exc.format_message():  # `pc` alone: the help is printed already, nothing to add
+                sys.exit(errors.EXIT_USAGE)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             _err(f"pc: {exc.format_message()}{hint}".replace("\n", " "))

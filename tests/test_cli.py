@@ -442,6 +442,12 @@ def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     assert "--max-tokens" in run.err
 
 
+def test_pc_alone_shows_the_help_and_exits_as_a_usage_error() -> None:
+    run = pc()
+    assert run.code == errors.EXIT_USAGE
+    assert "Usage: " in run.out and "compile" in run.out and run.err == ""
+
+
 def test_bad_option_error_is_one_line(tmp_path: Path) -> None:
     pets = write(tmp_path, "pets.xml", PETS)
     assert_one_line_error(pc("ask", "hi", "-s", pets, "--max-tokens", "0"), errors.EXIT_USAGE)
