@@ -31,14 +31,15 @@ N_SEQ = 66  # 64 tokens recomputed per batch
 
 def rows(blob: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """(cell positions in increasing order, every layer's K and V rows as float32 in that order)."""
-    order = np.argsort(state_blob.parse(blob).positions, kind="stable")
+    positions = state_blob.parse(blob).positions
+    order = np.argsort(positions, kind="stable")
     n, payloads = kv_payloads(blob)
     out = []
     for _, at, n_embd, transposed in payloads:
         a = blob[at : at + 2 * n_embd * n].view(np.float16)
         a = a.reshape(n_embd, n).T if transposed else a.reshape(n, n_embd)
         out.append(a[order].astype(np.float32))
-    return np.sort(state_blob.parse(blob).positions), out
+    return positions[order], out
 
 
 def sensitivity(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
