@@ -17,7 +17,8 @@ frame is stored raw (``none``) or zstd-compressed (``zstd``), and carries the xx
 bytes. The default codec keeps the ``lo`` plane raw (it does not compress) and compresses the
 ``hi`` plane (sign, exponent, top mantissa bits: about 1.4x). Frames decode independently, on all
 cores, straight into the buffer handed to llama.cpp; a single raw ``all`` plane is handed over as a
-view of the memory-mapped file, without a copy.
+view of the memory-mapped file, without a copy. A segment may carry selective-recompute scores
+(``rank``, token_rank.py) in the header; adding them rewrites only the header.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class SegmentRecord:
     tokens: tuple[int, ...]
     raw_size: int
     frames: tuple[Frame, ...]
+    rank: tuple[str, tuple[float, ...]] | None = None  # (against, one score per token): token_rank.py
 
     @property
     def stored_size(self) -> int:
@@ -84,9 +86,11 @@ def _checksum(data) -> int:
 
 
 def encode(header: dict[str, Any], blobs: list[np.ndarray], tokens: list[tuple[int, ...]],
-           offsets: list[int], *, codec: str, split_planes: bool, level: int = 3) -> list[bytes | memoryview]:
+           offsets: list[int], *, codec: str, split_planes: bool, level: int = 3,
+           ranks: list[tuple[str, list[float]] | None] | None = None) -> list[bytes | memoryview]:
     """The file's bytes as a list of chunks. ``split_planes`` (f16 KV) stores the low and high
-    bytes as separate planes; with codec ``zstd`` the high plane is compressed."""
+    bytes as separate planes; with codec ``zstd`` the high plane is compressed. ``ranks``: per
+    segment, its selective-recompute scores (token_rank.py) or None."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}")
     import zstandard
@@ -112,8 +116,29 @@ def encode(header: dict[str, Any], blobs: list[np.ndarray], tokens: list[tuple[i
                 payload.append(stored)
                 pos += len(stored)
         records.append({"offset": off, "tokens": list(toks), "raw_size": int(blob.nbytes), "frames": frames})
-    head = dict(header, format=VERSION, codec=codec, segments=records)
-    body = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
+    _set_ranks(records, ranks)
+    return _file(dict(header, format=VERSION, codec=codec, segments=records), payload)
+
+
+def with_ranks(f: CacheFile, ranks: list[tuple[str, list[float]] | None]) -> list[bytes | memoryview]:
+    """An open file's bytes again, with its segments' scores replaced by ``ranks``: a new header
+    before the very same payload (frame offsets count from the payload's start)."""
+    records = [dict(r) for r in f.header["segments"]]
+    _set_ranks(records, ranks)
+    return _file(dict(f.header, segments=records), [memoryview(f._buf[f.payload_at :])])
+
+
+def _set_ranks(records: list[dict], ranks: list[tuple[str, list[float]] | None] | None) -> None:
+    for rec, rank in zip(records, ranks or [None] * len(records), strict=True):
+        rec.pop("rank", None)
+        if rank is not None:
+            if len(rank[1]) != len(rec["tokens"]):
+                raise ValueError("a segment's scores do not match its tokens")
+            rec["rank"] = {"against": rank[0], "scores": list(rank[1])}
+
+
+def _file(head: dict, payload: list) -> list[bytes | memoryview]:
+    body = json.dumps(head, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
     return [_PRELUDE.pack(MAGIC, VERSION, len(body), _checksum(body)), body, *payload]
 
 
@@ -125,6 +150,7 @@ class CacheFile:
     header: dict[str, Any]
     segments: list[SegmentRecord]
     size: int
+    payload_at: int  # file offset of the payload (the first frame)
     _map: mmap.mmap | None
     _buf: np.ndarray
 
@@ -189,7 +215,7 @@ def read(path: str | os.PathLike) -> CacheFile:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as e:
         raise CacheFileError(f"cannot read cache file: {e.strerror}") from None
-    return CacheFile(header, segments, size, mm, np.frombuffer(mm, dtype=np.uint8))
+    return CacheFile(header, segments, size, _PRELUDE.size + hlen, mm, np.frombuffer(mm, dtype=np.uint8))
 
 
 _MAX_INT = 1 << 48  # no size, offset or position in a cache file comes near this
@@ -228,6 +254,7 @@ def parse_header(body: bytes, *, base: int, size: int) -> tuple[dict, list[Segme
                 _int(s["offset"]), tuple(_int(t, limit=_MAX_TOKEN) for t in _list(s["tokens"])), _int(s["raw_size"]),
                 tuple(Frame(_str(f["plane"]), _int(f["raw_at"]), _int(f["raw"]), base + _int(f["at"]),
                             _int(f["size"]), _str(f["codec"]), _hex64(f["xxh3"])) for f in _list(s["frames"])),
+                _rank(s.get("rank"), len(s["tokens"])),
             )
             for s in header["segments"]
         ]
@@ -276,6 +303,21 @@ def verify(path: str | os.PathLike) -> CacheFile:
         f.close()
         raise
     return f
+
+
+_MAX_SCORE = 1e6  # a score sums relative distances over layers: far below this
+
+
+def _rank(value: Any, n_tokens: int) -> tuple[str, tuple[float, ...]] | None:
+    """A segment's optional scores: what they were measured against, one finite score >= 0 per token."""
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise CacheFileError("malformed cache header: a segment's rank is not an object")
+    scores = _list(value["scores"])
+    if len(scores) != n_tokens or not all(type(x) in (int, float) and 0 <= x < _MAX_SCORE for x in scores):
+        raise CacheFileError("malformed cache header: a segment's scores do not give one number per token")
+    return _str(value["against"]), tuple(float(x) for x in scores)
 
 
 def _list(value: Any) -> list:

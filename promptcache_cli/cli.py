@@ -216,14 +216,19 @@ def compile(
         help="Prefix mode: keep no more checkpoints than fit in SIZE (500M, 2G, bytes).",
     ),
     force: bool = typer.Option(False, "--force", help="Recompute even the modules already cached."),
+    ranked: bool = typer.Option(
+        False, "--ranked", help="Also store each module's recompute scores for `pc ask --refresh` "
+        "(one more prefill of every module)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Precompute every module's attention states (or the default prompt's prefix states) and store them."""
     sch = _load_schema(schema)
+    _check_refresh(ranked, "--ranked", kv_type, mode)
     sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, checkpoint_bytes)
+    _check_refresh(ranked, "--ranked", kv_type, Mode(sess.mode))
     bar, update = _progress_bar(not as_json)
     with bar:
-        report = sess.compile(sch, force=force, progress=update)
+        report = sess.compile(sch, force=force, progress=update, **({"ranked": True} if ranked else {}))
     rows = [
         {"module": m.name, "status": m.status, "tokens": m.tokens, "bytes": m.bytes,
          "seconds": round(m.seconds, 3), "key": m.key}
@@ -231,8 +236,8 @@ def compile(
     ]
     if as_json:
         _emit_json({"schema": report.schema, "mode": sess.mode, "encoding": report.encoding,
-                    "model": sess.model.description,
-                    "cache_dir": str(sess.store.root), "seconds": round(report.seconds, 3), "modules": rows})
+                    "model": sess.model.description, "cache_dir": str(sess.store.root),
+                    "seconds": round(report.seconds, 3), "modules": rows, "ranked": report.ranked})
         return
     computed = [r for r in rows if r["status"] == "computed"]
     reused = [r for r in rows if r["status"] == "reused"]
@@ -243,6 +248,16 @@ def compile(
         f"{_tokens_total(report, rows)} tokens in {report.seconds:.2f} s "
         f"({'prefix mode' if report.encoding == 'prefix' else report.encoding + ' encoding'})"
     )
+    if ranked:
+        _err(f"recompute scores: {len(report.ranked)} module(s) measured now, the others already had them")
+
+
+def _check_refresh(on: bool, option: str, kv_type: KvType, mode: Mode) -> None:
+    """Selective recompute needs modular mode (stitched modules) and f16 KV states."""
+    if on and mode == Mode.prefix:
+        raise errors.UsageError(f"{option} works in modular mode only (prefix mode computes the prompt exactly)")
+    if on and kv_type != KvType.f16:
+        raise errors.UsageError(f"{option} needs f16 KV states, not --kv-type {kv_type.value}")
 
 
 def _tokens_total(report, rows: list[dict]) -> int:
@@ -264,6 +279,10 @@ def ask(
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     seed: Optional[int] = typer.Option(None, "--seed"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Prefill the same prompt from scratch (the baseline)."),
+    refresh: float = typer.Option(
+        0.0, "--refresh", min=0.0, max=100.0, metavar="PCT",
+        help="Recompute the PCT% of the cached tokens whose states depend most on their context "
+        "(closer to --no-cache answers; about 3.5 ms per token; see pc compile --ranked)."),
     as_json: bool = JsonOpt,
     model: Optional[str] = ModelOpt,
     cache_dir: Optional[str] = CacheOpt,
@@ -306,20 +325,27 @@ def ask(
         sampler = Sampler(temperature=temperature, top_p=top_p if top_p > 0 else 1.0, seed=seed)
     except ValueError as e:
         raise errors.InputError(str(e)) from None
+    if refresh and no_cache:
+        raise errors.UsageError("--refresh recomputes cached tokens; --no-cache computes them all already")
+    _check_refresh(bool(refresh), "--refresh", kv_type, mode)
     sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
+    _check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
     on_text = None if as_json else _out
     bar, update = _progress_bar(not as_json)
     with bar:
         res = sess.ask(sch, selection, text, max_tokens=max_tokens, sampler=sampler, no_cache=no_cache,
-                       on_text=on_text, progress=update)
+                       on_text=on_text, progress=update, **({"refresh": refresh / 100} if refresh else {}))
     for w in res.warnings:
         _err(f"warning: {w}")
     if res.compiled:
         _err(f"compiled {len(res.compiled)} module(s) on demand: {', '.join(m.name for m in res.compiled)}")
+    if res.ranked:
+        _err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
     if as_json:
         _emit_json({
             "answer": res.answer, "ttft_ms": round(res.ttft_ms, 2), "total_ms": round(res.total_ms, 2),
             "cached_tokens": res.cached_tokens, "computed_tokens": res.computed_tokens,
+            "refreshed_tokens": res.refreshed_tokens,
             "generated_tokens": len(res.tokens), "modules": res.modules, "model": res.model,
             "no_cache": no_cache, "mode": sess.mode, "warnings": res.warnings,
         })

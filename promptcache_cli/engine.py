@@ -12,11 +12,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Collection
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 
-from . import cache_file, layout as lay, manifest, repair, state_blob
+from . import cache_file, layout as lay, manifest, repair, state_blob, token_rank
 from .blob_arena import Arena
 from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
 from .layout import ROOT, Layout, Path as ModPath
@@ -56,6 +56,7 @@ class CompileReport:
     encoding: str
     modules: list[ModuleReport]
     seconds: float
+    ranked: list[str] = field(default_factory=list)  # modules whose recompute scores were measured now
 
 
 @dataclass
@@ -71,6 +72,8 @@ class AskResult:
     warnings: list[str]
     compiled: list[ModuleReport]
     first_logits: np.ndarray | None = None
+    refreshed_tokens: int = 0  # cached tokens recomputed in the prompt's context (``refresh``)
+    ranked: list[str] = field(default_factory=list)  # modules whose recompute scores were measured now
 
 
 @dataclass
@@ -130,15 +133,16 @@ class Session:
         self._arena.close()
         self.model.close()
 
-    def context(self, n_cells: int) -> Context:
-        """A context with at least ``n_cells`` cells (reused while big enough), cleared."""
+    def context(self, n_cells: int, *, n_seq: int = Context.N_SEQ) -> Context:
+        """A context with at least ``n_cells`` cells and ``n_seq`` sequences (reused while big
+        enough), cleared."""
         need = max(256, -(-n_cells // 256) * 256)
         self._check_fits(n_cells)
         need = min(need, self.model.n_ctx_train)
-        if self._ctx is None or self._ctx.n_ctx < need:
+        if self._ctx is None or self._ctx.n_ctx < need or self._ctx.N_SEQ < n_seq:
             if self._ctx is not None:
                 self._ctx.close()
-            self._ctx = Context(self.model, replace(self.settings, n_ctx=need))
+            self._ctx = Context(self.model, replace(self.settings, n_ctx=need), n_seq=n_seq)
         self._ctx.clear()
         return self._ctx
 
@@ -201,8 +205,10 @@ class Session:
         owners: list[ModPath] | None = None,
         force: bool = False,
         progress: Progress | None = None,
+        ranked: bool = False,
     ) -> CompileReport:
-        """Compute and store every module's states that are not cached yet (or ``owners``)."""
+        """Compute and store every module's states that are not cached yet (or ``owners``);
+        ``ranked``: also their selective-recompute scores (token_rank.py) where missing."""
         t0 = time.perf_counter()
         layout = self.layout(schema)
         keys = self.keys(layout)
@@ -219,7 +225,16 @@ class Session:
         order = {owner_name(o): i for i, o in enumerate(layout.owners())}
         reports.sort(key=lambda r: order[r.name])
         self._record(schema, layout, keys)
-        return CompileReport(schema.name, self.encoding, reports, time.perf_counter() - t0)
+        measured: list[ModPath] = []
+        if ranked:
+            self._check_rankable()
+
+            def states(owner: ModPath) -> dict[int, np.ndarray]:
+                return self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner, arena=False)
+
+            self._ranks(layout, keys, todo, states, measured, [], progress)
+        return CompileReport(schema.name, self.encoding, reports, time.perf_counter() - t0,
+                             [owner_name(o) for o in measured])
 
     def _compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
                  redo: Collection[ModPath] = (), progress: Progress | None,
@@ -277,18 +292,34 @@ class Session:
 
     def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list, progress: Progress | None,
                       unstored: Unstored | None = None):
-        total = sum(len(c) + len(s.tokens) for s, c in jobs)
-        ctx = self.context(max(layout.end, max(len(c) + len(s.tokens) for s, c in jobs)) + 1)
         left = Counter(seg.owner for seg, _ in jobs)
         blobs: dict[ModPath, list[np.ndarray]] = {o: [] for o in left}
         seconds: Counter = Counter()
+        reports = {}
+        t = time.perf_counter()
+        for seg, blob in self._segment_states(layout, jobs, progress):
+            blobs[seg.owner].append(blob)
+            left[seg.owner] -= 1
+            nbytes = 0
+            if left[seg.owner] == 0:  # the owner's last segment: write its file now
+                nbytes = self._store(layout, keys, seg.owner, blobs.pop(seg.owner), unstored)
+            seconds[seg.owner] += time.perf_counter() - t
+            t = time.perf_counter()
+            if left[seg.owner] == 0:
+                reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed",
+                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
+        return reports
+
+    def _segment_states(self, layout: Layout, jobs: list[tuple[lay.Segment, tuple[int, ...]]],
+                        progress: Progress | None, label: str = "") -> Iterator[tuple[lay.Segment, np.ndarray]]:
+        """Each job's segment state, computed after its context tokens (jobs in position order, so
+        the running sequence only grows where contexts share a prefix); the context is cleared at the end."""
+        total = sum(len(c) + len(s.tokens) for s, c in jobs)
+        ctx = self.context(max(layout.end, max(len(c) + len(s.tokens) for s, c in jobs)) + 1)
         done = 0
         running: tuple[int, list[int]] = (0, [])  # what seq 0 holds: (start position, tokens)
-        reports = {}
         for seg, context in jobs:
-            t = time.perf_counter()
-
-            def tick(n: int, _name=owner_name(seg.owner)) -> None:
+            def tick(n: int, _name=owner_name(seg.owner) + label) -> None:
                 nonlocal done
                 done += n
                 if progress:
@@ -296,18 +327,82 @@ class Session:
 
             running = _extend(ctx, running, seg.offset - len(context), list(context) + list(seg.tokens), tick)
             ctx.seq_cp(0, 1, seg.offset, seg.end)
-            blobs[seg.owner].append(ctx.save_state(1))
+            blob = ctx.save_state(1)
             ctx.seq_rm(1)
-            left[seg.owner] -= 1
-            if left[seg.owner] == 0:  # the owner's last segment: write its file now
-                nbytes = self._store(layout, keys, seg.owner, blobs.pop(seg.owner), unstored)
-                seconds[seg.owner] += time.perf_counter() - t
-                reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed",
-                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
-            else:
-                seconds[seg.owner] += time.perf_counter() - t
+            yield seg, blob
         ctx.clear()
-        return reports
+
+    # -- selective recompute (token_rank.py) --------------------------------------------------
+    def _check_rankable(self) -> None:
+        if not self.settings.type_k == self.settings.type_v == "f16":
+            raise ValueError("selective recompute ranks f16 KV states only")
+
+    def _ranks(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath],
+               states: Callable[[ModPath], dict[int, np.ndarray]], measured: list[ModPath], warnings: list[str],
+               progress: Progress | None) -> dict[tuple[ModPath, int], tuple[float, ...]]:
+        """The owners' segments' scores by (owner, offset): read from their files, or measured where a file
+        has none (or has scores against another context) and then stored in it when the cache can
+        be written (else a warning). ``states(owner)``: its cached states by segment offset (asked
+        once per owner measured); owners measured now are appended to ``measured``."""
+        out: dict[tuple[ModPath, int], tuple[float, ...]] = {}  # union members share offsets
+        missing: list[ModPath] = []
+        for owner in owners:
+            want = {s.offset: token_rank.against(layout, s, self.encoding) for s in layout.segments_of(owner)}
+            got = self._stored_ranks(self.store.module_path(keys[owner]))
+            if all(got.get(at, ("", ()))[0] == w for at, w in want.items()):
+                out.update({(owner, at): got[at][1] for at in want})
+            else:
+                missing.append(owner)
+        if not missing:
+            return out
+        other = token_rank.OTHER[self.encoding]
+        jobs = sorted(((s, lay.context_tokens(layout, s, other)) for o in missing for s in layout.segments_of(o)),
+                      key=lambda job: job[0].offset)
+        left = Counter(seg.owner for seg, _ in jobs)
+        cached: dict[ModPath, dict[int, np.ndarray]] = {}
+        for seg, blob in self._segment_states(layout, jobs, progress, " (ranking)"):
+            mine = cached.get(seg.owner) or cached.setdefault(seg.owner, states(seg.owner))
+            out[seg.owner, seg.offset] = tuple(token_rank.scores(mine[seg.offset], blob))
+            left[seg.owner] -= 1
+            if not left[seg.owner]:
+                del cached[seg.owner]
+        unwritable = None
+        for owner in missing:
+            ranks = [(token_rank.against(layout, s, self.encoding), list(out[owner, s.offset]))
+                     for s in layout.segments_of(owner)]
+            try:
+                self._store_ranks(self.store.module_path(keys[owner]), keys[owner], ranks)
+            except CacheWriteError as e:
+                unwritable = unwritable or str(e)
+        if unwritable:
+            warnings.append(f"{unwritable}; the recompute scores measured now are not stored")
+        measured += missing
+        return out
+
+    @staticmethod
+    def _stored_ranks(path: Path) -> dict[int, tuple[str, tuple[float, ...]]]:
+        """A module file's scores by segment offset (none when it has none or cannot be read)."""
+        try:
+            f = cache_file.read(path)
+        except cache_file.CacheFileError:
+            return {}
+        f.close()
+        return {r.offset: r.rank for r in f.segments if r.rank is not None}
+
+    def _store_ranks(self, path: Path, key: str, ranks: list) -> None:
+        """Rewrite a module file with scores, under its lock; a file gone or damaged meanwhile is left alone."""
+        if not path.exists():
+            return
+        with self.store.locked(key):
+            try:
+                f = cache_file.read(path)
+            except cache_file.CacheFileError:
+                return
+            try:
+                if f.header.get("key") == key and len(f.segments) == len(ranks):
+                    self.store.write_atomic(path, cache_file.with_ranks(f, ranks))
+            finally:
+                f.close()
 
     def _reused(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath) -> ModuleReport:
         size = self.store.module_path(keys[owner]).stat().st_size
@@ -370,13 +465,23 @@ class Session:
         on_text: Callable[[str], None] | None = None,
         progress: Progress | None = None,
         keep_logits: bool = False,
+        refresh: float = 0.0,
     ) -> AskResult:
+        """Answer ``question`` over the selected modules. ``refresh``: the fraction (0 to 1) of the
+        prompt's cached tokens to recompute in its own context, highest recompute scores first
+        (token_rank.py; scores missing from the cache are measured and stored first)."""
+        if not 0 <= refresh <= 1:
+            raise ValueError(f"refresh is a fraction from 0 to 1, not {refresh}")
+        if refresh:
+            self._check_rankable()
         t0 = time.perf_counter()
         layout = self.layout(schema)
         plan = self.prompt_plan(layout, selection)
         q = self.question_tokens(layout, question)
         warnings: list[str] = []
         compiled: list[ModuleReport] = []
+        ranked: list[ModPath] = []
+        refreshed = 0
         n_prompt = layout.end + len(q)
         self._check_fits(n_prompt + max_tokens)  # before compiling anything on demand
         if no_cache:
@@ -386,7 +491,8 @@ class Session:
             cached = 0
             computed = len(tokens)
         else:
-            cached, computed, compiled = self._stitch(schema, layout, plan, q, max_tokens, warnings, progress)
+            cached, computed, compiled, refreshed = self._stitch(schema, layout, plan, q, max_tokens, warnings,
+                                                                 progress, refresh, ranked)
             ctx = self._ctx
         logits = ctx.logits()
         result = generate(self.model, ctx, logits, max_tokens=max_tokens, sampler=sampler, on_text=on_text, t0=t0)
@@ -403,18 +509,32 @@ class Session:
             warnings=warnings,
             compiled=compiled,
             first_logits=logits if keep_logits else None,
+            refreshed_tokens=refreshed,
+            ranked=[owner_name(o) for o in ranked],
         )
 
     def _stitch(self, schema: Schema, layout: Layout, plan: list, q: list[int], max_tokens: int,
-                warnings: list[str], progress: Progress | None) -> tuple[int, int, list[ModuleReport]]:
+                warnings: list[str], progress: Progress | None, refresh: float = 0.0,
+                ranked: list[ModPath] | None = None) -> tuple[int, int, list[ModuleReport], int]:
         """Load the plan's cached segments into sequence 0 at their positions, compute the fresh
-        parts in between and the question; modules missing or damaged are compiled first, and so
-        is a module whose cached state llama.cpp refuses (once: a fresh state refused is its failure)."""
+        parts in between, recompute the ``refresh`` fraction of the cached tokens with the highest
+        scores, then the question. Modules missing or damaged are compiled first, and so is a
+        module whose cached state llama.cpp refuses (once: a fresh state refused is its failure).
+        Returns (cached, computed, compiled modules, recomputed cached tokens)."""
         keys = self.keys(layout)
         self._arena.reset()  # the previous question's blobs are dead
         needed = list(dict.fromkeys(obj.owner for kind, obj in plan if kind == "segment"))
         blobs, compiled, fresh = self._gather(schema, layout, keys, needed, warnings, progress)
-        ctx = self.context(layout.end + len(q) + max_tokens)
+        stale = token_rank.stale(layout, plan, self.encoding) if refresh else []
+        n_refresh = min(round(refresh * sum(len(obj.tokens) for kind, obj in plan if kind == "segment")),
+                        sum(len(seg.tokens) - skip for seg, skip in stale))  # exact states need no recompute
+        owners = list(dict.fromkeys(seg.owner for seg, _ in stale))
+        scores = self._ranks(layout, keys, owners, blobs.__getitem__, ranked if ranked is not None else [],
+                             warnings, progress) if n_refresh else {}
+        n_cells = layout.end + len(q) + max_tokens
+        if n_refresh:  # a recompute batch holds its tokens' old and new cells at once
+            n_cells = min(n_cells + min(n_refresh, token_rank.RECOMPUTE_SEQUENCES - 2), self.model.n_ctx_train)
+        ctx = self.context(n_cells, n_seq=token_rank.RECOMPUTE_SEQUENCES if n_refresh else Context.N_SEQ)
         fix = repair.plan(layout, plan, self.encoding, self.repair_tokens) if self.repair_tokens else {}
         while True:
             try:
@@ -430,8 +550,16 @@ class Session:
                 compiled += recompiled
                 fresh |= now
                 ctx.clear()
+        refreshed = 0
+        if n_refresh:
+            first = {seg.offset: max(skip, fix.get(seg.offset, 0)) for seg, skip in stale}
+            candidates = [(seg.offset + first[seg.offset], seg.tokens[first[seg.offset]:],
+                           scores[seg.owner, seg.offset][first[seg.offset]:]) for seg, _ in stale]
+            tokens, positions = token_rank.choose(candidates, n_refresh)
+            ctx.recompute(tokens, positions)
+            refreshed = len(tokens)
         ctx.decode(q, start=ctx.pos_max(0) + 1, logits=True)
-        return cached, computed + len(q), compiled
+        return cached - refreshed, computed + refreshed + len(q), compiled, refreshed
 
     def _gather(self, schema: Schema, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath],
                 warnings: list[str], progress: Progress | None, *, redo: bool = False,
@@ -485,9 +613,11 @@ class Session:
         if h.get("state_layout") != self.settings.state_layout():
             raise cache_file.CacheFileError("it was made with other context settings")
 
-    def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> dict[int, np.ndarray]:
+    def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath, *,
+                      arena: bool = True) -> dict[int, np.ndarray]:
         """A module file's state blobs by segment offset, checked to be exactly what this request
-        needs (raw blobs are views of the memory-mapped file)."""
+        needs (raw blobs are views of the memory-mapped file; decoded ones live in the session's
+        arena until the next question, or in their own memory without ``arena``)."""
         f = cache_file.read(path)
         _touch(path)
         try:
@@ -498,7 +628,7 @@ class Session:
             k, v = GGML_TYPES[self.settings.type_k], GGML_TYPES[self.settings.type_v]
             out = {}
             for i, rec in enumerate(f.segments):
-                blob = f.blob(i, None if rec.mapped else self._arena.take(rec.raw_size))
+                blob = f.blob(i, self._arena.take(rec.raw_size) if arena and not rec.mapped else None)
                 info = state_blob.parse(blob)
                 if info.n_layer != self.model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
                     raise state_blob.BlobError("its state has another shape than this model's")

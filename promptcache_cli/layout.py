@@ -10,7 +10,7 @@ union's offset; the union takes as many positions as its longest member.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Iterable, Iterator, Protocol
 
 from . import chat_template
 from .pml import Module, Parameter, Role, Schema, Text, Union
@@ -289,3 +289,20 @@ def context_tokens(layout: Layout, segment: Segment, encoding: str) -> tuple[int
     items += [(s.offset, s.scaffold) for s in layout.slots if s.owner in visible and s.offset < segment.offset]
     items.sort(key=lambda it: it[0])
     return tuple(t for _, toks in items for t in toks)
+
+
+def preceding(prompt: list[tuple[str, object]]) -> Iterator[tuple[Segment, list[int], int]]:
+    """For each segment of a prompt plan (("segment", Segment) or ("fresh", tokens) in position
+    order, as ``Session.prompt_plan`` returns it): the segment, the prompt's tokens before it and
+    the next position after them (parameter values follow the prompt so far without a gap)."""
+    before: list[int] = []
+    end = 0
+    for kind, obj in prompt:
+        if kind == "segment":
+            seg: Segment = obj  # type: ignore[assignment]
+            yield seg, before, end
+            before = before + list(seg.tokens)
+            end = seg.end
+        else:
+            before = before + list(obj)  # type: ignore[arg-type]
+            end += len(obj)  # type: ignore[arg-type]

@@ -305,10 +305,12 @@ class Context:
         ``tokens``, each attending to sequence 0's cells before it. llama.cpp decodes a sequence
         only at its next position, so each token goes into a sequence of its own (2, 3, ...) that
         shares sequence 0's earlier cells; its new cell then replaces sequence 0's old one. Up to
-        ``n_seq - 2`` tokens share a batch; a token does not see the new cells of tokens in its
-        own batch (it sees their old ones)."""
+        ``n_seq - 2`` tokens share a batch (fewer when the context has fewer free cells: a batch
+        holds its tokens' old and new cells at once); a token does not see the new cells of tokens
+        in its own batch (it sees their old ones)."""
         tokens, positions = np.asarray(tokens, np.int32), np.asarray(positions, np.int32)
-        width = min(self.N_SEQ - 2, self.settings.n_batch)
+        free = self.n_ctx - (self.pos_max(0) + 1)  # sequence 0 starts at 0: at most pos_max + 1 cells
+        width = min(self.N_SEQ - 2, self.settings.n_batch, max(free, 1))
         if width < 1:
             raise ValueError("recompute needs a context with more than two sequences")
         for begin in range(0, len(tokens), width):

@@ -21,18 +21,9 @@ def plan(layout: Layout, prompt: list[tuple[str, object]], encoding: str, n: int
     """Segment offset -> how many of its first tokens to recompute, for a prompt plan as
     ``Session.prompt_plan`` returns it (("segment", Segment) or ("fresh", tokens), in position order)."""
     out: dict[int, int] = {}
-    before: list[int] = []
-    end = 0  # the next position after the prompt so far
-    for kind, obj in prompt:
-        if kind == "segment":
-            seg: Segment = obj  # type: ignore[assignment]
-            if n > 0 and before and seg.offset == end and list(lay.context_tokens(layout, seg, encoding)) != before:
-                out[seg.offset] = min(n, len(seg.tokens))
-            before += seg.tokens
-            end = seg.end
-        else:  # parameter values: decoded right after the prompt so far
-            before += list(obj)  # type: ignore[arg-type]
-            end += len(obj)  # type: ignore[arg-type]
+    for seg, before, end in lay.preceding(prompt):
+        if n > 0 and before and seg.offset == end and list(lay.context_tokens(layout, seg, encoding)) != before:
+            out[seg.offset] = min(n, len(seg.tokens))
     return out
 
 

@@ -421,3 +421,29 @@ def test_fuzz_header_fields(tmp_path, monkeypatch):
         seen[_outcome(path, blobs)] += 1
     assert seen["refused"] > 1500
     assert time.perf_counter() - t < 10
+
+
+def test_scores_round_trip_and_replace_without_touching_the_payload(tmp_path):
+    """Selective-recompute scores ride in the header: `with_ranks` rewrites only the header."""
+    blobs = [PIN_BLOB, PIN_BLOB[::-1].copy()]
+    plain = b"".join(bytes(c) for c in cf.encode(PIN_HEADER, blobs, [(1, 2, 3), (4, 5)], [10, 20], codec="zstd",
+                                                 split_planes=True))
+    path = write(tmp_path, plain)
+    f = cf.read(path)
+    assert [s.rank for s in f.segments] == [None, None]
+    ranks = [("independent:00ff", [0.5, 0.0, 12.25]), None]
+    ranked = b"".join(bytes(c) for c in cf.with_ranks(f, ranks))
+    f.close()
+    put(path, ranked)
+    f = cf.read(path)
+    try:
+        assert f.segments[0].rank == ("independent:00ff", (0.5, 0.0, 12.25)) and f.segments[1].rank is None
+        assert ranked[f.payload_at :] == plain[len(plain) - (len(ranked) - f.payload_at) :]
+        assert [np.array_equal(f.blob(i), b) for i, b in enumerate(blobs)] == [True, True]
+        again = b"".join(bytes(c) for c in cf.with_ranks(f, [None, None]))
+    finally:
+        f.close()
+    assert again == plain  # taking the scores out gives the original bytes back
+    with pytest.raises(ValueError):
+        cf.encode(PIN_HEADER, blobs[:1], [(1, 2, 3)], [10], codec="none", split_planes=False,
+                  ranks=[("independent:0", [0.1])])

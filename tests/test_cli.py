@@ -380,6 +380,26 @@ def test_inspect_parameter_length_moves_everything_after_it(tmp_path: Path) -> N
         assert nine["by"][key]["offset"] == six["by"][key]["offset"]
 
 
+def test_refresh_recomputes_cached_tokens_and_ranked_stores_their_scores(shared: Shared, tmp_path: Path) -> None:
+    """`--refresh` on a prompt that is not the default one: the scores are measured on demand
+    (one stderr line, once), then read from the cache; `compile --ranked` measures them ahead."""
+    args = ("ask", "What is my pet called?", "-s", shared.pets, "-m", "dog", "-m", "me", "-p", "name=Ann",
+            "-n", "8")
+    plain = ok(pc(*args, "--json", cache_dir=shared.cache)).json()
+    first = ok(pc(*args, "--refresh", "50", cache_dir=tmp_path / "c"))
+    assert "measured the recompute scores of" in first.err and first.err.count("\n") <= 3
+    again = ok(pc(*args, "--refresh", "50", "--json", cache_dir=tmp_path / "c")).json()
+    assert again["refreshed_tokens"] > 0 and again["answer"] == first.out.rstrip("\n")
+    assert again["cached_tokens"] + again["computed_tokens"] == plain["cached_tokens"] + plain["computed_tokens"]
+    assert again["computed_tokens"] == plain["computed_tokens"] + again["refreshed_tokens"]
+    assert plain["refreshed_tokens"] == 0
+    compiled = ok(pc("compile", shared.pets, "--ranked", "--json", cache_dir=tmp_path / "r")).json()
+    assert compiled["ranked"] and {m["status"] for m in compiled["modules"]} == {"computed"}
+    ranked = ok(pc(*args, "--refresh", "50", "--json", cache_dir=tmp_path / "r"))
+    assert "recompute scores" not in ranked.err and ranked.json()["answer"] == again["answer"]
+    assert ok(pc("compile", shared.pets, "--ranked", "--json", cache_dir=tmp_path / "r")).json()["ranked"] == []
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 
@@ -407,6 +427,14 @@ def _error_cases(tmp: Path, pets: Path) -> dict[str, tuple[list, int]]:
         "blank-question": (["ask", "  \n ", "-s", pets], errors.EXIT_INPUT),
         "empty-stdin": (["ask", "-", "-s", pets], errors.EXIT_INPUT),
         "prompt-for-another-schema": (["ask", "-s", pets, "--prompt", other], errors.EXIT_INPUT),
+        "refresh-over-100": (["ask", "hi", "-s", pets, "--refresh", "150"], errors.EXIT_USAGE),
+        "refresh-negative": (["ask", "hi", "-s", pets, "--refresh", "-1"], errors.EXIT_USAGE),
+        "refresh-with-no-cache": (["ask", "hi", "-s", pets, "--refresh", "5", "--no-cache"], errors.EXIT_USAGE),
+        "refresh-in-prefix-mode": (["ask", "hi", "-s", pets, "--refresh", "5", "--mode", "prefix"],
+                                   errors.EXIT_USAGE),
+        "refresh-with-q8_0": (["ask", "hi", "-s", pets, "--refresh", "5", "--kv-type", "q8_0"], errors.EXIT_USAGE),
+        "ranked-in-prefix-mode": (["compile", pets, "--ranked", "--mode", "prefix"], errors.EXIT_USAGE),
+        "ranked-with-q8_0": (["compile", pets, "--ranked", "--kv-type", "q8_0"], errors.EXIT_USAGE),
     }
 
 
@@ -414,7 +442,8 @@ ERROR_CASES = [  # the keys of _error_cases, listed here for parametrize
     "malformed-xml", "malformed-xml-compile", "unknown-module", "unknown-parameter",
     "parameter-too-long", "missing-schema", "missing-schema-compile", "missing-model",
     "not-gguf-model", "not-gguf-model-compile", "empty-question", "blank-question", "empty-stdin",
-    "prompt-for-another-schema",
+    "prompt-for-another-schema", "refresh-over-100", "refresh-negative", "refresh-with-no-cache",
+    "refresh-in-prefix-mode", "refresh-with-q8_0", "ranked-in-prefix-mode", "ranked-with-q8_0",
 ]
 
 

@@ -10,41 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..state_blob import kv_payloads
 
-def kv_payloads(blob: np.ndarray) -> tuple[int, list[tuple[str, int, int, bool]]]:
-    """(n_cells, [(kind, byte offset, n_embd, transposed)]) for every f16 K and V payload of a
-    llama.cpp sequence state (layout: state_blob.py); raises ValueError for other KV types."""
-    def u32(at: int) -> int:
-        return int(blob[at : at + 4].view("<u4")[0])
-
-    def u64(at: int) -> int:
-        return int(blob[at : at + 8].view("<u8")[0])
-
-    n_cells = u32(12)
-    at = 16 + 12 * n_cells
-    v_trans, n_layer = u32(at), u32(at + 4)
-    at += 8
-    out = []
-    for _ in range(n_layer):
-        if u32(at) != 1:
-            raise ValueError("K is not f16")
-        row = u64(at + 4)
-        out.append(("k", at + 12, row // 2, False))
-        at += 12 + row * n_cells
-    for _ in range(n_layer):
-        if u32(at) != 1:
-            raise ValueError("V is not f16")
-        if v_trans:
-            elem, n_embd = u32(at + 4), u32(at + 8)
-            out.append(("v", at + 12, n_embd, True))
-            at += 12 + elem * n_embd * n_cells
-        else:
-            row = u64(at + 4)
-            out.append(("v", at + 12, row // 2, False))
-            at += 12 + row * n_cells
-    if at != len(blob):
-        raise ValueError("state blob size does not match its layout")
-    return n_cells, out
+__all__ = ["kv_payloads", "round_mantissa", "rounded_blob"]
 
 
 def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:

@@ -4,8 +4,9 @@ Per question and cache variant: greedy exact match of the first ``n_tokens`` tok
 agreement and KL divergence KL(no-cache || cached) of the first token's distribution, and whether
 the answer contains the planted fact. Variants: both module encodings (``independent``: after the
 shared prefix; ``scaffold``: after the default prompt before the module), and each with the
-boundary repair (``repair.py``) when the engine offers it, the default encoding with the candidate
-selective recompute (``scaffold+refreshN``, ``refresh.py``: N% of the tokens recomputed), and the
+boundary repair (``repair.py``) when the engine offers it, the default encoding with selective
+recompute (``scaffold+refreshN``: `pc ask --refresh N`, token_rank.py; N% of the cached tokens
+recomputed, from a cache compiled with `--ranked`), and the
 default encoding with 8-bit quantized KV (``scaffold-q8_0``, as ``--kv-type q8_0``; also compared
 with the f16 cache's answer). Variants alternate question by question.
 
@@ -31,7 +32,6 @@ from ..llama_backend import ContextSettings
 from ..sampling import Sampler
 from .needles import found
 from .perturb import rounded_blob
-from .refresh import Refresher
 from .workloads import Workload
 
 Progress = Callable[[str], None]
@@ -88,9 +88,7 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
     chosen = variants(repair_tokens)
     base = Session(model_path, cache_dir=root / "nocache")
     sessions = {name: make_session(model_path, root / enc, encoding=enc, repair=r) for name, enc, r in chosen}
-    refreshers = {f"scaffold+refresh{round(f * 100)}": Refresher(sessions["scaffold"], sessions["independent"], f)
-                  for f in refresh}
-    sessions.update(refreshers)
+    refreshers = {f"scaffold+refresh{round(f * 100)}": f for f in refresh}  # asked of the scaffold session
     chosen += [(name, "scaffold", 0) for name in refreshers]
     if q8:
         sessions[Q8] = Session(model_path, cache_dir=root / Q8, encoding="scaffold", settings=Q8_SETTINGS)
@@ -99,7 +97,7 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
     try:
         for enc in [*lay.ENCODINGS, *([Q8] if q8 else [])]:  # variants of one encoding share its files
             t = time.perf_counter()
-            sessions[enc].compile(schema)
+            sessions[enc].compile(schema, ranked=bool(refresh) and enc == "scaffold")
             progress(f"quality: compiled the {enc} cache in {time.perf_counter() - t:.0f} s")
         layout = base.layout(schema)
         for i, q in enumerate(wl.questions):
@@ -112,10 +110,10 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
             names = [name for name, _, _ in chosen]
             got = {}
             for name in names[i % len(names):] + names[: i % len(names)]:
+                session, extra = sessions.get(name), {}
                 if name in refreshers:
-                    got[name] = refreshers[name].ask(schema, sel, q.text, n_tokens)
-                    continue
-                r = sessions[name].ask(schema, sel, q.text, max_tokens=n_tokens, keep_logits=True)
+                    session, extra = sessions["scaffold"], {"refresh": refreshers[name]}
+                r = session.ask(schema, sel, q.text, max_tokens=n_tokens, keep_logits=True, **extra)
                 got[name] = {"answer": r.answer, "tokens": r.tokens, "ttft_ms": r.ttft_ms,
                              "first_logits": r.first_logits, "computed_tokens": r.computed_tokens}
             got.update(controls(base, schema, sel, q.text, n_tokens))
@@ -139,7 +137,7 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
             s.close()
     return {"questions": len(rows), "generated_tokens": n_tokens, "note": wl.note,
             "variants": [{"name": n, "encoding": e, "repair_tokens": r, "kv_type": "q8_0" if n == Q8 else "f16",
-                          "refresh_fraction": refreshers[n].fraction if n in refreshers else 0}
+                          "refresh_fraction": refreshers.get(n, 0)}
                          for n, e, r in chosen],
             "repair_available": repair_supported(),
             "controls": list(CONTROLS), "control_bits": CONTROL_BITS,

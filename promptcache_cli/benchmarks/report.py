@@ -86,7 +86,7 @@ def targets(res: dict) -> list[dict]:
 
 def _repair_name(variant: dict) -> str:
     if variant.get("refresh_fraction"):
-        return f" + selective recompute of {variant['refresh_fraction']:.0%} of the tokens (candidate, not in pc)"
+        return f" + selective recompute of {variant['refresh_fraction']:.0%} of the tokens (--refresh)"
     if variant.get("repair_tokens"):
         return f" + boundary repair of {variant['repair_tokens']} tokens"
     return ""
@@ -252,9 +252,10 @@ def _quality(q: dict) -> list[str]:
     for v in q["variants"]:
         if v.get("refresh_fraction"):
             m, plain = s[v["name"]], s[v["encoding"]]
-            out += [f"- {v['name']} (candidate repair, `benchmarks/refresh.py`, not in `pc` yet): recomputes the "
-                    f"{v['refresh_fraction']:.0%} of the prompt's tokens whose states differ most between the "
-                    "scaffold and the independent encoding, in the prompt's own context: "
+            out += [f"- {v['name']} (`pc ask --refresh {v['refresh_fraction'] * 100:g}`, from a cache compiled with "
+                    f"`--ranked`): recomputes the {v['refresh_fraction']:.0%} of the prompt's cached tokens whose "
+                    "states differ most between the scaffold and the independent encoding, in the prompt's own "
+                    "context: "
                     f"{m['mean_computed_tokens'] - plain['mean_computed_tokens']:.0f} more tokens per question; "
                     f"median TTFT {_ms(m['median_ttft_ms'])} ms against {_ms(plain['median_ttft_ms'])} ms "
                     f"({_x(m['median_ttft_ms'], plain['median_ttft_ms'])})."]

@@ -50,7 +50,7 @@ class BenchConfig:
     quality_docs: int = 5  # texts with a planted fact to choose from (at most len(needles.NEEDLES))
     quality_tokens: int = 32
     repair_tokens: tuple[int, ...] = (16, 64)  # boundary repair variants measured in the quality section
-    refresh: tuple[float, ...] = (0.05,)  # selective recompute (candidate repair): fractions of the prompt
+    refresh: tuple[float, ...] = (0.05, 0.1)  # selective recompute (`pc ask --refresh`): fractions of the cached tokens
 
 
 QUICK = BenchConfig(quick=True, levels=(512, 1024), slots=2, pool=3, rounds=1, fast_repeats=2, process_rounds=1,

@@ -227,8 +227,32 @@ for _name, (_where, _key, _value) in {
     "frame_plane_null": (frame0, "plane", None),
     "frame_codec_unknown": (frame0, "codec", "gzip"),
     "frame_codec_null": (frame0, "codec", None),
+    # selective-recompute scores (token_rank.py): one finite number >= 0 per token, and a string
+    "rank_not_an_object": (seg0, "rank", [0.1, 0.2, 0.3]),
+    "rank_scores_short": (seg0, "rank", {"against": "independent:0", "scores": [0.1, 0.2]}),
+    "rank_scores_long": (seg0, "rank", {"against": "independent:0", "scores": [0.1] * 4}),
+    "rank_scores_negative": (seg0, "rank", {"against": "independent:0", "scores": [0.1, -0.2, 0.3]}),
+    "rank_scores_huge": (seg0, "rank", {"against": "independent:0", "scores": [0.1, 1e300, 0.3]}),
+    "rank_scores_strings": (seg0, "rank", {"against": "independent:0", "scores": ["0.1", "0.2", "0.3"]}),
+    "rank_scores_booleans": (seg0, "rank", {"against": "independent:0", "scores": [True, False, True]}),
+    "rank_scores_null": (seg0, "rank", {"against": "independent:0", "scores": None}),
+    "rank_scores_missing": (seg0, "rank", {"against": "independent:0"}),
+    "rank_against_number": (seg0, "rank", {"against": 7, "scores": [0.1, 0.2, 0.3]}),
+    "rank_against_missing": (seg0, "rank", {"scores": [0.1, 0.2, 0.3]}),
 }.items():
     READ[_name] = partial(edited, "none", False, _set(_where, _key, _value))
+
+
+
+def _score_literal(literal: bytes) -> bytes:
+    """A valid file whose segment has scores with a JSON extension Python's parser accepts (NaN, Infinity)."""
+    head, payload = parts(encoded())
+    seg0(head)["rank"] = {"against": "independent:0", "scores": [0.1, "@", 0.3]}
+    return forge(json.dumps(head, separators=(",", ":")).encode().replace(b'"@"', literal), payload)
+
+
+READ["rank_scores_nan"] = partial(_score_literal, b"NaN")
+READ["rank_scores_infinity"] = partial(_score_literal, b"Infinity")
 
 
 @attack(READ)
