@@ -228,12 +228,14 @@ def compile(
     _check_refresh(ranked, "--ranked", kv_type, Mode(sess.mode))
     bar, update = _progress_bar(not as_json)
     with bar:
-        report = sess.compile(sch, force=force, progress=update, **({"ranked": True} if ranked else {}))
+        report = sess.compile(sch, force=force, progress=update, ranked=ranked)
     rows = [
         {"module": m.name, "status": m.status, "tokens": m.tokens, "bytes": m.bytes,
          "seconds": round(m.seconds, 3), "key": m.key}
         for m in report.modules
     ]
+    for w in report.warnings:
+        _err(f"warning: {w}")
     if as_json:
         _emit_json({"schema": report.schema, "mode": sess.mode, "encoding": report.encoding,
                     "model": sess.model.description, "cache_dir": str(sess.store.root),
@@ -282,7 +284,7 @@ def ask(
     refresh: float = typer.Option(
         0.0, "--refresh", min=0.0, max=100.0, metavar="PCT",
         help="Recompute the PCT% of the cached tokens whose states depend most on their context "
-        "(closer to --no-cache answers; about 3.5 ms per token; see pc compile --ranked)."),
+        "(answers closer to --no-cache; each costs about what prefilling a token does; see pc compile --ranked)."),
     as_json: bool = JsonOpt,
     model: Optional[str] = ModelOpt,
     cache_dir: Optional[str] = CacheOpt,
@@ -334,7 +336,7 @@ def ask(
     bar, update = _progress_bar(not as_json)
     with bar:
         res = sess.ask(sch, selection, text, max_tokens=max_tokens, sampler=sampler, no_cache=no_cache,
-                       on_text=on_text, progress=update, **({"refresh": refresh / 100} if refresh else {}))
+                       on_text=on_text, progress=update, refresh=refresh / 100)
     for w in res.warnings:
         _err(f"warning: {w}")
     if res.compiled:
@@ -353,6 +355,7 @@ def ask(
     _out("\n")
     if timings if timings is not None else sys.stderr.isatty():
         mode = "no cache" if no_cache else f"{res.cached_tokens} cached tokens"
+        mode += f", {res.refreshed_tokens} recomputed" if res.refreshed_tokens else ""
         _err(f"[{mode}, {res.computed_tokens} computed; first token {res.ttft_ms:.0f} ms, total {res.total_ms:.0f} ms]")
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Collection, Iterator
 
 import numpy as np
 
-from . import cache_file, layout as lay, manifest, repair, state_blob, token_rank
+from . import cache_file, layout as lay, manifest, rank_cache, repair, state_blob, token_rank
 from .blob_arena import Arena
 from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
 from .layout import ROOT, Layout, Path as ModPath
@@ -57,6 +57,7 @@ class CompileReport:
     modules: list[ModuleReport]
     seconds: float
     ranked: list[str] = field(default_factory=list)  # modules whose recompute scores were measured now
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -226,15 +227,16 @@ class Session:
         reports.sort(key=lambda r: order[r.name])
         self._record(schema, layout, keys)
         measured: list[ModPath] = []
-        if ranked:
+        warnings: list[str] = []
+        if ranked:  # every file is read whole: a damaged one is recomputed first (with a warning)
             self._check_rankable()
-
-            def states(owner: ModPath) -> dict[int, np.ndarray]:
-                return self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner, arena=False)
-
-            self._ranks(layout, keys, todo, states, measured, [], progress)
+            self._arena.reset()
+            blobs, recomputed, _ = self._gather(schema, layout, keys, list(todo), warnings, progress)
+            redone = {r.name: r for r in recomputed}
+            reports = [redone.get(r.name, r) for r in reports]
+            rank_cache.scores(self, layout, keys, list(todo), blobs.__getitem__, measured, warnings, progress)
         return CompileReport(schema.name, self.encoding, reports, time.perf_counter() - t0,
-                             [owner_name(o) for o in measured])
+                             [owner_name(o) for o in measured], warnings)
 
     def _compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
                  redo: Collection[ModPath] = (), progress: Progress | None,
@@ -297,7 +299,7 @@ class Session:
         seconds: Counter = Counter()
         reports = {}
         t = time.perf_counter()
-        for seg, blob in self._segment_states(layout, jobs, progress):
+        for seg, blob in self.segment_states(layout, jobs, progress):
             blobs[seg.owner].append(blob)
             left[seg.owner] -= 1
             nbytes = 0
@@ -310,7 +312,7 @@ class Session:
                                                   layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
         return reports
 
-    def _segment_states(self, layout: Layout, jobs: list[tuple[lay.Segment, tuple[int, ...]]],
+    def segment_states(self, layout: Layout, jobs: list[tuple[lay.Segment, tuple[int, ...]]],
                         progress: Progress | None, label: str = "") -> Iterator[tuple[lay.Segment, np.ndarray]]:
         """Each job's segment state, computed after its context tokens (jobs in position order, so
         the running sequence only grows where contexts share a prefix); the context is cleared at the end."""
@@ -336,73 +338,6 @@ class Session:
     def _check_rankable(self) -> None:
         if not self.settings.type_k == self.settings.type_v == "f16":
             raise ValueError("selective recompute ranks f16 KV states only")
-
-    def _ranks(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath],
-               states: Callable[[ModPath], dict[int, np.ndarray]], measured: list[ModPath], warnings: list[str],
-               progress: Progress | None) -> dict[tuple[ModPath, int], tuple[float, ...]]:
-        """The owners' segments' scores by (owner, offset): read from their files, or measured where a file
-        has none (or has scores against another context) and then stored in it when the cache can
-        be written (else a warning). ``states(owner)``: its cached states by segment offset (asked
-        once per owner measured); owners measured now are appended to ``measured``."""
-        out: dict[tuple[ModPath, int], tuple[float, ...]] = {}  # union members share offsets
-        missing: list[ModPath] = []
-        for owner in owners:
-            want = {s.offset: token_rank.against(layout, s, self.encoding) for s in layout.segments_of(owner)}
-            got = self._stored_ranks(self.store.module_path(keys[owner]))
-            if all(got.get(at, ("", ()))[0] == w for at, w in want.items()):
-                out.update({(owner, at): got[at][1] for at in want})
-            else:
-                missing.append(owner)
-        if not missing:
-            return out
-        other = token_rank.OTHER[self.encoding]
-        jobs = sorted(((s, lay.context_tokens(layout, s, other)) for o in missing for s in layout.segments_of(o)),
-                      key=lambda job: job[0].offset)
-        left = Counter(seg.owner for seg, _ in jobs)
-        cached: dict[ModPath, dict[int, np.ndarray]] = {}
-        for seg, blob in self._segment_states(layout, jobs, progress, " (ranking)"):
-            mine = cached.get(seg.owner) or cached.setdefault(seg.owner, states(seg.owner))
-            out[seg.owner, seg.offset] = tuple(token_rank.scores(mine[seg.offset], blob))
-            left[seg.owner] -= 1
-            if not left[seg.owner]:
-                del cached[seg.owner]
-        unwritable = None
-        for owner in missing:
-            ranks = [(token_rank.against(layout, s, self.encoding), list(out[owner, s.offset]))
-                     for s in layout.segments_of(owner)]
-            try:
-                self._store_ranks(self.store.module_path(keys[owner]), keys[owner], ranks)
-            except CacheWriteError as e:
-                unwritable = unwritable or str(e)
-        if unwritable:
-            warnings.append(f"{unwritable}; the recompute scores measured now are not stored")
-        measured += missing
-        return out
-
-    @staticmethod
-    def _stored_ranks(path: Path) -> dict[int, tuple[str, tuple[float, ...]]]:
-        """A module file's scores by segment offset (none when it has none or cannot be read)."""
-        try:
-            f = cache_file.read(path)
-        except cache_file.CacheFileError:
-            return {}
-        f.close()
-        return {r.offset: r.rank for r in f.segments if r.rank is not None}
-
-    def _store_ranks(self, path: Path, key: str, ranks: list) -> None:
-        """Rewrite a module file with scores, under its lock; a file gone or damaged meanwhile is left alone."""
-        if not path.exists():
-            return
-        with self.store.locked(key):
-            try:
-                f = cache_file.read(path)
-            except cache_file.CacheFileError:
-                return
-            try:
-                if f.header.get("key") == key and len(f.segments) == len(ranks):
-                    self.store.write_atomic(path, cache_file.with_ranks(f, ranks))
-            finally:
-                f.close()
 
     def _reused(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath) -> ModuleReport:
         size = self.store.module_path(keys[owner]).stat().st_size
@@ -529,8 +464,8 @@ class Session:
         n_refresh = min(round(refresh * sum(len(obj.tokens) for kind, obj in plan if kind == "segment")),
                         sum(len(seg.tokens) - skip for seg, skip in stale))  # exact states need no recompute
         owners = list(dict.fromkeys(seg.owner for seg, _ in stale))
-        scores = self._ranks(layout, keys, owners, blobs.__getitem__, ranked if ranked is not None else [],
-                             warnings, progress) if n_refresh else {}
+        scores = rank_cache.scores(self, layout, keys, owners, blobs.__getitem__,
+                                   ranked if ranked is not None else [], warnings, progress) if n_refresh else {}
         n_cells = layout.end + len(q) + max_tokens
         if n_refresh:  # a recompute batch holds its tokens' old and new cells at once
             n_cells = min(n_cells + min(n_refresh, token_rank.RECOMPUTE_SEQUENCES - 2), self.model.n_ctx_train)
@@ -613,11 +548,10 @@ class Session:
         if h.get("state_layout") != self.settings.state_layout():
             raise cache_file.CacheFileError("it was made with other context settings")
 
-    def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath, *,
-                      arena: bool = True) -> dict[int, np.ndarray]:
+    def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> dict[int, np.ndarray]:
         """A module file's state blobs by segment offset, checked to be exactly what this request
         needs (raw blobs are views of the memory-mapped file; decoded ones live in the session's
-        arena until the next question, or in their own memory without ``arena``)."""
+        arena until the next question)."""
         f = cache_file.read(path)
         _touch(path)
         try:
@@ -628,7 +562,7 @@ class Session:
             k, v = GGML_TYPES[self.settings.type_k], GGML_TYPES[self.settings.type_v]
             out = {}
             for i, rec in enumerate(f.segments):
-                blob = f.blob(i, self._arena.take(rec.raw_size) if arena and not rec.mapped else None)
+                blob = f.blob(i, None if rec.mapped else self._arena.take(rec.raw_size))
                 info = state_blob.parse(blob)
                 if info.n_layer != self.model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
                     raise state_blob.BlobError("its state has another shape than this model's")

@@ -139,9 +139,11 @@ class PrefixSession(Session):
 
     # -- compile ----------------------------------------------------------------------------
     def compile(self, schema: Schema, *, owners=None, force: bool = False,
-                progress: Progress | None = None) -> CompileReport:
+                progress: Progress | None = None, ranked: bool = False) -> CompileReport:
         """Prefill the default prompt and store its end state and checkpoints. States already
-        stored are reused; the prefill starts from the deepest one below the first missing."""
+        stored are reused; the prefill starts from the deepest one below the first missing.
+        (``ranked``: prefix states are exact, there is nothing to rank.)"""
+        _no_refresh(ranked)
         t0 = time.perf_counter()
         plan = self.prompt_plan(self.layout(schema), default_selection(schema))
         tokens = self.flat_tokens(plan)
@@ -278,7 +280,8 @@ class PrefixSession(Session):
 
     def ask(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text=None,
-            progress: Progress | None = None, keep_logits: bool = False) -> AskResult:
+            progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0) -> AskResult:
+        _no_refresh(refresh)
         if no_cache:
             return super().ask(schema, selection, question, max_tokens=max_tokens, sampler=sampler,
                                no_cache=True, on_text=on_text, progress=progress, keep_logits=keep_logits)
@@ -390,3 +393,8 @@ def _discard(path: Path) -> None:
         path.unlink()
     except OSError:  # a read-only cache: the damaged file stays, and is skipped again next time
         pass
+
+
+def _no_refresh(asked) -> None:
+    if asked:
+        raise ValueError("selective recompute is for stitched modules; prefix states are exact")

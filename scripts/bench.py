@@ -28,12 +28,14 @@ def main() -> None:
                     help="document workload sizes in tokens, e.g. 1024,4096")
     ap.add_argument("--rounds", type=int, help="in-process questions per workload")
     ap.add_argument("--quality-questions", type=int)
+    ap.add_argument("--refresh", type=lambda s: tuple(float(x) / 100 for x in s.split(",")),
+                    help="answer quality: the --refresh percentages measured, e.g. 5,10,20 (default 5,10)")
     ap.add_argument("--model", help="GGUF model (default: $PC_MODEL, else SmolLM2-135M-Instruct)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     try:
         cfg = suite.config_for(quick=args.quick, only=args.only, levels=args.levels, rounds=args.rounds,
-                               quality_questions=args.quality_questions)
+                               quality_questions=args.quality_questions, refresh=args.refresh)
     except ValueError as e:
         ap.error(str(e))
     t0 = time.perf_counter()

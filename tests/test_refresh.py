@@ -300,3 +300,31 @@ def test_scores_that_cannot_be_stored_still_refresh_the_answer(model_path, workl
     finally:
         sess.close()
         reference.close()
+
+
+def test_compile_ranked_recomputes_a_damaged_file_before_ranking_it(model_path, workload, tmp_path):
+    schema = workload.schema()
+    sess, clean = session(model_path, tmp_path / "c"), session(model_path, tmp_path / "clean")
+    try:
+        sess.compile(schema)
+        clean.compile(schema, ranked=True)
+        layout = sess.layout(schema)
+        owner = layout.owners()[-1]
+        path = sess.store.module_path(sess.keys(layout)[owner])
+        data = bytearray(path.read_bytes())
+        data[-100] ^= 0x40  # a flipped bit in the last frame: the checksum catches it
+        path.write_bytes(bytes(data))
+        report = sess.compile(schema, ranked=True)
+        assert [w for w in report.warnings if f"module '{owner_name(owner)}' is damaged" in w]
+        assert {m.name: m.status for m in report.modules}[owner_name(owner)] == "computed"
+        assert sorted(report.ranked) == sorted(owner_name(o) for o in layout.owners())
+        for key in sess.keys(layout).values():  # the same files as a clean ranked compile
+            a, b = cache_file.read(sess.store.module_path(key)), cache_file.read(clean.store.module_path(key))
+            try:
+                assert payload(a) == payload(b) and [r.rank for r in a.segments] == [r.rank for r in b.segments]
+            finally:
+                a.close()
+                b.close()
+    finally:
+        sess.close()
+        clean.close()
