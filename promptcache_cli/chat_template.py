@@ -69,5 +69,6 @@ def render(
 def _plain(roles: list[str]) -> Rendered:
     """No template (a base model): contents separated by blank lines, no role markers."""
     if any(r != "user" for r in roles):
-        raise TemplateError("the model has no chat template, so role tags cannot be rendered")
+        raise TemplateError("the model has no chat template (a base model?), so role tags cannot be rendered: "
+                            "use a schema without <system>, <user> or <assistant>")
     return Rendered(glue=("",) + ("\n\n",) * (len(roles) - 1) + ("\n",))
