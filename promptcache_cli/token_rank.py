@@ -23,6 +23,7 @@ from .state_blob import kv_payloads, parse
 
 OTHER = {"scaffold": "independent", "independent": "scaffold"}
 RECOMPUTE_SEQUENCES = 66  # a context for recomputing: 64 tokens per batch (Context.recompute)
+MAX_SCORE = 1e5  # what a stored score is clipped to (the reader refuses 1e6 and more)
 
 
 def against(layout: lay.Layout, segment: lay.Segment, encoding: str) -> str:
@@ -74,8 +75,10 @@ def sensitivity(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scores(cached: np.ndarray, other: np.ndarray) -> list[float]:
-    """A segment's stored scores, one per token in position order (4 significant digits)."""
+    """A segment's stored scores, one per token in position order (4 significant digits; finite
+    and below the reader's limit even for states holding inf or NaN)."""
     _, s = sensitivity(cached, other)
+    s = np.clip(np.nan_to_num(s, nan=0.0, posinf=MAX_SCORE), 0.0, MAX_SCORE)
     return [float(f"{x:.4g}") for x in s]
 
 

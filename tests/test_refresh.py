@@ -328,3 +328,15 @@ def test_compile_ranked_recomputes_a_damaged_file_before_ranking_it(model_path, 
     finally:
         sess.close()
         clean.close()
+
+
+def test_scores_of_broken_states_stay_storable(model) -> None:
+    """inf or NaN in a state (a broken model) still gives finite scores the reader accepts."""
+    a = state_of(model, model.tokenize(TEXT, special=False))
+    b = a.copy()
+    _, payloads = token_rank.kv_payloads(b)
+    first = payloads[0][1]
+    b[first : first + 8].view(np.float16)[:] = [np.inf, np.nan, -np.inf, 1.0]
+    with np.errstate(invalid="ignore", over="ignore"):
+        got = token_rank.scores(a, b)
+    assert all(np.isfinite(got)) and 0 <= min(got) and max(got) <= token_rank.MAX_SCORE
