@@ -449,8 +449,8 @@ class Session:
         )
 
     def _stitch(self, schema: Schema, layout: Layout, plan: list, q: list[int], max_tokens: int,
-                warnings: list[str], progress: Progress | None, refresh: float = 0.0,
-                ranked: list[ModPath] | None = None) -> tuple[int, int, list[ModuleReport], int]:
+                warnings: list[str], progress: Progress | None, refresh: float,
+                ranked: list[ModPath]) -> tuple[int, int, list[ModuleReport], int]:
         """Load the plan's cached segments into sequence 0 at their positions, compute the fresh
         parts in between, recompute the ``refresh`` fraction of the cached tokens with the highest
         scores, then the question. Modules missing or damaged are compiled first, and so is a
@@ -465,7 +465,7 @@ class Session:
                         sum(len(seg.tokens) - skip for seg, skip in stale))  # exact states need no recompute
         owners = list(dict.fromkeys(seg.owner for seg, _ in stale))
         scores = rank_cache.scores(self, layout, keys, owners, blobs.__getitem__,
-                                   ranked if ranked is not None else [], warnings, progress) if n_refresh else {}
+                                   ranked, warnings, progress) if n_refresh else {}
         n_cells = layout.end + len(q) + max_tokens
         if n_refresh:  # a recompute batch holds its tokens' old and new cells at once
             n_cells = min(n_cells + min(n_refresh, token_rank.RECOMPUTE_SEQUENCES - 2), self.model.n_ctx_train)

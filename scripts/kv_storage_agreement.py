@@ -58,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from promptcache_cli import pml  # noqa: E402
 from promptcache_cli.benchmarks import needles  # noqa: E402
-from promptcache_cli.benchmarks.perturb import kv_payloads, round_mantissa  # noqa: E402
+from promptcache_cli.benchmarks.perturb import round_mantissa  # noqa: E402
+from promptcache_cli.state_blob import kv_payloads  # noqa: E402
 from promptcache_cli.engine import Session  # noqa: E402
 from promptcache_cli.llama_backend import ContextSettings  # noqa: E402
 from promptcache_cli.models import resolve_model  # noqa: E402

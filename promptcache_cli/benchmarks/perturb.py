@@ -12,8 +12,6 @@ import numpy as np
 
 from ..state_blob import kv_payloads
 
-__all__ = ["kv_payloads", "round_mantissa", "rounded_blob"]
-
 
 def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
     """f16 values rounded (to nearest even) to ``bits`` of their 10 mantissa bits (relative error
