@@ -251,19 +251,17 @@ def _quality(q: dict) -> list[str]:
         out.append("The boundary repair is not available in this engine, so it was not measured.")
     for v in q["variants"]:
         if v.get("refresh_fraction"):
-            m, plain = s[v["name"]], s[v["encoding"]]
-            out += [f"- {v['name']} (`pc ask --refresh {v['refresh_fraction'] * 100:g}`, from a cache compiled with "
-                    f"`--ranked`): recomputes the {v['refresh_fraction']:.0%} of the prompt's cached tokens whose "
-                    "states differ most between the scaffold and the independent encoding, in the prompt's own "
-                    "context: "
-                    f"{m['mean_computed_tokens'] - plain['mean_computed_tokens']:.0f} more tokens per question; "
-                    f"median TTFT {_ms(m['median_ttft_ms'])} ms against {_ms(plain['median_ttft_ms'])} ms "
-                    f"({_x(m['median_ttft_ms'], plain['median_ttft_ms'])})."]
-        if v["repair_tokens"]:
-            m, plain = s[v["name"]], s[v["encoding"]]
-            out += [f"- {v['name']}: recomputes {m['mean_computed_tokens'] - plain['mean_computed_tokens']:.0f} "
-                    f"more tokens per question than {v['encoding']}; median TTFT {_ms(m['median_ttft_ms'])} ms "
-                    f"against {_ms(plain['median_ttft_ms'])} ms ({_x(m['median_ttft_ms'], plain['median_ttft_ms'])})."]
+            what = (f" (`pc ask --refresh {v['refresh_fraction'] * 100:g}`, from a cache compiled with `--ranked`: "
+                    f"the {v['refresh_fraction']:.0%} of the prompt's cached tokens whose states differ most "
+                    "between the scaffold and the independent encoding, in the prompt's own context)")
+        elif v["repair_tokens"]:
+            what = ""
+        else:
+            continue
+        m, plain = s[v["name"]], s[v["encoding"]]
+        out += [f"- {v['name']}{what}: recomputes {m['mean_computed_tokens'] - plain['mean_computed_tokens']:.0f} "
+                f"more tokens per question than {v['encoding']}; median TTFT {_ms(m['median_ttft_ms'])} ms "
+                f"against {_ms(plain['median_ttft_ms'])} ms ({_x(m['median_ttft_ms'], plain['median_ttft_ms'])})."]
     q8 = s.get("scaffold-q8_0")
     if q8 and "same_as_f16_rate" in q8:
         out.append(f"- scaffold-q8_0 (`--kv-type q8_0`, flash attention): the same {q['generated_tokens']} greedy "
