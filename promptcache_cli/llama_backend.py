@@ -10,11 +10,48 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import llama_cpp as C
 import numpy as np
+
+
+def _bindings():
+    """llama-cpp-python's ctypes bindings (``llama_cpp.llama_cpp``) and the package's version.
+
+    The package's ``__init__`` also imports the high-level ``Llama`` and its chat formats (jinja2
+    and more), which `pc` never uses: 40 to 50 ms of every cold `pc` process (measured with numpy
+    already imported). So the bindings are imported under a bare stand-in for the package, which
+    is dropped afterwards: a later ``import llama_cpp`` runs the real ``__init__``, reusing the
+    bindings already loaded. The version is read from the ``__init__`` source; where that fails,
+    or the package is imported already, the package is imported in full."""
+    import importlib
+    import importlib.util
+
+    if "llama_cpp" not in sys.modules:
+        spec = importlib.util.find_spec("llama_cpp")
+        version = None
+        if spec is not None and spec.origin and spec.submodule_search_locations is not None:
+            try:
+                with open(spec.origin, encoding="utf-8") as f:
+                    found = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M)
+                version = found and found.group(1)
+            except OSError:
+                pass
+        if version:
+            sys.modules["llama_cpp"] = importlib.util.module_from_spec(spec)
+            try:
+                return importlib.import_module("llama_cpp.llama_cpp"), version
+            finally:
+                del sys.modules["llama_cpp"]
+    import llama_cpp
+
+    return sys.modules["llama_cpp.llama_cpp"], llama_cpp.__version__
+
+
+C, _VERSION = _bindings()
 
 GGML_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0, "f32": C.GGML_TYPE_F32}
 
@@ -58,7 +95,7 @@ def _init_backend() -> None:
 
 
 def llama_cpp_version() -> str:
-    return C.__version__
+    return _VERSION
 
 
 @dataclass(frozen=True)

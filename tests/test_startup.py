@@ -1,0 +1,62 @@
+"""What a cold `pc` process loads: only llama-cpp-python's ctypes bindings, not its high-level
+package (llama_backend._bindings), and numpy.random only when sampling with a temperature.
+Each case runs in a fresh interpreter, as `pc` does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+
+import numpy as np
+import pytest
+
+from promptcache_cli.sampling import Sampler
+
+
+def _run(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def test_the_bindings_load_without_the_high_level_package():
+    got = _run(
+        "import json, sys\n"
+        "from promptcache_cli import llama_backend as b\n"
+        "print(json.dumps({'mods': sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'jinja2')),"
+        " 'version': b.llama_cpp_version()}))"
+    )
+    assert "llama_cpp.llama_cpp" in got["mods"]
+    assert not {"llama_cpp", "llama_cpp.llama", "llama_cpp.llama_chat_format", "jinja2"} & set(got["mods"])
+    assert got["version"] == version("llama_cpp_python")  # the version the cache keys carry
+
+
+def test_the_full_package_still_imports_afterwards_and_shares_the_bindings():
+    got = _run(
+        "import json\n"
+        "from promptcache_cli import llama_backend as b\n"
+        "import llama_cpp\n"
+        "from llama_cpp import Llama, LlamaDiskCache\n"
+        "print(json.dumps({'same': llama_cpp.llama_cpp is b.C and llama_cpp.llama_decode is b.C.llama_decode,"
+        " 'version': llama_cpp.__version__ == b.llama_cpp_version(), 'llama': callable(Llama)}))"
+    )
+    assert got == {"same": True, "version": True, "llama": True}
+
+
+def test_after_a_full_import_the_backend_uses_it():
+    got = _run(
+        "import json, llama_cpp\n"
+        "from promptcache_cli import llama_backend as b\n"
+        "print(json.dumps([b.C is llama_cpp.llama_cpp, b.llama_cpp_version() == llama_cpp.__version__]))"
+    )
+    assert got == [True, True]
+
+
+def test_greedy_answers_need_no_random_generator():
+    assert Sampler().rng() is None
+    assert Sampler().pick(np.array([0.1, 2.0, -1.0]), None) == 1
+    rng = Sampler(temperature=0.7, seed=5).rng()
+    assert isinstance(rng, np.random.Generator)
+    with pytest.raises(AssertionError):
+        Sampler(temperature=0.7).pick(np.zeros(3), None)
