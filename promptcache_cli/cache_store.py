@@ -49,17 +49,26 @@ def model_fingerprint(path: str) -> dict:
 
 
 def module_key(*, model: dict, llama_cpp: str, state_layout: dict,
-               segments: list[tuple[int, tuple[int, ...], tuple[int, ...]]]) -> str:
+               segments: list[tuple[int, tuple[int, ...], tuple[tuple[int, ...], ...]]]) -> str:
     """Hash of everything a module's cached bytes depend on. ``segments`` holds, per segment,
-    (offset, tokens, context tokens)."""
+    (offset, tokens, the context tokens of each context it is computed after: one, or several
+    for the ``average`` encoding)."""
     h = hashlib.sha256()
     meta = {"format": FORMAT_TAG, "model": {k: model[k] for k in ("size", "sha256_ends")},
             "llama_cpp": llama_cpp, "state_layout": state_layout}
     h.update(json.dumps(meta, sort_keys=True).encode())
-    for offset, tokens, context in segments:
-        h.update(np.array([offset, len(tokens), len(context)], dtype="<i8").tobytes())
-        h.update(np.asarray(tokens, dtype="<i4").tobytes())
-        h.update(np.asarray(context, dtype="<i4").tobytes())
+    for offset, tokens, contexts in segments:
+        if len(contexts) == 1:  # (offset, length, context length), tokens, context
+            h.update(np.array([offset, len(tokens), len(contexts[0])], dtype="<i8").tobytes())
+            h.update(np.asarray(tokens, dtype="<i4").tobytes())
+        else:  # (offset, length, -number of contexts), tokens, then each context's length and tokens
+            h.update(np.array([offset, len(tokens), -len(contexts)], dtype="<i8").tobytes())
+            h.update(np.asarray(tokens, dtype="<i4").tobytes())
+            for context in contexts[:-1]:
+                h.update(np.array([len(context)], dtype="<i8").tobytes())
+                h.update(np.asarray(context, dtype="<i4").tobytes())
+            h.update(np.array([len(contexts[-1])], dtype="<i8").tobytes())
+        h.update(np.asarray(contexts[-1], dtype="<i4").tobytes())
     return h.hexdigest()[:40]
 
 

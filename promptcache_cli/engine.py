@@ -106,6 +106,8 @@ class Session:
         each stitched module whose cached context differs from the prompt's (repair.py); 0: none."""
         if encoding not in lay.ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
+        if encoding == "average" and not settings.type_k == settings.type_v == "f16":
+            raise ValueError("the average encoding averages f16 KV states only")
         self.model = model if model is not None else Model(str(model_path))
         if stitch and self.model.kind in ("recurrent", "hybrid", "swa"):
             from .llama_backend import UnsupportedModel
@@ -124,6 +126,7 @@ class Session:
         self.repair_tokens = repair_tokens
         self._ctx: Context | None = None
         self._layouts: dict[int, tuple[Schema, Layout]] = {}
+        self._keys: dict[int, tuple[Layout, dict[ModPath, str]]] = {}
         self._arena = Arena()  # decoded blobs of compressed module files, reused question to question
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -186,10 +189,18 @@ class Session:
         return ", ".join(diffs) if diffs else None
 
     def keys(self, layout: Layout) -> dict[ModPath, str]:
+        """Every owner's cache key (computed once per layout: with the average encoding, finding a
+        segment's contexts walks its union choices)."""
+        hit = self._keys.get(id(layout))
+        if hit is None or hit[0] is not layout:
+            hit = self._keys[id(layout)] = (layout, self._compute_keys(layout))
+        return hit[1]
+
+    def _compute_keys(self, layout: Layout) -> dict[ModPath, str]:
         out = {}
         for owner in layout.owners():
             segs = [
-                (s.offset, s.tokens, lay.context_tokens(layout, s, self.encoding))
+                (s.offset, s.tokens, lay.contexts(layout, s, self.encoding))
                 for s in layout.segments_of(owner)
             ]
             out[owner] = module_key(
@@ -269,7 +280,7 @@ class Session:
             }
             todo = [o for o in owners if o not in reports]
             jobs = sorted(
-                ((seg, lay.context_tokens(layout, seg, self.encoding)) for o in todo for seg in layout.segments_of(o)),
+                ((seg, lay.contexts(layout, seg, self.encoding)) for o in todo for seg in layout.segments_of(o)),
                 key=lambda job: job[0].offset,
             )
             if jobs:
@@ -295,22 +306,58 @@ class Session:
     def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list, progress: Progress | None,
                       unstored: Unstored | None = None):
         left = Counter(seg.owner for seg, _ in jobs)
-        blobs: dict[ModPath, list[np.ndarray]] = {o: [] for o in left}
+        blobs: dict[ModPath, dict[int, np.ndarray]] = {o: {} for o in left}
         seconds: Counter = Counter()
         reports = {}
         t = time.perf_counter()
-        for seg, blob in self.segment_states(layout, jobs, progress):
-            blobs[seg.owner].append(blob)
+        for seg, blob in self.module_states(layout, jobs, progress):
+            blobs[seg.owner][seg.offset] = blob
             left[seg.owner] -= 1
             nbytes = 0
             if left[seg.owner] == 0:  # the owner's last segment: write its file now
-                nbytes = self._store(layout, keys, seg.owner, blobs.pop(seg.owner), unstored)
+                done = blobs.pop(seg.owner)
+                nbytes = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored)
             seconds[seg.owner] += time.perf_counter() - t
             t = time.perf_counter()
             if left[seg.owner] == 0:
                 reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed",
                                                   layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
         return reports
+
+    def module_states(self, layout: Layout, jobs: list[tuple[lay.Segment, tuple[tuple[int, ...], ...]]],
+                      progress: Progress | None) -> Iterator[tuple[lay.Segment, np.ndarray]]:
+        """Each job's segment state (jobs in position order, each with its contexts, as
+        ``lay.contexts`` gives them): computed after its one context, or the mean of the states
+        computed after each of its contexts (the ``average`` encoding: every K and V value summed
+        in float32, divided, rounded to f16). Segments with one context come in position order.
+        With several, the token sequences (context, then segment) are computed in sorted order: a
+        walk of their prefix tree, so a text shared by many sequences is decoded about once; the
+        sums of every segment not yet complete are held meanwhile (in float32: twice their states)."""
+        flat = [(seg, c) for seg, cs in jobs for c in cs]
+        if len(flat) > len(jobs):
+            flat.sort(key=lambda job: job[1] + job[0].tokens)
+        count = {(seg.owner, seg.offset): len(cs) for seg, cs in jobs}
+        left = dict(count)
+        sums: dict[tuple[ModPath, int], tuple[np.ndarray, list[np.ndarray]]] = {}
+        for seg, blob in self.segment_states(layout, flat, progress):
+            key = (seg.owner, seg.offset)
+            left[key] -= 1
+            if key not in sums and not left[key]:  # one context
+                yield seg, blob
+                continue
+            n_cells, payloads = state_blob.kv_payloads(blob)
+            views = [blob[at : at + 2 * n_embd * n_cells].view(np.float16) for _, at, n_embd, _ in payloads]
+            if key not in sums:
+                sums[key] = (blob, [v.astype(np.float32) for v in views])
+            else:
+                for total, v in zip(sums[key][1], views, strict=True):
+                    total += v
+            if not left[key]:
+                first, totals = sums.pop(key)
+                for (_, at, n_embd, _), total in zip(payloads, totals, strict=True):
+                    mean = total / np.float32(count[key])
+                    first[at : at + 2 * n_embd * n_cells] = mean.astype(np.float16).view(np.uint8)
+                yield seg, first
 
     def segment_states(self, layout: Layout, jobs: list[tuple[lay.Segment, tuple[int, ...]]],
                         progress: Progress | None, label: str = "") -> Iterator[tuple[lay.Segment, np.ndarray]]:

@@ -9,6 +9,9 @@ union's offset; the union takes as many positions as its longest member.
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
@@ -18,7 +21,9 @@ from .pml import Module, Parameter, Role, Schema, Text, Union
 Path = tuple[str, ...]
 ROOT: Path = ()
 QUESTION_SEPARATOR = "\n\n"
-ENCODINGS = ("scaffold", "independent")  # the first is the default (measured: scripts/bench.py)
+ENCODINGS = ("scaffold", "independent", "average")  # the first is the default (measured: scripts/bench.py)
+AVERAGED_CONTEXTS = 8  # the most contexts an ``average`` state is the mean over
+_ENUMERATE = 4096  # union choices up to this many are enumerated; beyond, sampled
 
 
 class Tokenizer(Protocol):
@@ -258,13 +263,83 @@ def scaffold_selection(layout: Layout, owner: Path) -> set[Path]:
     member on that chain (the reference implementation's context for a module)."""
     chosen = set(layout.default_modules)
     for anc in _ancestors(owner)[1:]:
-        info = layout.modules[anc]
-        if info.union is not None and anc not in chosen:
-            rivals = {p for p, i in layout.modules.items() if i.union == info.union and p != anc}
-            chosen = {p for p in chosen if not any(p[: len(r)] == r for r in rivals)}
-            chosen |= {p for p in layout.default_modules if p[: len(anc)] == anc} | {anc}
+        if layout.modules[anc].union is not None and anc not in chosen:
+            chosen = _choose(layout, chosen, anc)
     chosen.update(_ancestors(owner)[1:])
     return chosen
+
+
+def _choose(layout: Layout, chosen: set[Path], member: Path) -> set[Path]:
+    """``chosen`` with ``member``'s union switched to it: its rivals (and everything inside them)
+    out, the member and its default contents in."""
+    union = layout.modules[member].union
+    rivals = [p for p, i in layout.modules.items() if i.union == union and p != member]
+    out = {p for p in chosen if not any(p[: len(r)] == r for r in rivals)}
+    return out | {p for p in layout.default_modules if p[: len(member)] == member} | {member}
+
+
+def _text(layout: Layout, owner: Path) -> tuple[tuple[int, ...], ...]:
+    """A module's own text: its segments' tokens (enclosed modules not included)."""
+    return tuple(s.tokens for s in layout.segments if s.owner == owner)
+
+
+def _tokens_before(layout: Layout, visible: set[Path], offset: int) -> tuple[int, ...]:
+    """The text of the ``visible`` owners before ``offset``, parameters as their scaffold text."""
+    items: list[tuple[int, tuple[int, ...]]] = [
+        (s.offset, s.tokens) for s in layout.segments if s.owner in visible and s.offset < offset
+    ]
+    items += [(s.offset, s.scaffold) for s in layout.slots if s.owner in visible and s.offset < offset]
+    items.sort(key=lambda it: it[0])
+    return tuple(t for _, toks in items for t in toks)
+
+
+def contexts(layout: Layout, segment: Segment, encoding: str) -> tuple[tuple[int, ...], ...]:
+    """The contexts a segment's states are computed after (see :func:`context_tokens`): one,
+    except with ``average``, whose states are the mean of the states computed after each of
+    several prompts the schema allows before the segment. Those are the scaffold context with the
+    unions before the segment (other than the ones holding it) switched to each of their members,
+    except choices that repeat a text: a member whose text equals the segment's module's or another
+    chosen member's (a union per slot, each holding the same documents, is how a schema lets
+    questions order documents, and no question puts a document twice). The scaffold context comes
+    first unless it repeats a text; then all the others or, beyond ``AVERAGED_CONTEXTS`` in all, a
+    fixed sample (the scaffold context alone when every choice repeats a text).
+    Members of one union at one offset get the same contexts (computed once for all of them),
+    unless their texts differ in what they exclude."""
+    if encoding != "average":
+        return (context_tokens(layout, segment, encoding),)
+    base = scaffold_selection(layout, segment.owner)
+    chain = set(_ancestors(segment.owner))
+    members: dict[int, list[Path]] = {}
+    for path, info in layout.modules.items():  # document order: outer unions before inner ones
+        if info.union is not None and info.offset < segment.offset:
+            members.setdefault(info.union, []).append(path)
+    unions = [ms for ms in members.values() if not chain & set(ms)]
+    first = _tokens_before(layout, base | {ROOT}, segment.offset)
+    rng = random.Random(f"{layout.schema_name}:{segment.offset}")
+    if math.prod(len(ms) for ms in unions) <= _ENUMERATE:
+        choices: Iterable[tuple[Path, ...]] = itertools.product(*unions)
+    else:
+        choices = (tuple(rng.choice(ms) for ms in unions) for _ in range(64 * AVERAGED_CONTEXTS))
+    texts = {p: _text(layout, p) for ms in unions for p in ms}
+    own = [_text(layout, segment.owner)] if segment.owner != ROOT else []
+
+    def repeats(chosen: set[Path]) -> bool:
+        picked = own + [texts[p] for ms in unions for p in ms if p in chosen]
+        return len(set(picked)) != len(picked)
+
+    found: set[tuple[int, ...]] = set()
+    for choice in choices:
+        chosen = set(base)
+        for member in choice:  # a union inside a module left out does not count
+            if member[:-1] == ROOT or member[:-1] in chosen:
+                chosen = _choose(layout, chosen, member)
+        if not repeats(chosen):
+            found.add(_tokens_before(layout, chosen | {ROOT}, segment.offset))
+    head = [] if repeats(base) and found else [first]  # every choice repeating a text: the scaffold context alone
+    others = sorted(found - {first})
+    if len(head) + len(others) > AVERAGED_CONTEXTS:
+        others = sorted(rng.sample(others, AVERAGED_CONTEXTS - len(head)))
+    return (*head, *others)
 
 
 def context_tokens(layout: Layout, segment: Segment, encoding: str) -> tuple[int, ...]:
@@ -282,13 +357,8 @@ def context_tokens(layout: Layout, segment: Segment, encoding: str) -> tuple[int
     elif encoding == "scaffold":
         visible = scaffold_selection(layout, segment.owner) | {ROOT}
     else:
-        raise ValueError(f"unknown encoding {encoding!r}")
-    items: list[tuple[int, tuple[int, ...]]] = [
-        (s.offset, s.tokens) for s in layout.segments if s.owner in visible and s.offset < segment.offset
-    ]
-    items += [(s.offset, s.scaffold) for s in layout.slots if s.owner in visible and s.offset < segment.offset]
-    items.sort(key=lambda it: it[0])
-    return tuple(t for _, toks in items for t in toks)
+        raise ValueError(f"encoding {encoding!r} has no single context")
+    return _tokens_before(layout, visible, segment.offset)
 
 
 def preceding(prompt: list[tuple[str, object]]) -> Iterator[tuple[Segment, list[int], int]]:

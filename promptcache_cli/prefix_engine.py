@@ -77,7 +77,7 @@ class PrefixSession(Session):
     def prompt_key(self, tokens: list[int]) -> str:
         layout = dict(self.settings.state_layout(), mode="prefix", kind=self.model.kind)
         return module_key(model=self.fingerprint, llama_cpp=llama_cpp_version(), state_layout=layout,
-                          segments=[(0, tuple(tokens), ())])
+                          segments=[(0, tuple(tokens), ((),))])
 
     def state_dir(self, key: str) -> Path:
         return self.store.root / "prefix" / key[:2] / key

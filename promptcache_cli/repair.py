@@ -22,7 +22,7 @@ def plan(layout: Layout, prompt: list[tuple[str, object]], encoding: str, n: int
     ``Session.prompt_plan`` returns it (("segment", Segment) or ("fresh", tokens), in position order)."""
     out: dict[int, int] = {}
     for seg, before, end in lay.preceding(prompt):
-        if n > 0 and before and seg.offset == end and list(lay.context_tokens(layout, seg, encoding)) != before:
+        if n > 0 and before and seg.offset == end and lay.contexts(layout, seg, encoding) != (tuple(before),):
             out[seg.offset] = min(n, len(seg.tokens))
     return out
 

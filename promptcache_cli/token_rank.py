@@ -21,7 +21,7 @@ import xxhash
 from . import layout as lay
 from .state_blob import kv_payloads, parse
 
-OTHER = {"scaffold": "independent", "independent": "scaffold"}
+OTHER = {"scaffold": "independent", "independent": "scaffold", "average": "independent"}
 RECOMPUTE_SEQUENCES = 66  # a context for recomputing: 64 tokens per batch (Context.recompute)
 MAX_SCORE = 1e5  # what a stored score is clipped to (the reader refuses 1e6 and more)
 
@@ -42,7 +42,7 @@ def stale(layout: lay.Layout, prompt: list[tuple[str, object]], encoding: str) -
     for seg, before, end in lay.preceding(prompt):
         if seg.offset != end:
             out.append((seg, 1))
-        elif list(lay.context_tokens(layout, seg, encoding)) != before:
+        elif lay.contexts(layout, seg, encoding) != (tuple(before),):
             out.append((seg, 0))
     return out
 

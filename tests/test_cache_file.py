@@ -77,7 +77,7 @@ def load_all(path) -> list[np.ndarray]:
 
 def test_module_key_is_pinned():
     key = module_key(model=PIN_MODEL, llama_cpp="0.3.36", state_layout=PIN_LAYOUT,
-                     segments=[(10, (1, 2, 3), (7, 8))])
+                     segments=[(10, (1, 2, 3), ((7, 8),))])
     assert key == PIN_KEY
     # the spec's recipe, spelled out
     meta = {"format": "pcache-1", "model": {"sha256_ends": "ab" * 16, "size": 1000}, "llama_cpp": "0.3.36",

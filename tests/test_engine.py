@@ -90,7 +90,7 @@ def _reference_logits(sess: Session, schema, selection, question: str, encoding:
     ctx = sess.context(2 * layout.end + len(q) + 8)  # room for a context beside the stitched cells
     for kind, obj in plan:
         if kind == "segment":
-            context = lay.context_tokens(layout, obj, encoding)
+            (context,) = lay.contexts(layout, obj, encoding)  # one: this schema has no unions
             start = obj.offset - len(context)
             ctx.decode(list(context) + list(obj.tokens), start=start, seq=1)
             ctx.seq_rm(1, start, obj.offset)

@@ -2,8 +2,9 @@
 
 Per question and cache variant: greedy exact match of the first ``n_tokens`` tokens, top-1
 agreement and KL divergence KL(no-cache || cached) of the first token's distribution, and whether
-the answer contains the planted fact. Variants: both module encodings (``independent``: after the
-shared prefix; ``scaffold``: after the default prompt before the module), and each with the
+the answer contains the planted fact. Variants: every module encoding (``independent``: after the
+shared prefix; ``scaffold``: after the default prompt before the module; ``average``: the mean
+over several prompts before it), the first two with the
 boundary repair (``repair.py``) when the engine offers it, the default encoding with selective
 recompute (``scaffold+refreshN``: `pc ask --refresh N`, token_rank.py; N% of the cached tokens
 recomputed, from a cache compiled with `--ranked`), and the
@@ -61,10 +62,13 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+REPAIRED = ("scaffold", "independent")  # the encodings measured with the boundary repair too
+
+
 def variants(repair_tokens: tuple[int, ...]) -> list[tuple[str, str, int]]:
     """(name, encoding, repaired tokens per module boundary)."""
     out = [(enc, enc, 0) for enc in lay.ENCODINGS]
-    out += [(f"{enc}+repair{r}", enc, r) for r in repair_tokens for enc in lay.ENCODINGS]
+    out += [(f"{enc}+repair{r}", enc, r) for r in repair_tokens for enc in REPAIRED]
     return out
 
 
@@ -94,11 +98,13 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
         sessions[Q8] = Session(model_path, cache_dir=root / Q8, encoding="scaffold", settings=Q8_SETTINGS)
         chosen.append((Q8, "scaffold", 0))
     rows = []
+    compile_seconds = {}
     try:
         for enc in [*lay.ENCODINGS, *([Q8] if q8 else [])]:  # variants of one encoding share its files
             t = time.perf_counter()
             sessions[enc].compile(schema, ranked=bool(refresh) and enc == "scaffold")
-            progress(f"quality: compiled the {enc} cache in {time.perf_counter() - t:.0f} s")
+            compile_seconds[enc] = time.perf_counter() - t
+            progress(f"quality: compiled the {enc} cache in {compile_seconds[enc]:.0f} s")
         layout = base.layout(schema)
         for i, q in enumerate(wl.questions):
             sel = wl.selection(q)
@@ -139,7 +145,7 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
             "variants": [{"name": n, "encoding": e, "repair_tokens": r, "kv_type": "q8_0" if n == Q8 else "f16",
                           "refresh_fraction": refreshers.get(n, 0)}
                          for n, e, r in chosen],
-            "repair_available": repair_supported(),
+            "repair_available": repair_supported(), "compile_seconds": compile_seconds,
             "controls": list(CONTROLS), "control_bits": CONTROL_BITS,
             "summary": summarize(rows, [n for n, _, _ in chosen] + list(CONTROLS)), "rows": rows}
 

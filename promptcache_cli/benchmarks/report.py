@@ -64,11 +64,11 @@ def targets(res: dict) -> list[dict]:
     q = quality.get("summary") or {}
     base = q.get("nocache", {}).get("needle_accuracy")
     variants = {v["name"]: v for v in quality.get("variants", [])}
-    names = ["scaffold"] + [n for n in variants if n.startswith("scaffold+")]
+    names = ["scaffold"] + [n for n in variants if n.startswith("scaffold+")] + [n for n in variants if n == "average"]
     n_tokens = quality.get("generated_tokens", 32)
-    for name in names:  # the default encoding, then with each repair
+    for name in names:  # the default encoding, then with each repair, then the average encoding
         m = q.get(name)
-        how = "default encoding" + _repair_name(variants.get(name, {}))
+        how = "--encoding average" if name == "average" else "default encoding" + _repair_name(variants.get(name, {}))
         control = q.get("exact-m9") or {}
         out.append(_target(f"first-{n_tokens}-token agreement with --no-cache on at least 90% of questions ({how})",
                            m["exact_match_rate"] if m else None, lambda v: v >= 0.9, "{:.0%}",
@@ -262,6 +262,11 @@ def _quality(q: dict) -> list[str]:
         out += [f"- {v['name']}{what}: recomputes {m['mean_computed_tokens'] - plain['mean_computed_tokens']:.0f} "
                 f"more tokens per question than {v['encoding']}; median TTFT {_ms(m['median_ttft_ms'])} ms "
                 f"against {_ms(plain['median_ttft_ms'])} ms ({_x(m['median_ttft_ms'], plain['median_ttft_ms'])})."]
+    seconds = q.get("compile_seconds") or {}
+    if seconds.get("average") and seconds.get("scaffold"):
+        out.append(f"- average (`--encoding average`): each module's states are the mean over up to 8 prompts "
+                   f"before it; the same time to first token as scaffold, compiling took {seconds['average']:.0f} s "
+                   f"against {seconds['scaffold']:.0f} s ({_x(seconds['average'], seconds['scaffold'])}).")
     q8 = s.get("scaffold-q8_0")
     if q8 and "same_as_f16_rate" in q8:
         out.append(f"- scaffold-q8_0 (`--kv-type q8_0`, flash attention): the same {q['generated_tokens']} greedy "
