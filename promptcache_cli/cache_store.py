@@ -58,17 +58,15 @@ def module_key(*, model: dict, llama_cpp: str, state_layout: dict,
             "llama_cpp": llama_cpp, "state_layout": state_layout}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for offset, tokens, contexts in segments:
-        if len(contexts) == 1:  # (offset, length, context length), tokens, context
-            h.update(np.array([offset, len(tokens), len(contexts[0])], dtype="<i8").tobytes())
-            h.update(np.asarray(tokens, dtype="<i4").tobytes())
-        else:  # (offset, length, -number of contexts), tokens, then each context's length and tokens
-            h.update(np.array([offset, len(tokens), -len(contexts)], dtype="<i8").tobytes())
-            h.update(np.asarray(tokens, dtype="<i4").tobytes())
-            for context in contexts[:-1]:
+        # one context: (offset, length, context length), tokens, context; several: (offset, length,
+        # -number of contexts), tokens, then each context's length and tokens
+        third = len(contexts[0]) if len(contexts) == 1 else -len(contexts)
+        h.update(np.array([offset, len(tokens), third], dtype="<i8").tobytes())
+        h.update(np.asarray(tokens, dtype="<i4").tobytes())
+        for context in contexts:
+            if len(contexts) > 1:
                 h.update(np.array([len(context)], dtype="<i8").tobytes())
-                h.update(np.asarray(context, dtype="<i4").tobytes())
-            h.update(np.array([len(contexts[-1])], dtype="<i8").tobytes())
-        h.update(np.asarray(contexts[-1], dtype="<i4").tobytes())
+            h.update(np.asarray(context, dtype="<i4").tobytes())
     return h.hexdigest()[:40]
 
 
