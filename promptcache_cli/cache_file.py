@@ -29,7 +29,7 @@ import os
 import struct
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait as wait_all
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,16 +159,21 @@ class CacheFile:
         return self.header["codec"]
 
     def blob(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Segment ``i``'s state blob, every frame's checksum verified. A single raw plane is a
-        zero-copy view of the memory-mapped file; otherwise frames decode in parallel into
-        ``out`` (uint8, exactly the blob's size) or a new buffer (a ``lo`` and a ``hi`` frame over
-        the same bytes are decoded and interleaved together, in one pass over cache-warm memory)."""
-        rec = self.segments[i]
+        """Segment ``i``'s state blob, every frame's checksum verified: :meth:`start_blob`, waited for."""
+        return self.start_blob(i, out).result()
+
+    def start_blob(self, i: int, out: np.ndarray | None = None) -> Pending:
+        """Start reading segment ``i``'s state blob on all cores; :meth:`Pending.result` waits for
+        it. A single raw plane is a zero-copy view of the memory-mapped file (its checksums are
+        what is waited for); otherwise frames decode in parallel into ``out`` (uint8, exactly the
+        blob's size) or a new buffer (a ``lo`` and a ``hi`` frame over the same bytes are decoded
+        and interleaved together, in one pass over cache-warm memory). Closing the file meanwhile
+        is safe: the map lives on while a read holds a view of it."""
+        rec, buf = self.segments[i], self._buf
         if rec.mapped:
             start = rec.frames[0].at
-            view = self._buf[start : start + rec.raw_size]
-            _map_frames(lambda f: _verify(f, self._buf[f.at : f.at + f.size]), rec.frames)
-            return view
+            view = buf[start : start + rec.raw_size]
+            return Pending(view, _start(lambda f: _verify(f, buf[f.at : f.at + f.size]), rec.frames))
         if out is None:
             out = np.empty(rec.raw_size, dtype=np.uint8)
         elif out.dtype != np.uint8 or out.shape != (rec.raw_size,):
@@ -176,10 +181,8 @@ class CacheFile:
         pairs = _plane_pairs(rec.frames) if sys.byteorder == "little" else None
         if pairs is not None:
             words = out.view(np.uint16)
-            _map_frames(lambda pair: _decode_pair_into(words, *pair, self._buf), pairs)
-        else:
-            _map_frames(lambda f: _decode_into(out, f, self._buf[f.at : f.at + f.size]), rec.frames)
-        return out
+            return Pending(out, _start(lambda pair: _decode_pair_into(words, *pair, buf), pairs))
+        return Pending(out, _start(lambda f: _decode_into(out, f, buf[f.at : f.at + f.size]), rec.frames))
 
     def close(self) -> None:
         self._buf = np.empty(0, np.uint8)
@@ -331,20 +334,42 @@ def _list(value: Any) -> list:
 _pool: ThreadPoolExecutor | None = None
 
 
-def _map_frames(fn, frames) -> None:
-    """Run ``fn`` on every frame on all cores. Every frame's work has finished when this
-    returns or raises (the first error), so no thread still reads the map afterwards."""
+class Pending:
+    """A blob whose frames are being read on the frame pool."""
+
+    def __init__(self, blob: np.ndarray, futures: list[Future]) -> None:
+        self._blob, self._futures = blob, futures
+
+    def wait(self) -> None:
+        """Return once no thread works on this blob any more (its errors are kept for :meth:`result`)."""
+        wait_all(self._futures)
+
+    def result(self) -> np.ndarray:
+        """The blob, once every frame's work has finished; raises the first frame's error (again on
+        every call). When this returns or raises, no thread still reads the file for it."""
+        self.wait()
+        for fut in self._futures:
+            if fut.exception() is not None:
+                raise fut.exception()
+        return self._blob
+
+
+def _start(fn, items) -> list[Future]:
+    """Run ``fn`` on every item on all cores (here and now when there is one item or one core)."""
     global _pool
-    if len(frames) <= 1 or (os.cpu_count() or 1) == 1:
-        for f in frames:
-            fn(f)
-        return
+    if len(items) <= 1 or (os.cpu_count() or 1) == 1:
+        done = []
+        for item in items:
+            fut: Future = Future()
+            try:
+                fut.set_result(fn(item))
+            except Exception as e:
+                fut.set_exception(e)
+            done.append(fut)
+        return done
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="pc-frames")
-    futures = [_pool.submit(fn, f) for f in frames]
-    wait(futures)
-    for fut in futures:
-        fut.result()
+    return [_pool.submit(fn, item) for item in items]
 
 
 def _verify(frame: Frame, raw) -> None:

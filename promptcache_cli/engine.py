@@ -128,14 +128,24 @@ class Session:
         self._layouts: dict[int, tuple[Schema, Layout]] = {}
         self._keys: dict[int, tuple[Layout, dict[ModPath, str]]] = {}
         self._arena = Arena()  # decoded blobs of compressed module files, reused question to question
+        self._reads: list[cache_file.Pending] = []  # reads started since the arena was last reset
 
     # -- plumbing -----------------------------------------------------------------------------
     def close(self) -> None:
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
+        self._reset_arena()
         self._arena.close()
         self.model.close()
+
+    def _reset_arena(self) -> None:
+        """The previous question's blobs are dead: once no read still writes into the arena (a
+        question that failed midway may leave some running), its memory is reused."""
+        for pending in self._reads:
+            pending.wait()
+        self._reads.clear()
+        self._arena.reset()
 
     def context(self, n_cells: int, *, n_seq: int = Context.N_SEQ) -> Context:
         """A context with at least ``n_cells`` cells and ``n_seq`` sequences (reused while big
@@ -241,8 +251,8 @@ class Session:
         warnings: list[str] = []
         if ranked:  # every file is read whole: a damaged one is recomputed first (with a warning)
             self._check_rankable()
-            self._arena.reset()
-            blobs, recomputed, _ = self._gather(schema, layout, keys, list(todo), warnings, progress)
+            self._reset_arena()
+            blobs, recomputed, _ = self._gather(schema, layout, keys, list(todo), warnings, progress, wait=True)
             redone = {r.name: r for r in recomputed}
             reports = [redone.get(r.name, r) for r in reports]
             rank_cache.scores(self, layout, keys, list(todo), blobs.__getitem__, measured, warnings, progress)
@@ -504,9 +514,9 @@ class Session:
         module whose cached state llama.cpp refuses (once: a fresh state refused is its failure).
         Returns (cached, computed, compiled modules, recomputed cached tokens)."""
         keys = self.keys(layout)
-        self._arena.reset()  # the previous question's blobs are dead
+        self._reset_arena()
         needed = list(dict.fromkeys(obj.owner for kind, obj in plan if kind == "segment"))
-        blobs, compiled, fresh = self._gather(schema, layout, keys, needed, warnings, progress)
+        blobs, compiled, fresh = self._gather(schema, layout, keys, needed, warnings, progress, wait=bool(refresh))
         stale = token_rank.stale(layout, plan, self.encoding) if refresh else []
         n_refresh = min(round(refresh * sum(len(obj.tokens) for kind, obj in plan if kind == "segment")),
                         sum(len(seg.tokens) - skip for seg, skip in stale))  # exact states need no recompute
@@ -522,11 +532,11 @@ class Session:
             try:
                 cached, computed = _fill(ctx, plan, blobs, fix)
                 break
-            except ModuleStateRefused as e:
+            except (ModuleStateRefused, ModuleDamaged) as e:
                 if e.owner in fresh:
-                    raise
-                warnings.append(f"llama.cpp refused the cached state of module '{owner_name(e.owner)}'; "
-                                "recomputing it")
+                    raise e.error if isinstance(e, ModuleDamaged) else e from None
+                warnings.append(_damaged(e.owner, e.error) if isinstance(e, ModuleDamaged) else
+                                f"llama.cpp refused the cached state of module '{owner_name(e.owner)}'; recomputing it")
                 more, recompiled, now = self._gather(schema, layout, keys, [e.owner], warnings, progress, redo=True)
                 blobs.update(more)
                 compiled += recompiled
@@ -544,12 +554,14 @@ class Session:
         return cached - refreshed, computed + refreshed + len(q), compiled, refreshed
 
     def _gather(self, schema: Schema, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath],
-                warnings: list[str], progress: Progress | None, *, redo: bool = False,
-                ) -> tuple[dict[ModPath, dict[int, np.ndarray]], list[ModuleReport], set[ModPath]]:
-        """The owners' checked state blobs by segment offset, the modules compiled for them and
-        which owners' blobs were computed now. Missing or damaged files (every one, with ``redo``)
-        are computed first and stored when the cache can be written."""
-        blobs: dict[ModPath, dict[int, np.ndarray]] = {}
+                warnings: list[str], progress: Progress | None, *, redo: bool = False, wait: bool = False,
+                ) -> tuple[dict[ModPath, dict[int, Blob]], list[ModuleReport], set[ModPath]]:
+        """The owners' state blobs by segment offset, the modules compiled for them and which
+        owners' blobs were computed now. Missing files and files found damaged (every one, with
+        ``redo``) are computed first and stored when the cache can be written. Stored blobs are
+        still being read and checked when this returns (a :class:`StateRead`), unless ``wait``
+        (then every blob is an array)."""
+        blobs: dict[ModPath, dict[int, Blob]] = {}
         to_compile, damaged = [], []
         for owner in owners:
             path = self.store.module_path(keys[owner])
@@ -558,9 +570,10 @@ class Session:
                 damaged += [owner] if redo else []
                 continue
             try:
-                blobs[owner] = self._load_checked(path, keys[owner], layout, owner)
+                reads = self._load_checked(path, keys[owner], layout, owner)
+                blobs[owner] = {at: read.get() for at, read in reads.items()} if wait else reads
             except (cache_file.CacheFileError, state_blob.BlobError) as e:
-                warnings.append(f"cache file for module '{owner_name(owner)}' is damaged ({e}); recomputing it")
+                warnings.append(_damaged(owner, e))
                 to_compile.append(owner)
                 damaged.append(owner)
         if not to_compile:
@@ -581,8 +594,9 @@ class Session:
         if unstored.reason is not None:  # one warning, however many writes failed
             warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
         blobs.update(unstored.blobs)
-        for owner in stored:
-            blobs[owner] = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
+        for owner in stored:  # a fresh file found damaged is an error (EXIT_CACHE), not recomputed again
+            reads = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
+            blobs[owner] = {at: read.get() for at, read in reads.items()} if wait else reads
         return blobs, compiled, set(to_compile)
 
     def _check_header(self, h: dict, key: str) -> None:
@@ -595,10 +609,12 @@ class Session:
         if h.get("state_layout") != self.settings.state_layout():
             raise cache_file.CacheFileError("it was made with other context settings")
 
-    def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> dict[int, np.ndarray]:
-        """A module file's state blobs by segment offset, checked to be exactly what this request
-        needs (raw blobs are views of the memory-mapped file; decoded ones live in the session's
-        arena until the next question)."""
+    def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> dict[int, StateRead]:
+        """A module file's state blobs by segment offset, being read on all cores: its header is
+        checked now, each blob (checksums, then what llama.cpp will see: shape, V layout, positions)
+        when it is first asked for, so reading overlaps loading the blobs before it. Raw blobs are
+        views of the memory-mapped file; decoded ones live in the session's arena until the next
+        question."""
         f = cache_file.read(path)
         _touch(path)
         try:
@@ -606,21 +622,25 @@ class Session:
             expected = [(s.offset, s.tokens) for s in layout.segments_of(owner)]
             if [(r.offset, r.tokens) for r in f.segments] != expected:
                 raise cache_file.CacheFileError("its tokens differ from the schema's")
-            k, v = GGML_TYPES[self.settings.type_k], GGML_TYPES[self.settings.type_v]
             out = {}
             for i, rec in enumerate(f.segments):
-                blob = f.blob(i, None if rec.mapped else self._arena.take(rec.raw_size))
-                info = state_blob.parse(blob)
-                if info.n_layer != self.model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
-                    raise state_blob.BlobError("its state has another shape than this model's")
-                if info.v_trans == self.settings.flash_attn:
-                    raise state_blob.BlobError("its V layout does not match the flash-attention setting")
-                if not np.array_equal(np.sort(info.positions), np.arange(rec.offset, rec.offset + len(rec.tokens))):
-                    raise state_blob.BlobError("its cell positions differ from the schema's")
-                out[rec.offset] = blob
+                pending = f.start_blob(i, None if rec.mapped else self._arena.take(rec.raw_size))
+                self._reads.append(pending)
+                out[rec.offset] = StateRead(pending, lambda blob, rec=rec: self._check_blob(blob, rec))
             return out
         finally:
-            f.close()  # a memory map stays alive while a view of it does
+            f.close()  # a memory map stays alive while a view of it does (a read in progress holds one)
+
+    def _check_blob(self, blob: np.ndarray, rec: cache_file.SegmentRecord) -> None:
+        """Raises BlobError unless ``blob`` is a state llama.cpp can take for this segment."""
+        info = state_blob.parse(blob)
+        k, v = GGML_TYPES[self.settings.type_k], GGML_TYPES[self.settings.type_v]
+        if info.n_layer != self.model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
+            raise state_blob.BlobError("its state has another shape than this model's")
+        if info.v_trans == self.settings.flash_attn:
+            raise state_blob.BlobError("its V layout does not match the flash-attention setting")
+        if not np.array_equal(np.sort(info.positions), np.arange(rec.offset, rec.offset + len(rec.tokens))):
+            raise state_blob.BlobError("its cell positions differ from the schema's")
 
 
 def _touch(path: Path) -> None:
@@ -631,26 +651,64 @@ def _touch(path: Path) -> None:
         pass
 
 
+class StateRead:
+    """A stored segment state being read: :meth:`get` waits for it and checks it (once)."""
+
+    def __init__(self, pending: cache_file.Pending, check: Callable[[np.ndarray], None]) -> None:
+        self._pending, self._check = pending, check
+
+    def get(self) -> np.ndarray:
+        """The checked blob; raises CacheFileError or BlobError (again on every call) if it is damaged."""
+        blob = self._pending.result()
+        if self._check is not None:
+            self._check(blob)
+            self._check = None
+        return blob
+
+
+Blob = np.ndarray | StateRead  # a state computed now, or one being read from the cache
+
+
+def _ready(blob: Blob) -> np.ndarray:
+    return blob.get() if isinstance(blob, StateRead) else blob
+
+
+def _damaged(owner: ModPath, error: Exception) -> str:
+    return f"cache file for module '{owner_name(owner)}' is damaged ({error}); recomputing it"
+
+
 class ModuleStateRefused(StateRefused):
     """llama.cpp refused a module's state blob."""
 
     def __init__(self, owner: ModPath, error: StateRefused) -> None:
         super().__init__(str(error))
-        self.owner = owner
+        self.owner, self.error = owner, error
 
 
-def _fill(ctx: Context, plan: list, blobs: dict[ModPath, dict[int, np.ndarray]],
+class ModuleDamaged(Exception):
+    """A module's stored state turned out damaged when it was needed."""
+
+    def __init__(self, owner: ModPath, error: cache_file.CacheFileError | state_blob.BlobError) -> None:
+        super().__init__(str(error))
+        self.owner, self.error = owner, error
+
+
+def _fill(ctx: Context, plan: list, blobs: dict[ModPath, dict[int, Blob]],
           fix: dict[int, int]) -> tuple[int, int]:
     """Put the plan into sequence 0 of an empty context: cached segments loaded at their positions
     (the first ``fix[offset]`` tokens of a segment recomputed), fresh parts decoded. Returns
-    (cached tokens, computed tokens)."""
+    (cached tokens, computed tokens); raises ModuleDamaged or ModuleStateRefused."""
     cached = computed = 0
     for kind, obj in plan:
         if kind != "segment":
             ctx.decode(list(obj), start=ctx.pos_max(0) + 1)
             computed += len(obj)
             continue
-        blob, n = blobs[obj.owner][obj.offset], fix.get(obj.offset, 0)
+        n = fix.get(obj.offset, 0)
+        try:
+            blob = _ready(blobs[obj.owner][obj.offset])
+        except (cache_file.CacheFileError, state_blob.BlobError) as e:
+            raise ModuleDamaged(obj.owner, e) from None
         try:
             if n:  # boundary repair: its first n tokens computed in this prompt's context
                 repair.load(ctx, obj, blob, n)

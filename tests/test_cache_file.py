@@ -238,6 +238,28 @@ def test_damaged_frame_refused_when_decoded(tmp_path, name):
         cf.verify(path)
 
 
+@pytest.mark.parametrize("codec,split", COMBOS)
+def test_a_started_read_outlives_closing_the_file_and_reports_damage_on_every_call(tmp_path, codec, split):
+    """Reads run on the frame pool while the engine goes on (and closes the file): the result is
+    the blob, or the damage, however often it is asked for."""
+    rng = np.random.default_rng(0)
+    blob = rng.normal(0, 1, (5 * cf.FRAME_BYTES // 2) // 2).astype(np.float16).view(np.uint8)  # frames on both cores
+    data = b"".join(bytes(c) for c in cf.encode(PIN_HEADER, [blob], [(1,)], [0], codec=codec, split_planes=split))
+    f = cf.read(write(tmp_path, data))
+    pending = f.start_blob(0)
+    f.close()
+    assert np.array_equal(pending.result(), blob)
+    last = f.segments[0].frames[-1]
+    damaged = bytearray(data)
+    damaged[last.at + last.size // 2] ^= 0x40
+    f = cf.read(write(tmp_path, bytes(damaged), "damaged.pcm"))
+    pending = f.start_blob(0)
+    f.close()
+    for _ in range(2):
+        with pytest.raises(cf.CacheFileError):
+            pending.result()
+
+
 def test_zstd_bomb_with_stated_size_allocates_nothing(tmp_path):
     path = write(tmp_path, attacks.BLOB_STAGE["zstd_bomb_declared"]())
     assert path.stat().st_size < 10_000
