@@ -268,6 +268,9 @@ def _quality(q: dict) -> list[str]:
                    f"before it; median TTFT {_ms(s['average']['median_ttft_ms'])} ms against scaffold's "
                    f"{_ms(s['scaffold']['median_ttft_ms'])} ms; compiling took {seconds['average']:.0f} s against "
                    f"{seconds['scaffold']:.0f} s ({_x(seconds['average'], seconds['scaffold'])}).")
+    if seconds.get("scaffold-ranking"):
+        out.append(f"- `pc compile --ranked` (the scores `--refresh` needs) added {seconds['scaffold-ranking']:.0f} s "
+                   f"to the scaffold cache's {seconds['scaffold']:.0f} s.")
     q8 = s.get("scaffold-q8_0")
     if q8 and "same_as_f16_rate" in q8:
         out.append(f"- scaffold-q8_0 (`--kv-type q8_0`, flash attention): the same {q['generated_tokens']} greedy "
