@@ -60,7 +60,7 @@ EncodingOpt = typer.Option(
     Encoding.scaffold, "--encoding",
     help="How modules are encoded: 'scaffold' (after the whole default prompt before it), 'average' "
     "(the mean of the states after up to 8 prompts the schema allows before it, its unions switched "
-    "member by member: measured closest to uncached answers; compiling took 2.2x and 7.9x as long on the "
+    "member by member: measured closest to uncached answers; compiling took 3.8x and 7.9x as long on the "
     "benchmark's schemas) or 'independent' "
     "(after the shared prefix only; edits invalidate less).",
 )

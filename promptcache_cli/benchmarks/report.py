@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 TARGET_LEVEL = 4096
 DEFAULT = "pc"  # the pc system with default settings (uncompressed modular cache)
 
@@ -46,6 +48,31 @@ def median_of(w: dict | None, system: str) -> float | None:
     return w["systems"][system].get("median_ttft_ms")
 
 
+def paired(w: dict | None, system: str, other: str) -> tuple[float, int] | None:
+    """The median of ``system``'s TTFT over ``other``'s answer by answer, and how many pairs: the
+    cached systems and the floor answer the same question back to back (runner.py), so each ratio
+    sees one moment of the machine's noise, where a ratio of two medians may pair a quiet stretch
+    with a loaded one. None unless both answered every time."""
+    if w is None:
+        return None
+    mine = (w["systems"].get(system) or {}).get("ttft_ms")
+    theirs = ((w.get("floor") or {}) if other == "floor" else (w["systems"].get(other) or {})).get("ttft_ms")
+    if not mine or not theirs or len(mine) != len(theirs) or not all(mine) or not all(theirs):
+        return None
+    return statistics.median(a / b for a, b in zip(mine, theirs, strict=True)), len(mine)
+
+
+def _side_by_side(name: str, w: dict | None, system: str, other: str, of_medians: float | None, bound: float) -> dict:
+    """A TTFT ratio target, judged on the answer-by-answer ratio (:func:`paired`) where there is
+    one; the ratio of the medians is shown beside it."""
+    pair = paired(w, system, other)
+    if pair is None:
+        return _target(name, of_medians, lambda v: v <= bound, "{:.2f}x")
+    return _target(name, pair[0], lambda v: v <= bound, "{:.2f}x",
+                   detail=f"median of {pair[1]} answer-by-answer ratios; ratio of the medians "
+                          f"{'-' if of_medians is None else f'{of_medians:.2f}x'}")
+
+
 def targets(res: dict) -> list[dict]:
     """Each target of the issue with its measured value and whether it was met (None: not measured)."""
     w = workload(res, "docqa", TARGET_LEVEL)
@@ -55,8 +82,8 @@ def targets(res: dict) -> list[dict]:
     out = [
         _target("cached TTFT at 4k at least 100x faster than --no-cache (in process)",
                 nocache / pc if pc and nocache else None, lambda v: v >= 100, "{:.0f}x"),
-        _target("cached TTFT at 4k within 1.3x of the physical floor",
-                pc / fl if pc and fl else None, lambda v: v <= 1.3, "{:.2f}x"),
+        _side_by_side("cached TTFT at 4k within 1.3x of the physical floor", w, DEFAULT, "floor",
+                      pc / fl if pc and fl else None, 1.3),
         _target("cached TTFT at 4k at least 10x faster than llama-cpp-python's disk cache (subsets, reordered)",
                 disk / pc if pc and disk else None, lambda v: v >= 10, "{:.0f}x"),
     ]
@@ -108,8 +135,8 @@ def _storage_targets(w: dict | None, q: dict, n_tokens: int) -> list[dict]:
     return [
         _target("zstd cache at 4k at least 1.15x smaller than the uncompressed f16 cache",
                 _ratio(raw, _bytes_of(w, "pc-zstd")), lambda v: v >= 1.15, "{:.2f}x"),
-        _target("zstd cache's TTFT at 4k within 1.25x of the uncompressed cache's",
-                _ratio(median_of(w, "pc-zstd"), median_of(w, DEFAULT)), lambda v: v <= 1.25, "{:.2f}x"),
+        _side_by_side("zstd cache's TTFT at 4k within 1.25x of the uncompressed cache's", w, "pc-zstd", DEFAULT,
+                      _ratio(median_of(w, "pc-zstd"), median_of(w, DEFAULT)), 1.25),
         _target("--kv-type q8_0 cache at 4k at least 1.8x smaller than the uncompressed f16 cache",
                 _ratio(raw, _bytes_of(w, "pc-q8")), lambda v: v >= 1.8, "{:.2f}x"),
         _target(f"--kv-type q8_0: the same {n_tokens} greedy tokens as the f16 cache on at least 95% of questions",
