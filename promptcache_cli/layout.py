@@ -296,17 +296,30 @@ def _tokens_before(layout: Layout, visible: set[Path], offset: int) -> tuple[int
 def contexts(layout: Layout, segment: Segment, encoding: str) -> tuple[tuple[int, ...], ...]:
     """The contexts a segment's states are computed after (see :func:`context_tokens`): one,
     except with ``average``, whose states are the mean of the states computed after each of
-    several prompts the schema allows before the segment. Those are the scaffold context with the
+    several prompts the schema allows before the segment. Those are the default prompt with the
     unions before the segment (other than the ones holding it) switched to each of their members,
     except choices that repeat a text: a member whose text equals the segment's module's or another
     chosen member's (a union per slot, each holding the same documents, is how a schema lets
-    questions order documents, and no question puts a document twice). The scaffold context comes
-    first unless it repeats a text; then all the others or, beyond ``AVERAGED_CONTEXTS`` in all, a
-    fixed sample (the scaffold context alone when every choice repeats a text).
-    Members of one union at one offset get the same contexts (computed once for all of them),
-    unless their texts differ in what they exclude."""
-    if encoding != "average":
+    questions order documents, and no question puts a document twice). The default prompt's
+    context comes first unless it repeats a text; then all the others or, beyond
+    ``AVERAGED_CONTEXTS`` in all, a fixed sample (the default prompt's alone when every choice
+    repeats a text). ``scaffold``: the default prompt's context or, where it repeats a text, the
+    first choice that does not. Members of one union at one offset get the same contexts
+    (computed once for all of them), unless their texts differ in what they exclude."""
+    if encoding == "independent":
         return (context_tokens(layout, segment, encoding),)
+    if encoding == "scaffold":
+        return _without_repeats(layout, segment, 1)
+    if encoding == "average":
+        return _without_repeats(layout, segment, AVERAGED_CONTEXTS)
+    raise ValueError(f"unknown encoding {encoding!r}")
+
+
+def _without_repeats(layout: Layout, segment: Segment, cap: int) -> tuple[tuple[int, ...], ...]:
+    """Up to ``cap`` prompts before the segment that repeat no text (see :func:`contexts`): the
+    default prompt's first, unless it repeats one; then the others, a fixed sample beyond ``cap``.
+    With ``cap`` 1 and a default prompt that repeats a text: the first choice (unions' members in
+    document order) that does not. The default prompt alone when every choice repeats a text."""
     base = scaffold_selection(layout, segment.owner)
     chain = set(_ancestors(segment.owner))
     members: dict[int, list[Path]] = {}
@@ -314,12 +327,6 @@ def contexts(layout: Layout, segment: Segment, encoding: str) -> tuple[tuple[int
         if info.union is not None and info.offset < segment.offset:
             members.setdefault(info.union, []).append(path)
     unions = [ms for ms in members.values() if not chain & set(ms)]
-    first = _tokens_before(layout, base | {ROOT}, segment.offset)
-    rng = random.Random(f"{layout.schema_name}:{segment.offset}")
-    if math.prod(len(ms) for ms in unions) <= _ENUMERATE:
-        choices: Iterable[tuple[Path, ...]] = itertools.product(*unions)
-    else:
-        choices = (tuple(rng.choice(ms) for ms in unions) for _ in range(64 * AVERAGED_CONTEXTS))
     texts = {p: _text(layout, p) for ms in unions for p in ms}
     own = [_text(layout, segment.owner)] if segment.owner != ROOT else []
 
@@ -327,6 +334,14 @@ def contexts(layout: Layout, segment: Segment, encoding: str) -> tuple[tuple[int
         picked = own + [texts[p] for ms in unions for p in ms if p in chosen]
         return len(set(picked)) != len(picked)
 
+    first = _tokens_before(layout, base | {ROOT}, segment.offset)
+    if cap == 1 and not repeats(base):
+        return (first,)
+    rng = random.Random(f"{layout.schema_name}:{segment.offset}")
+    if math.prod(len(ms) for ms in unions) <= _ENUMERATE:
+        choices: Iterable[tuple[Path, ...]] = itertools.product(*unions)
+    else:
+        choices = (tuple(rng.choice(ms) for ms in unions) for _ in range(64 * AVERAGED_CONTEXTS))
     found: set[tuple[int, ...]] = set()
     for choice in choices:
         chosen = set(base)
@@ -334,11 +349,13 @@ def contexts(layout: Layout, segment: Segment, encoding: str) -> tuple[tuple[int
             if member[:-1] == ROOT or member[:-1] in chosen:
                 chosen = _choose(layout, chosen, member)
         if not repeats(chosen):
+            if cap == 1:
+                return (_tokens_before(layout, chosen | {ROOT}, segment.offset),)
             found.add(_tokens_before(layout, chosen | {ROOT}, segment.offset))
-    head = [] if repeats(base) and found else [first]  # every choice repeating a text: the scaffold context alone
+    head = [] if repeats(base) and found else [first]  # every choice repeating a text: the default prompt alone
     others = sorted(found - {first})
-    if len(head) + len(others) > AVERAGED_CONTEXTS:
-        others = sorted(rng.sample(others, AVERAGED_CONTEXTS - len(head)))
+    if len(head) + len(others) > cap:
+        others = sorted(rng.sample(others, cap - len(head)))
     return (*head, *others)
 
 
@@ -350,15 +367,15 @@ def context_tokens(layout: Layout, segment: Segment, encoding: str) -> tuple[int
       it (the shared prefix: system turn, role headers, the enclosing modules' text), with
       parameters' scaffold text. Sibling modules are not seen, so each module's states depend
       only on its own text and the prefix: changing one module never invalidates another.
-    - ``scaffold``: everything of the default prompt before it (the reference implementation).
+    - ``scaffold``: everything of the default prompt before it (the reference implementation),
+      except where that prompt repeats a text (see :func:`contexts`): then the first prompt the
+      schema allows, its unions' members in document order, that does not.
     """
     if encoding == "independent":
-        visible = set(_ancestors(segment.owner))
-    elif encoding == "scaffold":
-        visible = scaffold_selection(layout, segment.owner) | {ROOT}
-    else:
-        raise ValueError(f"encoding {encoding!r} has no single context")
-    return _tokens_before(layout, visible, segment.offset)
+        return _tokens_before(layout, set(_ancestors(segment.owner)), segment.offset)
+    if encoding == "scaffold":
+        return contexts(layout, segment, encoding)[0]
+    raise ValueError(f"encoding {encoding!r} has no single context")
 
 
 def preceding(prompt: list[tuple[str, object]]) -> Iterator[tuple[Segment, list[int], int]]:

@@ -4,7 +4,8 @@ prompts the schema allows before it (its preceding unions switched member by mem
 Which contexts (layout.contexts), what is stored (the mean of the states after each context,
 against states computed one context at a time with the real model), what it shares with the
 scaffold encoding (a module with one possible context has the same key, so the same file), and
-what it refuses (q8_0 states)."""
+what it refuses (q8_0 states). Also the one rule it shares with the scaffold encoding: no context
+repeats a text."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from promptcache_cli import cache_file, layout as lay, pml, token_rank
+from promptcache_cli.benchmarks.quality import kl
 from promptcache_cli.engine import Session
 from promptcache_cli.selection import default_selection, select_cli
 from promptcache_cli.state_blob import kv_payloads
@@ -98,9 +100,9 @@ def _values(blob):
     return np.concatenate([blob[at : at + 2 * e * n].view(np.float16).astype(np.float32) for _, at, e, _ in payloads])
 
 
-def test_contexts_never_repeat_a_text(tmp_path, session):
-    """Slots as unions over the same documents (how a schema lets questions order documents): a
-    context that puts a document twice, or before itself, is left out, the scaffold one included."""
+def _slots(tmp_path, session):
+    """Slots as unions over the same documents (how a schema lets questions order documents):
+    the schema, its layout, and the tokens a question choosing some modules puts before the last."""
     docs = {"x": "The first document.", "y": "The second document.", "z": "The third document."}
     slots = "".join(
         f'<union scaffold="s{i}-{first}">' + "".join(f'<module name="s{i}-{n}">{t}</module>' for n, t in docs.items())
@@ -108,10 +110,16 @@ def test_contexts_never_repeat_a_text(tmp_path, session):
     schema = pml.load_schema(write_schema(tmp_path, f"<schema name=\"slots\"><user>{slots}</user></schema>"))
     layout = session.layout(schema)
 
-    def context_of(*names):  # the tokens a question choosing these modules puts before the last one
+    def context_of(*names):
         plan = session.prompt_plan(layout, select_cli(schema, modules=list(names), params=[]))
         return next(tuple(b) for seg, b, _ in lay.preceding(plan) if seg.owner == (names[-1],))
 
+    return schema, layout, context_of
+
+
+def test_contexts_never_repeat_a_text(tmp_path, session):
+    """A context that puts a document twice, or before itself, is left out, the scaffold one included."""
+    _, layout, context_of = _slots(tmp_path, session)
     got = lay.contexts(layout, _segment(layout, "s2-z"), "average")
     assert got == (context_of("s1-x", "s2-z"), context_of("s1-y", "s2-z"))  # not after z itself
     got = lay.contexts(layout, _segment(layout, "s2-x"), "average")  # the scaffold (x first) repeats x
@@ -119,6 +127,44 @@ def test_contexts_never_repeat_a_text(tmp_path, session):
     got = lay.contexts(layout, _segment(layout, "s3-z"), "average")
     assert set(got) == {context_of("s1-x", "s2-y", "s3-z"), context_of("s1-y", "s2-x", "s3-z")}
     assert got[0] == lay.context_tokens(layout, _segment(layout, "s3-z"), "scaffold")
+
+
+def test_the_scaffold_context_never_repeats_a_text(tmp_path, session):
+    """The scaffold encoding computes a module after the default prompt, except where that prompt
+    puts the module's own text (or one text twice) before it: then after the first prompt, the
+    unions' members taken in document order, that does not."""
+    _, layout, context_of = _slots(tmp_path, session)
+
+    def scaffold(name):
+        (got,) = lay.contexts(layout, _segment(layout, name), "scaffold")
+        assert got == lay.context_tokens(layout, _segment(layout, name), "scaffold")
+        return got
+
+    assert scaffold("s2-z") == context_of("s1-x", "s2-z")  # the default prompt (x in slot 1)
+    assert scaffold("s3-z") == context_of("s1-x", "s2-y", "s3-z")
+    assert scaffold("s2-x") == context_of("s1-y", "s2-x")  # not after x itself
+    assert scaffold("s3-x") == context_of("s1-y", "s2-z", "s3-x")  # x, y, then y, z: the first without x
+    assert scaffold("s3-y") == context_of("s1-x", "s2-z", "s3-y")
+
+
+def test_a_prompt_that_is_the_scaffold_context_is_answered_as_uncached(model_path, tmp_path, session):
+    """The question puts y before x: the context the scaffold encoding computed x after, since the
+    default prompt puts x before itself. Same next-token choice and distribution as --no-cache
+    (bit equality is not possible: see test_engine's reference test)."""
+    schema, _, _ = _slots(tmp_path, session)
+    sess = Session(model_path, cache_dir=tmp_path / "cache", encoding="scaffold")
+    try:
+        sess.compile(schema)
+        sel = select_cli(schema, modules=["s1-y", "s2-x"], params=[])
+        question = "Which document comes second?"
+        cached = sess.ask(schema, sel, question, max_tokens=1, keep_logits=True)
+        base = sess.ask(schema, sel, question, max_tokens=1, keep_logits=True, no_cache=True)
+    finally:
+        sess.close()
+    assert cached.cached_tokens > 0 and base.cached_tokens == 0
+    assert int(np.argmax(cached.first_logits)) == int(np.argmax(base.first_logits))
+    assert kl(base.first_logits, cached.first_logits) < 0.02
+    assert np.abs(base.first_logits - cached.first_logits).max() < 1.5
 
 
 def test_the_mean_is_exact(session, union_schema):
