@@ -318,8 +318,9 @@ def contexts(layout: Layout, segment: Segment, encoding: str) -> tuple[tuple[int
 def _without_repeats(layout: Layout, segment: Segment, cap: int) -> tuple[tuple[int, ...], ...]:
     """Up to ``cap`` prompts before the segment that repeat no text (see :func:`contexts`): the
     default prompt's first, unless it repeats one; then the others, a fixed sample beyond ``cap``.
-    With ``cap`` 1 and a default prompt that repeats a text: the first choice (unions' members in
-    document order) that does not. The default prompt alone when every choice repeats a text."""
+    With ``cap`` 1 and a default prompt that repeats a text: the first choice that does not (the
+    unions' members in document order; beyond ``_ENUMERATE`` choices, in a sample seeded by the
+    schema and position). The default prompt alone when every choice repeats a text."""
     base = scaffold_selection(layout, segment.owner)
     chain = set(_ancestors(segment.owner))
     members: dict[int, list[Path]] = {}
