@@ -570,8 +570,7 @@ class Session:
                 damaged += [owner] if redo else []
                 continue
             try:
-                reads = self._load_checked(path, keys[owner], layout, owner)
-                blobs[owner] = {at: read.get() for at, read in reads.items()} if wait else reads
+                blobs[owner] = self._load_checked(path, keys[owner], layout, owner, wait=wait)
             except (cache_file.CacheFileError, state_blob.BlobError) as e:
                 warnings.append(_damaged(owner, e))
                 to_compile.append(owner)
@@ -595,8 +594,8 @@ class Session:
             warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
         blobs.update(unstored.blobs)
         for owner in stored:  # a fresh file found damaged is an error (EXIT_CACHE), not recomputed again
-            reads = self._load_checked(self.store.module_path(keys[owner]), keys[owner], layout, owner)
-            blobs[owner] = {at: read.get() for at, read in reads.items()} if wait else reads
+            path = self.store.module_path(keys[owner])
+            blobs[owner] = self._load_checked(path, keys[owner], layout, owner, wait=wait)
         return blobs, compiled, set(to_compile)
 
     def _check_header(self, h: dict, key: str) -> None:
@@ -609,12 +608,13 @@ class Session:
         if h.get("state_layout") != self.settings.state_layout():
             raise cache_file.CacheFileError("it was made with other context settings")
 
-    def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath) -> dict[int, StateRead]:
+    def _load_checked(self, path: Path, key: str, layout: Layout, owner: ModPath, *,
+                      wait: bool = False) -> dict[int, Blob]:
         """A module file's state blobs by segment offset, being read on all cores: its header is
         checked now, each blob (checksums, then what llama.cpp will see: shape, V layout, positions)
-        when it is first asked for, so reading overlaps loading the blobs before it. Raw blobs are
-        views of the memory-mapped file; decoded ones live in the session's arena until the next
-        question."""
+        when it is first asked for, so reading overlaps loading the blobs before it; with ``wait``,
+        every blob is read and checked before this returns. Raw blobs are views of the
+        memory-mapped file; decoded ones live in the session's arena until the next question."""
         f = cache_file.read(path)
         _touch(path)
         try:
@@ -627,7 +627,7 @@ class Session:
                 pending = f.start_blob(i, None if rec.mapped else self._arena.take(rec.raw_size))
                 self._reads.append(pending)
                 out[rec.offset] = StateRead(pending, lambda blob, rec=rec: self._check_blob(blob, rec))
-            return out
+            return {at: read.get() for at, read in out.items()} if wait else out
         finally:
             f.close()  # a memory map stays alive while a view of it does (a read in progress holds one)
 
