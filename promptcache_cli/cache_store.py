@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -68,6 +69,14 @@ def module_key(*, model: dict, llama_cpp: str, state_layout: dict,
                 h.update(np.array([len(context)], dtype="<i8").tobytes())
             h.update(np.asarray(context, dtype="<i4").tobytes())
     return h.hexdigest()[:40]
+
+
+def touch(path: Path) -> None:
+    """Mark a module file as used now (its access time; `pc gc` evicts least recently used)."""
+    try:
+        os.utime(path, (time.time(), path.stat().st_mtime))
+    except OSError:  # a read-only cache still answers
+        pass
 
 
 class CacheStore:

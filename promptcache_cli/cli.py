@@ -3,16 +3,16 @@ warnings and timings to stderr; ``--json`` prints one object on stdout instead."
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from enum import Enum
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import errors
+from .cli_common import (CacheOpt, ClosedStdoutGuard, JsonOpt, ModelOpt, StdoutClosed, cache_root, emit_json,
+                         option_parser, parse_size, write_err, write_out)
 
 app = typer.Typer(
     add_completion=False,
@@ -22,9 +22,6 @@ app = typer.Typer(
     "cached attention states once, then ask from the cache.",
 )
 
-ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file (default: SmolLM2-135M-Instruct).")
-CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", help="Cache directory (default: user cache dir).")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
 
 class Encoding(str, Enum):
@@ -50,10 +47,6 @@ class Mode(str, Enum):
 class KvType(str, Enum):
     f16 = "f16"
     q8_0 = "q8_0"
-
-
-class StdoutClosed(Exception):
-    """stdout was closed by the reader (e.g. `| head -c 20`)."""
 
 
 EncodingOpt = typer.Option(
@@ -87,22 +80,15 @@ CompressionOpt = typer.Option(
 )
 
 
-def _err(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
-
-
 def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression,
              kv_type: KvType, mode: Mode = Mode.auto, checkpoints: int = 4, checkpoint_bytes: int | None = None):
-    from .cache_store import default_cache_dir
     from .llama_backend import ContextSettings
     from .models import resolve_model
     from .sessions import open_session
 
     if encoding == Encoding.average and kv_type != KvType.f16:
         raise errors.UsageError(f"--encoding average needs f16 KV states, not --kv-type {kv_type.value}")
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = cache_root(cache_dir)
     settings = ContextSettings.for_kv_type(kv_type.value)
     return open_session(resolve_model(model), cache_dir=root, mode=mode.value, encoding=encoding.value,
                         codec=compression.value, settings=settings, checkpoints=checkpoints,
@@ -113,39 +99,6 @@ def _load_schema(path: str):
     from .pml import load_schema
 
     return load_schema(path)
-
-
-class _ClosedStdoutGuard:
-    """Wraps stdout so a reader that went away (EPIPE) raises StdoutClosed from any write: print,
-    rich or streamed answers alike. Typer would turn a BrokenPipeError into exit 1."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise StdoutClosed() from None
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            raise StdoutClosed() from None
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
-def _out(text: str) -> None:
-    """Write to stdout now (answers stream token by token)."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-def _emit_json(obj: dict) -> None:
-    _out(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def _progress_bar(enabled: bool):
@@ -169,42 +122,6 @@ def _progress_bar(enabled: bool):
     return bar, update
 
 
-_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30,
-               "ti": 2**40}
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``123456``, ``500M``, ``2G``, ``1.5GB`` (k, M, G, T: powers of 1000; KiB, MiB,
-    GiB, TiB: powers of 1024)."""
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"'{text}' is not a size: give bytes or a number with a unit, like 500M, 2G, 1.5GB, 800MiB")
-    return int(float(m[1]) * _SIZE_UNITS[(m[2] or "").lower()])
-
-
-def parse_age(text: str) -> float:
-    """Seconds from ``30d``, ``12h``, ``90m``, ``2w`` or ``45s``."""
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhdw])\s*", text)
-    if not m:
-        raise ValueError(f"'{text}' is not an age: give a number and a unit s, m, h, d or w, like 30d, 12h, 90m")
-    return float(m[1]) * _AGE_UNITS[m[2]]
-
-
-def _option_parser(parse):
-    """A Typer option parser whose errors keep their message (exit 2 via main())."""
-    def parser(text: str):
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
-    return parser
-
-
 # -- commands ---------------------------------------------------------------------------------
 
 
@@ -219,7 +136,7 @@ def compile(
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
     checkpoint_bytes: Optional[int] = typer.Option(
-        None, "--checkpoint-bytes", parser=_option_parser(parse_size), metavar="SIZE",
+        None, "--checkpoint-bytes", parser=option_parser(parse_size), metavar="SIZE",
         help="Prefix mode: keep no more checkpoints than fit in SIZE (500M, 2G, bytes).",
     ),
     force: bool = typer.Option(False, "--force", help="Recompute even the modules already cached."),
@@ -242,23 +159,23 @@ def compile(
         for m in report.modules
     ]
     for w in report.warnings:
-        _err(f"warning: {w}")
+        write_err(f"warning: {w}")
     if as_json:
-        _emit_json({"schema": report.schema, "mode": sess.mode, "encoding": report.encoding,
+        emit_json({"schema": report.schema, "mode": sess.mode, "encoding": report.encoding,
                     "model": sess.model.description, "cache_dir": str(sess.store.root),
                     "seconds": round(report.seconds, 3), "modules": rows, "ranked": report.ranked})
         return
     computed = [r for r in rows if r["status"] == "computed"]
     reused = [r for r in rows if r["status"] == "reused"]
     for r in rows:
-        _err(f"{r['status']:>8}  {r['module']:<32} {r['tokens']:>6} tokens  {r['bytes'] / 1e6:8.2f} MB")
-    _err(
+        write_err(f"{r['status']:>8}  {r['module']:<32} {r['tokens']:>6} tokens  {r['bytes'] / 1e6:8.2f} MB")
+    write_err(
         f"compiled '{report.schema}': {len(computed)} computed, {len(reused)} reused, "
         f"{_tokens_total(report, rows)} tokens in {report.seconds:.2f} s "
         f"({'prefix mode' if report.encoding == 'prefix' else report.encoding + ' encoding'})"
     )
     if ranked:
-        _err(f"recompute scores: {len(report.ranked)} module(s) measured now, the others already had them")
+        write_err(f"recompute scores: {len(report.ranked)} module(s) measured now, the others already had them")
 
 
 def _check_refresh(on: bool, option: str, kv_type: KvType, mode: Mode) -> None:
@@ -339,19 +256,19 @@ def ask(
     _check_refresh(bool(refresh), "--refresh", kv_type, mode)
     sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
     _check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
-    on_text = None if as_json else _out
+    on_text = None if as_json else write_out
     bar, update = _progress_bar(not as_json)
     with bar:
         res = sess.ask(sch, selection, text, max_tokens=max_tokens, sampler=sampler, no_cache=no_cache,
                        on_text=on_text, progress=update, refresh=refresh / 100)
     for w in res.warnings:
-        _err(f"warning: {w}")
+        write_err(f"warning: {w}")
     if res.compiled:
-        _err(f"compiled {len(res.compiled)} module(s) on demand: {', '.join(m.name for m in res.compiled)}")
+        write_err(f"compiled {len(res.compiled)} module(s) on demand: {', '.join(m.name for m in res.compiled)}")
     if res.ranked:
-        _err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
+        write_err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
     if as_json:
-        _emit_json({
+        emit_json({
             "answer": res.answer, "ttft_ms": round(res.ttft_ms, 2), "total_ms": round(res.total_ms, 2),
             "cached_tokens": res.cached_tokens, "computed_tokens": res.computed_tokens,
             "refreshed_tokens": res.refreshed_tokens,
@@ -359,11 +276,12 @@ def ask(
             "no_cache": no_cache, "mode": sess.mode, "warnings": res.warnings,
         })
         return
-    _out("\n")
+    write_out("\n")
     if timings if timings is not None else sys.stderr.isatty():
         mode = "no cache" if no_cache else f"{res.cached_tokens} cached tokens"
         mode += f", {res.refreshed_tokens} recomputed" if res.refreshed_tokens else ""
-        _err(f"[{mode}, {res.computed_tokens} computed; first token {res.ttft_ms:.0f} ms, total {res.total_ms:.0f} ms]")
+        write_err(f"[{mode}, {res.computed_tokens} computed; "
+                  f"first token {res.ttft_ms:.0f} ms, total {res.total_ms:.0f} ms]")
 
 
 def _read_question(question: Optional[str]) -> str:
@@ -400,7 +318,7 @@ def inspect(
         for e in lo.elements
     ]
     if as_json:
-        _emit_json({"schema": sch.name, "model": m.description, "length": lo.end, "elements": rows})
+        emit_json({"schema": sch.name, "model": m.description, "length": lo.end, "elements": rows})
         return
     from rich.console import Console
     from rich.table import Table
@@ -416,243 +334,34 @@ def inspect(
 @app.command()
 def path(cache_dir: Optional[str] = CacheOpt) -> None:
     """Print the cache directory."""
-    from .cache_store import default_cache_dir
-
-    _out(f"{Path(cache_dir).expanduser() if cache_dir else default_cache_dir()}\n")
-
-
-# -- cache housekeeping: ls, verify, gc, rm ----------------------------------------------------
-
-def _cache_root(cache_dir: Optional[str]) -> Path:
-    from .cache_store import default_cache_dir
-
-    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-
-
-def _iso(ts: Optional[float]) -> Optional[str]:
-    from datetime import datetime
-
-    return None if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
-
-
-def _when(ts: Optional[float]) -> str:
-    return (_iso(ts) or "")[:16].replace("T", " ")
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
-
-
-def _file_json(f) -> dict:
-    out = {"path": str(f.path), "key": f.key or None, "bytes": f.bytes, "last_used": _iso(f.last_used)}
-    if f.position is not None:  # a prefix state
-        out["position"] = f.position
-    return out
-
-
-def _note_json(n) -> dict:
-    return {"kind": n.kind, **_file_json(n.file), "reason": n.reason}
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _freed(report) -> int:
-    return sum(n.file.bytes for n in report.removed)
-
-
-def _ratio(r: Optional[float]) -> Optional[float]:
-    return None if r is None else round(r, 3)
-
-
-def _variant_json(v) -> dict:
-    out = {"model": v.model, "mode": v.mode, "encoding": v.encoding, "codec": v.codec, "llama_cpp": v.llama_cpp,
-           "modules": [{"name": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes, "ratio": _ratio(m.ratio),
-                        "last_used": _iso(m.last_used), "present": m.present} for m in v.modules]}
-    if v.mode == "prefix":
-        out.update(key=v.key, tokens=v.tokens, states=[
-            {"position": st.position, "tokens": st.tokens, "bytes": st.bytes, "ratio": _ratio(st.ratio),
-             "last_used": _iso(st.last_used), "partial": st.partial, "path": str(st.path)} for st in v.states])
-    return out
-
-
-def _ls_rows(listing):
-    """(schema, name, tokens, size, ratio, last used, variant) per module file or prefix state."""
-    for s in listing.schemas:
-        for v in s.variants:
-            how = f"{v.model} · {v.encoding} · {v.codec}"
-            for m in v.modules:
-                yield (s.schema, m.name, str(m.tokens), _size(m.bytes) if m.present else "missing",
-                       f"{m.ratio:.2f}x" if m.ratio else "", _when(m.last_used), how)
-            for st in v.states:
-                yield (s.schema, f"prefix@{st.position}{' (partial)' if st.partial else ''}",
-                       str(st.tokens if st.tokens is not None else st.position), _size(st.bytes),
-                       f"{st.ratio:.2f}x" if st.ratio else "", _when(st.last_used), how)
-            if v.mode == "prefix" and not v.states:
-                yield s.schema, "prefix", str(v.tokens or ""), "missing", "", "", how
-    for f in listing.orphans:
-        name = f.key[:16] if f.position is None else f"{f.key[:16]}@{f.position}"
-        yield "(no schema)", name, "", _size(f.bytes), "", _when(f.last_used), ""
+    write_out(f"{cache_root(cache_dir)}\n")
 
 
 def _register_commands() -> None:
     from .bench_command import bench
+    from .cache_commands import gc_cmd, ls_cmd, rm_cmd, verify_cmd
     from .plan_command import plan
 
-    app.command("plan")(plan)
-    app.command("bench")(bench)
+    for name, fn in (("plan", plan), ("bench", bench), ("ls", ls_cmd), ("verify", verify_cmd), ("gc", gc_cmd),
+                     ("rm", rm_cmd)):
+        app.command(name)(fn)
 
 
 _register_commands()
 
 
-@app.command("ls")
-def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
-    """List the cached schemas with their module files or prefix states: tokens, size, compression
-    ratio, last use."""
-    from .cache_admin import list_cache
-
-    root = _cache_root(cache_dir)
-    listing = list_cache(root)
-    if as_json:
-        _emit_json({
-            "cache_dir": str(root),
-            "schemas": [{"schema": s.schema, "path": s.path, "variants": [_variant_json(v) for v in s.variants]}
-                        for s in listing.schemas],
-            "orphans": [_file_json(f) for f in listing.orphans],
-            "total_bytes": listing.total_bytes,
-        })
-        return
-    if not listing.schemas and not listing.orphans:
-        _err(f"the cache {root} holds no cache files")
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    n_files = len({m.key for s in listing.schemas for v in s.variants for m in v.modules if m.present})
-    n_files += sum(f.position is None for f in listing.orphans)
-    n_states = len({st.path for s in listing.schemas for v in s.variants for st in v.states})
-    n_states += sum(f.position is not None for f in listing.orphans)
-    t = Table(title=f"{root}: {_count(n_files, 'module file')}, {_count(n_states, 'prefix state')}, "
-                    f"{_size(listing.total_bytes)}")
-    for col in ("schema", "module", "tokens", "size", "ratio", "last used", "model · encoding · codec"):
-        t.add_column(col, justify="right" if col in ("tokens", "size", "ratio") else "left")
-    for row in _ls_rows(listing):
-        t.add_row(*row)
-    console = Console(markup=False, highlight=False)  # names and paths are shown as they are
-    if not console.is_terminal:
-        console = Console(markup=False, highlight=False, width=200)
-    console.print(t)
-
-
-@app.command("verify")
-def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
-    """Read every cache file whole and check every checksum; exit 5 if any is damaged."""
-    from .cache_admin import verify_cache
-
-    root = _cache_root(cache_dir)
-    report = verify_cache(root)
-    if as_json:
-        _emit_json({
-            "cache_dir": str(root), "checked": report.checked, "ok": not report.damaged,
-            "damaged": [{"kind": d.kind, **_file_json(d.file), "reason": d.reason} for d in report.damaged],
-            "stale_temporary": [{"path": str(f.path), "bytes": f.bytes} for f in report.stale_temporary],
-        })
-    else:
-        for d in report.damaged:
-            _out(f"damaged   {d.file.path}: {d.reason}\n")
-        for f in report.stale_temporary:
-            _out(f"leftover  {f.path} ({_size(f.bytes)}, a temporary file older than an hour; `pc gc` removes it)\n")
-    if report.damaged:
-        _err(f"pc: {len(report.damaged)} of {_count(report.checked, 'cache file')} damaged "
-             "(`pc ask` recomputes a damaged module or prefix state when it needs it)")
-        raise typer.Exit(errors.EXIT_CACHE)
-    if not as_json:
-        _err(f"{_count(report.checked, 'cache file')} intact in {root}")
-
-
-@app.command("gc")
-def gc_cmd(
-    max_size: Optional[int] = typer.Option(
-        None, "--max-size", parser=_option_parser(parse_size), metavar="SIZE",
-        help="Remove least recently used module files and prefix states until they take at most SIZE "
-        "(500M, 2G, 1.5GB, bytes).",
-    ),
-    older_than: Optional[float] = typer.Option(
-        None, "--older-than", parser=_option_parser(parse_age), metavar="AGE",
-        help="Remove module files and prefix states not used for longer than AGE (30d, 12h, 90m, 2w).",
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
-    cache_dir: Optional[str] = CacheOpt,
-    as_json: bool = JsonOpt,
-) -> None:
-    """Evict module files and prefix states by last use; also remove stale temporary and lock files."""
-    from .cache_admin import gc
-
-    if max_size is None and older_than is None:
-        _err("pc: gc needs --max-size SIZE or --older-than AGE, or both (see `pc gc --help`)")
-        raise typer.Exit(errors.EXIT_USAGE)
-    root = _cache_root(cache_dir)
-    report = gc(root, max_size=max_size, older_than=older_than, dry_run=dry_run)
-    if as_json:
-        _emit_json({
-            "cache_dir": str(root), "dry_run": dry_run, "removed": [_note_json(n) for n in report.removed],
-            "skipped": [_note_json(n) for n in report.skipped], "bytes_freed": _freed(report),
-            "total_before": report.total_before, "total_after": report.total_after,
-        })
-        return
-    verb = "would remove" if dry_run else "removed"
-    for n in report.removed:
-        _err(f"{verb}  {n.file.path}  {_size(n.file.bytes)}  ({n.reason})")
-    for n in report.skipped:
-        _err(f"kept  {n.file.path}  ({n.reason})")
-    _err(f"{'would free' if dry_run else 'freed'} {_size(_freed(report))} in {_count(len(report.removed), 'file')}; "
-         f"cache files {'would ' if dry_run else ''}take {_size(report.total_after)}")
-
-
-@app.command("rm")
-def rm_cmd(
-    schema: str = typer.Argument(..., help="The schema: its file's path, or its name as `pc ls` shows it."),
-    cache_dir: Optional[str] = CacheOpt,
-    as_json: bool = JsonOpt,
-) -> None:
-    """Remove a schema from the cache: its manifest, its overlap record, and the module files and
-    prefix states no other schema uses."""
-    from .cache_admin import remove_schema
-
-    root = _cache_root(cache_dir)
-    report = remove_schema(root, schema)
-    if as_json:
-        _emit_json({
-            "cache_dir": str(root), "schema": report.schema, "path": report.path, "manifest": str(report.manifest),
-            "removed": [_note_json(n) for n in report.removed], "skipped": [_note_json(n) for n in report.skipped],
-            "kept": [{"name": name, "key": key} for name, key in report.kept], "bytes_freed": _freed(report),
-        })
-        return
-    for n in report.skipped:
-        _err(f"kept  {n.file.path}  ({n.reason})")
-    n_modules, n_states = (sum(n.kind == kind for n in report.removed) for kind in ("module", "prefix"))
-    _err(f"removed schema '{report.schema}': {_count(n_modules, 'module file')}, "
-         f"{_count(n_states, 'prefix state')}, {_size(_freed(report))} freed; "
-         f"kept {len(report.kept)} used by other schemas")
-
-
 def main() -> None:
     """Entry point: run the app, turning every known error into one line and an exit code."""
-    if not isinstance(sys.stdout, _ClosedStdoutGuard):
-        sys.stdout = _ClosedStdoutGuard(sys.stdout)
+    if not isinstance(sys.stdout, ClosedStdoutGuard):
+        sys.stdout = ClosedStdoutGuard(sys.stdout)
     try:
         rv = app(standalone_mode=False)
         if rv == errors.EXIT_INTERRUPTED:  # Typer turns Ctrl-C into this exit code
-            _err("pc: interrupted")
+            write_err("pc: interrupted")
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except KeyboardInterrupt:
-        _err("pc: interrupted")
+        write_err("pc: interrupted")
         sys.exit(errors.EXIT_INTERRUPTED)
     except (BrokenPipeError, StdoutClosed):
         _quiet_broken_pipe()
@@ -660,22 +369,22 @@ def main() -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that maps errors to exit codes
         if type(exc).__name__ == "Abort":  # click's Ctrl-C at a prompt
-            _err("pc: interrupted")
+            write_err("pc: interrupted")
             sys.exit(errors.EXIT_INTERRUPTED)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors
             if not exc.format_message():  # `pc` alone: the help is printed already, nothing to add
                 sys.exit(errors.EXIT_USAGE)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            _err(f"pc: {exc.format_message()}{hint}".replace("\n", " "))
+            write_err(f"pc: {exc.format_message()}{hint}".replace("\n", " "))
             sys.exit(errors.EXIT_USAGE)
         code = errors.exit_code_for(exc)
         if code is None:
             if os.environ.get("PC_DEBUG"):
                 raise
-            _err(f"pc: internal error: {type(exc).__name__}: {exc}")
+            write_err(f"pc: internal error: {type(exc).__name__}: {exc}")
             sys.exit(errors.EXIT_INTERNAL)
-        _err(f"pc: {exc}")
+        write_err(f"pc: {exc}")
         sys.exit(code)
 
 

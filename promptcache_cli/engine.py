@@ -7,7 +7,6 @@ cache store). It returns dataclasses, reports progress through callbacks and nev
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -18,12 +17,13 @@ import numpy as np
 
 from . import cache_file, layout as lay, manifest, rank_cache, repair, state_blob, token_rank
 from .blob_arena import Arena
-from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key
+from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key, touch
 from .layout import ROOT, Layout, Path as ModPath
-from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, StateRefused, llama_cpp_version
+from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
 from .pml import Schema
-from .sampling import Sampler
+from .sampling import Sampler, generate
 from .selection import Selection, param_value
+from .stitch import Blob, ModuleDamaged, ModuleStateRefused, StateRead, extend, fill
 
 Progress = Callable[[int, int, str], None]  # (tokens done, tokens total, module name)
 
@@ -384,7 +384,7 @@ class Session:
                 if progress:
                     progress(done, total, _name)
 
-            running = _extend(ctx, running, seg.offset - len(context), list(context) + list(seg.tokens), tick)
+            running = extend(ctx, running, seg.offset - len(context), list(context) + list(seg.tokens), tick)
             ctx.seq_cp(0, 1, seg.offset, seg.end)
             blob = ctx.save_state(1)
             ctx.seq_rm(1)
@@ -530,7 +530,7 @@ class Session:
         fix = repair.plan(layout, plan, self.encoding, self.repair_tokens) if self.repair_tokens else {}
         while True:
             try:
-                cached, computed = _fill(ctx, plan, blobs, fix)
+                cached, computed = fill(ctx, plan, blobs, fix)
                 break
             except (ModuleStateRefused, ModuleDamaged) as e:
                 if e.owner in fresh:
@@ -616,7 +616,7 @@ class Session:
         every blob is read and checked before this returns. Raw blobs are views of the
         memory-mapped file; decoded ones live in the session's arena until the next question."""
         f = cache_file.read(path)
-        _touch(path)
+        touch(path)
         try:
             self._check_header(f.header, key)
             expected = [(s.offset, s.tokens) for s in layout.segments_of(owner)]
@@ -643,138 +643,5 @@ class Session:
             raise state_blob.BlobError("its cell positions differ from the schema's")
 
 
-def _touch(path: Path) -> None:
-    """Mark a module file as used now (its access time; `pc gc` evicts least recently used)."""
-    try:
-        os.utime(path, (time.time(), path.stat().st_mtime))
-    except OSError:  # a read-only cache still answers
-        pass
-
-
-class StateRead:
-    """A stored segment state being read: :meth:`get` waits for it and checks it (once)."""
-
-    def __init__(self, pending: cache_file.Pending, check: Callable[[np.ndarray], None]) -> None:
-        self._pending, self._check = pending, check
-
-    def get(self) -> np.ndarray:
-        """The checked blob; raises CacheFileError or BlobError (again on every call) if it is damaged."""
-        blob = self._pending.result()
-        if self._check is not None:
-            self._check(blob)
-            self._check = None
-        return blob
-
-
-Blob = np.ndarray | StateRead  # a state computed now, or one being read from the cache
-
-
-def _ready(blob: Blob) -> np.ndarray:
-    return blob.get() if isinstance(blob, StateRead) else blob
-
-
 def _damaged(owner: ModPath, error: Exception) -> str:
     return f"cache file for module '{owner_name(owner)}' is damaged ({error}); recomputing it"
-
-
-class ModuleStateRefused(StateRefused):
-    """llama.cpp refused a module's state blob."""
-
-    def __init__(self, owner: ModPath, error: StateRefused) -> None:
-        super().__init__(str(error))
-        self.owner, self.error = owner, error
-
-
-class ModuleDamaged(Exception):
-    """A module's stored state turned out damaged when it was needed."""
-
-    def __init__(self, owner: ModPath, error: cache_file.CacheFileError | state_blob.BlobError) -> None:
-        super().__init__(str(error))
-        self.owner, self.error = owner, error
-
-
-def _fill(ctx: Context, plan: list, blobs: dict[ModPath, dict[int, Blob]],
-          fix: dict[int, int]) -> tuple[int, int]:
-    """Put the plan into sequence 0 of an empty context: cached segments loaded at their positions
-    (the first ``fix[offset]`` tokens of a segment recomputed), fresh parts decoded. Returns
-    (cached tokens, computed tokens); raises ModuleDamaged or ModuleStateRefused."""
-    cached = computed = 0
-    for kind, obj in plan:
-        if kind != "segment":
-            ctx.decode(list(obj), start=ctx.pos_max(0) + 1)
-            computed += len(obj)
-            continue
-        n = fix.get(obj.offset, 0)
-        try:
-            blob = _ready(blobs[obj.owner][obj.offset])
-        except (cache_file.CacheFileError, state_blob.BlobError) as e:
-            raise ModuleDamaged(obj.owner, e) from None
-        try:
-            if n:  # boundary repair: its first n tokens computed in this prompt's context
-                repair.load(ctx, obj, blob, n)
-            elif ctx.pos_max(0) < 0:
-                ctx.load_state(0, blob)
-            else:  # loading replaces a sequence: load into scratch, then copy the cells over
-                ctx.load_state(1, blob)
-                ctx.seq_cp(1, 0)
-                ctx.seq_rm(1)
-        except StateRefused as e:
-            raise ModuleStateRefused(obj.owner, e) from None
-        cached, computed = cached + len(obj.tokens) - n, computed + n
-    return cached, computed
-
-
-def _extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: list[int],
-            tick: Callable[[int], None]) -> tuple[int, list[int]]:
-    """Make seq 0 hold exactly ``tokens`` at positions ``start...``, reusing what it holds."""
-    cur_start, cur = running
-    keep = 0
-    if cur_start == start:
-        n = min(len(cur), len(tokens))
-        while keep < n and cur[keep] == tokens[keep]:
-            keep += 1
-    if keep == len(tokens) and keep > 0:  # nothing new; recompute the last token to stay simple
-        keep -= 1
-    if keep == 0:
-        ctx.seq_rm(0)
-    else:
-        ctx.seq_rm(0, start + keep, -1)
-    ctx.decode(tokens[keep:], start=start + keep, progress=tick)
-    return start, tokens
-
-
-def generate(model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
-             on_text: Callable[[str], None] | None, t0: float) -> tuple[str, list[int], float]:
-    import codecs
-
-    rng = sampler.rng()
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    out: list[int] = []
-    parts: list[str] = []
-    ttft = None
-    pos = ctx.pos_max(0) + 1
-    for _ in range(max_tokens):
-        tok = sampler.pick(logits, rng)
-        if ttft is None:
-            ttft = time.perf_counter() - t0
-        if model.is_eog(tok):
-            break
-        out.append(tok)
-        text = dec.decode(model.token_bytes(tok))
-        if text:
-            parts.append(text)
-            if on_text:
-                on_text(text)
-        if len(out) == max_tokens or pos >= ctx.n_ctx:
-            break
-        ctx.decode([tok], start=pos, logits=True)
-        pos += 1
-        logits = ctx.logits()
-    tail = dec.decode(b"", final=True)
-    if tail:
-        parts.append(tail)
-        if on_text:
-            on_text(tail)
-    if ttft is None:
-        ttft = time.perf_counter() - t0
-    return "".join(parts), out, ttft

@@ -49,8 +49,9 @@ def plan(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Where to keep prefix checkpoints: the optimal plan against the baselines, with the tokens each
-    recomputes per request."""
+    """Where to keep prefix checkpoints: the optimal plan against the baselines.
+
+    Shows the tokens each plan recomputes per request."""
     if (trace is None) == (history is None):
         _usage("give one of --trace FILE or --history SCHEMA|DIR")
     if not 0.0 < decay <= 1.0:

@@ -30,11 +30,11 @@ from typing import Collection
 import numpy as np
 
 from . import cache_file, state_blob
-from .cache_store import CacheWriteError, module_key
-from .engine import AskResult, CompileReport, ModuleReport, Progress, Session, generate, _touch, owner_name
+from .cache_store import CacheWriteError, module_key, touch
+from .engine import AskResult, CompileReport, ModuleReport, Progress, Session, owner_name
 from .llama_backend import BackendError, Context, ContextSettings, llama_cpp_version
 from .pml import Schema
-from .sampling import Sampler
+from .sampling import Sampler, generate
 from .selection import Selection, default_selection
 
 DEFAULT_CHECKPOINTS = 4
@@ -243,7 +243,7 @@ class PrefixSession(Session):
         """A stored state, checked to be the one this request needs (a view of the memory-mapped
         file when stored raw, else decoded into the session's arena)."""
         f = cache_file.read(path)
-        _touch(path)
+        touch(path)
         try:
             self._check_header(f.header, key)
             if f.header.get("mode") != "prefix":

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .llama_backend import Context, Model
 
 
 @dataclass(frozen=True)
@@ -40,3 +46,41 @@ class Sampler:
             p /= p.sum()
         assert rng is not None, "sampling with a temperature draws from rng()"
         return int(rng.choice(len(p), p=p))
+
+
+def generate(model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
+             on_text: Callable[[str], None] | None, t0: float) -> tuple[str, list[int], float]:
+    """Pick up to ``max_tokens`` tokens, the first from ``logits`` (the prompt's last), decoding
+    each chosen token in ``ctx`` for the next; ``on_text`` receives the answer's text as it grows.
+    Returns (text, token ids, seconds from ``t0`` to the first token)."""
+    rng = sampler.rng()
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out: list[int] = []
+    parts: list[str] = []
+    ttft = None
+    pos = ctx.pos_max(0) + 1
+    for _ in range(max_tokens):
+        tok = sampler.pick(logits, rng)
+        if ttft is None:
+            ttft = time.perf_counter() - t0
+        if model.is_eog(tok):
+            break
+        out.append(tok)
+        text = dec.decode(model.token_bytes(tok))
+        if text:
+            parts.append(text)
+            if on_text:
+                on_text(text)
+        if len(out) == max_tokens or pos >= ctx.n_ctx:
+            break
+        ctx.decode([tok], start=pos, logits=True)
+        pos += 1
+        logits = ctx.logits()
+    tail = dec.decode(b"", final=True)
+    if tail:
+        parts.append(tail)
+        if on_text:
+            on_text(tail)
+    if ttft is None:
+        ttft = time.perf_counter() - t0
+    return "".join(parts), out, ttft

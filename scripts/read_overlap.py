@@ -3,7 +3,7 @@
 
 `pc ask` starts reading every file the prompt needs (checksums; zstd frames decoded into the
 arena) on the frame pool, then loads the states in order, each waiting only for its own read
-(engine.Session._gather / StateRead). This compares, side by side in one process on the
+(engine.Session._gather / stitch.StateRead). This compares, side by side in one process on the
 document workload (docqa, 3 slots), four sessions: `--compression none` and `zstd`, each as `pc`
 runs (overlapped) and with every read finished before the first load (``wait=True``, how `pc`
 read before). Questions alternate the order of the sessions; medians of the time to first token
@@ -74,7 +74,7 @@ def main() -> None:
         for s in every:
             s.start(wl, n_cells=0)
         timed(engine.Session, "_gather", "gather")
-        timed(engine, "_fill", "fill")
+        timed(engine, "fill", "fill")  # the name engine calls
         timed(llama_backend.Context, "decode", "decode")
         read_first(none_first.session)  # after timing: its gather is the timed one
         read_first(zstd_first.session)

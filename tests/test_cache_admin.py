@@ -16,7 +16,7 @@ import pytest
 
 from promptcache_cli import cache_admin, cache_file
 from promptcache_cli.cache_store import CacheStore
-from promptcache_cli.cli import parse_age, parse_size
+from promptcache_cli.cli_common import parse_age, parse_size
 from promptcache_cli.engine import Session
 from promptcache_cli.llama_backend import ContextSettings
 from promptcache_cli.pml import load_schema
