@@ -23,7 +23,6 @@ app = typer.Typer(
 )
 
 
-
 class Encoding(str, Enum):
     independent = "independent"
     scaffold = "scaffold"

@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy by default, or temperature + top-p with a seed."""
+"""Choosing the next token from logits (greedy by default, or temperature + top-p with a seed) and
+the answer loop that picks, decodes and detokenizes one token after another."""
 
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ from typing import Callable
 import numpy as np
 
 from .. import layout as lay
-from ..engine import Session, generate
+from ..engine import Session
 from ..llama_backend import ContextSettings
-from ..sampling import Sampler
+from ..sampling import Sampler, generate
 from .needles import found
 from .perturb import rounded_blob
 from .workloads import Workload
