@@ -1,26 +1,61 @@
-"""`pc` and `python -m promptcache_cli`: the CLI, imported under a Ctrl-C guard.
+"""`pc` and `python -m promptcache_cli`: the CLI, imported under a Ctrl-C guard, and a quick exit.
 
 Importing the CLI (Typer, rich, and through them most of what `pc` needs) takes a few tens of
 milliseconds; a Ctrl-C that lands then ends like any other Ctrl-C (one line, exit 130), not with
 a KeyboardInterrupt traceback. Only the interpreter's own start-up, before this file runs, is
 outside the guard: a Ctrl-C there ends as Python decides (killed by the signal, or Python's
 "Fatal Python error" about its site module).
+
+Once the command has returned, the process ends with ``os._exit``: every file it wrote is synced
+and renamed, every lock released and every output flushed by then, and what is left (the model,
+its context, the interpreter's own teardown) the operating system reclaims faster than freeing
+it piece by piece: about 40 ms of a cached `pc ask` at ~4k tokens (cli_common.outlive).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from .errors import EXIT_INTERRUPTED
+from .errors import EXIT_INTERRUPTED, EXIT_OUTPUT, OutputError
 
 
 def main() -> None:
     try:
         from .cli import main as run
+        from .cli_common import leave_to_os
     except KeyboardInterrupt:
         sys.stderr.write("pc: interrupted\n")
         raise SystemExit(EXIT_INTERRUPTED) from None
-    run()
+    leave_to_os()
+    try:
+        run()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    _exit(code)
+
+
+def _exit(code) -> None:
+    """End the process with ``code`` after flushing stdout and stderr, without the interpreter's
+    teardown. A code that is not a number is left to Python (it prints it)."""
+    if code is None:
+        code = 0
+    if not isinstance(code, int):
+        raise SystemExit(code)
+    try:
+        sys.stdout.flush()
+    except OutputError as e:  # a full disk: exit 8 (cli.main has reported any earlier error)
+        if code == 0:
+            sys.stderr.write(f"pc: {e}\n")
+            code = EXIT_OUTPUT
+    except Exception:  # noqa: BLE001 - the reader went away (StdoutClosed): quiet, as cli.main does
+        pass
+    try:
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - nowhere left to report it
+        pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import typer
 
 from . import errors
 from .cli_common import (CacheOpt, ClosedStdoutGuard, JsonOpt, ModelOpt, StdoutClosed, cache_root, emit_json,
-                         option_parser, parse_size, write_err, write_out)
+                         option_parser, outlive, parse_size, write_err, write_out)
 
 app = typer.Typer(
     add_completion=False,
@@ -148,6 +148,7 @@ def compile(
     sch = _load_schema(schema)
     _check_refresh(ranked, "--ranked", kv_type, mode)
     sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, checkpoint_bytes)
+    outlive(sess)
     _check_refresh(ranked, "--ranked", kv_type, Mode(sess.mode))
     bar, update = _progress_bar(not as_json)
     with bar:
@@ -254,6 +255,7 @@ def ask(
         raise errors.UsageError("--refresh recomputes cached tokens; --no-cache computes them all already")
     _check_refresh(bool(refresh), "--refresh", kv_type, mode)
     sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
+    outlive(sess)
     _check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
     on_text = None if as_json else write_out
     bar, update = _progress_bar(not as_json)

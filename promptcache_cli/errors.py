@@ -10,6 +10,7 @@ EXIT_MODEL = 4  # model file missing, unreadable, not GGUF, or unusable (templat
 EXIT_CACHE = 5  # the cache cannot be written or read
 EXIT_TOO_LONG = 6  # the prompt does not fit the model's context
 EXIT_BACKEND = 7  # llama.cpp failed while computing
+EXIT_OUTPUT = 8  # stdout cannot be written (not a closed pipe: that ends quietly with 0)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 EXIT_CODES = {
@@ -22,6 +23,7 @@ EXIT_CODES = {
                 "or pc verify found a damaged file",
     EXIT_TOO_LONG: "prompt longer than the model's context",
     EXIT_BACKEND: "llama.cpp failed while computing (or refused a state it had just computed)",
+    EXIT_OUTPUT: "stdout cannot be written (a full disk, an I/O error)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -53,6 +55,7 @@ def exit_code_for(exc: BaseException) -> int | None:
         (PromptTooLong, EXIT_TOO_LONG),
         (ContextFullError, EXIT_TOO_LONG),
         (BackendError, EXIT_BACKEND),
+        (OutputError, EXIT_OUTPUT),
     ]
     for cls, code in table:
         if isinstance(exc, cls):
@@ -62,6 +65,10 @@ def exit_code_for(exc: BaseException) -> int | None:
 
 class InputError(Exception):
     """A problem with what the user typed that the CLI itself detects."""
+
+
+class OutputError(Exception):
+    """stdout cannot be written: a full disk or an I/O error (a reader that went away is not one)."""
 
 
 class UsageError(Exception):

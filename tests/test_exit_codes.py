@@ -92,6 +92,18 @@ def damaged_verify(tmp: Path) -> faults.Proc:
     return faults.run(["verify"], cache=cache)
 
 
+def full_stdout(tmp: Path) -> faults.Proc:
+    """`pc ask` whose answer goes to a full disk (/dev/full: every write fails with ENOSPC)."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    t0 = time.perf_counter()
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run(faults.PC + ["ask", "--no-cache", "-n", "4", "-s", str(facts(tmp)), "What color?"],
+                           stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, timeout=faults.TIMEOUT,
+                           env=faults.env_for(tmp / "cache"))
+    return faults.Proc(p.returncode, "", p.stderr.decode("utf-8", "replace"), time.perf_counter() - t0, 0)
+
+
 def not_a_dir(tmp: Path) -> Path:
     return write(tmp, "file", "not a folder\n")
 
@@ -113,6 +125,7 @@ CASES: dict[str, tuple[int, Callable[[Path], faults.Proc]]] = {
     "prompt longer than the context": (errors.EXIT_TOO_LONG, lambda tmp: faults.run(
         ["ask", "-", "-s", facts(tmp)], cache=tmp / "cache", stdin=b"why " * 20_000)),
     "llama.cpp fails while computing": (errors.EXIT_BACKEND, backend_failure),
+    "stdout on a full disk": (errors.EXIT_OUTPUT, full_stdout),
     "interrupted": (errors.EXIT_INTERRUPTED, interrupted),
 }
 
