@@ -39,6 +39,8 @@ def main() -> None:
 def _exit(code) -> None:
     """End the process with ``code`` after flushing stdout and stderr, without the interpreter's
     teardown. A code that is not a number is left to Python (it prints it)."""
+    from .cli_common import write_err
+
     if code is None:
         code = 0
     if not isinstance(code, int):
@@ -47,7 +49,7 @@ def _exit(code) -> None:
         sys.stdout.flush()
     except OutputError as e:  # a full disk: exit 8 (cli.main has reported any earlier error)
         if code == 0:
-            sys.stderr.write(f"pc: {e}\n")
+            write_err(f"pc: {e}")
             code = EXIT_OUTPUT
     except Exception:  # noqa: BLE001 - the reader went away (StdoutClosed): quiet, as cli.main does
         pass

@@ -53,7 +53,7 @@ EncodingOpt = typer.Option(
     help="How modules are encoded: 'scaffold' (after the default prompt before it, or the first prompt "
     "the schema allows that repeats no text where the default one does), 'average' "
     "(the mean of the states after up to 8 prompts the schema allows before it, its unions switched "
-    "member by member: measured closest to uncached answers; compiling took 3.8x and 7.9x as long on the "
+    "member by member: measured closest to uncached answers; compiling took 2.8x-3.8x and 7.9x as long on the "
     "benchmark's schemas) or 'independent' "
     "(after the shared prefix only; edits invalidate less).",
 )

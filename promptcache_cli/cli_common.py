@@ -84,9 +84,14 @@ def emit_json(obj: dict) -> None:
 
 
 def write_err(message: str) -> None:
+    """One message on stderr. A stderr that cannot be written (closed, a full disk) loses it:
+    the exit code still tells."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
+    try:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
+    except OSError:
+        pass
 
 
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30,

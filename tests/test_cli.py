@@ -535,6 +535,20 @@ def test_closed_stdout_is_quiet_for_every_command(command: list[str]) -> None:
     assert err == b""
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+@pytest.mark.parametrize("command, code", [
+    (["path"], errors.EXIT_OK),  # the path goes to stdout, nothing to stderr
+    (["ask", "-s", "no-such-schema.xml", "hi"], errors.EXIT_INPUT),  # its one line is lost
+    (["gc", "--max-size", "5Q"], errors.EXIT_USAGE),
+])
+def test_an_unwritable_stderr_keeps_the_exit_code(command: list[str], code: int) -> None:
+    """stderr on a full disk: whatever cannot be said is lost, the exit code still tells, and no
+    traceback is attempted."""
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(PC + command, stdout=subprocess.PIPE, stderr=full, timeout=TIMEOUT)
+    assert proc.returncode == code
+
+
 def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
     """SIGINT during a long prefill: exit 130, "interrupted" on stderr, no cache file."""
     import signal
