@@ -89,9 +89,11 @@ def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding,
         raise errors.UsageError(f"--encoding average needs f16 KV states, not --kv-type {kv_type.value}")
     root = cache_root(cache_dir)
     settings = ContextSettings.for_kv_type(kv_type.value)
-    return open_session(resolve_model(model), cache_dir=root, mode=mode.value, encoding=encoding.value,
+    sess = open_session(resolve_model(model), cache_dir=root, mode=mode.value, encoding=encoding.value,
                         codec=compression.value, settings=settings, checkpoints=checkpoints,
                         checkpoint_bytes=checkpoint_bytes)
+    outlive(sess)  # a `pc` process leaves it to the operating system
+    return sess
 
 
 def _load_schema(path: str):
@@ -148,7 +150,6 @@ def compile(
     sch = _load_schema(schema)
     _check_refresh(ranked, "--ranked", kv_type, mode)
     sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, checkpoint_bytes)
-    outlive(sess)
     _check_refresh(ranked, "--ranked", kv_type, Mode(sess.mode))
     bar, update = _progress_bar(not as_json)
     with bar:
@@ -255,7 +256,6 @@ def ask(
         raise errors.UsageError("--refresh recomputes cached tokens; --no-cache computes them all already")
     _check_refresh(bool(refresh), "--refresh", kv_type, mode)
     sess = _session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
-    outlive(sess)
     _check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
     on_text = None if as_json else write_out
     bar, update = _progress_bar(not as_json)
