@@ -4,11 +4,13 @@ floor, side by side (alternating run by run), plus the answer quality of cached 
 bench/results/<date>.json, .md and -ttft.png / -bytes.png. The library is promptcache_cli.benchmarks.
 
     python scripts/bench.py [--quick] [--only speed|docqa|prefix|params|quality]... [--out DIR]
+    python scripts/bench.py --render bench/results/<date>.json   # the report again, from a run's JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +34,14 @@ def main() -> None:
                     help="answer quality: the --refresh percentages measured, e.g. 5,10,20 (default 5,10)")
     ap.add_argument("--model", help="GGUF model (default: $PC_MODEL, else SmolLM2-135M-Instruct)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--render", metavar="JSON", help="measure nothing: write a run's markdown and plots again "
+                    "from its JSON (beside it)")
     args = ap.parse_args()
+    if args.render:
+        path = Path(args.render)
+        paths = suite.render(json.loads(path.read_text(encoding="utf-8")), path.parent, stamp=path.stem)
+        print(paths["md"].read_text(encoding="utf-8"))
+        return
     try:
         cfg = suite.config_for(quick=args.quick, only=args.only, levels=args.levels, rounds=args.rounds,
                                quality_questions=args.quality_questions, refresh=args.refresh)

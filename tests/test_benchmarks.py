@@ -127,6 +127,41 @@ def test_markdown_and_plots(outputs):
         assert f"({paths[key].name})" in md
 
 
+def test_agreement_by_answer_length(outputs):
+    from promptcache_cli.benchmarks import report
+
+    assert report.horizons(32) == (1, 2, 4, 8, 16, 32) and report.horizons(4) == (1, 2, 4)
+    assert report.horizons(12) == (1, 2, 4, 8, 12) and report.horizons(1) == (1,)
+    rows = [{"nocache": {"tokens": [1, 2, 3, 4]}, "c": {"tokens": [1, 2, 9, 4]}},
+            {"nocache": {"tokens": [1, 2]}, "c": {"tokens": [1, 2, 5]}}]  # the uncached answer ended sooner
+    assert [report.agreement_at(rows, "c", k) for k in (1, 2, 3, 4)] == [1.0, 1.0, 0.0, 0.0]
+    assert report.agreement_at(rows, "nocache", 2, ref="c") == 1.0
+    # in the run: the longest horizon is the exact-match rate, and agreement only falls with length
+    res = json.loads(outputs[0]["json"].read_text(encoding="utf-8"))
+    q = res["quality"]
+    ks = report.horizons(q["generated_tokens"])
+    for name in [v["name"] for v in q["variants"]] + q["controls"]:
+        shares = [report.agreement_at(q["rows"], name, k) for k in ks]
+        assert shares[-1] == q["summary"][name]["exact_match_rate"], name
+        assert shares == sorted(shares, reverse=True), name
+    md = outputs[0]["md"].read_text(encoding="utf-8")
+    assert "Same first k greedy tokens as --no-cache" in md and "| control: exact-reload | 100% |" in md
+    assert "scaffold-q8_0 against the f16 scaffold cache's answer" in md
+
+
+def test_render_writes_the_report_again_from_the_json(outputs, tmp_path):
+    paths, _ = outputs
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+    copy = tmp_path / "run.json"
+    copy.write_bytes(paths["json"].read_bytes())
+    proc = subprocess.run([sys.executable, str(script), "--render", str(copy)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "run.md").read_text(encoding="utf-8")
+    assert md == paths["md"].read_text(encoding="utf-8").replace("tiny-", "run-")  # the plots take the new stem
+    assert copy.read_bytes() == paths["json"].read_bytes()  # the measurements are left as they were
+    assert (tmp_path / "run-ttft.png").exists() and proc.stdout.startswith("# pc bench")
+
+
 def test_command_options_and_errors(tmp_path):
     app = typer.Typer()
     app.command()(bench)

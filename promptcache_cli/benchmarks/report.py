@@ -267,6 +267,7 @@ def _quality(q: dict) -> list[str]:
                    f"{m['median_kl']:.4f} | {m['mean_kl']:.4f} | {_pct(m['needle_accuracy'])} | "
                    f"{_ms(m['median_ttft_ms'])} |")
     out.append("")
+    out += _horizons(q)
     if q.get("controls"):
         out += [f"Controls: the uncached prompt's exact states saved and loaded back before the question "
                 f"(`exact-reload`), and the same states with every K and V value rounded to {q['control_bits']} "
@@ -302,4 +303,40 @@ def _quality(q: dict) -> list[str]:
     if q8 and "same_as_f16_rate" in q8:
         out.append(f"- scaffold-q8_0 (`--kv-type q8_0`, flash attention): the same {q['generated_tokens']} greedy "
                    f"tokens as the f16 scaffold cache on {_pct(q8['same_as_f16_rate'])} of questions.")
+    return out + [""]
+
+
+def horizons(n_tokens: int) -> tuple[int, ...]:
+    """The answer lengths agreement is shown at: 1, 2, 4, ... up to and including ``n_tokens``."""
+    out, k = [], 1
+    while k < n_tokens:
+        out.append(k)
+        k *= 2
+    return (*out, n_tokens)
+
+
+def agreement_at(rows: list[dict], name: str, k: int, *, ref: str = "nocache") -> float:
+    """The share of questions whose first ``k`` greedy tokens under ``name`` are the ``ref`` answer's
+    first ``k`` (an answer that ended sooner is compared whole, so the two must end alike)."""
+    return sum(r[name]["tokens"][:k] == r[ref]["tokens"][:k] for r in rows) / len(rows)
+
+
+def _horizons(q: dict) -> list[str]:
+    """Agreement with --no-cache by answer length, every variant beside the controls: where an
+    approximate cache parts from the uncached answer against where the noise floor does."""
+    rows = q.get("rows") or []
+    if not rows:
+        return []
+    ks = horizons(q["generated_tokens"])
+    names = [v["name"] for v in q["variants"]] + list(q.get("controls", []))
+    out = ["Same first k greedy tokens as --no-cache, by k (the share of questions; the last column is the "
+           "table's first):", "", "| cache | " + " | ".join(f"k = {k}" for k in ks) + " |",
+           "| --- |" + " ---: |" * len(ks)]
+    for name in names:
+        label = f"control: {name}" if name in q.get("controls", []) else name
+        out.append(f"| {label} | " + " | ".join(_pct(agreement_at(rows, name, k)) for k in ks) + " |")
+    q8, f16 = "scaffold-q8_0", "scaffold"
+    if q8 in names and f16 in names:
+        out.append(f"| {q8} against the f16 {f16} cache's answer | "
+                   + " | ".join(_pct(agreement_at(rows, q8, k, ref=f16)) for k in ks) + " |")
     return out + [""]

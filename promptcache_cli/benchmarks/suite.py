@@ -226,12 +226,18 @@ def _token_gap(res: dict) -> str:
 
 def write(res: dict, out_dir: Path, *, stamp: str | None = None) -> dict[str, Path]:
     """The JSON, the markdown and (with matplotlib installed) the two plots; returns their paths."""
-    from . import plots
-
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = stamp or dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
-    paths = {"json": out_dir / f"{stamp}.json", "md": out_dir / f"{stamp}.md"}
-    paths["json"].write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path = out_dir / f"{stamp}.json"
+    path.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {"json": path, **render(res, out_dir, stamp=stamp)}
+
+
+def render(res: dict, out_dir: Path, *, stamp: str) -> dict[str, Path]:
+    """The markdown and the plots of a results dict (a run's JSON read back renders the same way)."""
+    from . import plots
+
+    paths = {"md": out_dir / f"{stamp}.md"}
     md = report.markdown(res)
     try:
         for key, draw in (("ttft", plots.ttft), ("bytes", plots.cache_bytes)):
