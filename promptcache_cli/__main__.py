@@ -1,5 +1,6 @@
 """`pc` and `python -m promptcache_cli`: the CLI, imported under a Ctrl-C guard, and a quick exit.
 
+A `pc ask` first starts loading its model on a thread (preload.py), which runs beside the imports.
 Importing the CLI (Typer, rich, and through them most of what `pc` needs) takes a few tens of
 milliseconds; a Ctrl-C that lands then ends like any other Ctrl-C (one line, exit 130), not with
 a KeyboardInterrupt traceback. Only the interpreter's own start-up, before this file runs, is
@@ -17,16 +18,24 @@ from __future__ import annotations
 import os
 import sys
 
+from . import preload
 from .errors import EXIT_INTERRUPTED, EXIT_OUTPUT, OutputError
 
 
 def main() -> None:
     try:
+        path = preload.wanted(sys.argv[1:])
+        if path:
+            preload.start(path)
         from .cli import main as run
         from .cli_common import leave_to_os
     except KeyboardInterrupt:
-        sys.stderr.write("pc: interrupted\n")
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        try:
+            sys.stderr.write("pc: interrupted\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - nowhere left to report it
+            pass
+        os._exit(EXIT_INTERRUPTED)  # now, without the teardown: the preload thread may be in llama.cpp
     leave_to_os()
     try:
         run()

@@ -1,4 +1,5 @@
-"""The llama.cpp boundary: the only module that imports ``llama_cpp``.
+"""The llama.cpp boundary: with llama_bindings.py (the bindings themselves, imported without
+numpy), the only module that uses ``llama_cpp``.
 
 Thin wrappers over the low-level C API: load a model, tokenize, decode a run of tokens at
 explicit positions into a sequence, read logits, copy/remove cells, and save or load one
@@ -10,48 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
-import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 
-
-def _bindings():
-    """llama-cpp-python's ctypes bindings (``llama_cpp.llama_cpp``) and the package's version.
-
-    The package's ``__init__`` also imports the high-level ``Llama`` and its chat formats (jinja2
-    and more), which `pc` never uses: 40 to 50 ms of every cold `pc` process (measured with numpy
-    already imported). So the bindings are imported under a bare stand-in for the package, which
-    is dropped afterwards: a later ``import llama_cpp`` runs the real ``__init__``, reusing the
-    bindings already loaded. The version is read from the ``__init__`` source; where that fails,
-    or the package is imported already, the package is imported in full."""
-    import importlib
-    import importlib.util
-
-    if "llama_cpp" not in sys.modules:
-        spec = importlib.util.find_spec("llama_cpp")
-        version = None
-        if spec is not None and spec.origin and spec.submodule_search_locations is not None:
-            try:
-                with open(spec.origin, encoding="utf-8") as f:
-                    found = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M)
-                version = found and found.group(1)
-            except OSError:
-                pass
-        if version:
-            sys.modules["llama_cpp"] = importlib.util.module_from_spec(spec)
-            try:
-                return importlib.import_module("llama_cpp.llama_cpp"), version
-            finally:
-                del sys.modules["llama_cpp"]
-    import llama_cpp
-
-    return sys.modules["llama_cpp.llama_cpp"], llama_cpp.__version__
-
-
-C, _VERSION = _bindings()
+from .llama_bindings import VERSION as _VERSION
+from .llama_bindings import C, gguf_problem, init_backend, load_model_file
 
 GGML_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0, "f32": C.GGML_TYPE_F32}
 
@@ -75,23 +41,6 @@ class StateRefused(BackendError):
 
 class ContextFullError(BackendError):
     """The prompt does not fit into the context."""
-
-
-# llama.cpp's log lines are dropped by a builtin, not a Python function: a Ctrl-C that lands while
-# llama.cpp logs (model loading logs hundreds of lines) would be raised inside a Python callback,
-# where ctypes prints it as "Exception ignored" and loses it; a builtin runs no bytecode.
-_silent_log = C.llama_log_callback(slice)
-
-
-_initialized = False
-
-
-def _init_backend() -> None:
-    global _initialized
-    if not _initialized:
-        C.llama_log_set(_silent_log, ctypes.c_void_p(0))
-        C.llama_backend_init()
-        _initialized = True
 
 
 def llama_cpp_version() -> str:
@@ -129,20 +78,13 @@ class ContextSettings:
 class Model:
     """A loaded GGUF model and its vocabulary."""
 
-    def __init__(self, path: str) -> None:
-        _init_backend()
-        if not os.path.isfile(path):
-            raise ModelLoadError(f"model file not found: {path}")
-        try:
-            with open(path, "rb") as f:
-                magic = f.read(4)
-        except OSError as e:
-            raise ModelLoadError(f"cannot read model file {path}: {e.strerror}") from None
-        if magic != b"GGUF":
-            raise ModelLoadError(f"not a GGUF model file: {path}")
-        params = C.llama_model_default_params()
-        params.use_mmap = True
-        self._ptr = C.llama_model_load_from_file(os.fsencode(path), params)
+    def __init__(self, path: str, *, loaded=None) -> None:
+        """``loaded``: llama.cpp's handle of this very file, loaded already (preload.py)."""
+        init_backend()
+        problem = gguf_problem(path)
+        if problem:
+            raise ModelLoadError(problem)
+        self._ptr = loaded or load_model_file(path)
         if not self._ptr:
             raise ModelLoadError(f"llama.cpp could not load the model: {path}")
         self.path = path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import preload
 from .engine import Session
 from .llama_backend import ContextSettings, Model
 from .prefix_engine import DEFAULT_CHECKPOINTS, PrefixSession
@@ -19,7 +20,7 @@ def open_session(model_path: str | Path, *, cache_dir: str | Path, mode: str = "
     stitching otherwise. Modular stitching of such a model raises UnsupportedModel."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
-    model = Model(str(model_path))
+    model = Model(str(model_path), loaded=preload.take(str(model_path)))
     try:
         if mode == "prefix" or (mode == "auto" and model.kind in PREFIX_KINDS):
             return PrefixSession(model_path, cache_dir=cache_dir, settings=settings, codec=codec,

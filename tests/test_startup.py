@@ -1,5 +1,6 @@
 """What a cold `pc` process loads: only llama-cpp-python's ctypes bindings, not its high-level
-package (llama_backend._bindings), and numpy.random only when sampling with a temperature.
+package (llama_bindings._bindings), which import without numpy (the preload thread needs nothing
+more), and numpy.random only when sampling with a temperature.
 Each case runs in a fresh interpreter, as `pc` does."""
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ def test_the_bindings_load_without_the_high_level_package():
     assert "llama_cpp.llama_cpp" in got["mods"]
     assert not {"llama_cpp", "llama_cpp.llama", "llama_cpp.llama_chat_format", "jinja2"} & set(got["mods"])
     assert got["version"] == version("llama_cpp_python")  # the version the cache keys carry
+
+
+def test_the_bindings_and_a_model_load_need_no_numpy(model_path):
+    got = _run(
+        "import json, sys\n"
+        "from promptcache_cli import llama_bindings as b\n"
+        f"h = b.load_model_file({str(model_path)!r})\n"
+        "print(json.dumps({'loaded': bool(h), 'numpy': 'numpy' in sys.modules,"
+        " 'problem': b.gguf_problem(sys.executable)}))"
+    )
+    assert got["loaded"] and not got["numpy"]
+    assert got["problem"] == f"not a GGUF model file: {sys.executable}"
 
 
 def test_the_full_package_still_imports_afterwards_and_shares_the_bindings():
