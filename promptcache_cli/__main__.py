@@ -1,11 +1,14 @@
 """`pc` and `python -m promptcache_cli`: the CLI, imported under a Ctrl-C guard, and a quick exit.
 
 A `pc ask` first starts loading its model on a thread (preload.py), which runs beside the imports.
-Importing the CLI (Typer, rich, and through them most of what `pc` needs) takes a few tens of
-milliseconds; a Ctrl-C that lands then ends like any other Ctrl-C (one line, exit 130), not with
-a KeyboardInterrupt traceback. Only the interpreter's own start-up, before this file runs, is
-outside the guard: a Ctrl-C there ends as Python decides (killed by the signal, or Python's
-"Fatal Python error" about its site module).
+Importing the CLI (Typer, rich, and through them most of what `pc` needs) takes a good hundred
+milliseconds. Until it is done, a Ctrl-C ends `pc` at once from the signal handler (one line,
+exit 130): a KeyboardInterrupt raised there could land inside the import machinery, where Python
+reports it as "ignored" and goes on, or end in a traceback. Only the interpreter's own start-up,
+before this file runs, is outside the guard: a Ctrl-C there ends as Python decides (killed by the
+signal, one of its "Fatal Python error" paragraphs, or reported by its site module, which then
+goes on). After the imports a Ctrl-C is a KeyboardInterrupt again, which the CLI turns into the
+same line and code once it has cleaned up (cli.main).
 
 Once the command has returned, the process ends with ``os._exit``: every file it wrote is synced
 and renamed, every lock released and every output flushed by then, and what is left (the model,
@@ -16,26 +19,26 @@ it piece by piece: about 40 ms of a cached `pc ask` at ~4k tokens (cli_common.ou
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
-from . import preload
 from .errors import EXIT_INTERRUPTED, EXIT_OUTPUT, OutputError
 
 
 def main() -> None:
-    try:
-        path = preload.wanted(sys.argv[1:])
-        if path:
-            preload.start(path)
-        from .cli import main as run
-        from .cli_common import leave_to_os
-    except KeyboardInterrupt:
-        try:
-            sys.stderr.write("pc: interrupted\n")
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001 - nowhere left to report it
-            pass
-        os._exit(EXIT_INTERRUPTED)  # now, without the teardown: the preload thread may be in llama.cpp
+    guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # an ignored SIGINT stays ignored
+    if guarded:
+        signal.signal(signal.SIGINT, _interrupted)
+    from . import preload
+
+    path = preload.wanted(sys.argv[1:])
+    if path:
+        preload.start(path)
+    from .cli import main as run
+    from .cli_common import leave_to_os
+
+    if guarded:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     leave_to_os()
     try:
         run()
@@ -43,6 +46,16 @@ def main() -> None:
     except SystemExit as e:
         code = e.code
     _exit(code)
+
+
+def _interrupted(signum, frame) -> None:
+    """Ctrl-C while `pc` starts: one line and exit 130, now (nothing is written yet, and the
+    preload thread may be inside llama.cpp)."""
+    try:
+        os.write(2, b"pc: interrupted\n")
+    except OSError:
+        pass
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _exit(code) -> None:
