@@ -83,6 +83,8 @@ class Model:
         init_backend()
         problem = gguf_problem(path)
         if problem:
+            if loaded:  # the file changed since the thread loaded it
+                C.llama_model_free(loaded)
             raise ModelLoadError(problem)
         self._ptr = loaded or load_model_file(path)
         if not self._ptr:

@@ -76,6 +76,23 @@ def test_a_wrong_guess_or_a_failed_load_leaves_an_ordinary_load(env, model_path,
     sess.close()
 
 
+def test_a_file_replaced_after_the_thread_loaded_it_is_reported_as_it_is_now(env, model_path, tmp_path):
+    import shutil
+
+    from promptcache_cli.llama_backend import Model, ModelLoadError
+
+    copy = tmp_path / "model.gguf"
+    shutil.copyfile(model_path, copy)
+    preload.start(str(copy))
+    _, thread, _ = preload._job
+    thread.join()
+    swap = tmp_path / "swap"
+    swap.write_bytes(b"no longer a model")
+    swap.replace(copy)  # a new file under the name; the loaded one stays mapped until freed
+    with pytest.raises(ModelLoadError, match="not a GGUF model file"):
+        Model(str(copy), loaded=preload.take(str(copy)))
+
+
 def test_answers_and_errors_are_the_same_with_and_without_it(tmp_path, monkeypatch):
     schema = write_schema(tmp_path / "s", """
         <schema name="pre">
