@@ -471,7 +471,24 @@ def test_make_trace_is_seeded_and_plan_table_reports_every_budget(tmp_path):
         rows = {int(m[1]): [float(x.replace(",", "")) for x in m[2].split(" | ")]
                 for m in re.finditer(r"^\| (\d) \| ([\d, |]+?) \| [\d.]+x \|$", table, re.MULTILINE)}
         assert sorted(rows) == [1, 2, 4, 8]
-        for row in rows.values():  # dp, dp 1-token bins, then the baselines
+        for row in rows.values():  # dp with 64-token bins, dp (token resolution), then the baselines
             assert len(row) == 7
             if table is tables[0]:  # in sample the unrestricted DP is optimal: never above a baseline
                 assert row[1] <= min(row[2:])
+
+
+def test_plan_exactness_reports_every_budget_with_the_exact_dp_first():
+    """scripts/plan_exactness.py --quick: both traces, both weightings, budgets 1-16; in every row
+    the exact DP recomputes no more than the binned DP or any baseline (the script itself checks
+    that `compare` reports the figures its own evaluator gives, and exits non-zero otherwise)."""
+    run = subprocess.run([sys.executable, SCRIPTS / "plan_exactness.py", "--quick"], capture_output=True,
+                         text=True, check=True)
+    sections = re.split(r"^## ", run.stdout, flags=re.MULTILINE)[1:]
+    assert [s.split(" ")[0] for s in sections] == ["documents", "documents", "multilevel", "multilevel", "Time"]
+    for section in sections[:4]:
+        rows = {int(m[1]): [float(x.replace(",", "")) for x in m[2].split(" | ")]
+                for m in re.finditer(r"^\| (\d+) \| ([\d,. |]+?) \| [\d.]+x \| [\d.]+x \|$", section, re.MULTILINE)}
+        assert sorted(rows) == [1, 2, 4, 8, 16]
+        for row in rows.values():  # dp, dp with 64-token bins, block, uniform, sqrt, dyadic
+            assert len(row) == 6 and row[0] <= min(row[1:])
+    assert len(re.findall(r"^\| 8,192 \| 20,000 \| (uniform|multilevel) \|", sections[4], re.MULTILINE)) == 6
