@@ -394,6 +394,7 @@ def compare(depths: Sequence[int], *, length: int, checkpoints: int, weights: Se
     requests it has not seen."""
     _check_count(checkpoints)
     bnd = tuple(boundaries)
+    depths = np.asarray(depths, dtype=np.int64).reshape(-1)  # converted once for the six scorings
     w = decay_weights(len(depths), decay) if weights is None else np.asarray(weights, dtype=np.float64)
     if plan_depths is None:
         hist = histogram(depths, length=length, weights=w, bin_tokens=bin_tokens, boundaries=bnd)
