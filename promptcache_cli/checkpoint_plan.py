@@ -47,7 +47,7 @@ function of s alone) keeps it so, and the leftmost best s is therefore non-decre
 step is thus solved by divide and conquer over the columns, O(K log K) instead of O(K^2)
 (vectorized level by level with numpy). All: O(M K log K) time, O(M K) memory for
 the back-pointers. scripts/plan_exactness.py times it: well under a second for 16 checkpoints over
-25k distinct depths (a 32k-token context), where trying every split took about 20 s per
+25k distinct depths (a 32k-token context), where trying every split took over 10 s per
 checkpoint.
 
 Binned planning (``bin_tokens`` > 1) is kept only to compare with earlier versions, which planned
