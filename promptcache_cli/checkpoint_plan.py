@@ -1,35 +1,61 @@
-"""Where to keep M prefix checkpoints of a cached prompt: the exact dynamic program over a decayed
-histogram of observed overlap depths, the baselines it is measured against, and the objective that
-scores them all (design: ../shared/design/sparse-prefix.md). Pure Python and numpy.
+"""Where to keep M prefix checkpoints of a cached prompt: the exact dynamic program over the decayed
+overlap depths requests showed, the baselines it is measured against, and the objective that scores
+them all (design: ../shared/design/sparse-prefix.md). Pure Python and numpy.
 
 Terms. ``length`` (L) is the cached prompt's length in tokens. A request's overlap depth d is how many
 leading tokens it shares with the cached prompt (0 <= d <= L). With checkpoint positions
-0 < s_1 < ... < s_M < L the request resumes from s(d), the deepest checkpoint <= d (0 if none), and
-recomputes the d - s(d) shared tokens in between. Tokens after d are new and computed whatever the
-plan, so they are not counted. The state at the end of the cached prompt (position L) is always kept
-in addition to the M checkpoints, so a request with d == L recomputes nothing (a depth above L is
-treated as L).
+0 < s_1 < ... < s_M < L the request resumes from s(d), the deepest checkpoint <= d (0, a cold prefill,
+if none), and recomputes the d - s(d) shared tokens in between. Tokens after d are new and computed
+whatever the plan, so they are not counted. The state at the end of the cached prompt (position L)
+is always kept in addition to the M checkpoints, so a request with d == L recomputes nothing (a depth
+above L is treated as L). Every position returned lies strictly inside (0, L): a valid place for a
+llama.cpp checkpoint that is not the end state itself.
 
-The objective: the total over requests of w_i * (d_i - s(d_i)) with exact depths d_i and weights
-w_i; the expected recomputed tokens are that total divided by the sum of the weights (every request
-counts in the denominator, also those with d == L). Weights decay with age: among n requests the
-i-th (0-based) weighs ``decay ** (n - 1 - i)``, i.e. every new request multiplies the counts seen so
-far by 0.99; ``decay=1`` weighs a trace's requests equally (its total).
+The objective (units: tokens). The total over requests of w_i * (min(d_i, L) - s(d_i)) with the exact
+recorded depths d_i and weights w_i; the expected recomputed tokens (tokens per request) are that
+total divided by the sum of the weights, every request counting in the denominator, also those with
+d >= L. Weights decay with age in arrival (trace) order: among n requests the i-th (0-based, oldest
+first) weighs ``decay ** (n - 1 - i)``, i.e. every new request multiplies the weight of those seen so
+far by 0.99, the newest weighing 1; ``decay=1`` weighs a trace's requests alike. The planner and every
+reported cost use the same weights and the same exact depths: no cost is read off a histogram bin.
 
-Bins, candidates and exactness. Requests fall into 64-token bins (``bin_tokens``). Checkpoints may
-sit only at candidate positions below L: the bin starts (multiples of 64), the shallowest recorded
-depth in each bin, and any preferred boundaries (module or role boundaries) the caller passes.
-Consecutive candidates cut [0, L) into intervals; each keeps the decayed count and the decayed *sum
-of exact depths* of its requests. No candidate lies inside an interval, so all its requests resume
-from the same checkpoint c and it costs depth_sum - weight * c exactly. The dynamic program therefore
-returns a set of at most M candidates minimizing the exact objective over all such sets (the tests
-check it against brute force). Only intervals holding requests become DP nodes: a checkpoint at the
-start of an empty interval never beats one at the start of the next interval holding requests, which
-keeps the DP small for long prompts (and makes a bin's start useless once the bin holds a request:
-its shallowest depth serves the same requests from deeper). Snapping to each bin's shallowest depth
-matters because real depths pile up at exact module boundaries. With ``bin_tokens=1`` every position
-is a candidate and the DP is the unrestricted optimum (an optimal checkpoint can always be moved up
-to a recorded depth): the reference scripts/plan_table.py compares the 64-token plan with.
+Why the distinct observed depths are the only candidates needed (so the DP over them is the optimum
+over every set of at most M token positions). Take any plan S and a checkpoint s in S that is not an
+observed depth; let s+ be the next stop above it (the next checkpoint, or L). The requests resuming
+from s are exactly those with s <= d < s+. If none has such a depth, s serves nobody: dropping it
+changes no cost. Otherwise let t be the shallowest observed depth in [s, s+): t > s, no request has a
+depth in [s, t), so moving s up to t leaves every request resuming from the same stop and saves each
+of them t - s tokens; requests below s or from s+ up are untouched. Either way the cost does not rise
+and S has one position fewer off the observed depths; repeating gives a plan at observed depths
+(and below L: depths >= L already resume from the end state) that is at least as good, with at most
+as many checkpoints. Depth 0 needs no candidate (it recomputes nothing) and position 0 is the cold
+start every plan has. Hence with K distinct depths in (0, L) the problem is a partition of K sorted
+points, exactly, however long the prompt: at 32k tokens K is at most min(requests, 32k), and in real
+traffic, where depths pile up at module and turn boundaries, far smaller.
+
+The dynamic program. ``edges`` are 0 and the K depths; interval k holds the requests at depth
+``edges[k]`` (decayed count ``weight[k]``, decayed depth sum ``depth_sum[k]``). With prefix sums PW,
+PS of the two, intervals s..j resuming at ``edges[s]`` cost PS(j) - PS(s-1) - edges[s] (PW(j) -
+PW(s-1)), and
+
+    dp_0[j] = PS(j)                                               (no checkpoint: resume at 0)
+    dp_m[j] = min(dp_{m-1}[j], min_{1 <= s <= j} dp_{m-1}[s-1] + cost(s, j))
+
+For a < b <= c < d, cost(a, d) - cost(a, c) - cost(b, d) + cost(b, c) = (edges[b] - edges[a]) *
+(PW(d) - PW(c)) >= 0: the cost is Monge (the quadrangle inequality), adding dp_{m-1}[s-1] (a
+function of s alone) keeps it so, and the leftmost best s is therefore non-decreasing in j. Each
+step is thus solved by divide and conquer over the columns, O(K log K) instead of O(K^2)
+(vectorized level by level with numpy). All: O(M K log K) time, O(M K) memory for
+the back-pointers. scripts/plan_exactness.py times it: well under a second for 16 checkpoints over
+25k distinct depths (a 32k-token context), where trying every split took over 10 s per
+checkpoint.
+
+Binned planning (``bin_tokens`` > 1) is kept only to compare with earlier versions, which planned
+over 64-token bins (``BIN_TOKENS``): candidates were then the bin starts, each bin's shallowest depth
+and preferred boundaries, optimal among those but not over all positions (it recomputes more
+tokens, the more so the more checkpoints: scripts/plan_exactness.py). Positions added beyond what
+helps ("top-ups", for depths not seen yet) and the plan before any request is recorded snap to
+preferred (module or role) boundaries or to multiples of ``GRID_TOKENS``.
 """
 
 from __future__ import annotations
@@ -40,11 +66,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-BIN_TOKENS = 64  # histogram bin width; candidates: its multiples, each bin's shallowest depth, boundaries
+BIN_TOKENS = 64  # the bin width earlier versions planned over (bin_tokens=BIN_TOKENS: comparisons only)
+GRID_TOKENS = 64  # top-ups and the plan without data snap to multiples of this (or to boundaries)
 DECAY = 0.99  # per new request
 BLOCK_TOKENS = 256  # the block baseline's block size, as in block-based prefix caches
 STRATEGIES = ("dp", "block", "uniform", "sqrt", "dyadic")
-_CHUNK = 512  # DP columns evaluated per numpy step (memory: DP nodes x _CHUNK floats)
 
 
 # -- the decayed histogram -------------------------------------------------------------------
@@ -62,7 +88,9 @@ class DepthHistogram:
     """Requests grouped by the interval between candidates their depth falls in. ``edges[k]`` is
     interval k's start (``edges[0]`` is 0, the free start; the others are the candidates starting an
     interval that holds requests); it ends at ``edges[k + 1]`` or L. ``full`` is the weight of
-    requests with d >= L (they cost 0)."""
+    requests with d >= L (they cost 0). At token resolution (``bin_tokens=1``, the default) the
+    edges are 0 and the distinct depths below L, and interval k holds exactly the requests at depth
+    ``edges[k]`` (those at depth 0 in interval 0)."""
 
     length: int
     edges: np.ndarray  # int64, strictly increasing, edges[0] == 0, all < length
@@ -77,9 +105,12 @@ class DepthHistogram:
 
 
 def histogram(depths: Sequence[int], *, length: int, weights: Sequence[float] | None = None,
-              decay: float = DECAY, bin_tokens: int = BIN_TOKENS, boundaries: Iterable[int] = ()) -> DepthHistogram:
+              decay: float = DECAY, bin_tokens: int = 1, boundaries: Iterable[int] = ()) -> DepthHistogram:
     """The histogram of ``depths`` (in arrival order) for a cached prompt of ``length`` tokens.
-    ``weights`` overrides the decay weights."""
+    ``weights`` overrides the decay weights. ``bin_tokens=1`` (the default) keeps every distinct
+    depth; a wider bin (``BIN_TOKENS``) rebuilds the binned histogram earlier versions planned
+    over, whose candidates were the bin starts, each bin's shallowest depth and the ``boundaries``
+    (boundaries never matter at token resolution: the depth itself is a deeper candidate)."""
     _check_length(length)
     if bin_tokens < 1:
         raise ValueError(f"bin_tokens must be at least 1, not {bin_tokens}")
@@ -137,8 +168,9 @@ def expected_recomputed_tokens(positions: Sequence[int], depths: Sequence[int], 
 
 
 def histogram_cost(hist: DepthHistogram, positions: Sequence[int]) -> float:
-    """The objective from the histogram alone; exact when ``positions`` are candidates of its bins
-    (then it equals ``recomputed_tokens`` over the requests it was built from)."""
+    """The objective from the histogram alone. At token resolution every interval holds a single
+    depth, so this is exact for any ``positions`` (it equals ``recomputed_tokens`` over the requests
+    the histogram was built from); for a binned histogram, only when ``positions`` are candidates."""
     pos = _check_positions(positions, hist.length)
     stops = np.concatenate([[0], pos]).astype(np.int64)
     resume = stops[np.searchsorted(stops, hist.edges, side="right") - 1]
@@ -149,38 +181,37 @@ def histogram_cost(hist: DepthHistogram, positions: Sequence[int]) -> float:
 
 
 def optimal_positions(hist: DepthHistogram, m: int) -> tuple[int, ...]:
-    """At most ``m`` bin starts minimizing the histogram's objective, exactly:
+    """At most ``m`` interval starts (at token resolution: observed depths) minimizing the
+    histogram's objective, exactly (the module docstring gives the recurrence, and why its cost is
+    Monge):
 
-        cost(s, j) = sum_{k=s..j} depth_sum[k] - edges[s] * weight[k]   (bins s..j resume at edges[s])
+        cost(s, j) = sum_{k=s..j} depth_sum[k] - edges[s] * weight[k]   (intervals s..j resume at edges[s])
         dp_0[j]    = cost(0, j)                                          (edges[0] = 0: no checkpoint)
         dp_m[j]    = min(dp_{m-1}[j], min_{1 <= s <= j} dp_{m-1}[s-1] + cost(s, j))
 
-    with prefix sums (each cost O(1)): O(K^2 m) time for K bins holding requests, O(K) memory per
-    step. Ties keep fewer checkpoints; a checkpoint that saves nothing is not returned."""
+    O(K log K) per step for K intervals holding requests (divide and conquer on the monotone
+    best s), O(m K) back-pointers. Ties keep fewer checkpoints, and the shallower one."""
     if m < 0:
         raise ValueError(f"the number of checkpoints must not be negative, not {m}")
     e = hist.edges.astype(np.float64)
     k = len(e)
-    m = min(m, k - 1)  # more checkpoints than bins holding requests cannot help
+    m = min(m, k - 1)  # more checkpoints than intervals holding requests cannot help
     if m <= 0:
         return ()
     pw = np.concatenate([[0.0], np.cumsum(hist.weight)])
     ps = np.concatenate([[0.0], np.cumsum(hist.depth_sum)])
     prev = ps[1:].copy()  # dp_0
-    s = np.arange(1, k)
     choice = np.full((m, k), -1, dtype=np.int64)  # -1: no checkpoint in the last step
     for step in range(m):
-        base = prev[s - 1] - ps[s] + e[s] * pw[s]  # the s-only part of dp_{m-1}[s-1] + cost(s, j)
-        cur = prev.copy()
-        for j0 in range(1, k, _CHUNK):
-            j = np.arange(j0, min(k, j0 + _CHUNK))
-            val = base[:, None] + ps[j + 1][None, :] - e[s][:, None] * pw[j + 1][None, :]
-            val[s[:, None] > j[None, :]] = np.inf
-            best = np.argmin(val, axis=0)
-            better = val[best, np.arange(len(j))] < cur[j]
-            cur[j[better]] = val[best[better], np.arange(len(j))[better]]
-            choice[step, j[better]] = s[best[better]]
-        prev = cur
+        # dp_{m-1}[s-1] + cost(s, j) = base[s] - e[s] * pw[j+1] + ps[j+1]: the s-only part first
+        base = np.empty(k)
+        base[0] = np.inf  # position 0 is no checkpoint
+        base[1:] = prev[:-1] - ps[1:k] + e[1:] * pw[1:k]
+        best, arg = _leftmost_minima(base, e, pw[1:])
+        with_cp = best + ps[1:]
+        better = with_cp < prev
+        prev = np.where(better, with_cp, prev)
+        choice[step, better] = arg[better]
     picked = []
     j = k - 1
     for step in range(m - 1, -1, -1):
@@ -191,42 +222,75 @@ def optimal_positions(hist: DepthHistogram, m: int) -> tuple[int, ...]:
     return tuple(sorted(picked))
 
 
-def plan_positions(hist: DepthHistogram, m: int, *, bin_tokens: int = BIN_TOKENS,
-                   boundaries: Iterable[int] = ()) -> tuple[int, ...]:
-    """The plan: the DP's optimal checkpoints, topped up to ``m`` positions (or every candidate when
-    there are fewer) by splitting the widest gaps, preferred boundaries first. Top-ups never change
-    the objective (the DP already used every checkpoint that helps); they cover depths not seen yet.
-    Without requests below L this is ``default_positions``. Pass the ``bin_tokens`` and
-    ``boundaries`` the histogram was built with."""
+def _leftmost_minima(base: np.ndarray, slope: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every column j >= 1: the minimum over 1 <= s <= j of base[s] - slope[s] * x[j], and the
+    leftmost s reaching it (column 0: inf, -1). ``slope`` increasing and ``x`` non-decreasing make
+    the leftmost best s non-decreasing in j, so a column's search is confined to the range its
+    already solved neighbours leave (divide and conquer). Each level of the recursion is one batch of
+    numpy operations over disjoint column ranges whose row ranges overlap only at their ends: O(K)
+    work per level, about log2(K) levels."""
+    k = len(base)
+    value, where = np.full(k, np.inf), np.full(k, -1, dtype=np.int64)
+    if k < 2:
+        return value, where
+    # open tasks: columns jlo..jhi, their best s within slo..shi
+    jlo, jhi = np.array([1]), np.array([k - 1])
+    slo, shi = np.array([1]), np.array([k - 1])
+    while len(jlo):
+        mid = (jlo + jhi) // 2
+        n = np.minimum(shi, mid) - slo + 1  # >= 1: slo <= jlo <= mid throughout
+        ends = np.cumsum(n)
+        starts = ends - n
+        s = np.arange(ends[-1]) - np.repeat(starts - slo, n)
+        v = base[s] - slope[s] * np.repeat(x[mid], n)
+        low = np.minimum.reduceat(v, starts)
+        hits = np.flatnonzero(v == np.repeat(low, n))
+        opt = s[hits[np.searchsorted(hits, starts)]]  # the first hit in each task's range
+        value[mid], where[mid] = low, opt
+        left, right = mid > jlo, mid < jhi
+        jlo, jhi, slo, shi = (np.concatenate([jlo[left], mid[right] + 1]), np.concatenate([mid[left] - 1, jhi[right]]),
+                              np.concatenate([slo[left], opt[right]]), np.concatenate([opt[left], shi[right]]))
+    return value, where
+
+
+def plan_positions(hist: DepthHistogram, m: int, *, boundaries: Iterable[int] = (),
+                   grid_tokens: int = GRID_TOKENS) -> tuple[int, ...]:
+    """The plan: the DP's optimal checkpoints, topped up to ``m`` positions (or as many as there are
+    candidates) by splitting the widest gaps, preferred boundaries first, then multiples of
+    ``grid_tokens``. Top-ups never change the objective (the DP already used every checkpoint that
+    helps, which happens only when fewer distinct depths than ``m`` were seen); they cover depths not
+    seen yet. Without requests below L this is ``default_positions``."""
     if float(hist.weight.sum()) <= 0.0:
-        return default_positions(hist.length, m, bin_tokens=bin_tokens, boundaries=boundaries)
+        return default_positions(hist.length, m, boundaries=boundaries, grid_tokens=grid_tokens)
     chosen = set(optimal_positions(hist, m))
     bnd = _boundaries(boundaries, hist.length)
     _fill(chosen, m, hist.length, lambda lo, hi: _from_set(bnd, lo, hi))
-    _fill(chosen, m, hist.length, lambda lo, hi: _grid_points(lo, hi, bin_tokens))
+    _fill(chosen, m, hist.length, lambda lo, hi: _grid_points(lo, hi, grid_tokens))
     return tuple(sorted(chosen))
 
 
 def plan_for(depths: Sequence[int], *, length: int, checkpoints: int, decay: float = DECAY,
-             bin_tokens: int = BIN_TOKENS, boundaries: Iterable[int] = ()) -> tuple[int, ...]:
+             bin_tokens: int = 1, boundaries: Iterable[int] = ()) -> tuple[int, ...]:
     """The checkpoint positions for a cached prompt of ``length`` tokens from the overlap depths
-    recorded so far (oldest first): what `pc compile` stores."""
+    recorded so far (oldest first, decayed by ``decay`` per request): what `pc compile` stores.
+    Every position is inside (0, length); the end state is stored besides. ``bin_tokens``:
+    see ``histogram`` (1, exact, unless comparing with the binned plan)."""
     bnd = tuple(boundaries)
     hist = histogram(depths, length=length, decay=decay, bin_tokens=bin_tokens, boundaries=bnd)
-    return plan_positions(hist, checkpoints, bin_tokens=bin_tokens, boundaries=bnd)
+    return plan_positions(hist, checkpoints, boundaries=bnd)
 
 
-def default_positions(length: int, m: int, *, bin_tokens: int = BIN_TOKENS,
-                      boundaries: Iterable[int] = ()) -> tuple[int, ...]:
+def default_positions(length: int, m: int, *, boundaries: Iterable[int] = (),
+                      grid_tokens: int = GRID_TOKENS) -> tuple[int, ...]:
     """The plan before any request is recorded: evenly spaced (``uniform_positions``), or the
     preferred boundaries when given (spread out by splitting the widest gaps, topped up with
-    bin starts)."""
+    multiples of ``grid_tokens``)."""
     bnd = _boundaries(boundaries, length)
     if not len(bnd):
         return uniform_positions(length, m)
     chosen: set[int] = set()
     _fill(chosen, m, length, lambda lo, hi: _from_set(bnd, lo, hi))
-    _fill(chosen, m, length, lambda lo, hi: _grid_points(lo, hi, bin_tokens))
+    _fill(chosen, m, length, lambda lo, hi: _grid_points(lo, hi, grid_tokens))
     return tuple(sorted(chosen))
 
 
@@ -281,11 +345,15 @@ def uniform_positions(length: int, m: int) -> tuple[int, ...]:
     return tuple(sorted({(2 * i * length + m + 1) // (2 * (m + 1)) for i in range(1, m + 1)}))
 
 
+def sqrt_step(length: int) -> int:
+    """The sqrt baseline's spacing: ceil(sqrt(L))."""
+    _check_length(length)
+    return math.isqrt(length - 1) + 1 if length > 1 else 1
+
+
 def sqrt_positions(length: int, m: int) -> tuple[int, ...]:
     """sqrt(L) spacing: multiples of ceil(sqrt(L)) below L, the m deepest (as for blocks)."""
-    _check_length(length)
-    step = math.isqrt(length - 1) + 1 if length > 1 else 1  # ceil(sqrt(L))
-    return block_positions(length, m, block=step)
+    return block_positions(length, m, block=sqrt_step(length))
 
 
 def dyadic_positions(length: int, m: int) -> tuple[int, ...]:
@@ -312,25 +380,28 @@ def checkpoints_for_budget(*, budget_bytes: int, bytes_per_checkpoint: int) -> i
 class StrategyResult:
     name: str
     positions: tuple[int, ...]
-    expected_recomputed_tokens: float  # per request, weighted
-    total_recomputed_tokens: float  # weighted sum
+    expected_recomputed_tokens: float  # tokens per request: the weighted mean over every request
+    total_recomputed_tokens: float  # tokens: the weighted sum
 
 
 def compare(depths: Sequence[int], *, length: int, checkpoints: int, weights: Sequence[float] | None = None,
-            decay: float = DECAY, bin_tokens: int = BIN_TOKENS, boundaries: Iterable[int] = (),
+            decay: float = DECAY, bin_tokens: int = 1, boundaries: Iterable[int] = (),
             plan_depths: Sequence[int] | None = None) -> dict[str, StrategyResult]:
-    """Every strategy's positions for ``checkpoints`` checkpoints, scored on ``depths`` (weighted by
-    ``weights``, else decayed). The DP plans from the same requests unless ``plan_depths`` (weighted
-    by ``decay``) is given: then it is scored on requests it has not seen."""
+    """Every strategy's positions for ``checkpoints`` checkpoints, each scored exactly on ``depths``
+    (``recomputed_tokens`` over the raw depths, weighted by ``weights``, else decayed by ``decay``
+    in their order): the DP and the baselines alike. The DP plans from the same requests with the
+    same weights unless ``plan_depths`` (weighted by ``decay``) is given: then it is scored on
+    requests it has not seen."""
     _check_count(checkpoints)
     bnd = tuple(boundaries)
+    depths = np.asarray(depths, dtype=np.int64).reshape(-1)  # converted once for the six scorings
     w = decay_weights(len(depths), decay) if weights is None else np.asarray(weights, dtype=np.float64)
     if plan_depths is None:
         hist = histogram(depths, length=length, weights=w, bin_tokens=bin_tokens, boundaries=bnd)
     else:
         hist = histogram(plan_depths, length=length, decay=decay, bin_tokens=bin_tokens, boundaries=bnd)
     plans = {
-        "dp": plan_positions(hist, checkpoints, bin_tokens=bin_tokens, boundaries=bnd),
+        "dp": plan_positions(hist, checkpoints, boundaries=bnd),
         "block": block_positions(length, checkpoints),
         "uniform": uniform_positions(length, checkpoints),
         "sqrt": sqrt_positions(length, checkpoints),

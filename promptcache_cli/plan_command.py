@@ -5,8 +5,17 @@ stdout carries a table, or one JSON object with ``--json``::
 
     {"strategies": {"dp": {"positions": [...], "expected_recomputed_tokens": X}, "block": {...},
                     "uniform": {...}, "sqrt": {...}, "dyadic": {...}},
-     "source": ..., "requests": N, "weight": W, "length": L, "checkpoints": M, "decay": 0.99,
-     "bin_tokens": 64, "block_tokens": 256}
+     "source": ..., "requests": N, "weight": W, "requests_at_end": E, "length": L, "checkpoints": M,
+     "decay": 0.99, "weighting": "...", "cost": "...", "units": {...}, "resolution_tokens": 1,
+     "block_tokens": 256, "sqrt_tokens": S}
+
+Every strategy's ``expected_recomputed_tokens`` is exact: over the N requests, with their recorded
+depths d_i and weights w_i = decay ** (N - 1 - i) (trace order, oldest first, the newest weighing 1),
+sum_i w_i * (min(d_i, L) - s(d_i)) / sum_i w_i, s(d) being the deepest of the strategy's positions
+<= d (0 if none; the state at L is kept besides them, so the E requests at d >= L count 0). The DP
+plans from the same requests with the same weights, at token resolution (its positions may be any
+token; it is optimal over every set of at most M positions). ``weight`` is sum_i w_i. The
+``weighting``, ``cost`` and ``units`` fields say this in the output itself.
 """
 
 from __future__ import annotations
@@ -21,6 +30,15 @@ import typer
 from . import errors
 
 DECAY = 0.99  # checkpoint_plan.DECAY (numpy is imported only when planning: fast `pc` start)
+WEIGHTING = ("exponential decay in trace order: of N requests, the i-th (0-based, oldest first) weighs "
+             "decay ** (N - 1 - i), the newest 1; the plan and every cost use these weights")
+COST = ("exact over the requests: sum_i w_i * (min(d_i, length) - s(d_i)) / sum_i w_i, d_i the recorded "
+        "overlap depth, s(d) the deepest position <= d (0 if none); the state at length is kept besides "
+        "the positions, so requests at d >= length count 0")
+UNITS = {"positions": "tokens from the start of the cached prompt", "length": "tokens",
+         "expected_recomputed_tokens": "shared tokens recomputed per request (weighted mean)",
+         "weight": "the sum of the request weights", "block_tokens": "tokens", "sqrt_tokens": "tokens",
+         "resolution_tokens": "tokens: the DP may place a checkpoint at any token"}
 
 
 def plan(
@@ -45,13 +63,16 @@ def plan(
         help="The cached prompt's length in tokens (default: the deepest overlap among the requests).",
     ),
     decay: float = typer.Option(
-        DECAY, "--decay", help="Each newer request multiplies the weight of older ones by this (1: all equal).",
+        DECAY, "--decay", help="Each newer request multiplies the weight of older ones by this, in trace "
+        "order (1: all equal). The plan and every reported cost use these weights.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields documented in it)."),
 ) -> None:
     """Where to keep prefix checkpoints: the optimal plan against the baselines.
 
-    Shows the tokens each plan recomputes per request."""
+    Shows the shared tokens each plan recomputes per request: the exact weighted mean over the
+    requests of (depth - deepest checkpoint at or below it), the state at the end of the cached
+    prompt kept besides the checkpoints. The optimal plan is computed at token resolution."""
     if (trace is None) == (history is None):
         _usage("give one of --trace FILE or --history SCHEMA|DIR")
     if not 0.0 < decay <= 1.0:
@@ -76,8 +97,10 @@ def plan(
             name: {"positions": list(r.positions), "expected_recomputed_tokens": round(r.expected_recomputed_tokens, 3)}
             for name, r in results.items()
         },
-        "source": source, "requests": len(depths), "weight": round(float(weights.sum()), 3), "length": length,
-        "checkpoints": checkpoints, "decay": decay, "bin_tokens": cp.BIN_TOKENS, "block_tokens": cp.BLOCK_TOKENS,
+        "source": source, "requests": len(depths), "weight": round(float(weights.sum()), 3),
+        "requests_at_end": sum(d >= length for d in depths), "length": length, "checkpoints": checkpoints,
+        "decay": decay, "weighting": WEIGHTING, "cost": COST, "units": UNITS,
+        "resolution_tokens": 1, "block_tokens": cp.BLOCK_TOKENS, "sqrt_tokens": cp.sqrt_step(length),
     }
     if not any(d < length for d in depths):
         _note("no request stops short of the cached prompt's end: the plan is the default, evenly spaced")
@@ -144,8 +167,9 @@ def _table(report: dict) -> None:
     dp = strategies["dp"]["expected_recomputed_tokens"]
     t = Table(
         title=f"{report['length']}-token cached prompt, {report['checkpoints']} checkpoints besides its end",
-        caption=f"{report['requests']} requests from {report['source']}, weighing {report['weight']:,.1f} "
-        f"after decay {report['decay']} per request",
+        caption=f"{report['requests']} requests from {report['source']} ({report['requests_at_end']} at its end, "
+        f"recomputing nothing), weighing {report['weight']:,.1f} after decay {report['decay']} per request; "
+        "exact weighted means",
     )
     t.add_column("strategy")
     t.add_column("positions")

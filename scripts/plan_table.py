@@ -4,8 +4,9 @@ markdown (for `make bench` and the README). Exact arithmetic on the trace; nothi
 
 Two tables:
   in sample  the DP plans from the whole trace (every request weighs 1) and is scored on it: the
-             objective it optimizes. "dp, 1-token bins" is the unrestricted optimum (any position
-             may hold a checkpoint), the bound the 64-token-bin plan is compared with.
+             objective it optimizes. "dp" is the token-resolution plan (the unrestricted optimum:
+             any position may hold a checkpoint); "dp, 64-token bins" the binned plan of earlier
+             versions, beside it.
   held out   the DP plans from the first half (decayed 0.99 per request, as `pc compile` would)
              and is scored on the second half, which it has not seen; baselines need no data.
 "block, shallowest" keeps the first M block boundaries instead of the deepest: a check that the
@@ -17,7 +18,6 @@ block baseline's definition does not decide the comparison.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from promptcache_cli import checkpoint_plan as cp  # noqa: E402
 from promptcache_cli.overlap_log import read_trace  # noqa: E402
 
 BUDGETS = (1, 2, 4, 8)
-COLUMNS = ("dp", "dp, 1-token bins", "block", "uniform", "sqrt", "dyadic", "block, shallowest")
+COLUMNS = ("dp, 64-token bins", "dp", "block", "uniform", "sqrt", "dyadic", "block, shallowest")
 BASELINES = ("block", "uniform", "sqrt", "dyadic", "block, shallowest")
 
 
@@ -38,8 +38,9 @@ def totals(depths: list[int], *, length: int, budget: int, plan_depths: list[int
     ``plan_depths`` weighted by ``decay`` (default: from ``depths`` themselves, unweighted)."""
     src = depths if plan_depths is None else plan_depths
     plans = {
+        "dp, 64-token bins": cp.plan_for(src, length=length, checkpoints=budget, decay=decay,
+                                         bin_tokens=cp.BIN_TOKENS),
         "dp": cp.plan_for(src, length=length, checkpoints=budget, decay=decay),
-        "dp, 1-token bins": cp.plan_for(src, length=length, checkpoints=budget, decay=decay, bin_tokens=1),
         "block": cp.block_positions(length, budget),
         "uniform": cp.uniform_positions(length, budget),
         "sqrt": cp.sqrt_positions(length, budget),
@@ -65,8 +66,8 @@ def plan_markdown(depths: list[int], *, length: int, budgets: tuple[int, ...] = 
     half = len(depths) // 2
     train, test = depths[:half], depths[half:]
     out = [f"Total recomputed shared tokens over {len(depths):,} requests{' from ' + source if source else ''} "
-           f"(cached prompt {length:,} tokens). Bins {cp.BIN_TOKENS} tokens, blocks {cp.BLOCK_TOKENS} tokens, "
-           f"sqrt spacing {math.isqrt(length - 1) + 1} tokens.", "",
+           f"(cached prompt {length:,} tokens). Blocks {cp.BLOCK_TOKENS} tokens, "
+           f"sqrt spacing {cp.sqrt_step(length)} tokens.", "",
            "In sample (the DP plans from the whole trace):", ""]
     out += _table({m: totals(depths, length=length, budget=m) for m in budgets},
                   cp.recomputed_tokens((), depths, length=length))

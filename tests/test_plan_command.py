@@ -3,7 +3,11 @@ values, the table, trace files and recorded histories, and one-line errors with 
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
+import subprocess
+import sys
 from pathlib import Path
 
 import typer
@@ -56,6 +60,35 @@ def test_json_holds_every_strategy_with_its_positions_and_expected_tokens(tmp_pa
     assert report["strategies"]["dp"]["positions"] == [2200, 3100]
     assert report["strategies"]["dp"]["expected_recomputed_tokens"] == (310 + 312 + 10) / 8
     assert report["length"] == 4404 and report["requests"] == 8 and report["checkpoints"] == 2
+
+
+def test_json_costs_are_the_exact_weighted_means_over_the_trace_and_say_so(tmp_path):
+    """On a generated trace with the default decay: every strategy's figure is the weighted mean,
+    request by request, of depth - deepest position <= depth (the end state kept), with weights
+    0.99 ** (N - 1 - i) in trace order; and the JSON names its weighting, cost and units."""
+    trace = tmp_path / "documents.jsonl"
+    subprocess.run([sys.executable, Path(__file__).resolve().parent.parent / "scripts" / "make-trace.py",
+                    "--kind", "documents", "--requests", "400", "--seed", "3", "--out", trace],
+                   check=True, capture_output=True)
+    depths = [json.loads(line)["overlap"] for line in trace.read_text().splitlines()]
+    length, n = max(depths), len(depths)
+    report = ok(pc_plan("--trace", trace, "--checkpoints", "5", "--json")).json()
+    weights = [0.99 ** (n - 1 - i) for i in range(n)]
+    for name, entry in report["strategies"].items():
+        stops = [0, *entry["positions"], length]
+        recomputed = [d - stops[bisect.bisect_right(stops, d) - 1] for d in depths]
+        exact = sum(w * r for w, r in zip(weights, recomputed, strict=True)) / sum(weights)
+        assert abs(entry["expected_recomputed_tokens"] - exact) <= 5e-4, name
+        assert len(entry["positions"]) <= 5 and all(0 < p < length for p in entry["positions"])
+    assert all(report["strategies"]["dp"]["expected_recomputed_tokens"] <= s["expected_recomputed_tokens"]
+               for s in report["strategies"].values())
+    assert report["decay"] == 0.99 and report["weight"] == round(sum(weights), 3)
+    assert report["requests_at_end"] == sum(d == length for d in depths) > 0
+    assert "decay ** (N - 1 - i)" in report["weighting"] and "trace order" in report["weighting"]
+    assert report["cost"].startswith("exact") and "requests at d >= length count 0" in report["cost"]
+    assert report["units"]["expected_recomputed_tokens"] == "shared tokens recomputed per request (weighted mean)"
+    assert report["resolution_tokens"] == 1 and report["block_tokens"] == cp.BLOCK_TOKENS
+    assert report["sqrt_tokens"] == math.ceil(math.sqrt(length))
 
 
 def test_the_table_goes_to_stdout(tmp_path):
