@@ -25,11 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from promptcache_cli import layout as lay  # noqa: E402
+from promptcache_cli.prompt import layout as lay  # noqa: E402
 from promptcache_cli.benchmarks import needles, workloads  # noqa: E402
 from promptcache_cli.benchmarks.quality import kl  # noqa: E402
-from promptcache_cli.engine import Session  # noqa: E402
-from promptcache_cli.models import resolve_model  # noqa: E402
+from promptcache_cli.modular.session import Session  # noqa: E402
+from promptcache_cli.llama.model_file import resolve_model  # noqa: E402
 
 
 def context_work(sess: Session, schema, encoding: str) -> tuple[int, int]:

@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from promptcache_cli.benchmarks import needles  # noqa: E402
-from promptcache_cli.engine import Session  # noqa: E402
-from promptcache_cli.llama_backend import ContextSettings  # noqa: E402
-from promptcache_cli.models import resolve_model  # noqa: E402
+from promptcache_cli.modular.session import Session  # noqa: E402
+from promptcache_cli.llama.backend import ContextSettings  # noqa: E402
+from promptcache_cli.llama.model_file import resolve_model  # noqa: E402
 
 SETTINGS = {
     "f16": ContextSettings(),

@@ -29,13 +29,13 @@ def main() -> None:
     guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # an ignored SIGINT stays ignored
     if guarded:
         signal.signal(signal.SIGINT, _interrupted)
-    from . import preload
+    from .llama import preload
 
     path = preload.wanted(sys.argv[1:])
     if path:
         preload.start(path)
-    from .cli import main as run
-    from .cli_common import leave_to_os
+    from .cli.app import main as run
+    from .cli.common import leave_to_os
 
     if guarded:
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -61,7 +61,7 @@ def _interrupted(signum, frame) -> None:
 def _exit(code) -> None:
     """End the process with ``code`` after flushing stdout and stderr, without the interpreter's
     teardown. A code that is not a number is left to Python (it prints it)."""
-    from .cli_common import write_err
+    from .cli.common import write_err
 
     if code is None:
         code = 0

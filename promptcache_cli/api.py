@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import preload
-from .engine import Session
-from .llama_backend import ContextSettings, Model
-from .prefix_engine import DEFAULT_CHECKPOINTS, PrefixSession
+from .llama import preload
+from .modular.session import Session
+from .llama.backend import ContextSettings, Model
+from .prefix.session import DEFAULT_CHECKPOINTS, PrefixSession
 
 MODES = ("auto", "modular", "prefix")
 PREFIX_KINDS = ("recurrent", "hybrid", "swa")  # what `auto` serves in prefix mode: states that cannot be stitched

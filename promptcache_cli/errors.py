@@ -30,15 +30,15 @@ EXIT_CODES = {
 
 def exit_code_for(exc: BaseException) -> int | None:
     """The documented exit code for a known library error, None for anything else."""
-    from .cache_file import CacheFileError
-    from .cache_store import CacheWriteError
-    from .chat_template import TemplateError
-    from .engine import ParameterTooLong, PromptTooLong
-    from .llama_backend import BackendError, ContextFullError, ModelLoadError
-    from .models import ModelNotFound
-    from .pml import PmlError
-    from .selection import SelectionError
-    from .state_blob import BlobError
+    from .store.cache_file import CacheFileError
+    from .store.files import CacheWriteError
+    from .prompt.chat_template import TemplateError
+    from .modular.session import ParameterTooLong, PromptTooLong
+    from .llama.backend import BackendError, ContextFullError, ModelLoadError
+    from .llama.model_file import ModelNotFound
+    from .pml.schema import PmlError
+    from .pml.selection import SelectionError
+    from .llama.state_blob import BlobError
 
     table: list[tuple[type, int]] = [
         (PmlError, EXIT_INPUT),

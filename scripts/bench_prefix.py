@@ -2,7 +2,7 @@
 """Prefix mode on a recurrent model: checkpoint placements replayed for real, side by side.
 
 A random-weight Mamba of realistic shape (24 layers, width 768, about 130M parameters, q8_0:
-scripts/make-test-model mamba --realistic; with --quick the tiny test Mamba) caches a prompt of real
+scripts/make_test_model.py mamba --realistic; with --quick the tiny test Mamba) caches a prompt of real
 text (license texts under /usr/share/common-licenses, or schemas/docs) as long as the synthetic
 trace's cached prompt (scripts/make-trace.py: shared system prompts, documents with varying tails,
 full reuse). The first requests of the trace are the history the dynamic program plans from; later
@@ -35,13 +35,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path.insert(0, str(ROOT))
 
-import random_gguf  # noqa: E402
-
-from promptcache_cli import checkpoint_plan as cp  # noqa: E402
-from promptcache_cli.llama_backend import llama_cpp_version  # noqa: E402
-from promptcache_cli.prefix_engine import PrefixSession  # noqa: E402
+from promptcache_cli.benchmarks import random_gguf  # noqa: E402
+from promptcache_cli.prefix import checkpoint_plan as cp  # noqa: E402
+from promptcache_cli.llama.backend import llama_cpp_version  # noqa: E402
+from promptcache_cli.prefix.session import PrefixSession  # noqa: E402
 
 TAIL = 32
 QUESTION = "\n\nWhat does this license say about warranty? Answer in one sentence."

@@ -56,14 +56,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from promptcache_cli import pml  # noqa: E402
+from promptcache_cli.pml import schema as pml  # noqa: E402
 from promptcache_cli.benchmarks import needles  # noqa: E402
 from promptcache_cli.benchmarks.perturb import round_mantissa  # noqa: E402
-from promptcache_cli.state_blob import kv_payloads  # noqa: E402
-from promptcache_cli.engine import Session  # noqa: E402
-from promptcache_cli.llama_backend import ContextSettings  # noqa: E402
-from promptcache_cli.models import resolve_model  # noqa: E402
-from promptcache_cli.selection import select_cli  # noqa: E402
+from promptcache_cli.llama.state_blob import kv_payloads  # noqa: E402
+from promptcache_cli.modular.session import Session  # noqa: E402
+from promptcache_cli.llama.backend import ContextSettings  # noqa: E402
+from promptcache_cli.llama.model_file import resolve_model  # noqa: E402
+from promptcache_cli.pml.selection import select_cli  # noqa: E402
 
 LICENSES = Path("/usr/share/common-licenses")
 QK = 32  # values per q8_0 block

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a small random-weight GGUF model for tests and benchmarks.
 
-    scripts/make-test-model ARCH OUT.gguf [--layers N] [--width W] [--realistic] [--seed S]
+    scripts/make_test_model.py ARCH OUT.gguf [--layers N] [--width W] [--realistic] [--seed S]
 
 ARCH is llama (attention), mamba (recurrent) or lfm2 (hybrid: short convolutions plus
 attention). The tokenizer and chat template are copied from the default model (SmolLM2-135M),
@@ -10,7 +10,7 @@ compute of a 100-200M-parameter model (q8_0 matrices). Prints one line describin
 
 Exit codes: 0 written, 2 bad arguments, 3 a file that cannot be read or written (or the gguf
 package is missing: install the dev extra, pip install -e '.[dev]').
-Run it with the project's virtualenv: .venv/bin/python scripts/make-test-model ...
+Run it with the project's virtualenv: .venv/bin/python scripts/make_test_model.py ...
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-PROG = "make-test-model"
+PROG = "make_test_model.py"
 EXIT_USAGE = 2
 EXIT_INPUT = 3
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        import random_gguf as rg
+        from promptcache_cli.benchmarks import random_gguf as rg
     except ImportError as e:
         _fail(f"{e.msg}: install the dev extra (pip install -e '.[dev]') or run with .venv/bin/python", EXIT_INPUT)
     try:

@@ -23,9 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from promptcache_cli import engine, llama_backend  # noqa: E402
+from promptcache_cli.modular import session as engine
+from promptcache_cli.llama import backend as llama_backend  # noqa: E402
 from promptcache_cli.benchmarks import systems, workloads  # noqa: E402
-from promptcache_cli.models import resolve_model  # noqa: E402
+from promptcache_cli.llama.model_file import resolve_model  # noqa: E402
 
 SPENT: dict[str, float] = {}
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from promptcache_cli import cache_file, layout as lay, pml, token_rank
+from promptcache_cli.store import cache_file
+from promptcache_cli.prompt import layout as lay
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.modular import refresh as token_rank
 from promptcache_cli.benchmarks.quality import kl
-from promptcache_cli.engine import Session
-from promptcache_cli.selection import default_selection, select_cli
-from promptcache_cli.state_blob import kv_payloads
+from promptcache_cli.modular.session import Session
+from promptcache_cli.pml.selection import default_selection, select_cli
+from promptcache_cli.llama.state_blob import kv_payloads
 
 from .conftest import license_excerpt, write_schema
-from .pc_process import pc
+from .support.pc_process import pc
 
 STYLES = {
     "plain": "Answer in plain words, in one or two sentences.",
@@ -242,7 +245,7 @@ def test_answers_come_from_the_averaged_cache(session, union_schema):
 
 
 def test_q8_0_is_refused(model_path, tmp_path, union_schema):
-    from promptcache_cli.llama_backend import ContextSettings
+    from promptcache_cli.llama.backend import ContextSettings
 
     with pytest.raises(ValueError, match="f16"):
         Session(model_path, cache_dir=tmp_path, encoding="average", settings=ContextSettings.for_kv_type("q8_0"))

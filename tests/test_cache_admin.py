@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli import cache_admin, cache_file
-from promptcache_cli.cache_store import CacheStore
-from promptcache_cli.cli_common import parse_age, parse_size
-from promptcache_cli.engine import Session
-from promptcache_cli.llama_backend import ContextSettings
-from promptcache_cli.pml import load_schema
-from promptcache_cli.selection import default_selection
+from promptcache_cli.store import admin as cache_admin, cache_file
+from promptcache_cli.store.files import CacheStore
+from promptcache_cli.cli.common import parse_age, parse_size
+from promptcache_cli.modular.session import Session
+from promptcache_cli.llama.backend import ContextSettings
+from promptcache_cli.pml.schema import load_schema
+from promptcache_cli.pml.selection import default_selection
 
 from .conftest import write_schema
-from .pc_process import ok, one_line_error, pc
+from .support.pc_process import ok, one_line_error, pc
 
 DAY = 86400
 # One thread: llama.cpp's spinning threads slow down tenfold when other processes want the cores

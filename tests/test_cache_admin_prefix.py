@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli import cache_admin, cache_file, manifest, pml
-from promptcache_cli.cache_store import CacheStore
-from promptcache_cli.engine import Session
-from promptcache_cli.llama_backend import ContextSettings
-from promptcache_cli.prefix_engine import PrefixSession
-from promptcache_cli.selection import default_selection, select_cli
+from promptcache_cli.store import admin as cache_admin, cache_file, manifest
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.store.files import CacheStore
+from promptcache_cli.modular.session import Session
+from promptcache_cli.llama.backend import ContextSettings
+from promptcache_cli.prefix.session import PrefixSession
+from promptcache_cli.pml.selection import default_selection, select_cli
 
 from .conftest import write_schema
-from .model_factory import make_test_model
-from .pc_process import ok, one_line_error, pc
+from .support.model_factory import make_test_model
+from .support.pc_process import ok, one_line_error, pc
 
 DAY = 86400
 ONE_THREAD = ContextSettings(n_threads=1)

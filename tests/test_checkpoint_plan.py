@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import checkpoint_plan as cp
+from promptcache_cli.prefix import checkpoint_plan as cp
 
 
 def candidates(depths, length: int, boundaries=(), bin_tokens: int = cp.BIN_TOKENS) -> list[int]:

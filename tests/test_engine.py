@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from promptcache_cli import cache_file, layout as lay, pml
-from promptcache_cli.engine import ParameterTooLong, Session
-from promptcache_cli.llama_backend import ContextSettings
-from promptcache_cli.selection import default_selection, select_cli
+from promptcache_cli.store import cache_file
+from promptcache_cli.prompt import layout as lay
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.modular.session import ParameterTooLong, Session
+from promptcache_cli.llama.backend import ContextSettings
+from promptcache_cli.pml.selection import default_selection, select_cli
 
 from .conftest import license_excerpt, write_schema
 

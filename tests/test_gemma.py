@@ -17,15 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import errors, pml
-from promptcache_cli.engine import Session
-from promptcache_cli.llama_backend import Context, Model, UnsupportedModel
-from promptcache_cli.prefix_engine import PrefixSession
-from promptcache_cli.selection import default_selection, select_cli
-from promptcache_cli.sessions import open_session
+from promptcache_cli import errors
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.modular.session import Session
+from promptcache_cli.llama.backend import Context, Model, UnsupportedModel
+from promptcache_cli.prefix.session import PrefixSession
+from promptcache_cli.pml.selection import default_selection, select_cli
+from promptcache_cli.api import open_session
 
 from .conftest import license_excerpt, write_schema
-from .pc_process import pc
+from .support.pc_process import pc
 
 GEMMA = Path(sys.prefix) / "models" / "gemma-3-270m-q4_k_m.gguf"  # where `make test` puts it
 QUESTION = "Question: which license text says that the software is provided as is? Answer:"

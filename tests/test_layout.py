@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from promptcache_cli import chat_template, layout as lay, pml
+from promptcache_cli.prompt import chat_template, layout as lay
+from promptcache_cli.pml import schema as pml
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "

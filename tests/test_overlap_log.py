@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli.overlap_log import LINE_BYTES, Observation, OverlapLog, OverlapLogError, TraceError, read_trace
+from promptcache_cli.store.overlap_log import LINE_BYTES, Observation, OverlapLog, OverlapLogError, TraceError, read_trace
 
 WRITER = """
 import sys

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import pml
-from promptcache_cli.llama_backend import UnsupportedModel
-from promptcache_cli.prefix_engine import PrefixSession
-from promptcache_cli.selection import default_selection, select_cli
-from promptcache_cli.sessions import open_session
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.llama.backend import UnsupportedModel
+from promptcache_cli.prefix.session import PrefixSession
+from promptcache_cli.pml.selection import default_selection, select_cli
+from promptcache_cli.api import open_session
 
 from .conftest import license_excerpt, write_schema
-from .pc_process import ok, pc
+from .support.pc_process import ok, pc
 from .test_faults import read_only_works as _read_only_works  # noqa: F401  (the fixture, under its own name)
 
 QUESTION = "What is the code word?"
@@ -196,7 +196,7 @@ def test_checkpoint_bytes_caps_the_checkpoints(test_model: Path, schema_path: Pa
 def test_read_only_cache_prefix_mode(test_model: Path, schema_path: Path, tmp_path: Path) -> None:
     """A warm read-only cache answers from its states silently; an empty one warns once and
     answers cold; either way the answer is the --no-cache answer and nothing is written."""
-    from . import faults
+    from .support import faults
 
     args = ["ask", "-s", schema_path, "--model", test_model, "-m", "b", "-n", "6", QUESTION]
     cold = ok(pc(*args, "--no-cache", cache_dir=tmp_path / "scratch")).out

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from promptcache_cli import layout as lay, pml
-from promptcache_cli.engine import ParameterTooLong, Session
-from promptcache_cli.selection import SelectionError, default_selection, module_paths, select_cli
+from promptcache_cli.prompt import layout as lay
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.modular.session import ParameterTooLong, Session
+from promptcache_cli.pml.selection import SelectionError, default_selection, module_paths, select_cli
 
 from .test_layout import CHATML, WordTokenizer
 

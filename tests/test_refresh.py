@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import cache_file, token_rank
+from promptcache_cli.store import cache_file
+from promptcache_cli.modular import refresh as token_rank
 from promptcache_cli.benchmarks import needles
-from promptcache_cli.engine import Session, owner_name
-from promptcache_cli.llama_backend import Context, ContextSettings, Model
-from promptcache_cli.selection import default_selection
-from promptcache_cli.token_rank import rows, sensitivity
+from promptcache_cli.modular.session import Session, owner_name
+from promptcache_cli.llama.backend import Context, ContextSettings, Model
+from promptcache_cli.pml.selection import default_selection
+from promptcache_cli.modular.refresh import rows, sensitivity
 
 TEXT = ("The quick brown fox jumps over the lazy dog. The archive room opens at nine, and the access code "
         "is written on the back of the blue folder in the second drawer.")
@@ -277,7 +278,7 @@ def test_a_default_prompt_has_nothing_to_refresh(model_path, workload, tmp_path)
 def test_scores_that_cannot_be_stored_still_refresh_the_answer(model_path, workload, tmp_path, monkeypatch):
     """A cache that cannot be written (a fake lock failure: the error path only): the scores are
     measured for this answer, a warning says they are not stored, the file stays as it was."""
-    from promptcache_cli.cache_store import CacheWriteError
+    from promptcache_cli.store.files import CacheWriteError
 
     schema = workload.schema()
     sess, reference = session(model_path, tmp_path / "c"), session(model_path, tmp_path / "r")

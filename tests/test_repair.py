@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from promptcache_cli import repair
+from promptcache_cli.benchmarks import repair
 from promptcache_cli.benchmarks import needles, quality
-from promptcache_cli.engine import Session
-from promptcache_cli.selection import default_selection
+from promptcache_cli.modular.session import Session
+from promptcache_cli.pml.selection import default_selection
 
 
 @pytest.fixture(scope="module")

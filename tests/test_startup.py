@@ -13,7 +13,7 @@ from importlib.metadata import version
 import numpy as np
 import pytest
 
-from promptcache_cli.sampling import Sampler
+from promptcache_cli.llama.sampling import Sampler
 
 
 def _run(code: str) -> dict:
@@ -24,7 +24,7 @@ def _run(code: str) -> dict:
 def test_the_bindings_load_without_the_high_level_package():
     got = _run(
         "import json, sys\n"
-        "from promptcache_cli import llama_backend as b\n"
+        "from promptcache_cli.llama import backend as b\n"
         "print(json.dumps({'mods': sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'jinja2')),"
         " 'version': b.llama_cpp_version()}))"
     )
@@ -36,7 +36,7 @@ def test_the_bindings_load_without_the_high_level_package():
 def test_the_bindings_and_a_model_load_need_no_numpy(model_path):
     got = _run(
         "import json, sys\n"
-        "from promptcache_cli import llama_bindings as b\n"
+        "from promptcache_cli.llama import bindings as b\n"
         f"h = b.load_model_file({str(model_path)!r})\n"
         "print(json.dumps({'loaded': bool(h), 'numpy': 'numpy' in sys.modules,"
         " 'problem': b.gguf_problem(sys.executable)}))"
@@ -48,7 +48,7 @@ def test_the_bindings_and_a_model_load_need_no_numpy(model_path):
 def test_the_full_package_still_imports_afterwards_and_shares_the_bindings():
     got = _run(
         "import json\n"
-        "from promptcache_cli import llama_backend as b\n"
+        "from promptcache_cli.llama import backend as b\n"
         "import llama_cpp\n"
         "from llama_cpp import Llama, LlamaDiskCache\n"
         "print(json.dumps({'same': llama_cpp.llama_cpp is b.C and llama_cpp.llama_decode is b.C.llama_decode,"
@@ -60,7 +60,7 @@ def test_the_full_package_still_imports_afterwards_and_shares_the_bindings():
 def test_after_a_full_import_the_backend_uses_it():
     got = _run(
         "import json, llama_cpp\n"
-        "from promptcache_cli import llama_backend as b\n"
+        "from promptcache_cli.llama import backend as b\n"
         "print(json.dumps([b.C is llama_cpp.llama_cpp, b.llama_cpp_version() == llama_cpp.__version__]))"
     )
     assert got == [True, True]

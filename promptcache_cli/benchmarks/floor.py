@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import cache_file
-from ..engine import Session
-from ..llama_backend import Context
+from ..store import cache_file
+from ..modular.session import Session
+from ..llama.backend import Context
 from .workloads import Question, Workload
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import Session
+from ..modular.session import Session
 from .workloads import Question, Workload
 
 

@@ -27,10 +27,10 @@ from typing import Callable
 
 import numpy as np
 
-from .. import layout as lay
-from ..engine import Session
-from ..llama_backend import ContextSettings
-from ..sampling import Sampler, generate
+from ..prompt import layout as lay
+from ..modular.session import Session
+from ..llama.backend import ContextSettings
+from ..llama.sampling import Sampler, generate
 from .needles import found
 from .perturb import rounded_blob
 from .workloads import Workload

@@ -1,4 +1,4 @@
-"""Random-weight GGUF models for tests and benchmarks (used by ``scripts/make-test-model``).
+"""Random-weight GGUF models for tests and benchmarks (used by ``scripts/make_test_model.py``).
 
 Three architectures, one per kind of llama.cpp memory:
 
@@ -177,7 +177,7 @@ def write_model(
 
 
 def _default_tokenizer_source() -> Path:
-    from promptcache_cli.models import ModelNotFound, default_model_path
+    from promptcache_cli.llama.model_file import ModelNotFound, default_model_path
 
     try:
         return default_model_path()
@@ -229,7 +229,7 @@ def _tokenizer_fields(source: Path, size: int, mtime_ns: int) -> tuple[tuple, ..
 
 def _write_hparams(w: gguf.GGUFWriter, s: Shape, *, n_vocab: int, seed: int) -> None:
     w.add_name(f"random {s.arch} {s.n_layer}x{s.n_embd} seed {seed}")
-    w.add_description("random weights for promptcache_cli tests and benchmarks (scripts/make-test-model)")
+    w.add_description("random weights for promptcache_cli tests and benchmarks (scripts/make_test_model.py)")
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if s.weight_type == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
     w.add_context_length(CONTEXT_LENGTH)
     w.add_embedding_length(s.n_embd)

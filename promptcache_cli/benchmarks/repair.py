@@ -12,9 +12,9 @@ so a default prompt costs nothing extra. `make bench` measures what it buys and 
 
 from __future__ import annotations
 
-from . import layout as lay
-from .layout import Layout, Segment
-from .llama_backend import Context
+from ..prompt import layout as lay
+from ..prompt.layout import Layout, Segment
+from ..llama.backend import Context
 
 
 def plan(layout: Layout, prompt: list[tuple[str, object]], encoding: str, n: int) -> dict[int, int]:

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from ..engine import Session
-from ..llama_backend import Context, ContextSettings, llama_cpp_version
+from ..modular.session import Session
+from ..llama.backend import Context, ContextSettings, llama_cpp_version
 from . import corpus, needles, report, workloads
 from .floor import Floor
 from .llama_api import CAPACITY

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import cache_file
-from ..engine import Session
-from ..llama_backend import ContextSettings
+from ..store import cache_file
+from ..modular.session import Session
+from ..llama.backend import ContextSettings
 from .prompts import Prompt
 from .workloads import Question, Workload
 
@@ -175,13 +175,13 @@ class PrefixSystem(System):
     def __init__(self, model_path: Path, root: Path) -> None:
         super().__init__(model_path, root)
         try:
-            from ..prefix_engine import PrefixSession  # noqa: F401
+            from ..prefix.session import PrefixSession  # noqa: F401
         except ImportError:
             self.status = NOT_BUILT
         self.session = None
 
     def start(self, wl: Workload, *, n_cells: int) -> Prepared:
-        from ..prefix_engine import PrefixSession
+        from ..prefix.session import PrefixSession
 
         self.session = PrefixSession(self.model_path, cache_dir=self.folder(wl))
         t = time.perf_counter()

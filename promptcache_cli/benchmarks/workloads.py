@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import pml
-from ..selection import Selection, select_cli
+from ..pml import schema as pml
+from ..pml.selection import Selection, select_cli
 from . import corpus
 
 SYSTEM = "You answer questions about the documents the user gives, briefly and accurately."

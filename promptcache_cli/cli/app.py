@@ -10,9 +10,9 @@ from typing import Optional
 
 import typer
 
-from . import errors
-from .cli_common import (CacheOpt, ClosedStdoutGuard, JsonOpt, ModelOpt, StdoutClosed, cache_root, emit_json,
-                         option_parser, outlive, parse_size, write_err, write_out)
+from .. import errors
+from .common import (CacheOpt, ClosedStdoutGuard, JsonOpt, ModelOpt, StdoutClosed, cache_root, emit_json,
+                     option_parser, outlive, parse_size, write_err, write_out)
 
 app = typer.Typer(
     add_completion=False,
@@ -81,9 +81,9 @@ CompressionOpt = typer.Option(
 
 def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression,
              kv_type: KvType, mode: Mode = Mode.auto, checkpoints: int = 4, checkpoint_bytes: int | None = None):
-    from .llama_backend import ContextSettings
-    from .models import resolve_model
-    from .sessions import open_session
+    from ..llama.backend import ContextSettings
+    from ..llama.model_file import resolve_model
+    from ..api import open_session
 
     if encoding == Encoding.average and kv_type != KvType.f16:
         raise errors.UsageError(f"--encoding average needs f16 KV states, not --kv-type {kv_type.value}")
@@ -97,7 +97,7 @@ def _session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding,
 
 
 def _load_schema(path: str):
-    from .pml import load_schema
+    from ..pml.schema import load_schema
 
     return load_schema(path)
 
@@ -223,12 +223,12 @@ def ask(
     ),
 ) -> None:
     """Answer a question over the schema's modules, loading their states from the cache."""
-    from .sampling import Sampler
-    from .selection import SelectionError, select_cli, select_imports
+    from ..llama.sampling import Sampler
+    from ..pml.selection import SelectionError, select_cli, select_imports
 
     sch = _load_schema(schema)
     if prompt:
-        from .pml import load_prompt
+        from ..pml.schema import load_prompt
 
         pr = load_prompt(prompt)
         if pr.schema != sch.name:
@@ -306,9 +306,9 @@ def inspect(
     as_json: bool = JsonOpt,
 ) -> None:
     """Print the schema's layout: every element's offset and token length. Computes no states."""
-    from .layout import build
-    from .llama_backend import Model
-    from .models import resolve_model
+    from ..prompt.layout import build
+    from ..llama.backend import Model
+    from ..llama.model_file import resolve_model
 
     sch = _load_schema(schema)
     m = Model(str(resolve_model(model)))
@@ -339,9 +339,9 @@ def path(cache_dir: Optional[str] = CacheOpt) -> None:
 
 
 def _register_commands() -> None:
-    from .bench_command import bench
-    from .cache_commands import gc_cmd, ls_cmd, rm_cmd, verify_cmd
-    from .plan_command import plan
+    from .bench import bench
+    from .cache import gc_cmd, ls_cmd, rm_cmd, verify_cmd
+    from .plan import plan
 
     for name, fn in (("plan", plan), ("bench", bench), ("ls", ls_cmd), ("verify", verify_cmd), ("gc", gc_cmd),
                      ("rm", rm_cmd)):

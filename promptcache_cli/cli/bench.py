@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from . import errors
+from .. import errors
 
 
 def bench(
@@ -24,8 +24,8 @@ def bench(
     model: Optional[str] = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file."),
 ) -> None:
     """Benchmark pc against --no-cache and llama-cpp-python's caches; measure answer quality."""
-    from .benchmarks import suite
-    from .models import resolve_model
+    from ..benchmarks import suite
+    from ..llama.model_file import resolve_model
 
     try:
         cfg = suite.config_for(quick=quick, only=only or None)

@@ -9,9 +9,8 @@ from typing import Optional
 
 import typer
 
-from . import errors
-from .cli_common import (CacheOpt, JsonOpt, cache_root, emit_json, option_parser, parse_age, parse_size, write_err,
-                         write_out)
+from .. import errors
+from .common import CacheOpt, JsonOpt, cache_root, emit_json, option_parser, parse_age, parse_size, write_err, write_out
 
 
 def _iso(ts: Optional[float]) -> Optional[str]:
@@ -88,7 +87,7 @@ def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None
     """List the cached schemas and their module files or prefix states.
 
     Per file: tokens, size on disk, compression ratio, last use."""
-    from .cache_admin import list_cache
+    from ..store.admin import list_cache
 
     root = cache_root(cache_dir)
     listing = list_cache(root)
@@ -125,7 +124,7 @@ def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None
 
 def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
     """Read every cache file whole and check every checksum; exit 5 if any is damaged."""
-    from .cache_admin import verify_cache
+    from ..store.admin import verify_cache
 
     root = cache_root(cache_dir)
     report = verify_cache(root)
@@ -164,7 +163,7 @@ def gc_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Evict module files and prefix states by last use; also remove stale temporary and lock files."""
-    from .cache_admin import gc
+    from ..store.admin import gc
 
     if max_size is None and older_than is None:
         write_err("pc: gc needs --max-size SIZE or --older-than AGE, or both (see `pc gc --help`)")
@@ -196,7 +195,7 @@ def rm_cmd(
     """Remove a schema from the cache, with the files no other schema uses.
 
     That is its manifest, its overlap record, and its module files and prefix states."""
-    from .cache_admin import remove_schema
+    from ..store.admin import remove_schema
 
     root = cache_root(cache_dir)
     report = remove_schema(root, schema)

@@ -49,7 +49,7 @@ class ClosedStdoutGuard:
 
 
 def _output_error(e: OSError):
-    from .errors import OutputError
+    from ..errors import OutputError
 
     return OutputError(f"cannot write to stdout: {e.strerror or e}")
 
@@ -131,6 +131,6 @@ def option_parser(parse):
 
 
 def cache_root(cache_dir: Optional[str]) -> Path:
-    from .cache_store import default_cache_dir
+    from ..store.files import default_cache_dir
 
     return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()

@@ -18,7 +18,7 @@ from typing import Optional
 
 import typer
 
-from . import errors
+from .. import errors
 
 DECAY = 0.99  # checkpoint_plan.DECAY (numpy is imported only when planning: fast `pc` start)
 
@@ -67,7 +67,7 @@ def plan(
         length = deepest
     elif length < deepest:
         _usage(f"--length {length} is shorter than the deepest overlap in {source} ({deepest} tokens)")
-    from . import checkpoint_plan as cp
+    from ..prefix import checkpoint_plan as cp
 
     results = cp.compare(depths, length=length, checkpoints=checkpoints, decay=decay)
     weights = cp.decay_weights(len(depths), decay)
@@ -90,9 +90,9 @@ def plan(
 
 def _schema_history(schema_file: Path, cache_dir: Optional[str]) -> Path:
     """The folder where prefix-mode requests against this schema are recorded."""
-    from .cache_store import default_cache_dir
-    from .overlap_log import history_dir
-    from .pml import load_schema
+    from ..store.files import default_cache_dir
+    from ..store.overlap_log import history_dir
+    from ..pml.schema import load_schema
 
     schema = load_schema(str(schema_file))
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -100,7 +100,7 @@ def _schema_history(schema_file: Path, cache_dir: Optional[str]) -> Path:
 
 
 def _requests(trace: Optional[Path], history: Optional[Path]) -> tuple[str, list[int]]:
-    from .overlap_log import OverlapLog, OverlapLogError, TraceError, read_trace
+    from ..store.overlap_log import OverlapLog, OverlapLogError, TraceError, read_trace
 
     try:
         if trace is not None:
@@ -138,7 +138,7 @@ def _table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from . import checkpoint_plan as cp
+    from ..prefix import checkpoint_plan as cp
 
     strategies = report["strategies"]
     dp = strategies["dp"]["expected_recomputed_tokens"]

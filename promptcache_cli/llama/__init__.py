@@ -1,1 +1,1 @@
-"""The llama.cpp boundary: the only package that imports ``llama_cpp`` (bindings, model, context, state blobs, sampling)."""
+"""The llama.cpp boundary: the only package that imports ``llama_cpp``."""

@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .llama_bindings import VERSION as _VERSION
-from .llama_bindings import C, gguf_problem, init_backend, load_model_file
+from .bindings import VERSION as _VERSION
+from .bindings import C, gguf_problem, init_backend, load_model_file
 
 GGML_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0, "f32": C.GGML_TYPE_F32}
 
@@ -179,7 +179,7 @@ def _env_threads() -> int | None:
     if not raw:
         return None
     if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= 1024:
-        from .errors import UsageError
+        from ..errors import UsageError
 
         raise UsageError(f"{ENV_THREADS} must be a number of threads from 1 to 1024, not {raw!r}")
     return int(raw)

@@ -26,7 +26,7 @@ def wanted(args: list[str]) -> str | None:
         return None
     if os.environ.get("PC_THREADS", "").strip() == "1":
         return None
-    from .models import resolve_model
+    from .model_file import resolve_model
 
     option = None
     for i, arg in enumerate(args):
@@ -49,7 +49,7 @@ def start(path: str) -> None:
 
     def run() -> None:
         try:
-            from .llama_bindings import gguf_problem, load_model_file
+            from .bindings import gguf_problem, load_model_file
 
             if gguf_problem(path) is None:
                 result["handle"] = load_model_file(path) or None
@@ -72,7 +72,7 @@ def take(path: str):
     thread.join()
     handle = result.get("handle")
     if handle is not None and started != path:
-        from .llama_bindings import C
+        from .bindings import C
 
         C.llama_model_free(handle)
         return None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 if TYPE_CHECKING:
-    from .llama_backend import Context, Model
+    from .backend import Context, Model
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from . import cache_file, layout as lay, token_rank
-from .cache_store import CacheStore, CacheWriteError
-from .layout import Layout, Path as ModPath
+from ..store import cache_file
+from ..prompt import layout as lay
+from . import refresh as token_rank
+from ..store.files import CacheStore, CacheWriteError
+from ..prompt.layout import Layout, Path as ModPath
 
 if TYPE_CHECKING:
-    from .engine import Progress, Session
+    from .session import Progress, Session
 
 Scores = dict[tuple[ModPath, int], tuple[float, ...]]  # (owner, segment offset): union members share offsets
 

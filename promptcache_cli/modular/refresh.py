@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
-from . import layout as lay
-from .state_blob import kv_payloads, parse
+from ..prompt import layout as lay
+from ..llama.state_blob import kv_payloads, parse
 
 OTHER = {"scaffold": "independent", "independent": "scaffold", "average": "independent"}
 RECOMPUTE_SEQUENCES = 66  # a context for recomputing: 64 tokens per batch (Context.recompute)

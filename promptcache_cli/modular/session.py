@@ -15,14 +15,18 @@ from typing import Callable, Collection, Iterator
 
 import numpy as np
 
-from . import cache_file, layout as lay, manifest, rank_cache, repair, state_blob, token_rank
-from .blob_arena import Arena
-from .cache_store import CacheStore, CacheWriteError, model_fingerprint, module_key, touch
-from .layout import ROOT, Layout, Path as ModPath
-from .llama_backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
-from .pml import Schema
-from .sampling import Sampler, generate
-from .selection import Selection, param_value
+from ..store import cache_file, manifest
+from ..prompt import layout as lay
+from . import ranking as rank_cache, refresh as token_rank
+from ..benchmarks import repair
+from ..llama import state_blob
+from ..store.arena import Arena
+from ..store.files import CacheStore, CacheWriteError, model_fingerprint, module_key, touch
+from ..prompt.layout import ROOT, Layout, Path as ModPath
+from ..llama.backend import GGML_TYPES, Context, ContextSettings, Model, llama_cpp_version
+from ..pml.schema import Schema
+from ..llama.sampling import Sampler, generate
+from ..pml.selection import Selection, param_value
 from .stitch import Blob, ModuleDamaged, ModuleStateRefused, StateRead, extend, fill
 
 Progress = Callable[[int, int, str], None]  # (tokens done, tokens total, module name)
@@ -110,7 +114,7 @@ class Session:
             raise ValueError("the average encoding averages f16 KV states only")
         self.model = model if model is not None else Model(str(model_path))
         if stitch and self.model.kind in ("recurrent", "hybrid", "swa"):
-            from .llama_backend import UnsupportedModel
+            from ..llama.backend import UnsupportedModel
 
             kind = {"swa": "sliding-window attention"}.get(self.model.kind, self.model.kind)
             self.model.close()

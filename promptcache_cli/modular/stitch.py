@@ -12,9 +12,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import cache_file, repair, state_blob
-from .layout import Path as ModPath
-from .llama_backend import Context, StateRefused
+from ..store import cache_file
+from ..benchmarks import repair
+from ..llama import state_blob
+from ..prompt.layout import Path as ModPath
+from ..llama.backend import Context, StateRefused
 
 
 class StateRead:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .pml import Module, ModuleImport, Node, Parameter, Role, Schema, Union
+from .schema import Module, ModuleImport, Node, Parameter, Role, Schema, Union
 
 Path = tuple[str, ...]
 

@@ -29,13 +29,14 @@ from typing import Collection
 
 import numpy as np
 
-from . import cache_file, state_blob
-from .cache_store import CacheWriteError, module_key, touch
-from .engine import AskResult, CompileReport, ModuleReport, Progress, Session, owner_name
-from .llama_backend import BackendError, Context, ContextSettings, llama_cpp_version
-from .pml import Schema
-from .sampling import Sampler, generate
-from .selection import Selection, default_selection
+from ..store import cache_file
+from ..llama import state_blob
+from ..store.files import CacheWriteError, module_key, touch
+from ..modular.session import AskResult, CompileReport, ModuleReport, Progress, Session, owner_name
+from ..llama.backend import BackendError, Context, ContextSettings, llama_cpp_version
+from ..pml.schema import Schema
+from ..llama.sampling import Sampler, generate
+from ..pml.selection import Selection, default_selection
 
 DEFAULT_CHECKPOINTS = 4
 CUTTABLE = ("attention",)  # kinds whose one full state is cut back to any prefix
@@ -84,7 +85,7 @@ class PrefixSession(Session):
 
     def history_dir(self, schema: Schema) -> Path:
         """Where the overlap depths of a schema's requests are recorded."""
-        from .overlap_log import history_dir
+        from ..store.overlap_log import history_dir
 
         return history_dir(self.store.root, schema.name, schema.path)
 
@@ -111,7 +112,7 @@ class PrefixSession(Session):
                 budget_bytes=self.checkpoint_bytes, bytes_per_checkpoint=self._checkpoint_size()))
             if budget == 0:
                 return []
-        from .overlap_log import OverlapLog, OverlapLogError
+        from ..store.overlap_log import OverlapLog, OverlapLogError
 
         try:
             depths = [o.overlap for o in OverlapLog(self.history_dir(schema)).read()]
@@ -130,7 +131,7 @@ class PrefixSession(Session):
 
     def _record(self, schema: Schema, *, tokens: int, overlap: int) -> None:
         """Remember how deep this request's prompt followed the cached one (steers placement)."""
-        from .overlap_log import OverlapLog, OverlapLogError
+        from ..store.overlap_log import OverlapLog, OverlapLogError
 
         try:
             OverlapLog(self.history_dir(schema)).append(tokens=tokens, overlap=overlap)
@@ -161,7 +162,7 @@ class PrefixSession(Session):
             reports = [self._report(key, have[p], "reused", 0.0) for p in want if p not in todo]
             if todo:
                 reports += self._prefill(key, tokens, todo, have={} if force else have, progress=progress)
-        from . import manifest  # the schema's entry: what `pc ls` lists and `pc rm` removes
+        from ..store import manifest  # the schema's entry: what `pc ls` lists and `pc rm` removes
 
         variant = manifest.Variant(self.fingerprint, llama_cpp_version(), self.settings.state_layout(), manifest.PREFIX)
         manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=variant,

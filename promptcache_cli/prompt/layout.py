@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
 from . import chat_template
-from .pml import Module, Parameter, Role, Schema, Text, Union
+from ..pml.schema import Module, Parameter, Role, Schema, Text, Union
 
 Path = tuple[str, ...]
 ROOT: Path = ()
@@ -228,7 +228,7 @@ class _Builder:
     def _parameter(self, p: Parameter, owner: Path, *, depth: int) -> None:
         scaffold = tuple(self.tok.tokenize(p.scaffold, special=False)) if p.scaffold else ()
         if len(scaffold) > p.length:
-            from .pml import PmlError
+            from ..pml.schema import PmlError
 
             raise PmlError(
                 f"scaffold of parameter '{p.name}' is {len(scaffold)} tokens, longer than its length {p.length}",

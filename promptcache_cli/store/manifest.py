@@ -86,7 +86,7 @@ def record(store, *, schema_name: str, schema_path: str | None, variant: Variant
     (``{"key": ..., "tokens": ...}``) makes it a prefix-mode entry."""
     from filelock import FileLock
 
-    from .cache_store import CacheWriteError
+    from .files import CacheWriteError
 
     path = manifest_path(store.root, schema_name, schema_path)
     lock = FileLock(str(path) + ".lock")

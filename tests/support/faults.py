@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from promptcache_cli import cache_file
+from promptcache_cli.store import cache_file
 from promptcache_cli.benchmarks.processes import LAUNCHER
 
-from .conftest import license_excerpt
+from ..conftest import license_excerpt
 
 PC = [sys.executable, "-m", "promptcache_cli"]
 TIMEOUT = 600  # seconds per process; the machine is shared

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptcache_cli import errors
-from promptcache_cli.models import default_model_path
+from promptcache_cli.llama.model_file import default_model_path
 
 from . import faults
 

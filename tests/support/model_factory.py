@@ -1,4 +1,4 @@
-"""Random-weight test models (scripts/random_gguf.py), built once per test session.
+"""Random-weight test models (promptcache_cli/benchmarks/random_gguf.py), built once per test session.
 
 ``make_test_model(arch, out_dir, **kw)`` writes (or reuses) ``out_dir/<arch>[-<kw>].gguf``;
 ``kw`` are :func:`random_gguf.write_model`'s (layers, width, realistic, seed). The fixture
@@ -18,16 +18,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
+from promptcache_cli.benchmarks import random_gguf
 
-import random_gguf  # noqa: E402  (scripts/ is not a package)
+SCRIPTS = Path(__file__).resolve().parent.parent.parent / "scripts"
 
 KINDS = random_gguf.KINDS  # arch -> what llama_backend.Model.kind reports
 ARCHS = random_gguf.ARCHS
