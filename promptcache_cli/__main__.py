@@ -13,7 +13,7 @@ same line and code once it has cleaned up (cli.main).
 Once the command has returned, the process ends with ``os._exit``: every file it wrote is synced
 and renamed, every lock released and every output flushed by then, and what is left (the model,
 its context, the interpreter's own teardown) the operating system reclaims faster than freeing
-it piece by piece: about 40 ms of a cached `pc ask` at ~4k tokens (cli_common.outlive).
+it piece by piece: about 40 ms of a cached `pc ask` at ~4k tokens (cli/common.py, outlive).
 """
 
 from __future__ import annotations

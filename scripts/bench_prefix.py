@@ -37,9 +37,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import promptcache_cli as pc  # noqa: E402
 from promptcache_cli.benchmarks import random_gguf  # noqa: E402
+from promptcache_cli.llama.bindings import llama_cpp_version  # noqa: E402
 from promptcache_cli.prefix import checkpoint_plan as cp  # noqa: E402
-from promptcache_cli.llama.backend import llama_cpp_version  # noqa: E402
 from promptcache_cli.prefix.session import PrefixSession  # noqa: E402
 
 TAIL = 32
@@ -84,15 +85,16 @@ def run(quick: bool, out_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "mamba-realistic.gguf"
         built = random_gguf.write_model("mamba", model_path, realistic=not quick)
-        sess = PrefixSession(model_path, cache_dir=Path(tmp) / "cache", checkpoints=max(budgets))
-        tokens = sess.model.tokenize(real_text(), special=False)
+        session = pc.open_session(model_path, cache_dir=Path(tmp) / "cache", mode="prefix", checkpoints=max(budgets))
+        sess: PrefixSession = session.engine  # placements are replayed below the public API
+        tokens = session.tokenize(real_text())
         cached, spare = tokens[:length], tokens[length:]
         configs = {(s, m): positions_for(s, history=history, length=length, budget=m)
                    for m in budgets for s in STRATEGIES}
         t = time.perf_counter()
         sess.store_states(cached, sorted({p for pos in configs.values() for p in pos}))
         prefill_s = time.perf_counter() - t
-        question = sess.model.tokenize(QUESTION, special=False)
+        question = session.tokenize(QUESTION)
         requests = []
         for i, r in enumerate(evals):
             d = min(r["overlap"], length)
@@ -121,7 +123,7 @@ def run(quick: bool, out_dir: Path) -> dict:
         for _ in range(3):
             warm.append(first_token_ms(sess, cached, full, {length})[0])
             cold.append(first_token_ms(sess, cached, full, set())[0])
-        sess.close()
+        session.close()
     table = [{"strategy": s, "budget": m, "positions": list(configs.get((s, m), ())),
               "recomputed_tokens": rows[(s, m)]["recomputed"], "total_ttft_ms": round(sum(rows[(s, m)]["ms"]), 1)}
              for s, m in names]

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from promptcache_cli.store import cache_file as cf
-from promptcache_cli.store.files import CacheStore, module_key
+from promptcache_cli.store.files import CacheStore
+from promptcache_cli.store.keys import module_key
 
 from .attacks import cache_files as attacks
 

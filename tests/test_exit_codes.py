@@ -65,8 +65,8 @@ def backend_failure(tmp: Path) -> faults.Proc:
     """A stand-in for llama.cpp failing mid-computation: `pc ask --no-cache` whose llama_decode
     returns an error code (-1, as llama.cpp does for a batch it cannot process)."""
     schema = facts(tmp)
-    code = ("import sys; from promptcache_cli.cli import app as cli; from promptcache_cli.llama import backend as llama_backend; "
-            "llama_backend.C.llama_decode = lambda ctx, batch: -1; "
+    code = ("import sys; from promptcache_cli.cli import app as cli; from promptcache_cli.llama import bindings; "
+            "bindings.C.llama_decode = lambda ctx, batch: -1; "
             f"sys.argv = ['pc', 'ask', '--no-cache', '-s', {str(schema)!r}, 'hi']; cli.main()")
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=faults.env_for(tmp / "cache"))

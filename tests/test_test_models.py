@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli.llama.backend import BackendError, Context, ContextSettings, Model
+from promptcache_cli.errors import BackendError
+from promptcache_cli.llama.context import Context, ContextSettings
+from promptcache_cli.llama.model import Model
 
 from .conftest import license_excerpt
 from .support.model_factory import ARCHS, KINDS, SCRIPTS, make_test_model, random_gguf

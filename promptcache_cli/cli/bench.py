@@ -1,6 +1,6 @@
 """`pc bench`: the benchmark suite from the command line (the same run as `make bench`).
 
-Registered in cli.py with ``app.command("bench")(bench)``; only Typer is imported here, the suite
+Registered in app.py with ``app.command("bench")(bench)``; only Typer is imported here, the suite
 when the command runs, so `pc` starts as fast as before.
 """
 
@@ -25,7 +25,7 @@ def bench(
 ) -> None:
     """Benchmark pc against --no-cache and llama-cpp-python's caches; measure answer quality."""
     from ..benchmarks import suite
-    from ..llama.model_file import resolve_model
+    from ..api import resolve_model
 
     try:
         cfg = suite.config_for(quick=quick, only=only or None)

@@ -1,6 +1,6 @@
-"""`pc ls`, `pc verify`, `pc gc` and `pc rm`: rendering what cache_admin reports about the cache
-directory. Registered in cli.py (``app.command("ls")(ls_cmd)`` and so on); cache_admin is imported
-when a command runs, so `pc` starts as fast as before.
+"""`pc ls`, `pc verify`, `pc gc`, `pc rm` and `pc path`: rendering what the library reports about the
+cache directory (store/admin.py). Registered in app.py; the library is imported when a command
+runs, so `pc` starts fast.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None
     """List the cached schemas and their module files or prefix states.
 
     Per file: tokens, size on disk, compression ratio, last use."""
-    from ..store.admin import list_cache
+    from ..api import list_cache
 
     root = cache_root(cache_dir)
     listing = list_cache(root)
@@ -124,7 +124,7 @@ def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None
 
 def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
     """Read every cache file whole and check every checksum; exit 5 if any is damaged."""
-    from ..store.admin import verify_cache
+    from ..api import verify_cache
 
     root = cache_root(cache_dir)
     report = verify_cache(root)
@@ -163,13 +163,13 @@ def gc_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Evict module files and prefix states by last use; also remove stale temporary and lock files."""
-    from ..store.admin import gc
+    from ..api import collect_garbage
 
     if max_size is None and older_than is None:
         write_err("pc: gc needs --max-size SIZE or --older-than AGE, or both (see `pc gc --help`)")
         raise typer.Exit(errors.EXIT_USAGE)
     root = cache_root(cache_dir)
-    report = gc(root, max_size=max_size, older_than=older_than, dry_run=dry_run)
+    report = collect_garbage(root, max_size=max_size, older_than=older_than, dry_run=dry_run)
     if as_json:
         emit_json({
             "cache_dir": str(root), "dry_run": dry_run, "removed": [_note_json(n) for n in report.removed],
@@ -195,7 +195,7 @@ def rm_cmd(
     """Remove a schema from the cache, with the files no other schema uses.
 
     That is its manifest, its overlap record, and its module files and prefix states."""
-    from ..store.admin import remove_schema
+    from ..api import remove_schema
 
     root = cache_root(cache_dir)
     report = remove_schema(root, schema)
@@ -212,3 +212,8 @@ def rm_cmd(
     write_err(f"removed schema '{report.schema}': {_count(n_modules, 'module file')}, "
               f"{_count(n_states, 'prefix state')}, {_size(_freed(report))} freed; "
               f"kept {len(report.kept)} used by other schemas")
+
+
+def path_cmd(cache_dir: Optional[str] = CacheOpt) -> None:
+    """Print the cache directory."""
+    write_out(f"{cache_root(cache_dir)}\n")

@@ -131,6 +131,6 @@ def option_parser(parse):
 
 
 def cache_root(cache_dir: Optional[str]) -> Path:
-    from ..store.files import default_cache_dir
+    from ..api import default_cache_dir
 
     return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()

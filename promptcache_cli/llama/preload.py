@@ -2,7 +2,7 @@
 
 A cold `pc ask` spends a good hundred milliseconds importing Python modules (Typer, numpy, ...)
 and then tens of milliseconds in llama.cpp loading the model, which needs no Python lock (its log
-lines go to a C no-op: llama_bindings.py). Started first, on a thread of its own, the load runs
+lines go to a C no-op: bindings.py). Started first, on a thread of its own, the load runs
 beside the imports. The thread only loads; the command takes the handle when it opens its session
 (:func:`take`), or loads the model itself where the thread guessed another file or failed, so
 every error is reported exactly as without the thread.

@@ -1,17 +1,19 @@
 """Choosing the next token from logits (greedy by default, or temperature + top-p with a seed) and
-the answer loop that picks, decodes and detokenizes one token after another."""
+the answer loop that picks, decodes and detokenizes one token after another (a generator, so an
+answer can be streamed)."""
 
 from __future__ import annotations
 
 import codecs
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from .backend import Context, Model
+    from .context import Context
+    from .model import Model
 
 
 @dataclass(frozen=True)
@@ -49,39 +51,61 @@ class Sampler:
         return int(rng.choice(len(p), p=p))
 
 
+class Generation:
+    """An answer being generated: iterating picks up to ``max_tokens`` tokens, the first from
+    ``logits`` (the prompt's last), decoding each chosen token in ``ctx`` for the next, and yields
+    the answer's text as it grows (never splitting a UTF-8 character). Afterwards: :attr:`tokens`,
+    :attr:`text` and :attr:`ttft` (seconds from ``t0`` to the first token's id)."""
+
+    def __init__(self, model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
+                 t0: float) -> None:
+        self._model, self._ctx, self._logits = model, ctx, logits
+        self._max_tokens, self._sampler, self._t0 = max_tokens, sampler, t0
+        self.tokens: list[int] = []
+        self._parts: list[str] = []
+        self.ttft: float | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def __iter__(self) -> Iterator[str]:
+        model, ctx, logits, sampler = self._model, self._ctx, self._logits, self._sampler
+        rng = sampler.rng()
+        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out = self.tokens
+        pos = ctx.pos_max(0) + 1
+        for _ in range(self._max_tokens):
+            tok = sampler.pick(logits, rng)
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self._t0
+            if model.is_eog(tok):
+                break
+            out.append(tok)
+            text = dec.decode(model.token_bytes(tok))
+            if text:
+                self._parts.append(text)
+                yield text
+            if len(out) == self._max_tokens or pos >= ctx.n_ctx:
+                break
+            ctx.decode([tok], start=pos, logits=True)
+            pos += 1
+            logits = ctx.logits()
+        tail = dec.decode(b"", final=True)
+        if tail:
+            self._parts.append(tail)
+            yield tail
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self._t0
+
+
 def generate(model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
              on_text: Callable[[str], None] | None, t0: float) -> tuple[str, list[int], float]:
-    """Pick up to ``max_tokens`` tokens, the first from ``logits`` (the prompt's last), decoding
-    each chosen token in ``ctx`` for the next; ``on_text`` receives the answer's text as it grows.
+    """A whole :class:`Generation`; ``on_text`` receives the answer's text as it grows.
     Returns (text, token ids, seconds from ``t0`` to the first token)."""
-    rng = sampler.rng()
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    out: list[int] = []
-    parts: list[str] = []
-    ttft = None
-    pos = ctx.pos_max(0) + 1
-    for _ in range(max_tokens):
-        tok = sampler.pick(logits, rng)
-        if ttft is None:
-            ttft = time.perf_counter() - t0
-        if model.is_eog(tok):
-            break
-        out.append(tok)
-        text = dec.decode(model.token_bytes(tok))
-        if text:
-            parts.append(text)
-            if on_text:
-                on_text(text)
-        if len(out) == max_tokens or pos >= ctx.n_ctx:
-            break
-        ctx.decode([tok], start=pos, logits=True)
-        pos += 1
-        logits = ctx.logits()
-    tail = dec.decode(b"", final=True)
-    if tail:
-        parts.append(tail)
+    g = Generation(model, ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0)
+    for piece in g:
         if on_text:
-            on_text(tail)
-    if ttft is None:
-        ttft = time.perf_counter() - t0
-    return "".join(parts), out, ttft
+            on_text(piece)
+    assert g.ttft is not None
+    return g.text, g.tokens, g.ttft

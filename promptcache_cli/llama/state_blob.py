@@ -19,13 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import BlobError
+
 MAGIC = 0xAF143CD8
 _MAX_LAYERS = 4096
 _MAX_ROW = 1 << 24
-
-
-class BlobError(Exception):
-    """The bytes are not a well-formed state blob of the expected shape."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ compile time: compute the module under both encodings (``scaffold`` and ``indepe
 each token by how far its K and V rows move between the two (relative distance, summed over every
 layer's K and V). `pc compile --ranked` stores the scores with each module; `pc ask --refresh PCT`
 recomputes the PCT% of the prompt's cached tokens with the highest scores in the prompt's own
-context (:meth:`llama_backend.Context.recompute`) before the question.
+context (:meth:`..llama.context.Context.recompute`) before the question.
 
 A module's scores are stored with the context they were measured against (``against``: the other
 encoding and a hash of its context tokens), so scores measured against another context are never
@@ -18,33 +18,29 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
-from ..prompt import layout as lay
 from ..llama.state_blob import kv_payloads, parse
+from ..prompt.contexts import context_tokens
+from ..prompt.layout import Layout, Segment
+from ..prompt.plan import Boundary
 
 OTHER = {"scaffold": "independent", "independent": "scaffold", "average": "independent"}
 RECOMPUTE_SEQUENCES = 66  # a context for recomputing: 64 tokens per batch (Context.recompute)
 MAX_SCORE = 1e5  # what a stored score is clipped to (the reader refuses 1e6 and more)
 
 
-def against(layout: lay.Layout, segment: lay.Segment, encoding: str) -> str:
+def against(layout: Layout, segment: Segment, encoding: str) -> str:
     """What a segment's scores are measured against, when its states are cached with ``encoding``."""
     other = OTHER[encoding]
-    context = np.asarray(lay.context_tokens(layout, segment, other), dtype="<i4")
+    context = np.asarray(context_tokens(layout, segment, other), dtype="<i4")
     return f"{other}:{xxhash.xxh3_64_hexdigest(context.tobytes())}"
 
 
-def stale(layout: lay.Layout, prompt: list[tuple[str, object]], encoding: str) -> list[tuple[lay.Segment, int]]:
-    """The prompt's cached segments whose states were computed after other text than the prompt
-    puts before them, or at another distance from it (the others hold exact states), each with
-    how many of its first tokens cannot be recomputed: 1 after a position gap (llama.cpp decodes
-    a token only right after its sequence's last cell, and the cell before it is missing), else 0."""
-    out = []
-    for seg, before, end in lay.preceding(prompt):
-        if seg.offset != end:
-            out.append((seg, 1))
-        elif lay.contexts(layout, seg, encoding) != (tuple(before),):
-            out.append((seg, 0))
-    return out
+def stale(bounds: list[Boundary]) -> list[tuple[Segment, int]]:
+    """The cached parts whose states were computed after other text than the prompt puts before
+    them, or at another distance from it (the others hold exact states), each with how many of its
+    first tokens cannot be recomputed: 1 after a position gap (llama.cpp decodes a token only right
+    after its sequence's last cell, and the cell before it is missing), else 0."""
+    return [(b.segment, 0 if b.contiguous else 1) for b in bounds if not b.contiguous or not b.exact]
 
 
 def rows(blob: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

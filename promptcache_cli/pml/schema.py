@@ -15,6 +15,8 @@ from xml.parsers import expat
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser, ParseError
 
+from ..errors import PmlError
+
 MAX_SCHEMA_BYTES = 4 * 1024 * 1024  # schema file, prompt file and each src file
 MAX_PARAMETER_LENGTH = 4096  # tokens
 MAX_NAME_LENGTH = 128
@@ -23,25 +25,6 @@ MAX_DEPTH = 100  # element nesting; keeps the recursive tree walks far from the 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _LENGTH_RE = re.compile(r"[0-9]+")
 ROLES = ("system", "user", "assistant")
-
-
-class PmlError(Exception):
-    """A schema or prompt problem, rendered as one line: ``FILE:LINE: <element>: message``."""
-
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
-                 element: str | None = None):
-        self.message = message
-        self.file = file
-        self.line = line
-        self.element = element
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        if self.line is None:
-            where = self.file
-        else:
-            where = f"line {self.line}" if self.file is None else f"{self.file}:{self.line}"
-        return ": ".join(part for part in (where, self.element, self.message) if part)
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from ..errors import SelectionError
 from .schema import Module, ModuleImport, Node, Parameter, Role, Schema, Union
 
 Path = tuple[str, ...]
-
-
-class SelectionError(Exception):
-    """A request that does not fit the schema; one line, prefixed by the prompt line if known."""
-
-    def __init__(self, message: str, line: int | None = None):
-        self.message = message
-        self.line = line
-        super().__init__(message if line is None else f"line {line}: {message}")
 
 
 @dataclass(frozen=True)

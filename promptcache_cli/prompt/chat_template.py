@@ -11,11 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import TemplateError
+
 _SENTINEL = "\x1e{}\x1f"  # record/unit separators: never produced by templates themselves
-
-
-class TemplateError(Exception):
-    """The model's chat template cannot be rendered for this conversation."""
 
 
 @dataclass(frozen=True)

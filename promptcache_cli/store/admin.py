@@ -21,8 +21,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from . import cache_file, manifest
-from .files import CacheStore, CacheWriteError
-from ..errors import InputError
+from .files import CacheStore
+from ..errors import CacheWriteError, InputError
 from .overlap_log import LOG_NAME
 
 STALE_TMP_SECONDS = 3600  # a temporary file this old belongs to a writer that died

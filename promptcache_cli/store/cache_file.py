@@ -18,7 +18,7 @@ bytes. The default codec keeps the ``lo`` plane raw (it does not compress) and c
 ``hi`` plane (sign, exponent, top mantissa bits: about 1.4x). Frames decode independently, on all
 cores, straight into the buffer handed to llama.cpp; a single raw ``all`` plane is handed over as a
 view of the memory-mapped file, without a copy. A segment may carry selective-recompute scores
-(``rank``, token_rank.py) in the header; adding them rewrites only the header.
+(``rank``, modular/refresh.py) in the header; adding them rewrites only the header.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from ..errors import CacheFileError
+
 MAGIC = b"PCACHE\r\n"
 VERSION = 1
 MAX_HEADER = 16 << 20
@@ -43,10 +45,6 @@ FRAME_BYTES = 4 << 20
 CODECS = ("none", "zstd")  # what `--compression` offers
 PLANES = {"all": (0, 1), "lo": (0, 2), "hi": (1, 2)}  # plane -> (first byte, stride) in the blob
 _PRELUDE = struct.Struct("<8sIIQ")
-
-
-class CacheFileError(Exception):
-    """The file is not a complete, intact cache file of this format."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ class SegmentRecord:
     tokens: tuple[int, ...]
     raw_size: int
     frames: tuple[Frame, ...]
-    rank: tuple[str, tuple[float, ...]] | None = None  # (against, one score per token): token_rank.py
+    rank: tuple[str, tuple[float, ...]] | None = None  # (against, one score per token): modular/refresh.py
 
     @property
     def stored_size(self) -> int:
@@ -90,7 +88,7 @@ def encode(header: dict[str, Any], blobs: list[np.ndarray], tokens: list[tuple[i
            ranks: list[tuple[str, list[float]] | None] | None = None) -> list[bytes | memoryview]:
     """The file's bytes as a list of chunks. ``split_planes`` (f16 KV) stores the low and high
     bytes as separate planes; with codec ``zstd`` the high plane is compressed. ``ranks``: per
-    segment, its selective-recompute scores (token_rank.py) or None."""
+    segment, its selective-recompute scores (modular/refresh.py) or None."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}")
     import zstandard

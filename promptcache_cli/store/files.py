@@ -1,30 +1,22 @@
-"""Where cache files live, how they are named, written and locked.
+"""Where cache files live, how they are written and locked.
 
-Files are content-addressed: a module's file name is the hash of everything its bytes depend on
-(see ``module_key``), so a changed schema, model, llama.cpp build or context setting simply
-misses and recomputes, and unchanged modules are reused. Writes go to a temporary file in the
-same folder, are synced and renamed into place, so a reader sees a whole file or none.
+Files are content-addressed (keys.py), so a changed schema, model, llama.cpp build or context
+setting simply misses and recomputes, and unchanged modules are reused. Writes go to a temporary
+file in the same folder, are synced and renamed into place, so a reader sees a whole file or none.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
+from ..errors import CacheWriteError
 
 ENV_CACHE_DIR = "PC_CACHE_DIR"
-FORMAT_TAG = "pcache-1"
-
-
-class CacheWriteError(Exception):
-    """The cache directory cannot be written (read-only, full disk, ...)."""
 
 
 def default_cache_dir() -> Path:
@@ -34,41 +26,6 @@ def default_cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("promptcache_cli", appauthor=False))
-
-
-def model_fingerprint(path: str) -> dict:
-    """Identity of a model file without hashing all of it: size plus a hash of its first and
-    last MiB (the GGUF header with all metadata, and the tail of the last tensor)."""
-    st = os.stat(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if st.st_size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
-            h.update(f.read(1 << 20))
-    return {"size": st.st_size, "sha256_ends": h.hexdigest()[:32], "name": os.path.basename(path)}
-
-
-def module_key(*, model: dict, llama_cpp: str, state_layout: dict,
-               segments: list[tuple[int, tuple[int, ...], tuple[tuple[int, ...], ...]]]) -> str:
-    """Hash of everything a module's cached bytes depend on. ``segments`` holds, per segment,
-    (offset, tokens, the context tokens of each context it is computed after: one, or several
-    for the ``average`` encoding)."""
-    h = hashlib.sha256()
-    meta = {"format": FORMAT_TAG, "model": {k: model[k] for k in ("size", "sha256_ends")},
-            "llama_cpp": llama_cpp, "state_layout": state_layout}
-    h.update(json.dumps(meta, sort_keys=True).encode())
-    for offset, tokens, contexts in segments:
-        # one context: (offset, length, context length), tokens, context; several: (offset, length,
-        # -number of contexts), tokens, then each context's length and tokens
-        third = len(contexts[0]) if len(contexts) == 1 else -len(contexts)
-        h.update(np.array([offset, len(tokens), third], dtype="<i8").tobytes())
-        h.update(np.asarray(tokens, dtype="<i4").tobytes())
-        for context in contexts:
-            if len(contexts) > 1:
-                h.update(np.array([len(context)], dtype="<i8").tobytes())
-            h.update(np.asarray(context, dtype="<i4").tobytes())
-    return h.hexdigest()[:40]
 
 
 def touch(path: Path) -> None:

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import CacheWriteError
+
 PREFIX = "prefix"  # the encoding (and mode) of a prefix-mode variant
 
 
@@ -85,8 +87,6 @@ def record(store, *, schema_name: str, schema_path: str | None, variant: Variant
     """Add or replace this variant's entry, under the manifest's lock, atomically. ``prefix``
     (``{"key": ..., "tokens": ...}``) makes it a prefix-mode entry."""
     from filelock import FileLock
-
-    from .files import CacheWriteError
 
     path = manifest_path(store.root, schema_name, schema_path)
     lock = FileLock(str(path) + ".lock")

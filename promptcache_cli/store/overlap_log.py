@@ -24,6 +24,8 @@ import time as _time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import OverlapLogError, TraceError
+
 LOG_NAME = "overlap.jsonl"
 MAX_LINES = 10_000
 LINE_BYTES = 128  # a generous bound on a line's size: compaction starts at max_lines * LINE_BYTES
@@ -36,15 +38,6 @@ def history_dir(cache_root: Path | str, schema_name: str, schema_path: str | Non
     from .manifest import manifest_path
 
     return Path(cache_root) / "prefix" / "history" / manifest_path(Path(cache_root), schema_name, schema_path).stem
-
-
-class OverlapLogError(Exception):
-    """The record cannot be written (unwritable folder, full disk, lock held too long). Callers
-    answering a question should warn and go on: the record only steers checkpoint placement."""
-
-
-class TraceError(ValueError):
-    """A trace file that cannot be read: one line, "FILE:LINE: message"."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,6 @@
-"""The llama.cpp boundary: with llama_bindings.py (the bindings themselves, imported without
-numpy), the only module that uses ``llama_cpp``.
-
-Thin wrappers over the low-level C API: load a model, tokenize, decode a run of tokens at
-explicit positions into a sequence, read logits, copy/remove cells, and save or load one
-sequence's state blob. Everything raises :class:`BackendError` (or a subclass) instead of
-returning C status codes.
+"""A llama.cpp context: decode tokens at explicit positions into sequences, read logits, copy and
+remove cells, and save or load one sequence's state blob. Every failure raises
+:class:`..errors.BackendError` (or a subclass) instead of returning C status codes.
 """
 
 from __future__ import annotations
@@ -12,39 +8,15 @@ from __future__ import annotations
 import ctypes
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from .bindings import VERSION as _VERSION
-from .bindings import C, gguf_problem, init_backend, load_model_file
+from ..errors import BackendError, ContextFullError, StateRefused, UsageError
+from .bindings import C
+from .model import Model
 
 GGML_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0, "f32": C.GGML_TYPE_F32}
-
-
-class BackendError(Exception):
-    """llama.cpp refused or failed an operation."""
-
-
-class ModelLoadError(BackendError):
-    """The model file is missing, unreadable or not a GGUF llama.cpp can load."""
-
-
-class UnsupportedModel(ModelLoadError):
-    """The model loads but cannot be used the way it was asked to be (e.g. stitching a
-    recurrent model's state)."""
-
-
-class StateRefused(BackendError):
-    """llama.cpp refused to load a state blob."""
-
-
-class ContextFullError(BackendError):
-    """The prompt does not fit into the context."""
-
-
-def llama_cpp_version() -> str:
-    return _VERSION
 
 
 @dataclass(frozen=True)
@@ -75,101 +47,6 @@ class ContextSettings:
         return layout
 
 
-class Model:
-    """A loaded GGUF model and its vocabulary."""
-
-    def __init__(self, path: str, *, loaded=None) -> None:
-        """``loaded``: llama.cpp's handle of this very file, loaded already (preload.py)."""
-        init_backend()
-        problem = gguf_problem(path)
-        if problem:
-            if loaded:  # the file changed since the thread loaded it
-                C.llama_model_free(loaded)
-            raise ModelLoadError(problem)
-        self._ptr = loaded or load_model_file(path)
-        if not self._ptr:
-            raise ModelLoadError(f"llama.cpp could not load the model: {path}")
-        self.path = path
-        self._vocab = C.llama_model_get_vocab(self._ptr)
-        self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
-        self.n_ctx_train = C.llama_model_n_ctx_train(self._ptr)
-        self.n_layer = C.llama_model_n_layer(self._ptr)
-        self.bos = C.llama_vocab_bos(self._vocab)
-        self.eos = C.llama_vocab_eos(self._vocab)
-        self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
-
-    @property
-    def kind(self) -> str:
-        """'recurrent', 'hybrid', 'swa' (sliding-window attention) or 'attention'."""
-        if C.llama_model_is_recurrent(self._ptr):
-            return "recurrent"
-        if C.llama_model_is_hybrid(self._ptr):
-            return "hybrid"
-        if C.llama_model_n_swa(self._ptr) > 0:
-            return "swa"
-        return "attention"
-
-    def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(1 << 16)
-        n = C.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
-        if n < 0:
-            return None
-        if n >= len(buf):
-            buf = ctypes.create_string_buffer(n + 1)
-            C.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", errors="replace")
-
-    @property
-    def description(self) -> str:
-        return self.meta("general.name") or os.path.basename(self.path)
-
-    def chat_template(self) -> str | None:
-        return self.meta("tokenizer.chat_template")
-
-    def tokenize(self, text: str, *, special: bool) -> list[int]:
-        """Tokens of ``text`` without BOS. ``special`` parses control tokens like <|im_start|>;
-        user-supplied text is tokenized with ``special=False`` so it can never inject them."""
-        data = text.encode("utf-8")
-        n_max = len(data) + 8
-        buf = (C.llama_token * n_max)()
-        n = C.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, special)
-        if n < 0:
-            n_max = -n
-            buf = (C.llama_token * n_max)()
-            n = C.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, special)
-        if n < 0:
-            raise BackendError("tokenization failed")
-        return list(buf[:n])
-
-    def token_bytes(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:n]
-
-    def token_text(self, token: int) -> str:
-        """The token's text with special tokens rendered (used for chat-template glue)."""
-        buf = ctypes.create_string_buffer(256)
-        n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
-
-    def is_eog(self, token: int) -> bool:
-        return bool(C.llama_vocab_is_eog(self._vocab, token))
-
-    def close(self) -> None:
-        if getattr(self, "_ptr", None):
-            C.llama_model_free(self._ptr)
-            self._ptr = None
-
-    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
 ENV_THREADS = "PC_THREADS"
 
 
@@ -179,8 +56,6 @@ def _env_threads() -> int | None:
     if not raw:
         return None
     if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= 1024:
-        from ..errors import UsageError
-
         raise UsageError(f"{ENV_THREADS} must be a number of threads from 1 to 1024, not {raw!r}")
     return int(raw)
 
@@ -374,17 +249,3 @@ class Context:
             self.close()
         except Exception:
             pass
-
-
-def iter_utf8(pieces: Iterator[bytes]) -> Iterator[str]:
-    """Join token byte pieces into text without splitting multi-byte characters."""
-    import codecs
-
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for piece in pieces:
-        text = dec.decode(piece)
-        if text:
-            yield text
-    tail = dec.decode(b"", final=True)
-    if tail:
-        yield tail
