@@ -2,9 +2,10 @@
 """Separate the two causes of q8_0 answer drift: KV quantization, and the flash-attention kernel
 llama.cpp needs for a quantized V cache. Same question set as the quality part of `make bench`
 (promptcache_cli.benchmarks.needles); prints the share of questions whose greedy tokens are
-identical between two cache settings.
+identical between two cache settings. Flash attention with f16 states is no setting of the public
+API (``kv_type`` q8_0 turns it on, f16 off): this experiment opens that session kind directly.
 
-    python scripts/kv_agreement.py [--tokens 32] [--questions 30] [--doc-tokens 450]
+    python experiments/kv_agreement.py [--tokens 32] [--questions 30] [--doc-tokens 450]
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import promptcache_cli as pc  # noqa: E402
+from promptcache_cli.api import open_engine  # noqa: E402
 from promptcache_cli.benchmarks import needles  # noqa: E402
-from promptcache_cli.modular.session import Session  # noqa: E402
-from promptcache_cli.llama.backend import ContextSettings  # noqa: E402
-from promptcache_cli.llama.model_file import resolve_model  # noqa: E402
+from promptcache_cli.llama.context import ContextSettings  # noqa: E402
 
 SETTINGS = {
     "f16": ContextSettings(),
@@ -34,9 +35,10 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=30)
     ap.add_argument("--doc-tokens", type=int, default=450, help="length of each text with a planted fact")
     args = ap.parse_args()
-    model = resolve_model(None)
+    model = pc.resolve_model()
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {k: Session(model, cache_dir=Path(tmp) / k, settings=v) for k, v in SETTINGS.items()}
+        sessions = {k: open_engine(model, cache_dir=Path(tmp) / k, mode="modular", settings=v)
+                    for k, v in SETTINGS.items()}
         wl = needles.quality(Path(tmp), sessions["f16"].model, doc_tokens=args.doc_tokens,
                              n_questions=args.questions)
         schema = wl.schema()
