@@ -135,7 +135,7 @@ def test_stored_states_hold_exactly_the_cells_of_an_uncached_prefill(gemma: Path
     try:
         checkpoints = [m.tokens for m in sess.compile(schema).modules]
         assert len(checkpoints) >= 2 and checkpoints[-1] > 2 * 512  # past two windows
-        tokens = sess.flat_tokens(sess.prompt_plan(sess.layout(schema), default_selection(schema)))
+        tokens = sess.prompt_plan(sess.layout(schema), default_selection(schema)).tokens()
         key = sess.prompt_key(tokens)
         for at, ck in sess.stored(key).items():
             stored = sess.states.load(ck.path, key, tokens[:at], partial=False)

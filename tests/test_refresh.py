@@ -270,7 +270,7 @@ def test_a_default_prompt_has_nothing_to_refresh(model_path, workload, tmp_path)
         sel = default_selection(schema)
         plain = sess.ask(schema, sel, "What is this about?", max_tokens=8)
         got = sess.ask(schema, sel, "What is this about?", max_tokens=8, refresh=0.5)
-        assert (got.refreshed_tokens, got.ranked, got.tokens) == (0, [], plain.tokens)
+        assert (got.refreshed_tokens, got.ranked, got.tokens) == (0, (), plain.tokens)
         with pytest.raises(ValueError):
             sess.ask(schema, sel, "What is this about?", refresh=1.5)
     finally:

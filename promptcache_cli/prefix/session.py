@@ -89,6 +89,9 @@ class PrefixSession:
     def prompt_plan(self, layout: Layout, selection: Selection) -> PromptPlan:
         return self.runtime.plan(layout, selection)
 
+    def question_tokens(self, layout: Layout, question: str) -> list[int]:
+        return self.runtime.question_tokens(layout, question)
+
     def prompt_tokens(self, schema: Schema, selection: Selection) -> list[int]:
         return self.prompt_plan(self.layout(schema), selection).tokens()
 
@@ -254,7 +257,7 @@ class PrefixSession:
         layout = self.layout(schema)
         if no_cache:
             plan = self.prompt_plan(layout, selection)
-            q = self.runtime.question_tokens(layout, question)
+            q = self.question_tokens(layout, question)
             n_prompt = layout.end + len(q)
             self.runtime.check_fits(n_prompt + max_tokens)
             return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens)
@@ -263,7 +266,7 @@ class PrefixSession:
     def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str,
                         max_tokens: int, progress: Progress | None) -> Prefilled:
         self.runtime.arena.reset()  # the previous question's blobs are dead
-        request = self.prompt_plan(layout, selection).tokens() + self.runtime.question_tokens(layout, question)
+        request = self.prompt_plan(layout, selection).tokens() + self.question_tokens(layout, question)
         cached = self.prompt_tokens(schema, default_selection(schema))
         key = self.prompt_key(cached)
         warnings: list[str] = []
