@@ -18,6 +18,7 @@ from promptcache_cli.pml import schema as pml
 from promptcache_cli.modular import refresh as token_rank
 from promptcache_cli.benchmarks.quality import kl
 from promptcache_cli.modular.session import ModularSession
+from promptcache_cli.prompt.plan import boundaries
 from promptcache_cli.pml.selection import default_selection, select_cli
 from promptcache_cli.llama.state_blob import kv_payloads
 
@@ -230,10 +231,10 @@ def test_every_averaged_segment_is_stale_for_refresh(session, union_schema):
     prompt (none of them is exactly the prompt's states)."""
     layout = session.layout(union_schema)
     plan = session.prompt_plan(layout, default_selection(union_schema))
-    stale = {seg.offset for seg, _ in token_rank.stale(layout, plan, "average")}
+    stale = {seg.offset for seg, _ in token_rank.stale(boundaries(layout, plan, "average"))}
     averaged = {seg.offset for seg in layout.segments if len(ctxs.contexts(layout, seg, "average")) > 1}
     assert stale == averaged and {_segment(layout, "bsd").offset, _segment(layout, "mpl").offset} <= stale
-    assert not token_rank.stale(layout, plan, "scaffold")  # the default prompt: exact scaffold states
+    assert not token_rank.stale(boundaries(layout, plan, "scaffold"))  # the default prompt: exact scaffold states
 
 
 def test_answers_come_from_the_averaged_cache(session, union_schema):

@@ -159,7 +159,7 @@ def transcode(src: Session, dst: Session, wl: Workload) -> None:
             blobs = [np.array(f.blob(i)) for i in range(len(f.segments))]
             header = {k: v for k, v in f.header.items() if k not in ("format", "codec", "segments")}
             chunks = cache_file.encode(header, blobs, [s.tokens for s in f.segments], [s.offset for s in f.segments],
-                                       codec=dst.codec, split_planes=split)
+                                       codec=dst.compression, split_planes=split)
         finally:
             f.close()
         CacheStore(dst.cache_dir).write_atomic(out, chunks)

@@ -15,7 +15,7 @@ from promptcache_cli.llama.model_file import default_model_path
 
 from . import faults
 
-DOCS = Path(__file__).resolve().parent.parent / "schemas" / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "schemas" / "docs"
 
 TRAVEL = """\
 <schema name="travel">

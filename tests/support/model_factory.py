@@ -24,7 +24,7 @@ import pytest
 
 from promptcache_cli.benchmarks import random_gguf
 
-SCRIPTS = Path(__file__).resolve().parent.parent.parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 KINDS = random_gguf.KINDS  # arch -> what llama_backend.Model.kind reports
 ARCHS = random_gguf.ARCHS
