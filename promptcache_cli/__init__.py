@@ -17,10 +17,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "PromptPart", "PromptView",
-        "Request", "SchemaLayout", "Session", "collect_garbage", "default_cache_dir", "default_model_path",
-        "inspect_schema", "list_cache", "open_session", "remove_schema", "request_from_prompt", "resolve_model",
-        "select", "verify_cache")
+_API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request", "Session",
+        "collect_garbage", "default_cache_dir", "default_model_path", "inspect_schema", "list_cache", "open_session",
+        "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache")
 _ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
            "InputError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError", "PmlError",
            "PromptTooLong", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel", "UsageError",
@@ -29,7 +28,8 @@ _WHERE = {
     **{name: "api" for name in _API},
     **{name: "errors" for name in _ERRORS},
     "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
-    "Boundary": "prompt.plan", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
+    "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
+    "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
 }
 
 __all__ = [
@@ -57,15 +57,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
-    from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MODES, PromptPart, PromptView,
-                      Request, SchemaLayout, Session, collect_garbage, default_cache_dir, default_model_path,
-                      inspect_schema, list_cache, open_session, remove_schema, request_from_prompt, resolve_model,
-                      select, verify_cache)
+    from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MODES, Request, Session,
+                      collect_garbage, default_cache_dir, default_model_path, inspect_schema, list_cache,
+                      open_session, remove_schema, request_from_prompt, resolve_model, select, verify_cache)
     from .core.results import Answer, CompileReport, ModuleReport
+    from .core.views import PromptPart, PromptView, SchemaLayout
     from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,
                          InputError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong, PcError, PmlError,
                          PromptTooLong, SelectionError, StateRefused, TemplateError, UnsupportedModel, UsageError,
                          exit_code_for)
     from .llama.sampling import Sampler
     from .pml.schema import Schema, load_schema
-    from .prompt.plan import Boundary
+    from .prompt.boundaries import Boundary

@@ -25,12 +25,12 @@ from .llama.sampling import Sampler
 if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema parser
     from .core.engine import Engine
     from .core.results import Answer, CompileReport, Progress
+    from .core.views import PromptPart, PromptView, SchemaLayout
     from .llama.context import Context, ContextSettings
     from .llama.model import Model
     from .pml.schema import ModuleImport, Schema
     from .pml.selection import Selection
-    from .prompt.layout import Element
-    from .prompt.plan import Boundary
+    from .prompt.boundaries import Boundary
     from .store.admin import GcReport, Listing, RmReport, VerifyReport
 
 MODES = ("auto", "modular", "prefix")
@@ -73,50 +73,6 @@ class Request:
             params = tuple(f"{k}={v}" for k, v in params.items())
         object.__setattr__(self, "params", tuple(params))
         object.__setattr__(self, "modules", tuple(self.modules))
-
-
-@dataclass(frozen=True)
-class PromptPart:
-    """One part of a prompt, as :meth:`Session.prompt` shows it."""
-
-    kind: str  # "cached" (a module's states from the cache), "fresh" (a parameter value) or "question"
-    module: str  # the owning module (``(schema)`` for the schema's own text), "" for the others
-    offset: int  # its first position (a fresh part follows the prompt so far)
-    tokens: tuple[int, ...]
-    file: Path | None = None  # modular mode: the cache file holding a cached part's states
-
-    @property
-    def end(self) -> int:
-        return self.offset + len(self.tokens)
-
-
-@dataclass(frozen=True)
-class PromptView:
-    """What a request's prompt is made of, in position order (nothing is computed)."""
-
-    parts: tuple[PromptPart, ...]
-    schema_end: int  # positions the schema's layout takes (its cached parts all lie below)
-
-    @property
-    def tokens(self) -> tuple[int, ...]:
-        """Every token as a cold prefill from position 0 sees them, the question included."""
-        return tuple(t for p in self.parts for t in p.tokens)
-
-    @property
-    def gaps(self) -> int:
-        """Position gaps between consecutive cached parts (0 when the prompt is contiguous)."""
-        ends = [(p.offset, p.end) for p in self.parts if p.kind == "cached"]
-        return sum(1 for (_, e), (o, _) in zip(ends, ends[1:], strict=False) if o != e)
-
-
-@dataclass(frozen=True)
-class SchemaLayout:
-    """A schema's static positions for a model (`pc inspect`)."""
-
-    schema: str
-    model: str
-    length: int  # positions the schema takes
-    elements: tuple[Element, ...]
 
 
 class Session:
@@ -227,6 +183,7 @@ class Session:
 
     def prompt(self, request: Request) -> PromptView:
         """What the request's prompt is made of: cached parts, fresh parameter values, the question."""
+        from .core.views import PromptPart, PromptView
         from .prompt.layout import Segment
         from .prompt.plan import owner_name
 
@@ -383,6 +340,7 @@ def load_schema(path: str | os.PathLike) -> Schema:
 
 def inspect_schema(schema: SchemaRef, *, model: str | os.PathLike | None = None) -> SchemaLayout:
     """Every element's position and length for a model (nothing is computed)."""
+    from .core.views import SchemaLayout
     from .llama.model import Model
     from .llama.model_file import resolve_model
     from .prompt.layout import build
@@ -450,8 +408,8 @@ def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
 
 
 __all__ = [
-    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "PromptPart", "PromptView", "Request",
-    "Sampler", "SchemaLayout", "Session", "collect_garbage", "default_cache_dir", "default_model_path",
+    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request",
+    "Sampler", "Session", "collect_garbage", "default_cache_dir", "default_model_path",
     "inspect_schema", "list_cache", "load_schema", "open_session", "remove_schema", "request_from_prompt",
     "resolve_model", "select", "verify_cache",
 ]

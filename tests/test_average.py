@@ -18,7 +18,7 @@ from promptcache_cli.pml import schema as pml
 from promptcache_cli.modular import refresh as token_rank
 from promptcache_cli.benchmarks.quality import kl
 from promptcache_cli.modular.session import ModularSession
-from promptcache_cli.prompt.plan import boundaries
+from promptcache_cli.prompt.boundaries import boundaries
 from promptcache_cli.pml.selection import default_selection, select_cli
 from promptcache_cli.llama.state_blob import kv_payloads
 

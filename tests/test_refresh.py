@@ -13,7 +13,8 @@ from promptcache_cli.store import cache_file
 from promptcache_cli.modular import refresh as token_rank
 from promptcache_cli.benchmarks import needles
 from promptcache_cli.modular.session import ModularSession
-from promptcache_cli.prompt.plan import boundaries, owner_name
+from promptcache_cli.prompt.boundaries import boundaries
+from promptcache_cli.prompt.plan import owner_name
 from promptcache_cli.llama.context import Context, ContextSettings
 from promptcache_cli.llama.model import Model
 from promptcache_cli.pml.selection import default_selection

@@ -8,7 +8,8 @@ import pytest
 from promptcache_cli.benchmarks import repair
 from promptcache_cli.benchmarks import needles, quality
 from promptcache_cli.modular.session import ModularSession
-from promptcache_cli.prompt.plan import PromptPlan, boundaries
+from promptcache_cli.prompt.boundaries import boundaries
+from promptcache_cli.prompt.plan import PromptPlan
 from promptcache_cli.pml.selection import default_selection
 
 

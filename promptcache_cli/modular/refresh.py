@@ -15,13 +15,17 @@ used: they are measured again.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import xxhash
 
 from ..llama.state_blob import kv_payloads, parse
 from ..prompt.contexts import context_tokens
 from ..prompt.layout import Layout, Segment
-from ..prompt.plan import Boundary
+
+if TYPE_CHECKING:
+    from ..prompt.boundaries import Boundary
 
 OTHER = {"scaffold": "independent", "independent": "scaffold", "average": "independent"}
 RECOMPUTE_SEQUENCES = 66  # a context for recomputing: 64 tokens per batch (Context.recompute)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from ..core.answer import Prefilled, finish, prefill_uncached
 from ..core.results import Answer, CompileReport, ModuleReport, Progress
@@ -25,15 +25,17 @@ from ..pml.schema import Schema
 from ..pml.selection import Selection
 from ..prompt.contexts import ENCODINGS
 from ..prompt.layout import Layout, Path as ModPath
-from ..prompt.plan import Boundary, PromptPlan, boundaries, owner_name
-from . import ranking
+from ..prompt.plan import PromptPlan, owner_name
 from .catalog import Catalog
 from .compiler import Compiler
 from .loader import Loader, damaged
 from .refresh import RECOMPUTE_SEQUENCES, choose, stale as refresh_stale
 from .stitch import fill
 
-BoundaryHook = Callable[[Sequence[Boundary]], Mapping[int, int]]
+if TYPE_CHECKING:
+    from ..prompt.boundaries import Boundary
+
+BoundaryHook = Callable[[Sequence["Boundary"]], Mapping[int, int]]
 
 
 class ModularSession:
@@ -44,7 +46,7 @@ class ModularSession:
                  boundary_hook: BoundaryHook | None = None) -> None:
         """``model``: the file at ``model_path``, already loaded. ``boundary_hook``: an experiment's
         choice of cached tokens to compute afresh at module boundaries (segment offset -> how many
-        of its first tokens), given every cached part's :class:`..prompt.plan.Boundary`; none by
+        of its first tokens), given every cached part's :class:`..prompt.boundaries.Boundary`; none by
         default (the benchmarks' boundary repair uses it)."""
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
@@ -127,6 +129,8 @@ class ModularSession:
         measured: list[ModPath] = []
         warnings: list[str] = []
         if ranked:  # every file is read whole: a damaged one is recomputed first (with a warning)
+            from . import ranking
+
             self._check_rankable()
             self.runtime.reset_arena()
             blobs, recomputed, _ = self.loader.gather(schema, layout, keys, list(todo), warnings, progress, wait=True)
@@ -180,12 +184,18 @@ class ModularSession:
         self.runtime.reset_arena()
         blobs, compiled, fresh = self.loader.gather(schema, layout, keys, plan.owners, warnings, progress,
                                                     wait=bool(refresh))
-        bounds = boundaries(layout, plan, self.encoding) if refresh or self.boundary_hook else []
+        bounds = []
+        if refresh or self.boundary_hook:  # (imported here: a plain answer needs neither)
+            from ..prompt.boundaries import boundaries
+
+            bounds = boundaries(layout, plan, self.encoding)
         stale = refresh_stale(bounds) if refresh else []
         n_refresh = min(round(refresh * sum(len(s.tokens) for s in plan.cached)),
                         sum(len(seg.tokens) - skip for seg, skip in stale))  # exact states need no recompute
         scores = {}
         if n_refresh:
+            from . import ranking
+
             owners = list(dict.fromkeys(seg.owner for seg, _ in stale))
             scores = ranking.scores(self.compiler, layout, keys, owners, blobs.__getitem__,
                                     ranked, warnings, progress)

@@ -3,19 +3,16 @@
 Cached parts are the layout's :class:`Segment` objects (their states come from the cache); fresh
 parts are parameter values (:class:`Fresh`), computed when the question is asked and decoded right
 after the prompt so far. The question and the template's tail follow the plan
-(:func:`question_tokens`). :func:`boundaries` says, for each cached part, whether the prompt puts
-exactly the text its states were computed after before it.
+(:func:`question_tokens`). Where each cached part meets the text before it is boundaries.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Iterator, Union
 
 from ..errors import ParameterTooLong
 from ..pml.selection import Selection, param_value
-from .contexts import contexts
 from .layout import QUESTION_SEPARATOR, ROOT, Layout, Path, Segment, Tokenizer
 
 
@@ -109,35 +106,3 @@ def question_tokens(layout: Layout, question: str, tok: Tokenizer) -> list[int]:
     text = (QUESTION_SEPARATOR + question) if question and layout.tail_joins else question
     toks = tok.tokenize(text, special=False) if text else []
     return toks + tok.tokenize(layout.tail, special=True)
-
-
-@dataclass(frozen=True)
-class Boundary:
-    """Where a cached part meets the prompt before it."""
-
-    segment: Segment
-    preceded: bool  # the prompt holds text before it
-    contiguous: bool  # it follows the prompt so far without a position gap
-    _layout: Layout
-    _before: tuple[int, ...]
-    _encoding: str
-
-    @property
-    def offset(self) -> int:
-        return self.segment.offset
-
-    @property
-    def length(self) -> int:
-        return len(self.segment.tokens)
-
-    @cached_property
-    def exact(self) -> bool:
-        """Its states were computed after exactly the text the prompt puts before it (computed on
-        first use: finding a segment's contexts walks the schema's union choices)."""
-        return contexts(self._layout, self.segment, self._encoding) == (self._before,)
-
-
-def boundaries(layout: Layout, plan: PromptPlan, encoding: str) -> list[Boundary]:
-    """Every cached part's boundary, in prompt order, for states cached with ``encoding``."""
-    return [Boundary(seg, bool(before), seg.offset == end, layout, tuple(before), encoding)
-            for seg, before, end in plan.preceding()]
