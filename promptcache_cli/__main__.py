@@ -13,7 +13,7 @@ same line and code once it has cleaned up (cli.main).
 Once the command has returned, the process ends with ``os._exit``: every file it wrote is synced
 and renamed, every lock released and every output flushed by then, and what is left (the model,
 its context, the interpreter's own teardown) the operating system reclaims faster than freeing
-it piece by piece: about 40 ms of a cached `pc ask` at ~4k tokens (cli_common.outlive).
+it piece by piece: about 40 ms of a cached `pc ask` at ~4k tokens (cli/common.py, outlive).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ def main() -> None:
     guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # an ignored SIGINT stays ignored
     if guarded:
         signal.signal(signal.SIGINT, _interrupted)
-    from . import preload
+    from .llama import preload
 
     path = preload.wanted(sys.argv[1:])
     if path:
         preload.start(path)
-    from .cli import main as run
-    from .cli_common import leave_to_os
+    from .cli.app import main as run
+    from .cli.common import leave_to_os
 
     if guarded:
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -61,7 +61,7 @@ def _interrupted(signum, frame) -> None:
 def _exit(code) -> None:
     """End the process with ``code`` after flushing stdout and stderr, without the interpreter's
     teardown. A code that is not a number is left to Python (it prints it)."""
-    from .cli_common import write_err
+    from .cli.common import write_err
 
     if code is None:
         code = 0

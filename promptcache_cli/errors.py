@@ -1,6 +1,14 @@
-"""Exit codes, and which library error maps to which. README's table is generated from this."""
+"""Every error `pc` reports, each carrying the exit code it ends `pc` with, and the table of exit
+codes (README's table is generated from ``EXIT_CODES``).
+
+A leaf: this module imports nothing of ours, so any module may raise these. The CLI maps an
+exception to its code with :func:`exit_code_for`; anything else is a bug (exit 1). A few exceptions
+at the end are signals between our own modules: they carry no exit code and never reach a user.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: one line on stderr, PC_DEBUG=1 shows the traceback
@@ -28,48 +36,170 @@ EXIT_CODES = {
 }
 
 
+class PcError(Exception):
+    """An error `pc` reports as one line and ends with ``exit_code``."""
+
+    exit_code: ClassVar[int] = EXIT_INTERNAL
+
+
 def exit_code_for(exc: BaseException) -> int | None:
-    """The documented exit code for a known library error, None for anything else."""
-    from .cache_file import CacheFileError
-    from .cache_store import CacheWriteError
-    from .chat_template import TemplateError
-    from .engine import ParameterTooLong, PromptTooLong
-    from .llama_backend import BackendError, ContextFullError, ModelLoadError
-    from .models import ModelNotFound
-    from .pml import PmlError
-    from .selection import SelectionError
-    from .state_blob import BlobError
-
-    table: list[tuple[type, int]] = [
-        (PmlError, EXIT_INPUT),
-        (SelectionError, EXIT_INPUT),
-        (ParameterTooLong, EXIT_INPUT),
-        (InputError, EXIT_INPUT),
-        (UsageError, EXIT_USAGE),
-        (ModelNotFound, EXIT_MODEL),
-        (ModelLoadError, EXIT_MODEL),
-        (TemplateError, EXIT_MODEL),
-        (CacheWriteError, EXIT_CACHE),
-        (CacheFileError, EXIT_CACHE),
-        (BlobError, EXIT_CACHE),
-        (PromptTooLong, EXIT_TOO_LONG),
-        (ContextFullError, EXIT_TOO_LONG),
-        (BackendError, EXIT_BACKEND),
-        (OutputError, EXIT_OUTPUT),
-    ]
-    for cls, code in table:
-        if isinstance(exc, cls):
-            return code
-    return None
+    """The documented exit code for one of our errors, None for anything else (a bug)."""
+    return exc.exit_code if isinstance(exc, PcError) else None
 
 
-class InputError(Exception):
-    """A problem with what the user typed that the CLI itself detects."""
+# -- what the user typed (exit 2 and 3) -------------------------------------------------------
 
 
-class OutputError(Exception):
+class UsageError(PcError):
+    """A bad setting outside the options, such as an environment variable."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(PcError):
+    """A problem with what the user typed (a schema, prompt, module, parameter or question)."""
+
+    exit_code = EXIT_INPUT
+
+
+class PmlError(InputError):
+    """A schema or prompt problem, rendered as one line: ``FILE:LINE: <element>: message``."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 element: str | None = None):
+        self.message = message
+        self.file = file
+        self.line = line
+        self.element = element
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.line is None:
+            where = self.file
+        else:
+            where = f"line {self.line}" if self.file is None else f"{self.file}:{self.line}"
+        return ": ".join(part for part in (where, self.element, self.message) if part)
+
+
+class SelectionError(InputError):
+    """A request that does not fit the schema; one line, prefixed by the prompt line if known."""
+
+    def __init__(self, message: str, line: int | None = None):
+        self.message = message
+        self.line = line
+        super().__init__(message if line is None else f"line {line}: {message}")
+
+
+class ParameterTooLong(InputError):
+    """A parameter value has more tokens than its slot."""
+
+
+# -- the model (exit 4) and llama.cpp (exit 7) ------------------------------------------------
+
+
+class ModelNotFound(PcError):
+    """No model file given and the default model is not installed (or its file is missing)."""
+
+    exit_code = EXIT_MODEL
+
+
+class TemplateError(PcError):
+    """The model's chat template cannot be rendered for this conversation."""
+
+    exit_code = EXIT_MODEL
+
+
+class BackendError(PcError):
+    """llama.cpp refused or failed an operation."""
+
+    exit_code = EXIT_BACKEND
+
+
+class ModelLoadError(BackendError):
+    """The model file is missing, unreadable or not a GGUF llama.cpp can load."""
+
+    exit_code = EXIT_MODEL
+
+
+class UnsupportedModel(ModelLoadError):
+    """The model loads but cannot be used the way it was asked to be (e.g. stitching a
+    recurrent model's state)."""
+
+
+class StateRefused(BackendError):
+    """llama.cpp refused to load a state blob."""
+
+
+class ContextFullError(BackendError):
+    """The prompt does not fit into the context."""
+
+    exit_code = EXIT_TOO_LONG
+
+
+class PromptTooLong(PcError):
+    """The prompt does not fit into the model's context."""
+
+    exit_code = EXIT_TOO_LONG
+
+
+# -- the cache (exit 5) and stdout (exit 8) ---------------------------------------------------
+
+
+class CacheWriteError(PcError):
+    """The cache directory cannot be written (read-only, full disk, ...)."""
+
+    exit_code = EXIT_CACHE
+
+
+class CacheFileError(PcError):
+    """The file is not a complete, intact cache file of this format (docs/cache-format.md)."""
+
+    exit_code = EXIT_CACHE
+
+
+class BlobError(PcError):
+    """The bytes are not a well-formed state blob of the expected shape."""
+
+    exit_code = EXIT_CACHE
+
+
+class OutputError(PcError):
     """stdout cannot be written: a full disk or an I/O error (a reader that went away is not one)."""
 
+    exit_code = EXIT_OUTPUT
 
-class UsageError(Exception):
-    """A bad setting outside the options, such as an environment variable."""
+
+# -- signals between our modules: no exit code, never shown as they are -----------------------
+
+
+class OverlapLogError(Exception):
+    """The overlap record cannot be written (unwritable folder, full disk, lock held too long).
+    Callers answering a question should warn and go on: the record only steers checkpoint placement."""
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read: one line, "FILE:LINE: message"."""
+
+
+class ModuleStateRefused(StateRefused):
+    """llama.cpp refused a module's state blob (the session recomputes the module once)."""
+
+    def __init__(self, owner: tuple[str, ...], error: StateRefused) -> None:
+        super().__init__(str(error))
+        self.owner, self.error = owner, error
+
+
+class ModuleDamaged(Exception):
+    """A module's stored state turned out damaged when it was needed (the session recomputes it)."""
+
+    def __init__(self, owner: tuple[str, ...], error: CacheFileError | BlobError) -> None:
+        super().__init__(str(error))
+        self.owner, self.error = owner, error
+
+
+class DamagedState(Exception):
+    """A stored prefix state is missing, unreadable or not the one expected."""
+
+    def __init__(self, position: int, why: str) -> None:
+        super().__init__(f"prefix state at token {position}: {why}")
+        self.position = position

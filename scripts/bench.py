@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from promptcache_cli.benchmarks import suite  # noqa: E402
-from promptcache_cli.models import resolve_model  # noqa: E402
+from promptcache_cli import resolve_model  # noqa: E402
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 """Prefix mode on a recurrent model: checkpoint placements replayed for real, side by side.
 
 A random-weight Mamba of realistic shape (24 layers, width 768, about 130M parameters, q8_0:
-scripts/make-test-model mamba --realistic; with --quick the tiny test Mamba) caches a prompt of real
+scripts/make_test_model.py mamba --realistic; with --quick the tiny test Mamba) caches a prompt of real
 text (license texts under /usr/share/common-licenses, or schemas/docs) as long as the synthetic
 trace's cached prompt (scripts/make-trace.py: shared system prompts, documents with varying tails,
 full reuse). The first requests of the trace are the history the dynamic program plans from; later
@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path.insert(0, str(ROOT))
 
-import random_gguf  # noqa: E402
-
-from promptcache_cli import checkpoint_plan as cp  # noqa: E402
-from promptcache_cli.llama_backend import llama_cpp_version  # noqa: E402
-from promptcache_cli.prefix_engine import PrefixSession  # noqa: E402
+import promptcache_cli as pc  # noqa: E402
+from promptcache_cli.benchmarks import random_gguf  # noqa: E402
+from promptcache_cli.llama.bindings import llama_cpp_version  # noqa: E402
+from promptcache_cli.prefix import checkpoint_plan as cp  # noqa: E402
+from promptcache_cli.prefix.session import PrefixSession  # noqa: E402
 
 TAIL = 32
 QUESTION = "\n\nWhat does this license say about warranty? Answer in one sentence."
@@ -85,15 +85,16 @@ def run(quick: bool, out_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "mamba-realistic.gguf"
         built = random_gguf.write_model("mamba", model_path, realistic=not quick)
-        sess = PrefixSession(model_path, cache_dir=Path(tmp) / "cache", checkpoints=max(budgets))
-        tokens = sess.model.tokenize(real_text(), special=False)
+        session = pc.open_session(model_path, cache_dir=Path(tmp) / "cache", mode="prefix", checkpoints=max(budgets))
+        sess: PrefixSession = session.engine  # placements are replayed below the public API
+        tokens = session.tokenize(real_text())
         cached, spare = tokens[:length], tokens[length:]
         configs = {(s, m): positions_for(s, history=history, length=length, budget=m)
                    for m in budgets for s in STRATEGIES}
         t = time.perf_counter()
         sess.store_states(cached, sorted({p for pos in configs.values() for p in pos}))
         prefill_s = time.perf_counter() - t
-        question = sess.model.tokenize(QUESTION, special=False)
+        question = session.tokenize(QUESTION)
         requests = []
         for i, r in enumerate(evals):
             d = min(r["overlap"], length)
@@ -122,7 +123,7 @@ def run(quick: bool, out_dir: Path) -> dict:
         for _ in range(3):
             warm.append(first_token_ms(sess, cached, full, {length})[0])
             cold.append(first_token_ms(sess, cached, full, set())[0])
-        sess.close()
+        session.close()
     table = [{"strategy": s, "budget": m, "positions": list(configs.get((s, m), ())),
               "recomputed_tokens": rows[(s, m)]["recomputed"], "total_ttft_ms": round(sum(rows[(s, m)]["ms"]), 1)}
              for s, m in names]

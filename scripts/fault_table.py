@@ -30,7 +30,7 @@ from tests.test_load import (  # noqa: E402
     MEMORY_ALLOWANCE, N_ASKS, REQUESTS, STATE_COPIES, THREADS, file_sizes, states_by_module,
 )
 
-from promptcache_cli.models import default_model_path  # noqa: E402
+from promptcache_cli import default_model_path  # noqa: E402
 
 QUESTION = "Which license is the second document?"
 

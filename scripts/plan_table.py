@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from promptcache_cli import checkpoint_plan as cp  # noqa: E402
-from promptcache_cli.overlap_log import read_trace  # noqa: E402
+from promptcache_cli.prefix import checkpoint_plan as cp  # noqa: E402
+from promptcache_cli.store.overlap_log import read_trace  # noqa: E402
 
 BUDGETS = (1, 2, 4, 8)
 COLUMNS = ("dp, 64-token bins", "dp", "block", "uniform", "sqrt", "dyadic", "block, shallowest")

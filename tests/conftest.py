@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli.models import default_model_path
+from promptcache_cli.llama.model_file import default_model_path
 
-from .model_factory import test_model, test_models_dir  # noqa: F401  (fixtures: random-weight models)
+from .support.model_factory import test_model, test_models_dir  # noqa: F401  (fixtures: random-weight models)
 
 LICENSES = Path(__file__).resolve().parent.parent / "schemas" / "docs"
 

@@ -12,14 +12,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from promptcache_cli import cache_file, layout as lay, pml, token_rank
+from promptcache_cli.store import cache_file
+from promptcache_cli.prompt import contexts as ctxs
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.modular import refresh as token_rank
 from promptcache_cli.benchmarks.quality import kl
-from promptcache_cli.engine import Session
-from promptcache_cli.selection import default_selection, select_cli
-from promptcache_cli.state_blob import kv_payloads
+from promptcache_cli.modular.session import ModularSession
+from promptcache_cli.prompt.boundaries import boundaries
+from promptcache_cli.pml.selection import default_selection, select_cli
+from promptcache_cli.llama.state_blob import kv_payloads
 
 from .conftest import license_excerpt, write_schema
-from .pc_process import pc
+from .support.pc_process import pc
 
 STYLES = {
     "plain": "Answer in plain words, in one or two sentences.",
@@ -48,7 +52,7 @@ def union_schema(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def session(model_path, tmp_path_factory):
-    s = Session(model_path, cache_dir=tmp_path_factory.mktemp("average-cache"), encoding="average")
+    s = ModularSession(model_path, cache_dir=tmp_path_factory.mktemp("average-cache"), encoding="average")
     yield s
     s.close()
 
@@ -61,19 +65,19 @@ def _segment(layout, name):
 def test_contexts_are_the_scaffold_prompt_with_each_union_member(session, union_schema):
     layout = session.layout(union_schema)
     bsd = _segment(layout, "bsd")
-    got = lay.contexts(layout, bsd, "average")
-    assert got[0] == lay.context_tokens(layout, bsd, "scaffold")  # the scaffold context first
+    got = ctxs.contexts(layout, bsd, "average")
+    assert got[0] == ctxs.context_tokens(layout, bsd, "scaffold")  # the scaffold context first
     assert len(got) == len(set(got)) == 3
     for name in STYLES:  # each member's prompt, exactly as a question selecting it puts it before bsd
         plan = session.prompt_plan(layout, select_cli(union_schema, modules=[name, "bsd"], params=[]))
-        (before,) = [tuple(b) for seg, b, _ in lay.preceding(plan) if seg.owner == ("bsd",)]
+        (before,) = [tuple(b) for seg, b, _ in plan.preceding() if seg.owner == ("bsd",)]
         assert before in got
     # union members themselves, and the text before the union, have one context: the scaffold one
     for seg in layout.segments:
         if seg.offset <= _segment(layout, "plain").offset:
-            assert lay.contexts(layout, seg, "average") == (lay.context_tokens(layout, seg, "scaffold"),)
+            assert ctxs.contexts(layout, seg, "average") == (ctxs.context_tokens(layout, seg, "scaffold"),)
     # other encodings keep their one context
-    assert lay.contexts(layout, bsd, "independent") == (lay.context_tokens(layout, bsd, "independent"),)
+    assert ctxs.contexts(layout, bsd, "independent") == (ctxs.context_tokens(layout, bsd, "independent"),)
 
 
 def test_many_union_choices_are_sampled_the_same_way_every_time(tmp_path, session):
@@ -87,12 +91,12 @@ def test_many_union_choices_are_sampled_the_same_way_every_time(tmp_path, sessio
         </user></schema>""")
     layout = session.layout(pml.load_schema(path))
     a, b = _segment(layout, "a"), _segment(layout, "b")
-    got = lay.contexts(layout, a, "average")
-    assert len(got) == lay.AVERAGED_CONTEXTS == len(set(got))
-    assert got[0] == lay.context_tokens(layout, a, "scaffold")
+    got = ctxs.contexts(layout, a, "average")
+    assert len(got) == ctxs.AVERAGED_CONTEXTS == len(set(got))
+    assert got[0] == ctxs.context_tokens(layout, a, "scaffold")
     assert list(got[1:]) == sorted(got[1:])
-    assert lay.contexts(layout, b, "average") == got
-    assert lay.contexts(layout, a, "average") == got  # deterministic
+    assert ctxs.contexts(layout, b, "average") == got
+    assert ctxs.contexts(layout, a, "average") == got  # deterministic
 
 
 def _values(blob):
@@ -112,7 +116,7 @@ def _slots(tmp_path, session):
 
     def context_of(*names):
         plan = session.prompt_plan(layout, select_cli(schema, modules=list(names), params=[]))
-        return next(tuple(b) for seg, b, _ in lay.preceding(plan) if seg.owner == (names[-1],))
+        return next(tuple(b) for seg, b, _ in plan.preceding() if seg.owner == (names[-1],))
 
     return schema, layout, context_of
 
@@ -120,13 +124,13 @@ def _slots(tmp_path, session):
 def test_contexts_never_repeat_a_text(tmp_path, session):
     """A context that puts a document twice, or before itself, is left out, the scaffold one included."""
     _, layout, context_of = _slots(tmp_path, session)
-    got = lay.contexts(layout, _segment(layout, "s2-z"), "average")
+    got = ctxs.contexts(layout, _segment(layout, "s2-z"), "average")
     assert got == (context_of("s1-x", "s2-z"), context_of("s1-y", "s2-z"))  # not after z itself
-    got = lay.contexts(layout, _segment(layout, "s2-x"), "average")  # the scaffold (x first) repeats x
+    got = ctxs.contexts(layout, _segment(layout, "s2-x"), "average")  # the scaffold (x first) repeats x
     assert set(got) == {context_of("s1-y", "s2-x"), context_of("s1-z", "s2-x")}
-    got = lay.contexts(layout, _segment(layout, "s3-z"), "average")
+    got = ctxs.contexts(layout, _segment(layout, "s3-z"), "average")
     assert set(got) == {context_of("s1-x", "s2-y", "s3-z"), context_of("s1-y", "s2-x", "s3-z")}
-    assert got[0] == lay.context_tokens(layout, _segment(layout, "s3-z"), "scaffold")
+    assert got[0] == ctxs.context_tokens(layout, _segment(layout, "s3-z"), "scaffold")
 
 
 def test_the_scaffold_context_never_repeats_a_text(tmp_path, session):
@@ -136,8 +140,8 @@ def test_the_scaffold_context_never_repeats_a_text(tmp_path, session):
     _, layout, context_of = _slots(tmp_path, session)
 
     def scaffold(name):
-        (got,) = lay.contexts(layout, _segment(layout, name), "scaffold")
-        assert got == lay.context_tokens(layout, _segment(layout, name), "scaffold")
+        (got,) = ctxs.contexts(layout, _segment(layout, name), "scaffold")
+        assert got == ctxs.context_tokens(layout, _segment(layout, name), "scaffold")
         return got
 
     assert scaffold("s2-z") == context_of("s1-x", "s2-z")  # the default prompt (x in slot 1)
@@ -152,7 +156,7 @@ def test_a_prompt_that_is_the_scaffold_context_is_answered_as_uncached(model_pat
     default prompt puts x before itself. Same next-token choice and distribution as --no-cache
     (bit equality is not possible: see test_engine's reference test)."""
     schema, _, _ = _slots(tmp_path, session)
-    sess = Session(model_path, cache_dir=tmp_path / "cache", encoding="scaffold")
+    sess = ModularSession(model_path, cache_dir=tmp_path / "cache", encoding="scaffold")
     try:
         sess.compile(schema)
         sel = select_cli(schema, modules=["s1-y", "s2-x"], params=[])
@@ -172,11 +176,11 @@ def test_the_mean_is_exact(session, union_schema):
     computed in the same order, rounded to f16 (headers and cell metadata: the first state's)."""
     layout = session.layout(union_schema)
     bsd = _segment(layout, "bsd")
-    contexts = lay.contexts(layout, bsd, "average")
-    ((seg, got),) = list(session.module_states(layout, [(bsd, contexts)], None))
+    contexts = ctxs.contexts(layout, bsd, "average")
+    ((seg, got),) = list(session.compiler.module_states(layout, [(bsd, contexts)], None))
     assert seg == bsd
     flat = sorted(((bsd, c) for c in contexts), key=lambda job: job[1] + job[0].tokens)
-    singles = [blob for _, blob in session.segment_states(layout, flat, None)]
+    singles = [blob for _, blob in session.compiler.segment_states(layout, flat, None)]
     want = singles[0].copy()
     n, payloads = kv_payloads(want)
     for _, at, e, _ in payloads:
@@ -199,8 +203,8 @@ def test_stored_states_are_the_mean_over_the_contexts(session, union_schema):
         stored = np.array(f.blob(0))
     finally:
         f.close()
-    singles = [blob for ctx in lay.contexts(layout, bsd, "average")
-               for _, blob in session.segment_states(layout, [(bsd, ctx)], None)]
+    singles = [blob for ctx in ctxs.contexts(layout, bsd, "average")
+               for _, blob in session.compiler.segment_states(layout, [(bsd, ctx)], None)]
     mean = np.mean([_values(b) for b in singles], axis=0)
     off_mean = np.abs(_values(stored) - mean).mean()
     off_single = min(np.abs(_values(stored) - _values(b)).mean() for b in singles)
@@ -210,13 +214,13 @@ def test_stored_states_are_the_mean_over_the_contexts(session, union_schema):
 def test_one_context_modules_share_the_scaffold_files(model_path, session, union_schema, tmp_path):
     session.compile(union_schema)
     layout = session.layout(union_schema)
-    scaffold = Session(model_path, cache_dir=tmp_path, encoding="scaffold")
+    scaffold = ModularSession(model_path, cache_dir=tmp_path, encoding="scaffold")
     try:
         mine, theirs = session.keys(layout), scaffold.keys(scaffold.layout(union_schema))
     finally:
         scaffold.close()
     for owner in layout.owners():
-        one = all(len(lay.contexts(layout, s, "average")) == 1 for s in layout.segments_of(owner))
+        one = all(len(ctxs.contexts(layout, s, "average")) == 1 for s in layout.segments_of(owner))
         assert (mine[owner] == theirs[owner]) == one, owner
     # the three styles; the schema's own text has segments after the union too (the closing turn)
     assert [o for o in layout.owners() if mine[o] == theirs[o]] == [(name,) for name in STYLES]
@@ -227,10 +231,10 @@ def test_every_averaged_segment_is_stale_for_refresh(session, union_schema):
     prompt (none of them is exactly the prompt's states)."""
     layout = session.layout(union_schema)
     plan = session.prompt_plan(layout, default_selection(union_schema))
-    stale = {seg.offset for seg, _ in token_rank.stale(layout, plan, "average")}
-    averaged = {seg.offset for seg in layout.segments if len(lay.contexts(layout, seg, "average")) > 1}
+    stale = {seg.offset for seg, _ in token_rank.stale(boundaries(layout, plan, "average"))}
+    averaged = {seg.offset for seg in layout.segments if len(ctxs.contexts(layout, seg, "average")) > 1}
     assert stale == averaged and {_segment(layout, "bsd").offset, _segment(layout, "mpl").offset} <= stale
-    assert not token_rank.stale(layout, plan, "scaffold")  # the default prompt: exact scaffold states
+    assert not token_rank.stale(boundaries(layout, plan, "scaffold"))  # the default prompt: exact scaffold states
 
 
 def test_answers_come_from_the_averaged_cache(session, union_schema):
@@ -238,14 +242,14 @@ def test_answers_come_from_the_averaged_cache(session, union_schema):
     sel = select_cli(union_schema, modules=["pirate", "bsd"], params=[])
     got = session.ask(union_schema, sel, "Who holds the copyright?", max_tokens=8)
     assert got.cached_tokens > 150 and not got.compiled and not got.warnings
-    assert got.answer.strip()
+    assert got.text.strip()
 
 
 def test_q8_0_is_refused(model_path, tmp_path, union_schema):
-    from promptcache_cli.llama_backend import ContextSettings
+    from promptcache_cli.llama.context import ContextSettings
 
     with pytest.raises(ValueError, match="f16"):
-        Session(model_path, cache_dir=tmp_path, encoding="average", settings=ContextSettings.for_kv_type("q8_0"))
+        ModularSession(model_path, cache_dir=tmp_path, encoding="average", settings=ContextSettings.for_kv_type("q8_0"))
     proc = pc("compile", union_schema.path, "--encoding", "average", "--kv-type", "q8_0", cache_dir=tmp_path / "cli")
     assert proc.code == 2 and "f16" in proc.err and "Traceback" not in proc.err
 

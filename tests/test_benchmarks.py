@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from promptcache_cli.bench_command import bench
+from promptcache_cli.cli.bench import bench
 from promptcache_cli.benchmarks import suite
 from promptcache_cli.benchmarks.systems import NOT_BUILT
 

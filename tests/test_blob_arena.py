@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from promptcache_cli.blob_arena import Arena
+from promptcache_cli.store.arena import Arena
 
 
 def test_blobs_taken_between_resets_do_not_overlap():
@@ -35,7 +35,7 @@ def test_grows_by_whole_blocks_for_blobs_larger_than_a_block():
 
 
 def test_decoding_into_a_buffer_of_the_wrong_size_is_refused(tmp_path):
-    from promptcache_cli import cache_file as cf
+    from promptcache_cli.store import cache_file as cf
 
     blob = np.arange(64, dtype=np.uint8)
     data = b"".join(bytes(c) for c in cf.encode({"key": "k"}, [blob], [(1,)], [0], codec="zstd", split_planes=True))

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli import cache_admin, cache_file
-from promptcache_cli.cache_store import CacheStore
-from promptcache_cli.cli_common import parse_age, parse_size
-from promptcache_cli.engine import Session
-from promptcache_cli.llama_backend import ContextSettings
-from promptcache_cli.pml import load_schema
-from promptcache_cli.selection import default_selection
+from promptcache_cli.store import admin as cache_admin, cache_file
+from promptcache_cli.store.files import CacheStore
+from promptcache_cli.cli.common import parse_age, parse_size
+from promptcache_cli.modular.session import ModularSession
+from promptcache_cli.llama.context import ContextSettings
+from promptcache_cli.pml.schema import load_schema
+from promptcache_cli.pml.selection import default_selection
 
 from .conftest import write_schema
-from .pc_process import ok, one_line_error, pc
+from .support.pc_process import ok, one_line_error, pc
 
 DAY = 86400
 # One thread: llama.cpp's spinning threads slow down tenfold when other processes want the cores
@@ -63,7 +63,7 @@ def template(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Temp
     """Both schemas compiled once; tests work on copies."""
     root = tmp_path_factory.mktemp("admin")
     schemas = {"alpha": write_schema(root / "alpha", ALPHA), "beta": write_schema(root / "beta", BETA)}
-    sess = Session(model_path, cache_dir=root / "cache", settings=ONE_THREAD, codec="zstd")
+    sess = ModularSession(model_path, cache_dir=root / "cache", settings=ONE_THREAD, codec="zstd")
     try:
         reports = {name: sess.compile(load_schema(str(path))) for name, path in schemas.items()}
     finally:
@@ -182,7 +182,7 @@ def test_last_used_follows_an_ask(template: Template, cache: Path, model_path: P
     before = cache_admin.list_cache(cache)
     assert all(abs(m.last_used - old) < 1 for s in before.schemas for v in s.variants for m in v.modules)
 
-    sess = Session(model_path, cache_dir=cache, settings=ONE_THREAD, codec="zstd")
+    sess = ModularSession(model_path, cache_dir=cache, settings=ONE_THREAD, codec="zstd")
     try:
         schema = load_schema(str(template.schemas["beta"]))
         t0 = time.time()

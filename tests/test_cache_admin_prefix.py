@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli import cache_admin, cache_file, manifest, pml
-from promptcache_cli.cache_store import CacheStore
-from promptcache_cli.engine import Session
-from promptcache_cli.llama_backend import ContextSettings
-from promptcache_cli.prefix_engine import PrefixSession
-from promptcache_cli.selection import default_selection, select_cli
+from promptcache_cli.store import admin as cache_admin, cache_file, manifest
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.store.files import CacheStore
+from promptcache_cli.modular.session import ModularSession
+from promptcache_cli.llama.context import ContextSettings
+from promptcache_cli.prefix.session import PrefixSession
+from promptcache_cli.pml.selection import default_selection, select_cli
 
 from .conftest import write_schema
-from .model_factory import make_test_model
-from .pc_process import ok, one_line_error, pc
+from .support.model_factory import make_test_model
+from .support.pc_process import ok, one_line_error, pc
 
 DAY = 86400
 ONE_THREAD = ContextSettings(n_threads=1)
@@ -82,7 +83,7 @@ def template(tmp_path_factory: pytest.TempPathFactory, test_models_dir: Path) ->
         "alpha-copy": compile_prefix(mamba, write_schema(root / "copy", DOC.format(name="alpha")), cache, ask=False),
     }
     gamma = write_schema(root / "gamma", DOC.format(name="gamma"))
-    sess = Session(llama, cache_dir=cache, settings=ONE_THREAD)
+    sess = ModularSession(llama, cache_dir=cache, settings=ONE_THREAD)
     try:
         sess.compile(pml.load_schema(gamma))
     finally:
@@ -334,7 +335,7 @@ def test_a_partially_evicted_prefix_set_still_answers_exactly(template: Template
         cold = sess.ask(schema, sel, QUESTION, max_tokens=6, no_cache=True)
     finally:
         sess.close()
-    assert warm.tokens == cold.tokens and warm.warnings == []
+    assert warm.tokens == cold.tokens and warm.warnings == ()
     computed = [r.tokens for r in warm.compiled]  # a recompile may also re-plan checkpoints
     assert (alpha.tokens in computed) is (alpha.tokens in gone) and (computed == []) is (alpha.tokens not in gone)
     assert warm.cached_tokens in [0, *states(cache, alpha.key)]

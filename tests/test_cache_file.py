@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import cache_file as cf
-from promptcache_cli.cache_store import CacheStore, module_key
+from promptcache_cli.store import cache_file as cf
+from promptcache_cli.store.files import CacheStore
+from promptcache_cli.store.keys import module_key
 
 from .attacks import cache_files as attacks
 

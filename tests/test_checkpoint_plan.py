@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import checkpoint_plan as cp
+from promptcache_cli.prefix import checkpoint_plan as cp
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli import cache_file, errors
+from promptcache_cli.store import cache_file
+from promptcache_cli import errors
 
-from .pc_process import PC, TIMEOUT, Run, ok, pc
+from .support.pc_process import PC, TIMEOUT, Run, ok, pc
 
 
 SYSTEM = "<system>You are a helpful assistant. Answer briefly.</system>"

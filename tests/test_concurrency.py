@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli import cache_file
+from promptcache_cli.store import cache_file
 
 from .conftest import license_excerpt, write_schema
 

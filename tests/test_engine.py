@@ -6,14 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from promptcache_cli import cache_file, layout as lay, pml
-from promptcache_cli.engine import ParameterTooLong, Session
-from promptcache_cli.llama_backend import ContextSettings
-from promptcache_cli.selection import default_selection, select_cli
+from promptcache_cli.store import cache_file
+from promptcache_cli.prompt import layout as lay
+from promptcache_cli.prompt import contexts as ctxs
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.errors import ParameterTooLong
+from promptcache_cli.modular.session import ModularSession
+from promptcache_cli.llama.context import ContextSettings
+from promptcache_cli.pml.selection import default_selection, select_cli
 
 from .conftest import license_excerpt, write_schema
 
-DEFAULT = lay.ENCODINGS[0]  # the default encoding, what users get
+DEFAULT = ctxs.ENCODINGS[0]  # the default encoding, what users get
 NEEDLE = "The access code for the archive room is 4417."
 
 
@@ -21,7 +25,7 @@ NEEDLE = "The access code for the archive room is 4417."
 def sessions(model_path, tmp_path_factory):
     """One loaded model per encoding, each with its own cache folder."""
     root = tmp_path_factory.mktemp("engine-cache")
-    made = {enc: Session(model_path, cache_dir=root / enc, encoding=enc) for enc in lay.ENCODINGS}
+    made = {enc: ModularSession(model_path, cache_dir=root / enc, encoding=enc) for enc in ctxs.ENCODINGS}
     yield made
     for s in made.values():
         s.close()
@@ -67,7 +71,7 @@ def test_single_module_from_cache_equals_no_cache_exactly(sessions, model_path, 
           <user><module name="doc" src="doc.txt"/></user>
         </schema>""", {"doc.txt": license_excerpt("Apache-2.0.txt", 2500)})
     schema = pml.load_schema(path)
-    sess = sessions[DEFAULT] if kv == "f16" else Session(
+    sess = sessions[DEFAULT] if kv == "f16" else ModularSession(
         model_path, cache_dir=tmp_path / "q8", settings=ContextSettings(type_k=kv, type_v=kv, flash_attn=True))
     sess.compile(schema)
     sel = default_selection(schema)
@@ -76,33 +80,33 @@ def test_single_module_from_cache_equals_no_cache_exactly(sessions, model_path, 
     assert cached.cached_tokens > 500 and base.cached_tokens == 0
     assert cached.computed_tokens < 30
     np.testing.assert_array_equal(cached.first_logits, base.first_logits)
-    assert cached.tokens == base.tokens and cached.answer == base.answer
-    assert cached.answer.strip()
+    assert cached.tokens == base.tokens and cached.text == base.text
+    assert cached.text.strip()
 
 
-def _reference_logits(sess: Session, schema, selection, question: str, encoding: str) -> np.ndarray:
+def _reference_logits(sess: ModularSession, schema, selection, question: str, encoding: str) -> np.ndarray:
     """Build the stitched sequence in process, never serializing a state: each selected segment
     is computed after its context in the scratch sequence, its context cells removed, and its
     cells copied into sequence 0 at the schema positions."""
     layout = sess.layout(schema)
     plan = sess.prompt_plan(layout, selection)
     q = sess.question_tokens(layout, question)
-    ctx = sess.context(2 * layout.end + len(q) + 8)  # room for a context beside the stitched cells
-    for kind, obj in plan:
-        if kind == "segment":
-            (context,) = lay.contexts(layout, obj, encoding)  # one: this schema has no unions
+    ctx = sess.runtime.context(2 * layout.end + len(q) + 8)  # room for a context beside the stitched cells
+    for obj in plan:
+        if isinstance(obj, lay.Segment):
+            (context,) = ctxs.contexts(layout, obj, encoding)  # one: this schema has no unions
             start = obj.offset - len(context)
             ctx.decode(list(context) + list(obj.tokens), start=start, seq=1)
             ctx.seq_rm(1, start, obj.offset)
             ctx.seq_cp(1, 0)
             ctx.seq_rm(1)
         else:
-            ctx.decode(list(obj), start=ctx.pos_max(0) + 1)
+            ctx.decode(list(obj.tokens), start=ctx.pos_max(0) + 1)
     ctx.decode(q, start=ctx.pos_max(0) + 1, logits=True)
     return ctx.logits()
 
 
-@pytest.mark.parametrize("encoding", lay.ENCODINGS)
+@pytest.mark.parametrize("encoding", ctxs.ENCODINGS)
 def test_stitched_states_match_unserialized_reference(sessions, docs_schema, encoding):
     """Same next-token choice and distribution as the in-process reference. Bit equality is not
     possible across the two: llama.cpp's sums depend on which cache cells the other sequences
@@ -126,7 +130,7 @@ def test_cache_file_round_trip_is_exact(model_path, docs_schema, tmp_path, kv):
     settings = ContextSettings.for_kv_type(kv)
     logits = {}
     for codec in ("none", "zstd"):
-        sess = Session(model_path, cache_dir=tmp_path / codec, codec=codec, settings=settings)
+        sess = ModularSession(model_path, cache_dir=tmp_path / codec, codec=codec, settings=settings)
         try:
             sess.compile(docs_schema)
             sel = default_selection(docs_schema)
@@ -140,18 +144,18 @@ def test_zstd_session_reuses_its_decode_memory_without_mixing_questions(model_pa
     """Decoded blobs live in the session's arena, reused question to question: a question asked
     again after another one (other modules, other order) gets the same logits, and the arena
     does not grow once it has held the largest question."""
-    sess = Session(model_path, cache_dir=tmp_path, codec="zstd")
+    sess = ModularSession(model_path, cache_dir=tmp_path, codec="zstd")
     try:
         sess.compile(docs_schema)
         a = select_cli(docs_schema, modules=["bsd", "mpl", "artistic"], params=[])
         b = select_cli(docs_schema, modules=["mpl"], params=[])
         first = sess.ask(docs_schema, a, "Who wrote this?", max_tokens=1, keep_logits=True).first_logits
-        held = sess._arena.nbytes
+        held = sess.runtime.arena.nbytes
         assert held > 0
         sess.ask(docs_schema, b, "Who wrote this?", max_tokens=1)
         again = sess.ask(docs_schema, a, "Who wrote this?", max_tokens=1, keep_logits=True).first_logits
         np.testing.assert_array_equal(first, again)
-        assert sess._arena.nbytes == held
+        assert sess.runtime.arena.nbytes == held
     finally:
         sess.close()
 
@@ -163,10 +167,10 @@ def test_needle_in_one_of_several_documents_found_from_cache(sessions, docs_sche
     for modules in (["bsd", "mpl", "artistic"], ["artistic", "mpl"], ["mpl"]):
         sel = select_cli(docs_schema, modules=modules, params=[])
         cached = sess.ask(docs_schema, sel, question, max_tokens=24)
-        assert "4417" in cached.answer, (modules, cached.answer)
+        assert "4417" in cached.text, (modules, cached.text)
         assert cached.computed_tokens < 40
     base = sess.ask(docs_schema, default_selection(docs_schema), question, max_tokens=24, no_cache=True)
-    assert "4417" in base.answer
+    assert "4417" in base.text
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +197,7 @@ def test_parameter_value_reaches_the_model(sessions, travel_schema):
     answers = {}
     for city in ("Paris", "Tokyo"):
         sel = select_cli(travel_schema, modules=[], params=[f"city={city}"])
-        answers[city] = sess.ask(travel_schema, sel, "Which city am I going to?", max_tokens=16).answer
+        answers[city] = sess.ask(travel_schema, sel, "Which city am I going to?", max_tokens=16).text
         assert city in answers[city], answers
     assert answers["Paris"] != answers["Tokyo"]
 
@@ -204,7 +208,7 @@ def test_union_member_selection_reaches_the_model(sessions, travel_schema):
     for member in ("blue", "red"):
         sel = select_cli(travel_schema, modules=[f"trip/{member}"], params=["city=Rome"])
         assert ("trip", member) in sel.modules
-        got[member] = sess.ask(travel_schema, sel, "What color is my suitcase?", max_tokens=16).answer.lower()
+        got[member] = sess.ask(travel_schema, sel, "What color is my suitcase?", max_tokens=16).text.lower()
         assert member in got[member], got
     assert got["blue"] != got["red"]
 
@@ -227,7 +231,7 @@ def test_changed_module_recompiles_only_itself_when_independent(model_path, tmp_
     for encoding, expect_b in (("independent", "reused"), ("scaffold", "computed")):
         folder = tmp_path / encoding
         path = write_schema(folder, xml, files)
-        sess = Session(model_path, cache_dir=folder / "cache", encoding=encoding)
+        sess = ModularSession(model_path, cache_dir=folder / "cache", encoding=encoding)
         try:
             first = sess.compile(pml.load_schema(path))
             assert {m.status for m in first.modules} == {"computed"}
@@ -245,7 +249,7 @@ def test_changed_module_recompiles_only_itself_when_independent(model_path, tmp_
 def test_damaged_cache_file_is_recomputed_and_answer_stays_correct(model_path, docs_schema, tmp_path, damage, codec):
     """A flipped bit shows only when the module's state is read, after the states before it are
     loaded (reading overlaps loading): the context is refilled with the recomputed module."""
-    sess = Session(model_path, cache_dir=tmp_path / "cache", codec=codec)
+    sess = ModularSession(model_path, cache_dir=tmp_path / "cache", codec=codec)
     try:
         sess.compile(docs_schema)
         layout = sess.layout(docs_schema)
@@ -265,7 +269,7 @@ def test_damaged_cache_file_is_recomputed_and_answer_stays_correct(model_path, d
     assert any("mpl" in w and "recomputing" in w for w in res.warnings)
     assert [m.name for m in res.compiled] == ["mpl"]
     cache_file.verify(path).close()  # replaced by a whole file, every checksum intact (raises if not)
-    assert "4417" in res.answer and "4417" in base.answer
+    assert "4417" in res.text and "4417" in base.text
 
 
 def test_only_selected_modules_are_loaded(sessions, docs_schema):
@@ -277,4 +281,4 @@ def test_only_selected_modules_are_loaded(sessions, docs_schema):
     root = sum(len(s.tokens) for s in layout.segments_of(()))
     bsd = sum(len(s.tokens) for s in layout.segments_of(("bsd",)))
     assert res.cached_tokens == root + bsd
-    assert res.modules == ["bsd"]
+    assert res.modules == ("bsd",)

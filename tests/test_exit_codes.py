@@ -13,9 +13,10 @@ from typing import Callable
 
 import pytest
 
-from promptcache_cli import cache_file, errors
+from promptcache_cli.store import cache_file
+from promptcache_cli import errors
 
-from . import faults
+from .support import faults
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 GPL = Path(__file__).resolve().parent.parent / "schemas" / "gpl-manual.xml"
@@ -36,7 +37,7 @@ def facts(tmp: Path) -> Path:
 
 def internal_error(tmp: Path, **env: str) -> faults.Proc:
     """A bug stand-in: `pc path` whose cache-dir lookup raises an exception pc does not know."""
-    code = ("import sys; from promptcache_cli import cache_store, cli; "
+    code = ("import sys; from promptcache_cli.store import files as cache_store; from promptcache_cli.cli import app as cli; "
             "cache_store.default_cache_dir = lambda: 1 / 0; sys.argv = ['pc', 'path']; cli.main()")
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE,
@@ -64,8 +65,8 @@ def backend_failure(tmp: Path) -> faults.Proc:
     """A stand-in for llama.cpp failing mid-computation: `pc ask --no-cache` whose llama_decode
     returns an error code (-1, as llama.cpp does for a batch it cannot process)."""
     schema = facts(tmp)
-    code = ("import sys; from promptcache_cli import cli, llama_backend; "
-            "llama_backend.C.llama_decode = lambda ctx, batch: -1; "
+    code = ("import sys; from promptcache_cli.cli import app as cli; from promptcache_cli.llama import bindings; "
+            "bindings.C.llama_decode = lambda ctx, batch: -1; "
             f"sys.argv = ['pc', 'ask', '--no-cache', '-s', {str(schema)!r}, 'hi']; cli.main()")
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=faults.env_for(tmp / "cache"))

@@ -23,7 +23,7 @@ import pytest
 
 from promptcache_cli import errors
 
-from . import faults
+from .support import faults
 
 QUESTION = "Which license is the second document?"
 N_TOKENS = "8"

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from promptcache_cli import cache_file as cf, state_blob
+from promptcache_cli.store import cache_file as cf
+from promptcache_cli.llama import state_blob
 
 from .attacks import cache_files as attacks, state_blobs
 

@@ -17,15 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import errors, pml
-from promptcache_cli.engine import Session
-from promptcache_cli.llama_backend import Context, Model, UnsupportedModel
-from promptcache_cli.prefix_engine import PrefixSession
-from promptcache_cli.selection import default_selection, select_cli
-from promptcache_cli.sessions import open_session
+from promptcache_cli import errors
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.modular.session import ModularSession
+from promptcache_cli.llama.context import Context
+from promptcache_cli.llama.model import Model
+from promptcache_cli.errors import UnsupportedModel
+from promptcache_cli.prefix.session import PrefixSession
+from promptcache_cli.pml.selection import default_selection, select_cli
+from promptcache_cli.api import open_engine
 
 from .conftest import license_excerpt, write_schema
-from .pc_process import pc
+from .support.pc_process import pc
 
 GEMMA = Path(sys.prefix) / "models" / "gemma-3-270m-q4_k_m.gguf"  # where `make test` puts it
 QUESTION = "Question: which license text says that the software is provided as is? Answer:"
@@ -57,13 +60,13 @@ def test_gemma_is_a_sliding_window_model_served_in_prefix_mode(gemma: Path, tmp_
         assert model.chat_template() is None  # the base model
     finally:
         model.close()
-    sess = open_session(gemma, cache_dir=tmp_path / "cache")
+    sess = open_engine(gemma, cache_dir=tmp_path / "cache")
     try:
         assert isinstance(sess, PrefixSession)
     finally:
         sess.close()
     with pytest.raises(UnsupportedModel, match="sliding-window attention"):
-        Session(gemma, cache_dir=tmp_path / "cache")
+        ModularSession(gemma, cache_dir=tmp_path / "cache")
 
 
 def _decode_pieces(sess: PrefixSession, tokens: list[int], pieces: list[int], n_ctx: int, *,
@@ -132,10 +135,10 @@ def test_stored_states_hold_exactly_the_cells_of_an_uncached_prefill(gemma: Path
     try:
         checkpoints = [m.tokens for m in sess.compile(schema).modules]
         assert len(checkpoints) >= 2 and checkpoints[-1] > 2 * 512  # past two windows
-        tokens = sess.flat_tokens(sess.prompt_plan(sess.layout(schema), default_selection(schema)))
+        tokens = sess.prompt_plan(sess.layout(schema), default_selection(schema)).tokens()
         key = sess.prompt_key(tokens)
         for at, ck in sess.stored(key).items():
-            stored = sess._load_blob(ck.path, key, tokens[:at], partial=False)
+            stored = sess.states.load(ck.path, key, tokens[:at], partial=False)
             ref, _ = _decode_pieces(sess, tokens[:at], [p for p in checkpoints if p < at], 1280, state_at=at)
             full, window = _cells(stored)
             assert _cells(ref) == [full, window]
@@ -159,13 +162,13 @@ def test_resumed_answer_against_the_same_pieces_decoded_without_a_cache(gemma: P
         checkpoints = [m.tokens for m in sess.compile(schema).modules]
         sel = default_selection(schema) if modules is None else select_cli(schema, modules=modules, params=[])
         warm = sess.ask(schema, sel, QUESTION, max_tokens=1, keep_logits=True)
-        assert warm.warnings == [] and warm.cached_tokens in [0, *checkpoints]  # a stored state, or none
+        assert warm.warnings == () and warm.cached_tokens in [0, *checkpoints]  # a stored state, or none
         assert (warm.cached_tokens > 0) == (modules != ["b"])  # only b: nothing shared but the BOS token
         layout = sess.layout(schema)
-        tokens = sess.flat_tokens(sess.prompt_plan(layout, sel)) + sess.question_tokens(layout, QUESTION)
+        tokens = sess.prompt_plan(layout, sel).tokens() + sess.question_tokens(layout, QUESTION)
         assert warm.cached_tokens + warm.computed_tokens == len(tokens)
         pieces = [p for p in checkpoints if p <= warm.cached_tokens]
-        _, ref = _decode_pieces(sess, tokens, pieces, sess._ctx.n_ctx)
+        _, ref = _decode_pieces(sess, tokens, pieces, sess.runtime.ctx.n_ctx)
         if warm.cached_tokens <= 512:
             np.testing.assert_array_equal(warm.first_logits, ref)
         else:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from . import hostile_inputs
+from .support import hostile_inputs
 
 
 @pytest.fixture(scope="module")

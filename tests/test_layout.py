@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from promptcache_cli import chat_template, layout as lay, pml
+from promptcache_cli.prompt import chat_template, contexts as ctxs, layout as lay
+from promptcache_cli.pml import schema as pml
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "
@@ -162,18 +163,18 @@ def test_independent_context_is_prefix_and_ancestors_only():
     lo, tok = build(xml, CHATML)
     v = tok.vocab
     seg_c = lo.segments_of(("b", "c"))[0]
-    ctx = lay.context_tokens(lo, seg_c, "independent")
+    ctx = ctxs.context_tokens(lo, seg_c, "independent")
     words = [w for w, i in sorted(v.items(), key=lambda kv: kv[1]) if i in ctx]
     assert "alpha" not in words  # the sibling module a is not seen
     assert {"sys", "beta", "two"} <= set(words)
-    full = lay.context_tokens(lo, seg_c, "scaffold")
+    full = ctxs.context_tokens(lo, seg_c, "scaffold")
     assert v["alpha"] in full and len(full) == seg_c.offset  # everything before it
 
 
 def test_scaffold_context_switches_the_union_to_the_member_itself():
     lo, tok = build(TRAVEL)
     seg = lo.segments_of(("trip-plan", "overseas", "tokyo"))[0]
-    ctx = lay.context_tokens(lo, seg, "scaffold")
+    ctx = ctxs.context_tokens(lo, seg, "scaffold")
     assert tok.vocab["Stay"] not in ctx  # the scaffold member 'domestic' is replaced
     assert tok.vocab["planning"] in ctx
     assert seg.offset - len(ctx) == 5  # the 5-slot parameter has no scaffold text: no tokens

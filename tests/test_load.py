@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import cache_file
-from promptcache_cli.models import default_model_path
+from promptcache_cli.store import cache_file
+from promptcache_cli.llama.model_file import default_model_path
 
-from . import faults
+from .support import faults
 
 QUESTION = "Which license is the second document?"
 REQUESTS = [(), ("-m", "bsd"), ("-m", "apache")]  # default selection, a first module, a later one

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli.overlap_log import LINE_BYTES, Observation, OverlapLog, OverlapLogError, TraceError, read_trace
+from promptcache_cli.store.overlap_log import LINE_BYTES, Observation, OverlapLog, OverlapLogError, TraceError, read_trace
 
 WRITER = """
 import sys
-from promptcache_cli.overlap_log import OverlapLog
+from promptcache_cli.store.overlap_log import OverlapLog
 folder, who, count, max_lines = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 log = OverlapLog(folder, max_lines=max_lines)
 for i in range(count):
@@ -23,7 +23,7 @@ for i in range(count):
 
 COMPACTOR = """
 import os, sys, time
-from promptcache_cli.overlap_log import OverlapLog
+from promptcache_cli.store.overlap_log import OverlapLog
 log = OverlapLog(sys.argv[1])
 while not os.path.exists(sys.argv[2]):
     log.compact()

@@ -13,12 +13,12 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from promptcache_cli import checkpoint_plan as cp
+from promptcache_cli.prefix import checkpoint_plan as cp
 from promptcache_cli import errors
-from promptcache_cli.overlap_log import OverlapLog
-from promptcache_cli.plan_command import plan
+from promptcache_cli.store.overlap_log import OverlapLog
+from promptcache_cli.cli.plan import plan
 
-from .pc_process import Run, ok, pc
+from .support.pc_process import Run, ok, pc
 
 TRACE = [  # system prompt only, a document with two branch points, full reuse
     {"tokens": 900, "overlap": 310}, {"tokens": 4500, "overlap": 312}, {"tokens": 2300, "overlap": 2210},

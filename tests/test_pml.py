@@ -3,23 +3,7 @@ import time
 
 import pytest
 
-from promptcache_cli.pml import (
-    MAX_PARAMETER_LENGTH,
-    MAX_SCHEMA_BYTES,
-    Module,
-    ModuleImport,
-    Parameter,
-    PmlError,
-    Prompt,
-    Role,
-    Schema,
-    Text,
-    Union,
-    load_prompt,
-    load_schema,
-    parse_prompt,
-    parse_schema,
-)
+from promptcache_cli.pml.schema import MAX_PARAMETER_LENGTH, MAX_SCHEMA_BYTES, Module, ModuleImport, Parameter, PmlError, Prompt, Role, Schema, Text, Union, load_prompt, load_schema, parse_prompt, parse_schema
 
 TRAVEL = """\
 <schema name="travel">

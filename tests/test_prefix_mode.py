@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import pml
-from promptcache_cli.llama_backend import UnsupportedModel
-from promptcache_cli.prefix_engine import PrefixSession
-from promptcache_cli.selection import default_selection, select_cli
-from promptcache_cli.sessions import open_session
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.errors import UnsupportedModel
+from promptcache_cli.prefix.session import PrefixSession
+from promptcache_cli.pml.selection import default_selection, select_cli
+from promptcache_cli.api import open_engine
 
 from .conftest import license_excerpt, write_schema
-from .pc_process import ok, pc
+from .support.pc_process import ok, pc
 from .test_faults import read_only_works as _read_only_works  # noqa: F401  (the fixture, under its own name)
 
 QUESTION = "What is the code word?"
@@ -51,7 +51,7 @@ def check_against_cold_prefill(sess: PrefixSession, schema) -> list[int]:
         assert warm.tokens == cold.tokens, modules
         np.testing.assert_array_equal(warm.first_logits, cold.first_logits)
         assert warm.cached_tokens + warm.computed_tokens == cold.computed_tokens
-        assert warm.warnings == []
+        assert warm.warnings == ()
         resumed.append(warm.cached_tokens)
     return resumed
 
@@ -59,7 +59,7 @@ def check_against_cold_prefill(sess: PrefixSession, schema) -> list[int]:
 @pytest.mark.parametrize("test_model", ["mamba", "lfm2", "llama"], indirect=True)
 def test_resumed_answers_equal_cold_prefill(test_model: Path, schema_path: Path, tmp_path: Path) -> None:
     schema = pml.load_schema(schema_path)
-    sess = open_session(test_model, cache_dir=tmp_path / "cache", mode="prefix", checkpoints=3)
+    sess = open_engine(test_model, cache_dir=tmp_path / "cache", mode="prefix", checkpoints=3)
     report = sess.compile(schema)
     positions = [m.tokens for m in report.modules]
     end = positions[-1]
@@ -83,15 +83,15 @@ def test_zstd_states_decode_into_the_arena_and_stay_exact(test_model: Path, sche
     sess = PrefixSession(test_model, cache_dir=tmp_path / "cache", checkpoints=3, codec="zstd")
     sess.compile(schema)
     first = check_against_cold_prefill(sess, schema)
-    held = sess._arena.nbytes
+    held = sess.runtime.arena.nbytes
     assert held > 0
     assert check_against_cold_prefill(sess, schema) == first
-    assert sess._arena.nbytes == held
+    assert sess.runtime.arena.nbytes == held
 
 
 def test_default_model_prefix_mode_is_exact(model_path: Path, schema_path: Path, tmp_path: Path) -> None:
     schema = pml.load_schema(schema_path)
-    sess = open_session(model_path, cache_dir=tmp_path / "cache", mode="prefix")
+    sess = open_engine(model_path, cache_dir=tmp_path / "cache", mode="prefix")
     assert isinstance(sess, PrefixSession)
     sess.compile(schema)
     check_against_cold_prefill(sess, schema)
@@ -106,7 +106,7 @@ def test_restore_leaves_no_stale_cells(test_model: Path, schema_path: Path, tmp_
     key = sess.prompt_key(cached)
     for modules in SELECTIONS[1:]:
         request = sess.prompt_tokens(schema, selection(schema, modules)) + [1, 2, 3]
-        ctx = sess.context(len(request) + 4)
+        ctx = sess.runtime.context(len(request) + 4)
         plan = sess._restore(ctx, key, cached, request)
         assert 0 < plan.restore_at <= plan.overlap
         assert ctx.pos_max(0) == plan.restore_at - 1  # nothing after the restore point survives
@@ -150,14 +150,14 @@ def test_damaged_state_is_reported_recomputed_and_answer_still_exact(
         assert len(warm.warnings) == 1 and f"prefix state at token {victim}" in warm.warnings[0]
         assert [r.tokens for r in warm.compiled] == [victim]
         again = sess.ask(schema, sel, QUESTION, max_tokens=8)
-        assert again.warnings == [] and again.tokens == cold.tokens
+        assert again.warnings == () and again.tokens == cold.tokens
 
 
 @pytest.mark.parametrize("test_model", ["mamba", "lfm2"], indirect=True)
 def test_modular_stitching_is_refused_naming_prefix_mode(test_model: Path, tmp_path: Path) -> None:
     with pytest.raises(UnsupportedModel, match="prefix mode"):
-        open_session(test_model, cache_dir=tmp_path, mode="modular")
-    assert isinstance(open_session(test_model, cache_dir=tmp_path), PrefixSession)  # auto
+        open_engine(test_model, cache_dir=tmp_path, mode="modular")
+    assert isinstance(open_engine(test_model, cache_dir=tmp_path), PrefixSession)  # auto
 
 
 @pytest.mark.parametrize("test_model", ["mamba"], indirect=True)
@@ -196,7 +196,7 @@ def test_checkpoint_bytes_caps_the_checkpoints(test_model: Path, schema_path: Pa
 def test_read_only_cache_prefix_mode(test_model: Path, schema_path: Path, tmp_path: Path) -> None:
     """A warm read-only cache answers from its states silently; an empty one warns once and
     answers cold; either way the answer is the --no-cache answer and nothing is written."""
-    from . import faults
+    from .support import faults
 
     args = ["ask", "-s", schema_path, "--model", test_model, "-m", "b", "-n", "6", QUESTION]
     cold = ok(pc(*args, "--no-cache", cache_dir=tmp_path / "scratch")).out

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from promptcache_cli import preload
-from promptcache_cli.llama_bindings import C
-from promptcache_cli.sessions import open_session
+from promptcache_cli.llama import preload
+from promptcache_cli.llama.bindings import C
+from promptcache_cli.api import open_engine
 
 from .conftest import write_schema
-from .pc_process import ok, one_line_error, pc
+from .support.pc_process import ok, one_line_error, pc
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def test_the_session_takes_the_handle_the_thread_loaded(env, model_path, tmp_pat
     thread.join()
     handle = result["handle"]
     assert handle
-    sess = open_session(model_path, cache_dir=tmp_path / "cache")
+    sess = open_engine(model_path, cache_dir=tmp_path / "cache")
     try:
         assert ctypes_address(sess.model._ptr) == ctypes_address(handle)
         assert preload.take(str(model_path)) is None  # taken once
@@ -72,14 +72,15 @@ def test_a_wrong_guess_or_a_failed_load_leaves_an_ordinary_load(env, model_path,
         preload.start(str(path))
         assert preload.take(str(path)) is None
     assert preload._job is None and preload.take(str(model_path)) is None  # nothing left, nothing started
-    sess = open_session(model_path, cache_dir=tmp_path / "cache")  # and the ordinary load still works
+    sess = open_engine(model_path, cache_dir=tmp_path / "cache")  # and the ordinary load still works
     sess.close()
 
 
 def test_a_file_replaced_after_the_thread_loaded_it_is_reported_as_it_is_now(env, model_path, tmp_path):
     import shutil
 
-    from promptcache_cli.llama_backend import Model, ModelLoadError
+    from promptcache_cli.llama.model import Model
+    from promptcache_cli.errors import ModelLoadError
 
     copy = tmp_path / "model.gguf"
     shutil.copyfile(model_path, copy)
@@ -127,7 +128,7 @@ def test_model_log_lines_reach_no_python_code():
     load runs beside Python code, and a Ctrl-C never lands inside a callback."""
     import ctypes
 
-    from promptcache_cli import llama_bindings
+    from promptcache_cli.llama import bindings as llama_bindings
 
     cb = llama_bindings._silent_log
     assert ctypes.cast(cb, ctypes.c_void_p).value == ctypes.cast(ctypes.pythonapi.Py_IsInitialized, ctypes.c_void_p).value

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from promptcache_cli import layout as lay, pml
-from promptcache_cli.engine import ParameterTooLong, Session
-from promptcache_cli.selection import SelectionError, default_selection, module_paths, select_cli
+from promptcache_cli.prompt import layout as lay
+from promptcache_cli.pml import schema as pml
+from promptcache_cli.errors import ParameterTooLong
+from promptcache_cli.prompt.plan import Fresh, PromptPlan, plan_prompt
+from promptcache_cli.pml.selection import SelectionError, default_selection, module_paths, select_cli
 
 from .test_layout import CHATML, WordTokenizer
 
@@ -133,11 +135,18 @@ def build(xml: str, roles: list[str] | None) -> tuple[pml.Schema, lay.Layout, Wo
     return schema, lay.build(schema, tok, CHATML if roles else None), tok
 
 
-def planner(tok: WordTokenizer) -> Session:
-    """A Session with only what prompt_plan uses: a tokenizer as its model."""
-    sess = Session.__new__(Session)
-    sess.model = tok
-    return sess
+class Planner:
+    """What prompt_plan uses of a session: a tokenizer as its model."""
+
+    def __init__(self, tok: WordTokenizer) -> None:
+        self.tok = tok
+
+    def prompt_plan(self, layout: lay.Layout, selection) -> PromptPlan:
+        return plan_prompt(layout, selection, self.tok)
+
+
+def planner(tok: WordTokenizer) -> Planner:
+    return Planner(tok)
 
 
 def spans(layout: lay.Layout) -> list[tuple[int, int, tuple[str, ...], str]]:
@@ -214,17 +223,17 @@ def test_prompt_plan_puts_each_selected_module_at_its_offset(data) -> None:
         assume(False)
     plan = planner(tok).prompt_plan(layout, selection)
     included = {lay.ROOT} | set(selection.modules)
-    segments = [obj for kind, obj in plan if kind == "segment"]
+    segments = plan.cached
     assert segments == [s for s in layout.segments if s.owner in included]  # all of them, in order
     positions = []
     fresh = iter(sorted((s for s in layout.slots if s.owner in included and s.scaffold), key=lambda s: s.offset))
-    for kind, obj in plan:
-        if kind == "segment":
+    for obj in plan:
+        if isinstance(obj, lay.Segment):
             positions.append((obj.offset, obj.end))
         else:  # a parameter without a value: its scaffold text, at its slot
             slot = next(fresh)
-            assert tuple(obj) == slot.scaffold
-            positions.append((slot.offset, slot.offset + len(obj)))
+            assert obj.tokens == slot.scaffold
+            positions.append((slot.offset, slot.offset + len(obj.tokens)))
     assert next(fresh, None) is None
     assert all(a1 <= b0 for (_, a1), (b0, _) in zip(positions, positions[1:], strict=False))  # ordered, disjoint
     for path in selection.modules:
@@ -253,7 +262,7 @@ def test_parameter_values_fill_their_slot_or_are_refused(data) -> None:
             sess.prompt_plan(layout, selection)
         return
     plan = sess.prompt_plan(layout, selection)
-    values = [obj for kind, obj in plan if kind == "fresh" and list(obj) == [tok.vocab[w] for w in value]]
+    values = [obj for obj in plan if isinstance(obj, Fresh) and list(obj.tokens) == [tok.vocab[w] for w in value]]
     assert values, plan
 
 
@@ -265,5 +274,5 @@ def test_default_plan_reads_the_schema_default_text(case) -> None:
     schema, layout, tok = build(xml, None)
     plan = planner(tok).prompt_plan(layout, default_selection(schema))
     words = {i: w for w, i in tok.vocab.items()}
-    got = [words[t] for t in Session.flat_tokens(plan)]
+    got = [words[t] for t in plan.tokens()]
     assert got == [w for node in body for w in default_words(node)]

@@ -1,4 +1,4 @@
-"""Selective recompute (token_rank.py, `pc compile --ranked`, `pc ask --refresh`) and
+"""Selective recompute (modular/refresh.py, `pc compile --ranked`, `pc ask --refresh`) and
 Context.recompute, on the real default model: stored scores against two ordinary compiles,
 refreshed answers against a reference recompute, refreshed states against the uncached ones."""
 
@@ -9,12 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli import cache_file, token_rank
+from promptcache_cli.store import cache_file
+from promptcache_cli.modular import refresh as token_rank
 from promptcache_cli.benchmarks import needles
-from promptcache_cli.engine import Session, owner_name
-from promptcache_cli.llama_backend import Context, ContextSettings, Model
-from promptcache_cli.selection import default_selection
-from promptcache_cli.token_rank import rows, sensitivity
+from promptcache_cli.modular.session import ModularSession
+from promptcache_cli.prompt.boundaries import boundaries
+from promptcache_cli.prompt.plan import owner_name
+from promptcache_cli.llama.context import Context, ContextSettings
+from promptcache_cli.llama.model import Model
+from promptcache_cli.pml.selection import default_selection
+from promptcache_cli.modular.refresh import rows, sensitivity
 
 TEXT = ("The quick brown fox jumps over the lazy dog. The archive room opens at nine, and the access code "
         "is written on the back of the blue folder in the second drawer.")
@@ -96,11 +100,11 @@ def workload(model, tmp_path_factory):
                            n_docs=3)
 
 
-def session(model_path, folder: Path, **kw) -> Session:
-    return Session(model_path, cache_dir=folder, **kw)
+def session(model_path, folder: Path, **kw) -> ModularSession:
+    return ModularSession(model_path, cache_dir=folder, **kw)
 
 
-def file_of(sess: Session, schema, owner) -> cache_file.CacheFile:
+def file_of(sess: ModularSession, schema, owner) -> cache_file.CacheFile:
     layout = sess.layout(schema)
     return cache_file.read(sess.store.module_path(sess.keys(layout)[owner]))
 
@@ -109,12 +113,12 @@ def payload(f: cache_file.CacheFile) -> bytes:
     return bytes(f._buf[f.payload_at :])
 
 
-def stale_question(sess: Session, wl):
+def stale_question(sess: ModularSession, wl):
     """A question whose prompt holds states computed after other text (something to refresh)."""
     schema = wl.schema()
     layout = sess.layout(schema)
-    return next(q for q in wl.questions if token_rank.stale(layout, sess.prompt_plan(layout, wl.selection(q)),
-                                                            sess.encoding))
+    return next(q for q in wl.questions
+                if token_rank.stale(boundaries(layout, sess.prompt_plan(layout, wl.selection(q)), sess.encoding)))
 
 
 def test_compile_ranked_stores_the_distance_between_both_encodings(model_path, workload, tmp_path):
@@ -146,7 +150,7 @@ def test_compile_ranked_stores_the_distance_between_both_encodings(model_path, w
                 for x in (f, p, g):
                     x.close()
         assert moved  # the documents do depend on what they were computed after
-        assert ranked.compile(schema, ranked=True).ranked == []  # stored: nothing measured again
+        assert ranked.compile(schema, ranked=True).ranked == ()  # stored: nothing measured again
     finally:
         for x in (ranked, plain, other):
             x.close()
@@ -163,18 +167,18 @@ def test_refresh_recomputes_the_highest_scored_stale_tokens(model_path, workload
         sel = workload.selection(q)
         layout = sess.layout(schema)
         plan = sess.prompt_plan(layout, sel)
-        n_prompt = len(sess.flat_tokens(plan))
+        n_prompt = len(plan.tokens())
         plain = sess.ask(schema, sel, q.text, max_tokens=1)
-        sess._ctx.seq_rm(0, n_prompt, -1)
-        stitched = sess._ctx.save_state(0)
+        sess.runtime.ctx.seq_rm(0, n_prompt, -1)
+        stitched = sess.runtime.ctx.save_state(0)
         got = sess.ask(schema, sel, q.text, max_tokens=4, keep_logits=True, refresh=0.25)
-        assert got.ranked == []  # compiled with scores
+        assert got.ranked == ()  # compiled with scores
         n = round(0.25 * plain.cached_tokens)
         assert got.refreshed_tokens == n > 0
         assert (got.cached_tokens, got.computed_tokens) == (plain.cached_tokens - n, plain.computed_tokens + n)
         keys = sess.keys(layout)
         candidates = []
-        for seg, skip in token_rank.stale(layout, plan, "scaffold"):
+        for seg, skip in token_rank.stale(boundaries(layout, plan, "scaffold")):
             f = cache_file.read(sess.store.module_path(keys[seg.owner]))
             rec = next(r for r in f.segments if r.offset == seg.offset)
             f.close()
@@ -191,10 +195,10 @@ def test_refresh_recomputes_the_highest_scored_stale_tokens(model_path, workload
         sess.close()
 
 
-def _prompt_rows(sess: Session, n_prompt: int) -> list[np.ndarray]:
+def _prompt_rows(sess: ModularSession, n_prompt: int) -> list[np.ndarray]:
     """The K and V rows of the prompt the session's last answer attended to."""
-    sess._ctx.seq_rm(0, n_prompt, -1)
-    positions, out = rows(sess._ctx.save_state(0))
+    sess.runtime.ctx.seq_rm(0, n_prompt, -1)
+    positions, out = rows(sess.runtime.ctx.save_state(0))
     assert positions.tolist() == list(range(n_prompt))  # no gaps: comparable cell by cell
     return out
 
@@ -207,7 +211,7 @@ def test_refreshing_every_stale_token_brings_the_states_near_the_uncached_ones(m
         sess.compile(schema)
         q = stale_question(sess, workload)
         sel = workload.selection(q)
-        n_prompt = len(sess.flat_tokens(sess.prompt_plan(sess.layout(schema), sel)))
+        n_prompt = len(sess.prompt_plan(sess.layout(schema), sel).tokens())
         sess.ask(schema, sel, q.text, max_tokens=1, no_cache=True)
         exact = _prompt_rows(sess, n_prompt)
         sess.ask(schema, sel, q.text, max_tokens=1)
@@ -239,7 +243,7 @@ def test_scores_are_measured_once_stored_and_remeasured_against_another_context(
         first = sess.ask(schema, sel, q.text, max_tokens=8, refresh=0.1)
         assert first.ranked and first.refreshed_tokens > 0
         second = sess.ask(schema, sel, q.text, max_tokens=8, refresh=0.1)
-        assert second.ranked == [] and second.tokens == first.tokens
+        assert second.ranked == () and second.tokens == first.tokens
         assert reference.ask(schema, sel, q.text, max_tokens=8, refresh=0.1).tokens == first.tokens
         owner = next(o for o in sess.layout(schema).owners() if owner_name(o) in first.ranked)
         f = file_of(sess, schema, owner)  # scores measured against some other context
@@ -267,7 +271,7 @@ def test_a_default_prompt_has_nothing_to_refresh(model_path, workload, tmp_path)
         sel = default_selection(schema)
         plain = sess.ask(schema, sel, "What is this about?", max_tokens=8)
         got = sess.ask(schema, sel, "What is this about?", max_tokens=8, refresh=0.5)
-        assert (got.refreshed_tokens, got.ranked, got.tokens) == (0, [], plain.tokens)
+        assert (got.refreshed_tokens, got.ranked, got.tokens) == (0, (), plain.tokens)
         with pytest.raises(ValueError):
             sess.ask(schema, sel, "What is this about?", refresh=1.5)
     finally:
@@ -277,7 +281,7 @@ def test_a_default_prompt_has_nothing_to_refresh(model_path, workload, tmp_path)
 def test_scores_that_cannot_be_stored_still_refresh_the_answer(model_path, workload, tmp_path, monkeypatch):
     """A cache that cannot be written (a fake lock failure: the error path only): the scores are
     measured for this answer, a warning says they are not stored, the file stays as it was."""
-    from promptcache_cli.cache_store import CacheWriteError
+    from promptcache_cli.errors import CacheWriteError
 
     schema = workload.schema()
     sess, reference = session(model_path, tmp_path / "c"), session(model_path, tmp_path / "r")

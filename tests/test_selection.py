@@ -1,15 +1,7 @@
 import pytest
 
-from promptcache_cli.pml import ModuleImport, parse_prompt, parse_schema
-from promptcache_cli.selection import (
-    Selection,
-    SelectionError,
-    default_selection,
-    module_paths,
-    param_value,
-    select_cli,
-    select_imports,
-)
+from promptcache_cli.pml.schema import ModuleImport, parse_prompt, parse_schema
+from promptcache_cli.pml.selection import Selection, SelectionError, default_selection, module_paths, param_value, select_cli, select_imports
 
 # The travel example from pml.md, with the src module inlined.
 TRAVEL = parse_schema("""\

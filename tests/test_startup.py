@@ -13,7 +13,7 @@ from importlib.metadata import version
 import numpy as np
 import pytest
 
-from promptcache_cli.sampling import Sampler
+from promptcache_cli.llama.sampling import Sampler
 
 
 def _run(code: str) -> dict:
@@ -24,9 +24,9 @@ def _run(code: str) -> dict:
 def test_the_bindings_load_without_the_high_level_package():
     got = _run(
         "import json, sys\n"
-        "from promptcache_cli import llama_backend as b\n"
+        "from promptcache_cli.llama import context as b\nfrom promptcache_cli.llama.bindings import llama_cpp_version\n"
         "print(json.dumps({'mods': sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'jinja2')),"
-        " 'version': b.llama_cpp_version()}))"
+        " 'version': llama_cpp_version()}))"
     )
     assert "llama_cpp.llama_cpp" in got["mods"]
     assert not {"llama_cpp", "llama_cpp.llama", "llama_cpp.llama_chat_format", "jinja2"} & set(got["mods"])
@@ -36,7 +36,7 @@ def test_the_bindings_load_without_the_high_level_package():
 def test_the_bindings_and_a_model_load_need_no_numpy(model_path):
     got = _run(
         "import json, sys\n"
-        "from promptcache_cli import llama_bindings as b\n"
+        "from promptcache_cli.llama import bindings as b\n"
         f"h = b.load_model_file({str(model_path)!r})\n"
         "print(json.dumps({'loaded': bool(h), 'numpy': 'numpy' in sys.modules,"
         " 'problem': b.gguf_problem(sys.executable)}))"
@@ -48,11 +48,11 @@ def test_the_bindings_and_a_model_load_need_no_numpy(model_path):
 def test_the_full_package_still_imports_afterwards_and_shares_the_bindings():
     got = _run(
         "import json\n"
-        "from promptcache_cli import llama_backend as b\n"
+        "from promptcache_cli.llama import context as b\nfrom promptcache_cli.llama.bindings import llama_cpp_version\n"
         "import llama_cpp\n"
         "from llama_cpp import Llama, LlamaDiskCache\n"
         "print(json.dumps({'same': llama_cpp.llama_cpp is b.C and llama_cpp.llama_decode is b.C.llama_decode,"
-        " 'version': llama_cpp.__version__ == b.llama_cpp_version(), 'llama': callable(Llama)}))"
+        " 'version': llama_cpp.__version__ == llama_cpp_version(), 'llama': callable(Llama)}))"
     )
     assert got == {"same": True, "version": True, "llama": True}
 
@@ -60,8 +60,8 @@ def test_the_full_package_still_imports_afterwards_and_shares_the_bindings():
 def test_after_a_full_import_the_backend_uses_it():
     got = _run(
         "import json, llama_cpp\n"
-        "from promptcache_cli import llama_backend as b\n"
-        "print(json.dumps([b.C is llama_cpp.llama_cpp, b.llama_cpp_version() == llama_cpp.__version__]))"
+        "from promptcache_cli.llama import context as b\nfrom promptcache_cli.llama.bindings import llama_cpp_version\n"
+        "print(json.dumps([b.C is llama_cpp.llama_cpp, llama_cpp_version() == llama_cpp.__version__]))"
     )
     assert got == [True, True]
 

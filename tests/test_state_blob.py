@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from promptcache_cli import cache_file, state_blob
+from promptcache_cli.store import cache_file
+from promptcache_cli.llama import state_blob
 
 from .attacks import state_blobs as blobs
 
@@ -148,7 +149,7 @@ def test_fuzz_fields():
 
 @pytest.fixture(scope="module")
 def model(model_path):
-    from promptcache_cli.llama_backend import Model
+    from promptcache_cli.llama.model import Model
 
     m = Model(str(model_path))
     yield m
@@ -157,7 +158,7 @@ def model(model_path):
 
 @pytest.mark.parametrize("flash_attn", [False, True])
 def test_real_blob(model, flash_attn, tmp_path):
-    from promptcache_cli.llama_backend import GGML_TYPES, Context, ContextSettings
+    from promptcache_cli.llama.context import GGML_TYPES, Context, ContextSettings
 
     tokens = model.tokenize("The quick brown fox jumps", special=False)
     with Context(model, ContextSettings(n_ctx=256, flash_attn=flash_attn)) as ctx:

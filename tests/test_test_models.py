@@ -1,4 +1,4 @@
-"""The random-weight test models (scripts/make-test-model): llama.cpp loads each as the kind of
+"""The random-weight test models (scripts/make_test_model.py): llama.cpp loads each as the kind of
 model it stands for, with the default model's tokenizer, decodes deterministically to finite,
 spread logits, and its memory behaves like that kind's (a recurrent state cannot be cut back)."""
 
@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptcache_cli.llama_backend import BackendError, Context, ContextSettings, Model
+from promptcache_cli.errors import BackendError
+from promptcache_cli.llama.context import Context, ContextSettings
+from promptcache_cli.llama.model import Model
 
 from .conftest import license_excerpt
-from .model_factory import ARCHS, KINDS, SCRIPTS, make_test_model, random_gguf
-from .model_factory import test_model as _test_model, test_models_dir as _test_models_dir  # noqa: F401  (fixtures)
+from .support.model_factory import ARCHS, KINDS, SCRIPTS, make_test_model, random_gguf
+from .support.model_factory import test_model as _test_model, test_models_dir as _test_models_dir  # noqa: F401  (fixtures)
 
-SCRIPT = SCRIPTS / "make-test-model"
+SCRIPT = SCRIPTS / "make_test_model.py"
 SETTINGS = ContextSettings(n_ctx=4096, n_batch=512, n_threads=2)
 every_arch = pytest.mark.parametrize("test_model", ARCHS, indirect=True)
 
@@ -192,7 +194,7 @@ def test_script_errors_are_one_line_with_an_exit_code(tmp_path: Path, args, code
     run = _script(*(a.format(**paths) for a in args))
     assert run.returncode == code, run.stderr
     assert run.stdout == ""
-    assert run.stderr.count("\n") == 1 and run.stderr.startswith("make-test-model: error: "), run.stderr
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("make_test_model.py: error: "), run.stderr
     assert message in run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-model.txt"]  # nothing written
 

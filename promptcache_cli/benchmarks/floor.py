@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import cache_file
-from ..engine import Session
-from ..llama_backend import Context
+from ..api import Session
+from ..llama.context import Context
+from ..store import cache_file
 from .workloads import Question, Workload
 
 
@@ -34,26 +34,24 @@ class Floor:
         """Read the question's states from ``session``'s cache files into RAM (untimed)."""
         if self._key == (wl.name, q):
             return
-        schema = wl.schema()
-        layout = session.layout(schema)
-        plan = session.prompt_plan(layout, wl.selection(q))
-        keys = session.keys(layout)
+        view = session.prompt(wl.request(q))
         files: dict[str, cache_file.CacheFile] = {}
         ops: list[tuple[str, object]] = []
         try:
-            for kind, obj in plan:
-                if kind == "fresh":
-                    ops.append(("decode", list(obj)))
+            for part in view.parts[:-1]:
+                if part.kind == "fresh":
+                    ops.append(("decode", list(part.tokens)))
                     continue
-                key = keys[obj.owner]
-                f = files.get(key) or files.setdefault(key, cache_file.read(session.store.module_path(key)))
-                i = next(i for i, s in enumerate(f.segments) if s.offset == obj.offset)
+                assert part.file is not None
+                path = str(part.file)
+                f = files.get(path) or files.setdefault(path, cache_file.read(part.file))
+                i = next(i for i, s in enumerate(f.segments) if s.offset == part.offset)
                 ops.append(("load", np.array(f.blob(i))))  # a private copy in RAM
         finally:
             for f in files.values():
                 f.close()
-        self._ops, self._question, self._key = ops, session.question_tokens(layout, q.text), (wl.name, q)
-        need = max(256, -(-(layout.end + len(self._question) + 1) // 256) * 256)
+        self._ops, self._question, self._key = ops, list(view.parts[-1].tokens), (wl.name, q)
+        need = max(256, -(-(view.schema_end + len(self._question) + 1) // 256) * 256)
         if self.ctx is None or self.ctx.n_ctx < need or self.ctx.model is not session.model:
             self.close()
             self.ctx = Context(session.model, replace(session.settings, n_ctx=need))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..state_blob import kv_payloads
+from ..llama.state_blob import kv_payloads
 
 
 def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:

@@ -5,8 +5,8 @@ agreement and KL divergence KL(no-cache || cached) of the first token's distribu
 the answer contains the planted fact. Variants: every module encoding (``independent``: after the
 shared prefix; ``scaffold``: after the default prompt before the module; ``average``: the mean
 over several prompts before it), the first two with the
-boundary repair (``repair.py``) when the engine offers it, the default encoding with selective
-recompute (``scaffold+refreshN``: `pc ask --refresh N`, token_rank.py; N% of the cached tokens
+boundary repair (``repair.py``, through the session's boundary hook), the default encoding with selective
+recompute (``scaffold+refreshN``: `pc ask --refresh N`, modular/refresh.py; N% of the cached tokens
 recomputed, from a cache compiled with `--ranked`), and the
 default encoding with 8-bit quantized KV (``scaffold-q8_0``, as ``--kv-type q8_0``; also compared
 with the f16 cache's answer). Variants alternate question by question.
@@ -22,15 +22,15 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .. import layout as lay
-from ..engine import Session
-from ..llama_backend import ContextSettings
-from ..sampling import Sampler, generate
+from ..api import ENCODINGS, Request, Session, open_session
+from ..llama.sampling import Sampler, generate
+from . import repair
 from .needles import found
 from .perturb import rounded_blob
 from .workloads import Workload
@@ -39,7 +39,6 @@ Progress = Callable[[str], None]
 CONTROL_BITS = 9
 CONTROLS = ("exact-reload", f"exact-m{CONTROL_BITS}")
 Q8 = "scaffold-q8_0"  # the default encoding with `--kv-type q8_0`
-Q8_SETTINGS = ContextSettings.for_kv_type("q8_0")
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -67,21 +66,22 @@ REPAIRED = ("scaffold", "independent")  # the encodings measured with the bounda
 
 def variants(repair_tokens: tuple[int, ...]) -> list[tuple[str, str, int]]:
     """(name, encoding, repaired tokens per module boundary)."""
-    out = [(enc, enc, 0) for enc in lay.ENCODINGS]
+    out = [(enc, enc, 0) for enc in ENCODINGS]
     out += [(f"{enc}+repair{r}", enc, r) for r in repair_tokens for enc in REPAIRED]
     return out
 
 
-def make_session(model_path: Path, cache_dir: Path, *, encoding: str, repair: int) -> Session:
-    if not repair:
-        return Session(model_path, cache_dir=cache_dir, encoding=encoding)
-    return Session(model_path, cache_dir=cache_dir, encoding=encoding, repair_tokens=repair)
+def make_session(model_path: Path, cache_dir: Path, *, encoding: str, repair_tokens: int = 0,
+                 kv_type: str = "f16") -> Session:
+    hook = repair.hook(repair_tokens) if repair_tokens else None
+    return open_session(model_path, cache_dir=cache_dir, mode="modular", encoding=encoding, kv_type=kv_type,
+                        boundary_hook=hook)
 
 
 def repair_supported() -> bool:
     import inspect
 
-    return "repair_tokens" in inspect.signature(Session.__init__).parameters
+    return "boundary_hook" in inspect.signature(open_session).parameters
 
 
 def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, repair_tokens: tuple[int, ...],
@@ -90,17 +90,17 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
     if repair_tokens and not repair_supported():
         repair_tokens = ()
     chosen = variants(repair_tokens)
-    base = Session(model_path, cache_dir=root / "nocache")
-    sessions = {name: make_session(model_path, root / enc, encoding=enc, repair=r) for name, enc, r in chosen}
+    base = make_session(model_path, root / "nocache", encoding="scaffold")
+    sessions = {name: make_session(model_path, root / enc, encoding=enc, repair_tokens=r) for name, enc, r in chosen}
     refreshers = {f"scaffold+refresh{round(f * 100)}": f for f in refresh}  # asked of the scaffold session
     chosen += [(name, "scaffold", 0) for name in refreshers]
     if q8:
-        sessions[Q8] = Session(model_path, cache_dir=root / Q8, encoding="scaffold", settings=Q8_SETTINGS)
+        sessions[Q8] = make_session(model_path, root / Q8, encoding="scaffold", kv_type="q8_0")
         chosen.append((Q8, "scaffold", 0))
     rows = []
     compile_seconds = {}
     try:
-        for enc in [*lay.ENCODINGS, *([Q8] if q8 else [])]:  # variants of one encoding share its files
+        for enc in [*ENCODINGS, *([Q8] if q8 else [])]:  # variants of one encoding share its files
             t = time.perf_counter()
             sessions[enc].compile(schema)
             compile_seconds[enc] = time.perf_counter() - t
@@ -109,29 +109,29 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
             t = time.perf_counter()
             sessions["scaffold"].compile(schema, ranked=True)
             compile_seconds["scaffold-ranking"] = time.perf_counter() - t
-        layout = base.layout(schema)
         for i, q in enumerate(wl.questions):
-            sel = wl.selection(q)
-            ref = base.ask(schema, sel, q.text, max_tokens=n_tokens, no_cache=True, keep_logits=True)
+            request = wl.request(q, max_tokens=n_tokens, keep_logits=True)
+            ref = base.ask(replace(request, no_cache=True))
+            ref_tokens = list(ref.tokens)
             row = {"modules": list(q.modules), "question": q.text, "expected": q.expected,
-                   "nocache": {"answer": ref.answer, "tokens": ref.tokens, "ttft_ms": ref.ttft_ms,
-                               "correct": found(q.expected, ref.answer)},
-                   "gaps": _gaps(base, layout, sel)}
+                   "nocache": {"answer": ref.text, "tokens": ref_tokens, "ttft_ms": ref.ttft_ms,
+                               "correct": found(q.expected, ref.text)},
+                   "gaps": base.prompt(request).gaps}
             names = [name for name, _, _ in chosen]
             got = {}
             for name in names[i % len(names):] + names[: i % len(names)]:
-                session, extra = sessions.get(name), {}
+                session, asked = sessions.get(name), request
                 if name in refreshers:
-                    session, extra = sessions["scaffold"], {"refresh": refreshers[name]}
-                r = session.ask(schema, sel, q.text, max_tokens=n_tokens, keep_logits=True, **extra)
-                got[name] = {"answer": r.answer, "tokens": r.tokens, "ttft_ms": r.ttft_ms,
+                    session, asked = sessions["scaffold"], replace(request, refresh=refreshers[name])
+                r = session.ask(asked)
+                got[name] = {"answer": r.text, "tokens": list(r.tokens), "ttft_ms": r.ttft_ms,
                              "first_logits": r.first_logits, "computed_tokens": r.computed_tokens}
-            got.update(controls(base, schema, sel, q.text, n_tokens))
+            got.update(controls(base, request, n_tokens))
             for name, r in got.items():
                 row[name] = {
                     "answer": r["answer"], "tokens": r["tokens"], "ttft_ms": r["ttft_ms"],
-                    "exact_match": r["tokens"][:n_tokens] == ref.tokens[:n_tokens],
-                    "common_prefix": common_prefix(r["tokens"], ref.tokens),
+                    "exact_match": r["tokens"][:n_tokens] == ref_tokens[:n_tokens],
+                    "common_prefix": common_prefix(r["tokens"], ref_tokens),
                     "top1_agree": int(np.argmax(r["first_logits"])) == int(np.argmax(ref.first_logits)),
                     "kl": kl(ref.first_logits, r["first_logits"]),
                     "computed_tokens": r["computed_tokens"],
@@ -154,15 +154,15 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
             "summary": summarize(rows, [n for n, _, _ in chosen] + list(CONTROLS)), "rows": rows}
 
 
-def controls(session: Session, schema, sel, question: str, n_tokens: int) -> dict[str, dict]:
+def controls(session: Session, request: Request, n_tokens: int) -> dict[str, dict]:
     """The uncached prompt's exact states, reloaded as they are and rounded, then the question.
     The states are the ones the `--no-cache` answer just attended to: ``session`` has answered
     this prompt with ``no_cache=True`` last, and its context still holds prompt, question and
     answer (so no second prefill of the prompt)."""
-    layout = session.layout(schema)
-    prompt = session.flat_tokens(session.prompt_plan(layout, sel))
-    q = session.question_tokens(layout, question)
-    ctx = session._ctx
+    view = session.prompt(request)
+    prompt = [t for p in view.parts[:-1] for t in p.tokens]
+    q = list(view.parts[-1].tokens)
+    ctx = session.last_context
     if ctx is None or ctx.pos_max(0) < len(prompt) + len(q) - 1:
         raise RuntimeError("controls() needs the session's --no-cache answer to this prompt first")
     ctx.seq_rm(0, len(prompt), -1)
@@ -179,13 +179,6 @@ def controls(session: Session, schema, sel, question: str, n_tokens: int) -> dic
         out[name] = {"answer": answer, "tokens": tokens, "ttft_ms": ttft * 1000, "first_logits": logits,
                      "computed_tokens": len(q)}
     return out
-
-
-def _gaps(session: Session, layout: lay.Layout, sel) -> int:
-    """Position gaps between the selected cached segments (0 when the prompt is contiguous)."""
-    plan = session.prompt_plan(layout, sel)
-    ends = [(obj.offset, obj.end) for kind, obj in plan if kind == "segment"]
-    return sum(1 for (_, e), (o, _) in zip(ends, ends[1:], strict=False) if o != e)
 
 
 def _discordance(cached: list[bool], nocache: list[bool]) -> dict:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..engine import Session
+from ..api import Session
 from . import processes
 from .floor import Floor
 from .prompts import Prompt, render

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from ..engine import Session
-from ..llama_backend import Context, ContextSettings, llama_cpp_version
+from ..api import Session, open_session
+from ..llama.bindings import llama_cpp_version
+from ..llama.context import Context, ContextSettings
 from . import corpus, needles, report, workloads
 from .floor import Floor
 from .llama_api import CAPACITY
@@ -131,7 +132,7 @@ def run(cfg: BenchConfig, *, model_path: Path, work: Path, progress: Progress) -
     res: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                  "model": Path(model_path).name, "llama_cpp": llama_cpp_version(), "config": asdict(cfg),
                  "preset": preset(cfg), "workloads": []}
-    renderer = Session(model_path, cache_dir=work / "render")
+    renderer = open_session(model_path, cache_dir=work / "render", mode="modular")
     rate = calibrate(renderer)
     res["prefill_tokens_per_second_at_start"] = rate
     progress(f"prefill runs at {rate:.0f} tokens/s now; estimated run time {estimate_seconds(cfg, rate) / 60:.0f} min")

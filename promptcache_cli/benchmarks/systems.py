@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import cache_file
-from ..engine import Session
-from ..llama_backend import ContextSettings
+from ..api import Session, open_session
+from ..store import cache_file
+from ..store.files import CacheStore
 from .prompts import Prompt
 from .workloads import Question, Workload
 
@@ -103,12 +103,12 @@ class PcSystem(System):
         super().__init__(model_path, root)
         self.name, self.label, self.codec, self.no_cache = name, label, codec, no_cache
         self.kv_type = kv_type  # as `--kv-type`
-        self.settings = ContextSettings.for_kv_type(kv_type)
         self.source = source  # another pc system whose files are re-encoded instead of recomputed
         self.session: Session | None = None
 
     def start(self, wl: Workload, *, n_cells: int) -> Prepared:
-        self.session = Session(self.model_path, cache_dir=self.folder(wl), codec=self.codec, settings=self.settings)
+        self.session = open_session(self.model_path, cache_dir=self.folder(wl), mode="modular", compression=self.codec,
+                                    kv_type=self.kv_type)
         if self.no_cache:
             return Prepared(0.0)
         t = time.perf_counter()
@@ -121,9 +121,9 @@ class PcSystem(System):
     def ask(self, wl: Workload, q: Question, prompt: Prompt, *, max_tokens: int = 1,
             keep_logits: bool = False) -> Answer:
         assert self.session is not None
-        r = self.session.ask(wl.schema(), wl.selection(q), q.text, max_tokens=max_tokens, no_cache=self.no_cache,
-                             keep_logits=keep_logits)
-        return Answer(r.ttft_ms, r.total_ms, r.tokens, r.answer, r.cached_tokens + r.computed_tokens, r.first_logits)
+        r = self.session.ask(wl.request(q, max_tokens=max_tokens, no_cache=self.no_cache, keep_logits=keep_logits))
+        return Answer(r.ttft_ms, r.total_ms, list(r.tokens), r.text, r.cached_tokens + r.computed_tokens,
+                      r.first_logits)
 
     def cache_bytes(self, wl: Workload) -> int | None:
         return None if self.no_cache else dir_bytes(self.folder(wl))
@@ -148,50 +148,46 @@ def transcode(src: Session, dst: Session, wl: Workload) -> None:
     blobs (computing them twice gives the same bytes), so a zstd cache costs no second prefill.
     ``dst.compile`` then finds every module present and records the schema's manifest."""
     schema = wl.schema()
-    keys = src.keys(src.layout(schema))
-    split = dst.codec == "zstd" and dst.settings.type_k == dst.settings.type_v == "f16"  # as engine.Session
-    for key in keys.values():
-        out = dst.store.module_path(key)
+    targets = dst.module_files(schema)
+    split = dst.compression == "zstd" and dst.settings.type_k == dst.settings.type_v == "f16"  # as the compiler
+    for name, path in src.module_files(schema).items():
+        out = targets[name]
         if out.exists():
             continue
-        f = cache_file.read(src.store.module_path(key))
+        f = cache_file.read(path)
         try:
             blobs = [np.array(f.blob(i)) for i in range(len(f.segments))]
             header = {k: v for k, v in f.header.items() if k not in ("format", "codec", "segments")}
             chunks = cache_file.encode(header, blobs, [s.tokens for s in f.segments], [s.offset for s in f.segments],
-                                       codec=dst.codec, split_planes=split)
+                                       codec=dst.compression, split_planes=split)
         finally:
             f.close()
-        dst.store.write_atomic(out, chunks)
+        CacheStore(dst.cache_dir).write_atomic(out, chunks)
     dst.compile(schema)
 
 
 class PrefixSystem(System):
-    """`pc` prefix mode (``prefix_engine.PrefixSession``), when it is built."""
+    """`pc` prefix mode (``--mode prefix``)."""
 
     name = "pc-prefix"
     label = "pc prefix mode"
 
     def __init__(self, model_path: Path, root: Path) -> None:
         super().__init__(model_path, root)
-        try:
-            from ..prefix_engine import PrefixSession  # noqa: F401
-        except ImportError:
-            self.status = NOT_BUILT
-        self.session = None
+        self.session: Session | None = None
 
     def start(self, wl: Workload, *, n_cells: int) -> Prepared:
-        from ..prefix_engine import PrefixSession
-
-        self.session = PrefixSession(self.model_path, cache_dir=self.folder(wl))
+        self.session = open_session(self.model_path, cache_dir=self.folder(wl), mode="prefix")
         t = time.perf_counter()
         self.session.compile(wl.schema())
         return Prepared(time.perf_counter() - t, "prefix compile")
 
     def ask(self, wl: Workload, q: Question, prompt: Prompt, *, max_tokens: int = 1,
             keep_logits: bool = False) -> Answer:
-        r = self.session.ask(wl.schema(), wl.selection(q), q.text, max_tokens=max_tokens, keep_logits=keep_logits)
-        return Answer(r.ttft_ms, r.total_ms, r.tokens, r.answer, r.cached_tokens + r.computed_tokens, r.first_logits)
+        assert self.session is not None
+        r = self.session.ask(wl.request(q, max_tokens=max_tokens, keep_logits=keep_logits))
+        return Answer(r.ttft_ms, r.total_ms, list(r.tokens), r.text, r.cached_tokens + r.computed_tokens,
+                      r.first_logits)
 
     def process(self, wl: Workload, q: Question, prompt: Prompt) -> Command:
         argv = [*pc_command(), "ask", "-s", str(wl.schema_path)]
@@ -201,7 +197,5 @@ class PrefixSystem(System):
 
     def stop(self, wl: Workload) -> None:
         if self.session is not None:
-            close = getattr(self.session, "close", None)
-            if close:
-                close()
+            self.session.close()
             self.session = None

@@ -21,10 +21,13 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import pml
-from ..selection import Selection, select_cli
+from .. import api
 from . import corpus
+
+if TYPE_CHECKING:
+    from .. import Schema
 
 SYSTEM = "You answer questions about the documents the user gives, briefly and accurately."
 MAX_PROMPT = 7868  # SmolLM2 was trained on 8,192 positions: an 8k prompt plus a 32-token answer stays under ~7,900
@@ -73,15 +76,19 @@ class Workload:
     warmup: list[Question]
     questions: list[Question]
     note: str
-    _schema: pml.Schema | None = field(default=None, repr=False)
+    _schema: Schema | None = field(default=None, repr=False)
 
-    def schema(self) -> pml.Schema:
+    def schema(self) -> Schema:
         if self._schema is None:
-            self._schema = pml.load_schema(self.schema_path)
+            self._schema = api.load_schema(self.schema_path)
         return self._schema
 
-    def selection(self, q: Question) -> Selection:
-        return select_cli(self.schema(), modules=list(q.modules), params=list(q.params))
+    def request(self, q: Question, **options) -> api.Request:
+        """The request asking ``q`` (``options``: the other Request fields)."""
+        return api.Request(self.schema(), q.text, modules=q.modules, params=q.params, **options)
+
+    def selection(self, q: Question):
+        return api.select(self.schema(), self.request(q))
 
 
 def slug(source: str) -> str:

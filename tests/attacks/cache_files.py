@@ -17,7 +17,7 @@ import numpy as np
 import xxhash
 import zstandard
 
-from promptcache_cli import cache_file as cf
+from promptcache_cli.store import cache_file as cf
 
 from . import zstd_frames
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from promptcache_cli import state_blob
+from promptcache_cli.llama import state_blob
 
 F16 = 1  # GGML_TYPE_F16
 

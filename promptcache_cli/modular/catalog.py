@@ -1,0 +1,88 @@
+"""Where a schema's modules live in the cache: each module's key and file, the header its file
+carries, and the schema's manifest entry (what `pc ls` lists, and how `pc ask` tells why a cache
+made with other settings does not apply)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..core.results import ModuleReport
+from ..core.runtime import Runtime
+from ..errors import CacheWriteError
+from ..llama.bindings import llama_cpp_version
+from ..pml.schema import Schema
+from ..prompt.contexts import contexts
+from ..prompt.layout import Layout, Path as ModPath
+from ..prompt.plan import owner_name
+from ..store import manifest
+from ..store.keys import module_key
+
+
+class Catalog:
+    def __init__(self, runtime: Runtime, *, encoding: str, codec: str) -> None:
+        self.runtime = runtime
+        self.encoding = encoding
+        self.codec = codec
+        self._keys: dict[int, tuple[Layout, dict[ModPath, str]]] = {}
+
+    @property
+    def variant(self) -> manifest.Variant:
+        rt = self.runtime
+        return manifest.Variant(rt.fingerprint, llama_cpp_version(), rt.settings.state_layout(), self.encoding)
+
+    def keys(self, layout: Layout) -> dict[ModPath, str]:
+        """Every owner's cache key (computed once per layout: with the average encoding, finding a
+        segment's contexts walks its union choices)."""
+        hit = self._keys.get(id(layout))
+        if hit is None or hit[0] is not layout:
+            hit = self._keys[id(layout)] = (layout, self._compute_keys(layout))
+        return hit[1]
+
+    def _compute_keys(self, layout: Layout) -> dict[ModPath, str]:
+        rt = self.runtime
+        out = {}
+        for owner in layout.owners():
+            segs = [(s.offset, s.tokens, contexts(layout, s, self.encoding)) for s in layout.segments_of(owner)]
+            out[owner] = module_key(model=rt.fingerprint, llama_cpp=llama_cpp_version(),
+                                    state_layout=rt.settings.state_layout(), segments=segs)
+        return out
+
+    def path(self, key: str) -> Path:
+        return self.runtime.store.module_path(key)
+
+    def header(self, layout: Layout, owner: ModPath, key: str) -> dict:
+        """What a module file says of itself."""
+        rt = self.runtime
+        return {
+            "key": key,
+            "schema": layout.schema_name,
+            "module": owner_name(owner),
+            "model": rt.fingerprint,
+            "llama_cpp": llama_cpp_version(),
+            "state_layout": rt.settings.state_layout(),
+            "encoding": self.encoding,
+            "created": time.time(),
+        }
+
+    def reused(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath) -> ModuleReport:
+        size = self.path(keys[owner]).stat().st_size
+        return ModuleReport(owner_name(owner), keys[owner], "reused", layout.tokens_of(owner), size, 0.0)
+
+    def record(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> None:
+        """Add or replace this variant's entry in the schema's manifest."""
+        store = self.runtime.store
+        modules = [{"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)} for o in layout.owners()]
+        try:
+            manifest.record(store, schema_name=schema.name, schema_path=schema.path, variant=self.variant,
+                            codec=self.codec, modules=modules)
+        except OSError as e:  # its folder or lock file cannot be created (write_atomic raises CacheWriteError)
+            raise CacheWriteError(f"cannot write to the cache at {store.root}: {e.strerror}") from None
+
+    def why_missing(self, schema: Schema) -> str | None:
+        """When a schema's cache exists only for other models or settings, say how it differs."""
+        data = manifest.load(manifest.manifest_path(self.runtime.store.root, schema.name, schema.path))
+        if not data or self.variant.id in data["variants"]:
+            return None
+        diffs = sorted({d for v in data["variants"].values() for d in self.variant.differences(v)})
+        return ", ".join(diffs) if diffs else None

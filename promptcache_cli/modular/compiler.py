@@ -1,0 +1,205 @@
+"""Computing modules' states and writing their files.
+
+Segments are computed in position order whatever their owner, so the running sequence only grows
+along the default prompt (:func:`extend` keeps what it shares with the next context). With
+the ``average`` encoding a segment's state is the mean of the states computed after each of its
+contexts. Each owner's file is written as soon as its last segment is done, under its lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Collection, Iterator
+
+import numpy as np
+
+from ..core.results import ModuleReport, Progress
+from ..core.runtime import Runtime
+from ..errors import CacheWriteError
+from ..llama import state_blob
+from ..llama.context import Context
+from ..prompt.contexts import contexts
+from ..prompt.layout import Layout, Path as ModPath, Segment
+from ..prompt.plan import owner_name
+from ..store import cache_file
+from .catalog import Catalog
+
+Job = tuple[Segment, tuple[tuple[int, ...], ...]]  # a segment and the contexts it is computed after
+
+
+@dataclass
+class Unstored:
+    """What an ask computed but could not store (a read-only or full cache): the first reason,
+    and the states by owner and segment offset, to answer from anyway."""
+
+    reason: str | None = None
+    blobs: dict[ModPath, dict[int, np.ndarray]] = field(default_factory=dict)
+
+
+class Compiler:
+    def __init__(self, runtime: Runtime, catalog: Catalog) -> None:
+        self.runtime = runtime
+        self.catalog = catalog
+
+    @property
+    def _split_planes(self) -> bool:
+        """Byte planes pay only when the high bytes get compressed: f16 states with zstd."""
+        s = self.runtime.settings
+        return self.catalog.codec == "zstd" and s.type_k == s.type_v == "f16"
+
+    def compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
+                redo: Collection[ModPath] = (), progress: Progress | None,
+                unstored: Unstored | None = None) -> list[ModuleReport]:
+        """Compute the owners' segments and write one file per owner.
+
+        The owners' locks are held throughout; an owner another process finished while we waited
+        for its lock is reused, not recomputed, unless it is in ``redo`` (forced, or found
+        damaged). The old file stays in place until the new one replaces it.
+
+        A cache that cannot be written raises CacheWriteError, unless ``unstored`` is given (an
+        ask): then the reason and the states not stored go there, and computing goes on.
+        """
+        store = self.runtime.store
+        self.runtime.check_fits(layout.end + 1)  # before any lock file is made
+        with contextlib.ExitStack() as locks:
+            try:
+                for owner in sorted(owners, key=lambda o: keys[o]):
+                    locks.enter_context(store.locked(keys[owner]))
+            except CacheWriteError as e:
+                if unstored is None:
+                    raise
+                locks.close()  # no lock file can be made: nothing will be written, compute everything here
+                unstored.reason = str(e)
+            reports = {
+                o: self.catalog.reused(layout, keys, o)
+                for o in owners
+                if o not in redo and store.module_path(keys[o]).exists()
+            }
+            todo = [o for o in owners if o not in reports]
+            jobs = sorted(
+                ((seg, contexts(layout, seg, self.catalog.encoding)) for o in todo for seg in layout.segments_of(o)),
+                key=lambda job: job[0].offset,
+            )
+            if jobs:
+                reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored))
+        return [reports[o] for o in owners]
+
+    def _store(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, blobs: list[np.ndarray],
+               unstored: Unstored | None) -> int:
+        """Write an owner's file; returns its size, or 0 when the states went to ``unstored``."""
+        segs = layout.segments_of(owner)
+        store = self.runtime.store
+        if unstored is None or unstored.reason is None:
+            chunks = cache_file.encode(self.catalog.header(layout, owner, keys[owner]), blobs,
+                                       [s.tokens for s in segs], [s.offset for s in segs],
+                                       codec=self.catalog.codec, split_planes=self._split_planes)
+            try:
+                return store.write_atomic(store.module_path(keys[owner]), chunks)
+            except CacheWriteError as e:
+                if unstored is None:
+                    raise
+                unstored.reason = str(e)
+        assert unstored is not None
+        unstored.blobs[owner] = {s.offset: b for s, b in zip(segs, blobs, strict=True)}
+        return 0
+
+    def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list[Job], progress: Progress | None,
+                      unstored: Unstored | None = None) -> dict[ModPath, ModuleReport]:
+        left = Counter(seg.owner for seg, _ in jobs)
+        blobs: dict[ModPath, dict[int, np.ndarray]] = {o: {} for o in left}
+        seconds: Counter = Counter()
+        reports = {}
+        t = time.perf_counter()
+        for seg, blob in self.module_states(layout, jobs, progress):
+            blobs[seg.owner][seg.offset] = blob
+            left[seg.owner] -= 1
+            nbytes = 0
+            if left[seg.owner] == 0:  # the owner's last segment: write its file now
+                done = blobs.pop(seg.owner)
+                nbytes = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored)
+            seconds[seg.owner] += time.perf_counter() - t
+            t = time.perf_counter()
+            if left[seg.owner] == 0:
+                reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed",
+                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
+        return reports
+
+    def module_states(self, layout: Layout, jobs: list[Job],
+                      progress: Progress | None) -> Iterator[tuple[Segment, np.ndarray]]:
+        """Each job's segment state (jobs in position order, each with its contexts, as
+        :func:`..prompt.contexts.contexts` gives them): computed after its one context, or the mean
+        of the states computed after each of its contexts (the ``average`` encoding: every K and V
+        value summed in float32, divided, rounded to f16). Segments with one context come in
+        position order. With several, the token sequences (context, then segment) are computed in
+        sorted order: a walk of their prefix tree, so a text shared by many sequences is decoded
+        about once; the sums of every segment not yet complete are held meanwhile (in float32:
+        twice their states)."""
+        flat = [(seg, c) for seg, cs in jobs for c in cs]
+        if len(flat) > len(jobs):
+            flat.sort(key=lambda job: job[1] + job[0].tokens)
+        count = {(seg.owner, seg.offset): len(cs) for seg, cs in jobs}
+        left = dict(count)
+        sums: dict[tuple[ModPath, int], tuple[np.ndarray, list[np.ndarray]]] = {}
+        for seg, blob in self.segment_states(layout, flat, progress):
+            key = (seg.owner, seg.offset)
+            left[key] -= 1
+            if key not in sums and not left[key]:  # one context
+                yield seg, blob
+                continue
+            n_cells, payloads = state_blob.kv_payloads(blob)
+            views = [blob[at : at + 2 * n_embd * n_cells].view(np.float16) for _, at, n_embd, _ in payloads]
+            if key not in sums:
+                sums[key] = (blob, [v.astype(np.float32) for v in views])
+            else:
+                for total, v in zip(sums[key][1], views, strict=True):
+                    total += v
+            if not left[key]:
+                first, totals = sums.pop(key)
+                for (_, at, n_embd, _), total in zip(payloads, totals, strict=True):
+                    mean = total / np.float32(count[key])
+                    first[at : at + 2 * n_embd * n_cells] = mean.astype(np.float16).view(np.uint8)
+                yield seg, first
+
+    def segment_states(self, layout: Layout, jobs: list[tuple[Segment, tuple[int, ...]]],
+                       progress: Progress | None, label: str = "") -> Iterator[tuple[Segment, np.ndarray]]:
+        """Each job's segment state, computed after its context tokens (jobs in position order, so
+        the running sequence only grows where contexts share a prefix); the context is cleared at the end."""
+        total = sum(len(c) + len(s.tokens) for s, c in jobs)
+        ctx = self.runtime.context(max(layout.end, max(len(c) + len(s.tokens) for s, c in jobs)) + 1)
+        done = 0
+        running: tuple[int, list[int]] = (0, [])  # what seq 0 holds: (start position, tokens)
+        for seg, context in jobs:
+            def tick(n: int, _name=owner_name(seg.owner) + label) -> None:
+                nonlocal done
+                done += n
+                if progress:
+                    progress(done, total, _name)
+
+            running = extend(ctx, running, seg.offset - len(context), list(context) + list(seg.tokens), tick)
+            ctx.seq_cp(0, 1, seg.offset, seg.end)
+            blob = ctx.save_state(1)
+            ctx.seq_rm(1)
+            yield seg, blob
+        ctx.clear()
+
+
+def extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: list[int],
+           tick: Callable[[int], None]) -> tuple[int, list[int]]:
+    """Make seq 0 hold exactly ``tokens`` at positions ``start...``, reusing what it holds."""
+    cur_start, cur = running
+    keep = 0
+    if cur_start == start:
+        n = min(len(cur), len(tokens))
+        while keep < n and cur[keep] == tokens[keep]:
+            keep += 1
+    if keep == len(tokens) and keep > 0:  # nothing new; recompute the last token to stay simple
+        keep -= 1
+    if keep == 0:
+        ctx.seq_rm(0)
+    else:
+        ctx.seq_rm(0, start + keep, -1)
+    ctx.decode(tokens[keep:], start=start + keep, progress=tick)
+    return start, tokens

@@ -1,0 +1,135 @@
+"""Gathering the state blobs a prompt needs: read from module files (checked, and still being read
+while the first ones are loaded), or computed first where a file is missing or damaged.
+
+Module files are read on all cores: a file's header is checked when it is opened, each blob
+(checksums, then what llama.cpp will see: shape, V layout, positions) when it is first needed, so
+reading overlaps loading the blobs before it. Raw blobs are views of the memory-mapped file;
+decoded ones live in the runtime's arena until the next question.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+
+from ..core.results import ModuleReport, Progress
+from ..core.runtime import Runtime
+from ..errors import BlobError, CacheFileError, CacheWriteError
+from ..llama import state_blob
+from ..llama.context import GGML_TYPES
+from ..pml.schema import Schema
+from ..prompt.layout import Layout, Path as ModPath
+from ..prompt.plan import owner_name
+from ..store import cache_file
+from ..store.files import touch
+from .catalog import Catalog
+from .compiler import Compiler, Unstored
+
+
+class StateRead:
+    """A stored segment state being read: :meth:`get` waits for it and checks it (once)."""
+
+    def __init__(self, pending: cache_file.Pending, check: Callable[[np.ndarray], None]) -> None:
+        self._pending, self._check = pending, check
+
+    def get(self) -> np.ndarray:
+        """The checked blob; raises CacheFileError or BlobError (again on every call) if it is damaged."""
+        blob = self._pending.result()
+        if self._check is not None:
+            self._check(blob)
+            self._check = None
+        return blob
+
+
+Blob = Union[np.ndarray, StateRead]  # a state computed now, or one being read from the cache
+Blobs = dict[ModPath, dict[int, Blob]]  # by owner, then segment offset
+
+
+def damaged(owner: ModPath, error: Exception) -> str:
+    return f"cache file for module '{owner_name(owner)}' is damaged ({error}); recomputing it"
+
+
+class Loader:
+    def __init__(self, runtime: Runtime, catalog: Catalog, compiler: Compiler) -> None:
+        self.runtime = runtime
+        self.catalog = catalog
+        self.compiler = compiler
+
+    def gather(self, schema: Schema, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath],
+               warnings: list[str], progress: Progress | None, *, redo: bool = False, wait: bool = False,
+               ) -> tuple[Blobs, list[ModuleReport], set[ModPath]]:
+        """The owners' state blobs by segment offset, the modules compiled for them and which
+        owners' blobs were computed now. Missing files and files found damaged (every one, with
+        ``redo``) are computed first and stored when the cache can be written. Stored blobs are
+        still being read and checked when this returns (a :class:`StateRead`), unless ``wait``
+        (then every blob is an array)."""
+        blobs: Blobs = {}
+        to_compile: list[ModPath] = []
+        broken: list[ModPath] = []
+        for owner in owners:
+            path = self.catalog.path(keys[owner])
+            if redo or not path.exists():
+                to_compile.append(owner)
+                broken += [owner] if redo else []
+                continue
+            try:
+                blobs[owner] = self.load(path, keys[owner], layout, owner, wait=wait)
+            except (CacheFileError, BlobError) as e:
+                warnings.append(damaged(owner, e))
+                to_compile.append(owner)
+                broken.append(owner)
+        if not to_compile:
+            return blobs, [], set()
+        why = None if redo else self.catalog.why_missing(schema)
+        if why:
+            warnings.append(f"the cache of schema '{schema.name}' was made with {why}; recomputing it for "
+                            f"{self.runtime.model.description} with these settings")
+        unstored = Unstored()
+        reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress, unstored=unstored)
+        stored = [o for o in to_compile if o not in unstored.blobs]
+        compiled = [r for o, r in zip(to_compile, reports, strict=True) if r.status == "computed" and o in stored]
+        if unstored.reason is None:
+            try:
+                self.catalog.record(schema, layout, keys)
+            except CacheWriteError as e:
+                unstored.reason = str(e)
+        if unstored.reason is not None:  # one warning, however many writes failed
+            warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
+        blobs.update(unstored.blobs)
+        for owner in stored:  # a fresh file found damaged is an error (EXIT_CACHE), not recomputed again
+            path = self.catalog.path(keys[owner])
+            blobs[owner] = self.load(path, keys[owner], layout, owner, wait=wait)
+        return blobs, compiled, set(to_compile)
+
+    def load(self, path: Path, key: str, layout: Layout, owner: ModPath, *, wait: bool = False) -> dict[int, Blob]:
+        """A module file's state blobs by segment offset, being read on all cores (every one read
+        and checked before this returns, with ``wait``)."""
+        f = cache_file.read(path)
+        touch(path)
+        try:
+            self.runtime.check_header(f.header, key)
+            expected = [(s.offset, s.tokens) for s in layout.segments_of(owner)]
+            if [(r.offset, r.tokens) for r in f.segments] != expected:
+                raise CacheFileError("its tokens differ from the schema's")
+            out: dict[int, Blob] = {}
+            arena = self.runtime.arena
+            for i, rec in enumerate(f.segments):
+                pending = self.runtime.reading(f.start_blob(i, None if rec.mapped else arena.take(rec.raw_size)))
+                out[rec.offset] = StateRead(pending, lambda blob, rec=rec: self.check_blob(blob, rec))
+            return {at: read.get() for at, read in out.items()} if wait else out
+        finally:
+            f.close()  # a memory map stays alive while a view of it does (a read in progress holds one)
+
+    def check_blob(self, blob: np.ndarray, rec: cache_file.SegmentRecord) -> None:
+        """Raises BlobError unless ``blob`` is a state llama.cpp can take for this segment."""
+        settings, model = self.runtime.settings, self.runtime.model
+        info = state_blob.parse(blob)
+        k, v = GGML_TYPES[settings.type_k], GGML_TYPES[settings.type_v]
+        if info.n_layer != model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
+            raise BlobError("its state has another shape than this model's")
+        if info.v_trans == settings.flash_attn:
+            raise BlobError("its V layout does not match the flash-attention setting")
+        if not np.array_equal(np.sort(info.positions), np.arange(rec.offset, rec.offset + len(rec.tokens))):
+            raise BlobError("its cell positions differ from the schema's")

@@ -1,0 +1,233 @@
+"""Modular mode: compile a schema's modules into cached states, then answer a question by
+stitching the selected modules' states into one sequence.
+
+:class:`ModularSession` runs the phases; each lives in its own module: where modules live in the
+cache (catalog.py), computing and storing them (compiler.py), reading them back (loader.py),
+putting them into one sequence (stitch.py) and recomputing the tokens that depend most on their
+context (refresh.py, ranking.py). It returns dataclasses, reports progress through callbacks and
+never prints.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+from ..core.answer import Prefilled, finish, prefill_uncached
+from ..core.results import Answer, CompileReport, ModuleReport, Progress
+from ..core.runtime import Runtime
+from ..errors import ModuleDamaged, ModuleStateRefused, UnsupportedModel
+from ..llama.context import Context, ContextSettings
+from ..llama.model import Model
+from ..llama.sampling import Sampler
+from ..pml.schema import Schema
+from ..pml.selection import Selection
+from ..prompt.contexts import ENCODINGS
+from ..prompt.layout import Layout, Path as ModPath
+from ..prompt.plan import PromptPlan, owner_name
+from .catalog import Catalog
+from .compiler import Compiler
+from .loader import Loader, damaged
+from .refresh import RECOMPUTE_SEQUENCES, choose, stale as refresh_stale
+from .stitch import fill
+
+if TYPE_CHECKING:
+    from ..prompt.boundaries import Boundary
+
+BoundaryHook = Callable[[Sequence["Boundary"]], Mapping[int, int]]
+
+
+class ModularSession:
+    mode = "modular"
+
+    def __init__(self, model_path: str | Path, *, cache_dir: str | Path, settings: ContextSettings = ContextSettings(),
+                 encoding: str = ENCODINGS[0], codec: str = "none", model: Model | None = None,
+                 boundary_hook: BoundaryHook | None = None) -> None:
+        """``model``: the file at ``model_path``, already loaded. ``boundary_hook``: an experiment's
+        choice of cached tokens to compute afresh at module boundaries (segment offset -> how many
+        of its first tokens), given every cached part's :class:`..prompt.boundaries.Boundary`; none by
+        default (the benchmarks' boundary repair uses it)."""
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}")
+        if encoding == "average" and not settings.type_k == settings.type_v == "f16":
+            raise ValueError("the average encoding averages f16 KV states only")
+        model = model if model is not None else Model(str(model_path))
+        if not model.memory.can_stitch:
+            model.close()  # its memory kind stays known
+            raise UnsupportedModel(
+                f"{model_path} is a {model.memory.label} model: its state cannot be cut back or stitched from modules; "
+                "use prefix mode (--mode prefix, the default for such models)"
+            )
+        self.runtime = Runtime(model_path, cache_dir=cache_dir, settings=settings, model=model)
+        self.catalog = Catalog(self.runtime, encoding=encoding, codec=codec)
+        self.compiler = Compiler(self.runtime, self.catalog)
+        self.loader = Loader(self.runtime, self.catalog, self.compiler)
+        self.boundary_hook = boundary_hook
+
+    # -- what the session holds -------------------------------------------------------------
+    @property
+    def model(self) -> Model:
+        return self.runtime.model
+
+    @property
+    def store(self):
+        return self.runtime.store
+
+    @property
+    def settings(self) -> ContextSettings:
+        return self.runtime.settings
+
+    @property
+    def encoding(self) -> str:
+        return self.catalog.encoding
+
+    @property
+    def codec(self) -> str:
+        return self.catalog.codec
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def layout(self, schema: Schema) -> Layout:
+        return self.runtime.layout(schema)
+
+    def keys(self, layout: Layout) -> dict[ModPath, str]:
+        return self.catalog.keys(layout)
+
+    def prompt_plan(self, layout: Layout, selection: Selection) -> PromptPlan:
+        return self.runtime.plan(layout, selection)
+
+    def question_tokens(self, layout: Layout, question: str) -> list[int]:
+        return self.runtime.question_tokens(layout, question)
+
+    def _check_rankable(self) -> None:
+        if not self.settings.type_k == self.settings.type_v == "f16":
+            raise ValueError("selective recompute ranks f16 KV states only")
+
+    # -- compile ----------------------------------------------------------------------------
+    def compile(self, schema: Schema, *, owners: list[ModPath] | None = None, force: bool = False,
+                progress: Progress | None = None, ranked: bool = False) -> CompileReport:
+        """Compute and store every module's states that are not cached yet (or ``owners``);
+        ``ranked``: also their selective-recompute scores (refresh.py) where missing."""
+        t0 = time.perf_counter()
+        layout = self.layout(schema)
+        keys = self.keys(layout)
+        todo = owners if owners is not None else layout.owners()
+        reports: list[ModuleReport] = []
+        pending = []
+        for owner in todo:
+            if not force and self.catalog.path(keys[owner]).exists():
+                reports.append(self.catalog.reused(layout, keys, owner))
+            else:
+                pending.append(owner)
+        if pending:
+            reports += self.compiler.compute(layout, keys, pending, redo=pending if force else (), progress=progress)
+        order = {owner_name(o): i for i, o in enumerate(layout.owners())}
+        reports.sort(key=lambda r: order[r.name])
+        self.catalog.record(schema, layout, keys)
+        measured: list[ModPath] = []
+        warnings: list[str] = []
+        if ranked:  # every file is read whole: a damaged one is recomputed first (with a warning)
+            from . import ranking
+
+            self._check_rankable()
+            self.runtime.reset_arena()
+            blobs, recomputed, _ = self.loader.gather(schema, layout, keys, list(todo), warnings, progress, wait=True)
+            redone = {r.name: r for r in recomputed}
+            reports = [redone.get(r.name, r) for r in reports]
+            ranking.scores(self.compiler, layout, keys, list(todo), blobs.__getitem__, measured,
+                           warnings, progress)
+        return CompileReport(schema.name, self.encoding, tuple(reports), time.perf_counter() - t0,
+                             tuple(owner_name(o) for o in measured), tuple(warnings))
+
+    # -- ask --------------------------------------------------------------------------------
+    def ask(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+            sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
+            progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0) -> Answer:
+        """Answer ``question`` over the selected modules (:meth:`prefill`, then generate); ``on_text``
+        receives the answer's text as it grows."""
+        t0 = time.perf_counter()
+        done = self.prefill(schema, selection, question, max_tokens=max_tokens, no_cache=no_cache,
+                            progress=progress, refresh=refresh)
+        return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
+                      on_text=on_text, keep_logits=keep_logits)
+
+    def prefill(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+                no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0) -> Prefilled:
+        """A context holding the prompt and the question, with room for ``max_tokens``. ``refresh``:
+        the fraction (0 to 1) of the prompt's cached tokens to recompute in its own context, highest
+        recompute scores first (refresh.py; scores missing from the cache are measured and stored
+        first). ``no_cache``: every token computed from position 0 (the baseline)."""
+        if not 0 <= refresh <= 1:
+            raise ValueError(f"refresh is a fraction from 0 to 1, not {refresh}")
+        if refresh:
+            self._check_rankable()
+        layout = self.layout(schema)
+        plan = self.prompt_plan(layout, selection)
+        q = self.question_tokens(layout, question)
+        n_prompt = layout.end + len(q)
+        self.runtime.check_fits(n_prompt + max_tokens)  # before compiling anything on demand
+        if no_cache:
+            return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens)
+        return self._stitch(schema, layout, plan, q, max_tokens, progress, refresh)
+
+    def _stitch(self, schema: Schema, layout: Layout, plan: PromptPlan, q: list[int], max_tokens: int,
+                progress: Progress | None, refresh: float) -> Prefilled:
+        """Load the plan's cached segments into sequence 0 at their positions, compute the fresh
+        parts in between, recompute the ``refresh`` fraction of the cached tokens with the highest
+        scores, then the question. Modules missing or damaged are compiled first, and so is a
+        module whose cached state llama.cpp refuses (once: a fresh state refused is its failure)."""
+        keys = self.keys(layout)
+        warnings: list[str] = []
+        ranked: list[ModPath] = []
+        self.runtime.reset_arena()
+        blobs, compiled, fresh = self.loader.gather(schema, layout, keys, plan.owners, warnings, progress,
+                                                    wait=bool(refresh))
+        bounds = []
+        if refresh or self.boundary_hook:  # (imported here: a plain answer needs neither)
+            from ..prompt.boundaries import boundaries
+
+            bounds = boundaries(layout, plan, self.encoding)
+        stale = refresh_stale(bounds) if refresh else []
+        n_refresh = min(round(refresh * sum(len(s.tokens) for s in plan.cached)),
+                        sum(len(seg.tokens) - skip for seg, skip in stale))  # exact states need no recompute
+        scores = {}
+        if n_refresh:
+            from . import ranking
+
+            owners = list(dict.fromkeys(seg.owner for seg, _ in stale))
+            scores = ranking.scores(self.compiler, layout, keys, owners, blobs.__getitem__,
+                                    ranked, warnings, progress)
+        n_cells = layout.end + len(q) + max_tokens
+        if n_refresh:  # a recompute batch holds its tokens' old and new cells at once
+            n_cells = min(n_cells + min(n_refresh, RECOMPUTE_SEQUENCES - 2), self.model.n_ctx_train)
+        ctx = self.runtime.context(n_cells, n_seq=RECOMPUTE_SEQUENCES if n_refresh else Context.N_SEQ)
+        fix = dict(self.boundary_hook(bounds)) if self.boundary_hook else {}
+        while True:
+            try:
+                cached, computed = fill(ctx, plan, blobs, fix)
+                break
+            except (ModuleStateRefused, ModuleDamaged) as e:
+                if e.owner in fresh:
+                    raise e.error if isinstance(e, ModuleDamaged) else e from None
+                warnings.append(damaged(e.owner, e.error) if isinstance(e, ModuleDamaged) else
+                                f"llama.cpp refused the cached state of module '{owner_name(e.owner)}'; recomputing it")
+                more, recompiled, now = self.loader.gather(schema, layout, keys, [e.owner], warnings, progress,
+                                                           redo=True)
+                blobs.update(more)
+                compiled += recompiled
+                fresh |= now
+                ctx.clear()
+        refreshed = 0
+        if n_refresh:
+            first = {seg.offset: max(skip, fix.get(seg.offset, 0)) for seg, skip in stale}
+            candidates = [(seg.offset + first[seg.offset], seg.tokens[first[seg.offset]:],
+                           scores[seg.owner, seg.offset][first[seg.offset]:]) for seg, _ in stale]
+            tokens, positions = choose(candidates, n_refresh)
+            ctx.recompute(tokens, positions)
+            refreshed = len(tokens)
+        ctx.decode(q, start=ctx.pos_max(0) + 1, logits=True)
+        return Prefilled(ctx, cached - refreshed, computed + refreshed + len(q), refreshed, warnings, compiled,
+                         [owner_name(o) for o in ranked])
+

@@ -1,0 +1,312 @@
+"""Prefix mode: exact reuse of the longest shared token prefix, for every kind of model.
+
+The schema's default prompt is prefilled once, contiguously from position 0, and states are
+stored along the way (states.py). A request shares some leading tokens ``d`` with that cached
+prompt; it resumes from the deepest stored state at or below ``d`` and recomputes the rest exactly,
+so its answer is the ``--no-cache`` answer.
+
+What a "state at position s" is depends on the model's memory (llama/memory.py):
+
+- one that can be cut back (attention): one full state at the end of the cached prompt; it is
+  loaded and cut back to any ``s`` with ``seq_rm``.
+- one that cannot (recurrent, and sliding-window attention, whose window cache keeps only the last
+  window of cells): full states are stored at sparse checkpoints, placed by the dynamic program of
+  :mod:`.checkpoint_plan` over the overlap depths requests showed.
+- one with partial checkpoints (hybrid): the attention cells are stored once, in full, at the end;
+  checkpoints store only the recurrent part. Resuming at ``s`` loads the full state, overwrites its
+  recurrent part with the checkpoint's and cuts the attention cells back to ``s``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Collection
+
+
+from ..core.answer import Prefilled, finish, prefill_uncached
+from ..core.results import Answer, CompileReport, ModuleReport, Progress
+from ..core.runtime import Runtime
+from ..errors import (BlobError, CacheFileError, CacheWriteError, DamagedState, OverlapLogError)
+from ..llama.bindings import llama_cpp_version
+from ..llama.context import Context, ContextSettings
+from ..llama.model import Model
+from ..llama.sampling import Sampler
+from ..pml.schema import Schema
+from ..pml.selection import Selection, default_selection
+from ..prompt.layout import Layout
+from ..prompt.plan import PromptPlan
+from ..store import manifest
+from ..store.overlap_log import OverlapLog, history_dir
+from .restore import ResumePlan, Restorer, common_prefix
+from .states import Checkpoint, PrefixStates
+
+DEFAULT_CHECKPOINTS = 4
+
+
+class PrefixSession:
+    """Reuses exact prefixes of the schema's default prompt instead of stitching modules."""
+
+    mode = "prefix"
+
+    def __init__(self, model_path: str | Path, *, cache_dir: str | Path, settings: ContextSettings = ContextSettings(),
+                 checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
+                 codec: str = "none", model: Model | None = None) -> None:
+        """``checkpoints``: states kept inside the prompt besides its end; ``checkpoint_bytes``, when
+        given, caps them further to what fits in that many bytes. ``model``: the file at
+        ``model_path``, already loaded."""
+        self.runtime = Runtime(model_path, cache_dir=cache_dir, settings=settings, model=model)
+        if checkpoints < 0:
+            raise ValueError("the checkpoint budget cannot be negative")
+        self.states = PrefixStates(self.runtime, codec=codec)
+        self.restorer = Restorer(self.runtime, self.states)
+        self.checkpoints = checkpoints
+        self.checkpoint_bytes = checkpoint_bytes
+
+    # -- what the session holds -------------------------------------------------------------
+    @property
+    def model(self) -> Model:
+        return self.runtime.model
+
+    @property
+    def store(self):
+        return self.runtime.store
+
+    @property
+    def settings(self) -> ContextSettings:
+        return self.runtime.settings
+
+    @property
+    def codec(self) -> str:
+        return self.states.codec
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def layout(self, schema: Schema) -> Layout:
+        return self.runtime.layout(schema)
+
+    def prompt_plan(self, layout: Layout, selection: Selection) -> PromptPlan:
+        return self.runtime.plan(layout, selection)
+
+    def question_tokens(self, layout: Layout, question: str) -> list[int]:
+        return self.runtime.question_tokens(layout, question)
+
+    def prompt_tokens(self, schema: Schema, selection: Selection) -> list[int]:
+        return self.prompt_plan(self.layout(schema), selection).tokens()
+
+    def prompt_key(self, tokens: list[int]) -> str:
+        return self.states.key(tokens)
+
+    def state_dir(self, key: str) -> Path:
+        return self.states.folder(key)
+
+    def stored(self, key: str) -> dict[int, Checkpoint]:
+        return self.states.stored(key)
+
+    def history_dir(self, schema: Schema) -> Path:
+        """Where the overlap depths of a schema's requests are recorded."""
+        return history_dir(self.store.root, schema.name, schema.path)
+
+    # -- planning ---------------------------------------------------------------------------
+    def plan_positions(self, schema: Schema, tokens: int, boundaries: list[int]) -> list[int]:
+        """Checkpoint positions below the prompt's end (whose state is always kept besides):
+        the dynamic program over the recorded overlap depths, preferring module boundaries."""
+        budget = self.checkpoints
+        if self.model.memory.can_cut or budget == 0 or tokens <= 1:
+            return []
+        from . import checkpoint_plan
+
+        if self.checkpoint_bytes is not None:
+            budget = min(budget, checkpoint_plan.checkpoints_for_budget(
+                budget_bytes=self.checkpoint_bytes, bytes_per_checkpoint=self._checkpoint_size()))
+            if budget == 0:
+                return []
+        try:
+            depths = [o.overlap for o in OverlapLog(self.history_dir(schema)).read()]
+        except OverlapLogError:
+            depths = []
+        return list(checkpoint_plan.plan_for(depths, length=tokens, checkpoints=budget,
+                                             boundaries=boundaries))
+
+    def _checkpoint_size(self) -> int:
+        """Bytes of one checkpoint: a recurrent state's size does not depend on its position."""
+        ctx = self.runtime.context(2)
+        ctx.decode([self.model.bos if self.model.bos >= 0 else 0], start=0)
+        size = len(ctx.save_state(0, partial=self.model.memory.partial_checkpoints))
+        ctx.clear()
+        return size
+
+    def _record_overlap(self, schema: Schema, *, tokens: int, overlap: int) -> None:
+        """Remember how deep this request's prompt followed the cached one (steers placement)."""
+        try:
+            OverlapLog(self.history_dir(schema)).append(tokens=tokens, overlap=overlap)
+        except OverlapLogError:  # e.g. a read-only cache: the answer does not depend on it
+            pass
+
+    # -- compile ----------------------------------------------------------------------------
+    def compile(self, schema: Schema, *, owners=None, force: bool = False,
+                progress: Progress | None = None, ranked: bool = False) -> CompileReport:
+        """Prefill the default prompt and store its end state and checkpoints. States already
+        stored are reused; the prefill starts from the deepest one below the first missing.
+        (``ranked``: prefix states are exact, there is nothing to rank.)"""
+        _no_refresh(ranked)
+        t0 = time.perf_counter()
+        plan = self.prompt_plan(self.layout(schema), default_selection(schema))
+        tokens = plan.tokens()
+        if not tokens:
+            return CompileReport(schema.name, "prefix", (), 0.0)
+        key = self.prompt_key(tokens)
+        want = sorted(set(self.plan_positions(schema, len(tokens), plan.starts())) | {len(tokens)})
+        with self.store.locked(key):
+            have = self.stored(key)
+            for pos, ck in have.items():  # a re-plan drops checkpoints it no longer wants
+                if pos not in want:
+                    ck.path.unlink(missing_ok=True)
+            todo = [p for p in want if force or p not in have]
+            reports = [self.states.report(key, have[p], "reused", 0.0) for p in want if p not in todo]
+            if todo:
+                reports += self._prefill(key, tokens, todo, have={} if force else have, progress=progress)
+        # the schema's entry: what `pc ls` lists and `pc rm` removes
+        rt = self.runtime
+        variant = manifest.Variant(rt.fingerprint, llama_cpp_version(), rt.settings.state_layout(), manifest.PREFIX)
+        manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=variant,
+                        codec=self.codec, modules=[], prefix={"key": key, "tokens": len(tokens)})
+        reports.sort(key=lambda r: int(r.name.rsplit("@", 1)[1]))
+        return CompileReport(schema.name, "prefix", tuple(reports), time.perf_counter() - t0)
+
+    def store_states(self, tokens: list[int], positions: list[int], *,
+                     progress: Progress | None = None) -> list[ModuleReport]:
+        """Prefill ``tokens`` and store states at ``positions`` and at the end, replacing what was
+        stored for them (benchmarks compare placements this way)."""
+        key = self.prompt_key(tokens)
+        with self.store.locked(key):
+            for ck in self.stored(key).values():
+                ck.path.unlink(missing_ok=True)
+            want = sorted({p for p in positions if 0 < p < len(tokens)} | {len(tokens)})
+            return self._prefill(key, tokens, want, have={}, progress=progress)
+
+    def resume(self, cached: list[int], request: list[int], *, room: int = 0,
+               only: Collection[int] | None = None) -> tuple[Context, ResumePlan]:
+        """A context holding ``request``, resumed from the deepest usable stored state of ``cached``
+        and decoded the rest of the way: the last token's logits are ready. ``room``: cells left
+        free for generation; ``only``: use just the states stored at these positions."""
+        # a restored end state holds every cached cell
+        ctx = self.runtime.context(max(len(request), len(cached)) + room)
+        plan = self._restore(ctx, self.prompt_key(cached), cached, request, only=only)
+        ctx.decode(request[plan.restore_at:], start=plan.restore_at, logits=True)
+        return ctx, plan
+
+    def _partial(self, pos: int, length: int) -> bool:
+        return self.model.memory.partial_checkpoints and pos < length
+
+    def _prefill(self, key: str, tokens: list[int], todo: list[int], *, have: dict[int, Checkpoint],
+                 progress: Progress | None) -> list[ModuleReport]:
+        ctx = self.runtime.context(len(tokens) + 1)
+        self.runtime.arena.reset()  # no blob taken from it is alive here
+        start = 0
+        resumable = [p for p in have if p <= todo[0] and not self._partial(p, len(tokens))]
+        if resumable and not self.model.memory.can_cut:
+            start = max(resumable)
+            try:
+                ctx.load_state(0, self.states.load(have[start].path, key, tokens[:start], partial=False))
+            except (CacheFileError, BlobError, OSError):
+                ctx.clear()
+                start = 0
+        reports, done, total = [], start, len(tokens)
+        for pos in todo:
+            t = time.perf_counter()
+
+            def tick(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress:
+                    progress(done, total, "prefix")
+
+            ctx.decode(tokens[start:pos], start=start, progress=tick)
+            start = pos
+            partial = self._partial(pos, len(tokens))
+            path = self.states.write(key, tokens[:pos], ctx.save_state(0, partial=partial), partial=partial)
+            reports.append(self.states.report(key, Checkpoint(pos, path), "computed", time.perf_counter() - t))
+        ctx.clear()
+        return reports
+
+    # -- ask --------------------------------------------------------------------------------
+    def resume_plan(self, cached: list[int], request: list[int], stored: list[int]) -> ResumePlan:
+        return self.restorer.plan(cached, request, stored)
+
+    def _restore(self, ctx: Context, key: str, cached: list[int], request: list[int], *,
+                 only: Collection[int] | None = None) -> ResumePlan:
+        return self.restorer.restore(ctx, key, cached, request, only=only)
+
+    def ask(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+            sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
+            progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0) -> Answer:
+        """Answer ``question`` (:meth:`prefill`, then generate): the `--no-cache` answer, sooner."""
+        t0 = time.perf_counter()
+        done = self.prefill(schema, selection, question, max_tokens=max_tokens, no_cache=no_cache,
+                            progress=progress, refresh=refresh)
+        return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
+                      on_text=on_text, keep_logits=keep_logits)
+
+    def prefill(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+                no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0) -> Prefilled:
+        """A context holding the prompt and the question, resumed from the deepest usable stored
+        state, with room for ``max_tokens``."""
+        _no_refresh(refresh)
+        layout = self.layout(schema)
+        if no_cache:
+            plan = self.prompt_plan(layout, selection)
+            q = self.question_tokens(layout, question)
+            n_prompt = layout.end + len(q)
+            self.runtime.check_fits(n_prompt + max_tokens)
+            return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens)
+        return self._resume_request(schema, layout, selection, question, max_tokens, progress)
+
+    def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str,
+                        max_tokens: int, progress: Progress | None) -> Prefilled:
+        self.runtime.arena.reset()  # the previous question's blobs are dead
+        request = self.prompt_plan(layout, selection).tokens() + self.question_tokens(layout, question)
+        cached = self.prompt_tokens(schema, default_selection(schema))
+        key = self.prompt_key(cached)
+        warnings: list[str] = []
+        compiled: list[ModuleReport] = []
+        ctx, plan = self._prepare(schema, key, cached, request, max_tokens, warnings, compiled, progress)
+        ctx.decode(request[plan.restore_at:], start=plan.restore_at, logits=True)
+        self._record_overlap(schema, tokens=len(request), overlap=plan.overlap)
+        return Prefilled(ctx, plan.restore_at, plan.recomputed, 0, warnings, compiled)
+
+    def _prepare(self, schema: Schema, key: str, cached: list[int], request: list[int], max_tokens: int,
+                 warnings: list[str], compiled: list[ModuleReport], progress: Progress | None):
+        """A context holding the state the request resumes from. Missing states are compiled
+        first; a damaged one is reported, deleted and recomputed; when the cache cannot be
+        written, the request is computed cold."""
+        try:
+            for attempt in range(2):
+                try:
+                    if attempt or (cached and len(cached) not in self.stored(key)):
+                        compiled += [r for r in self.compile(schema, progress=progress).modules
+                                     if r.status == "computed"]
+                    ctx = self.runtime.context(max(len(request), len(cached)) + max_tokens)
+                    return ctx, self._restore(ctx, key, cached, request)
+                except DamagedState as e:
+                    if attempt:
+                        raise
+                    warnings.append(f"{e}; recomputing it")
+                    _discard(self.state_dir(key) / f"{e.position}.pcm")
+        except (DamagedState, CacheWriteError, OSError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            warnings.append(f"cannot use the prefix cache ({why}); answering without it")
+        ctx = self.runtime.context(len(request) + max_tokens)
+        return ctx, ResumePlan(common_prefix(cached, request), 0, len(request))
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:  # a read-only cache: the damaged file stays, and is skipped again next time
+        pass
+
+
+def _no_refresh(asked) -> None:
+    if asked:
+        raise ValueError("selective recompute is for stitched modules; prefix states are exact")

@@ -1,0 +1,101 @@
+"""Prefix-mode states on disk: one folder per prefilled prompt, one file per stored position.
+
+``<cache>/prefix/<key[:2]>/<key>/<s>.pcm`` is the cache-file format with one segment holding
+tokens ``0..s``; ``key`` hashes the model, llama.cpp version, settings, the model's memory kind and
+the prompt's tokens. A state is checked before use: its header (key, model, settings, mode,
+partial), its tokens and, for a plain KV cache, every cell's position.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.results import ModuleReport
+from ..core.runtime import Runtime
+from ..errors import BlobError, CacheFileError, CacheWriteError
+from ..llama import state_blob
+from ..llama.bindings import llama_cpp_version
+from ..store import cache_file
+from ..store.files import touch
+from ..store.keys import module_key
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    position: int
+    path: Path
+
+
+class PrefixStates:
+    def __init__(self, runtime: Runtime, *, codec: str) -> None:
+        self.runtime = runtime
+        self.codec = codec
+
+    def key(self, tokens: list[int]) -> str:
+        """The key of a prefilled prompt (its states' folder)."""
+        rt = self.runtime
+        layout = dict(rt.settings.state_layout(), mode="prefix", kind=rt.model.memory.name)
+        return module_key(model=rt.fingerprint, llama_cpp=llama_cpp_version(), state_layout=layout,
+                          segments=[(0, tuple(tokens), ((),))])
+
+    def folder(self, key: str) -> Path:
+        return self.runtime.store.root / "prefix" / key[:2] / key
+
+    def stored(self, key: str) -> dict[int, Checkpoint]:
+        folder = self.folder(key)
+        out = {}
+        if folder.is_dir():
+            for path in folder.glob("*.pcm"):
+                if path.stem.isdigit():
+                    out[int(path.stem)] = Checkpoint(int(path.stem), path)
+        return out
+
+    def report(self, key: str, ck: Checkpoint, status: str, seconds: float) -> ModuleReport:
+        return ModuleReport(f"prefix@{ck.position}", key, status, ck.position, ck.path.stat().st_size, seconds)
+
+    def write(self, key: str, tokens: list[int], blob: np.ndarray, *, partial: bool) -> Path:
+        """Store the state of the prompt's first ``len(tokens)`` tokens."""
+        rt = self.runtime
+        pos = len(tokens)
+        header = {"key": key, "module": f"prefix@{pos}", "model": rt.fingerprint,
+                  "llama_cpp": llama_cpp_version(), "state_layout": rt.settings.state_layout(),
+                  "mode": "prefix", "kind": rt.model.memory.name, "partial": partial, "created": time.time()}
+        chunks = cache_file.encode(header, [blob], [tuple(tokens)], [0], codec=self.codec, split_planes=False)
+        path = self.folder(key) / f"{pos}.pcm"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheWriteError(f"cannot write to the cache at {path.parent}: {e.strerror}") from None
+        rt.store.write_atomic(path, chunks)
+        return path
+
+    def load(self, path: Path, key: str, tokens: list[int], *, partial: bool) -> np.ndarray:
+        """A stored state, checked to be the one this request needs (a view of the memory-mapped
+        file when stored raw, else decoded into the runtime's arena)."""
+        rt = self.runtime
+        f = cache_file.read(path)
+        touch(path)
+        try:
+            rt.check_header(f.header, key)
+            if f.header.get("mode") != "prefix":
+                raise CacheFileError("its key does not match its name")
+            if f.header.get("partial") is not partial:
+                raise CacheFileError("it was made with other context settings")
+            if len(f.segments) != 1 or list(f.segments[0].tokens) != tokens:
+                raise CacheFileError("its tokens differ from the prompt's")
+            rec = f.segments[0]
+            blob = f.blob(0, None if rec.mapped else rt.arena.take(rec.raw_size))
+            if rt.model.memory.plain_kv:  # a plain KV state: its whole structure is checked
+                info = state_blob.parse(blob)
+                if info.n_layer != rt.model.n_layer or not np.array_equal(
+                        np.sort(info.positions), np.arange(len(tokens))):
+                    raise BlobError("its cells differ from the prompt's")
+            elif len(blob) < 8 or int(np.frombuffer(blob[:4], "<u4")[0]) != state_blob.MAGIC:
+                raise BlobError("not a llama.cpp sequence state (bad magic)")
+            return blob
+        finally:
+            f.close()  # a memory map stays alive while a view of it does

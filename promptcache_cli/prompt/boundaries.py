@@ -1,0 +1,44 @@
+"""Where each cached part of a prompt meets the text before it: whether the prompt puts exactly the
+text its states were computed after before it. Selective recompute (modular/refresh.py) and the
+benchmark's boundary repair (through the session's boundary hook) read these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from .contexts import contexts
+from .layout import Layout, Segment
+from .plan import PromptPlan
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """Where a cached part meets the prompt before it."""
+
+    segment: Segment
+    preceded: bool  # the prompt holds text before it
+    contiguous: bool  # it follows the prompt so far without a position gap
+    _layout: Layout
+    _before: tuple[int, ...]
+    _encoding: str
+
+    @property
+    def offset(self) -> int:
+        return self.segment.offset
+
+    @property
+    def length(self) -> int:
+        return len(self.segment.tokens)
+
+    @cached_property
+    def exact(self) -> bool:
+        """Its states were computed after exactly the text the prompt puts before it (computed on
+        first use: finding a segment's contexts walks the schema's union choices)."""
+        return contexts(self._layout, self.segment, self._encoding) == (self._before,)
+
+
+def boundaries(layout: Layout, plan: PromptPlan, encoding: str) -> list[Boundary]:
+    """Every cached part's boundary, in prompt order, for states cached with ``encoding``."""
+    return [Boundary(seg, bool(before), seg.offset == end, layout, tuple(before), encoding)
+            for seg, before, end in plan.preceding()]

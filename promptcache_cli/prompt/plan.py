@@ -1,0 +1,108 @@
+"""A prompt's plan: what a question's prompt is made of, in position order, typed.
+
+Cached parts are the layout's :class:`Segment` objects (their states come from the cache); fresh
+parts are parameter values (:class:`Fresh`), computed when the question is asked and decoded right
+after the prompt so far. The question and the template's tail follow the plan
+(:func:`question_tokens`). Where each cached part meets the text before it is boundaries.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+from ..errors import ParameterTooLong
+from ..pml.selection import Selection, param_value
+from .layout import QUESTION_SEPARATOR, ROOT, Layout, Path, Segment, Tokenizer
+
+
+def owner_name(owner: Path) -> str:
+    """A module's name as messages and reports show it: ``a/b``, or ``(schema)`` for the root."""
+    return "/".join(owner) if owner else "(schema)"
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """Tokens computed when the question is asked (a parameter's value, or its scaffold text when
+    none is given), decoded right after the prompt so far."""
+
+    tokens: tuple[int, ...]
+    slot_offset: int  # where the parameter's slot starts in the layout
+
+
+Part = Union[Segment, Fresh]
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    parts: tuple[Part, ...]
+
+    def __iter__(self) -> Iterator[Part]:
+        return iter(self.parts)
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    @property
+    def cached(self) -> list[Segment]:
+        """The cached parts, in position order."""
+        return [p for p in self.parts if isinstance(p, Segment)]
+
+    @property
+    def owners(self) -> list[Path]:
+        """The owners of the cached parts, each once, in prompt order."""
+        return list(dict.fromkeys(s.owner for s in self.cached))
+
+    def tokens(self) -> list[int]:
+        """Every part's tokens one after another, as a cold prefill from position 0 sees them."""
+        return [t for p in self.parts for t in p.tokens]
+
+    def starts(self) -> list[int]:
+        """Where each part after the first starts in :meth:`tokens`."""
+        out, n = [], 0
+        for p in self.parts[:-1]:
+            n += len(p.tokens)
+            out.append(n)
+        return out
+
+    def preceding(self) -> Iterator[tuple[Segment, list[int], int]]:
+        """For each cached part: the part, the prompt's tokens before it and the next position
+        after them (fresh parts follow the prompt so far without a gap)."""
+        before: list[int] = []
+        end = 0
+        for p in self.parts:
+            if isinstance(p, Segment):
+                yield p, before, end
+                before = before + list(p.tokens)
+                end = p.end
+            else:
+                before = before + list(p.tokens)
+                end += len(p.tokens)
+
+
+def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer) -> PromptPlan:
+    """The selected prompt in position order: cached segments, and fresh parameter values."""
+    included = {ROOT} | set(selection.modules)
+    items: list[tuple[int, Part]] = [(s.offset, s) for s in layout.segments if s.owner in included]
+    for slot in layout.slots:
+        if slot.owner not in included:
+            continue
+        value = param_value(selection, slot.owner, slot.name)
+        toks = tuple(tok.tokenize(value, special=False)) if value is not None else slot.scaffold
+        if len(toks) > slot.length:
+            raise ParameterTooLong(
+                f"parameter '{owner_name(slot.owner)}/{slot.name}' is {len(toks)} tokens, "
+                f"longer than its length {slot.length}"
+            )
+        if toks:
+            items.append((slot.offset, Fresh(toks, slot.offset)))
+    items.sort(key=lambda it: it[0])
+    return PromptPlan(tuple(part for _, part in items))
+
+
+def question_tokens(layout: Layout, question: str, tok: Tokenizer) -> list[int]:
+    """The question (after a blank line when it continues the schema's last user turn), then the
+    template's glue up to the answer."""
+    text = (QUESTION_SEPARATOR + question) if question and layout.tail_joins else question
+    toks = tok.tokenize(text, special=False) if text else []
+    return toks + tok.tokenize(layout.tail, special=True)

@@ -1,0 +1,111 @@
+"""Per-schema manifests: which module files a schema was compiled into, with which model and
+settings. Module files are content-addressed and may be shared by several schemas; manifests are
+what `pc ls` and `pc rm` read, and how `pc ask` tells *why* a cache does not apply (another
+model, llama.cpp build, setting or encoding).
+
+``<cache>/schemas/<name>-<hash of the schema's absolute path>.json``::
+
+    {"schema": "gpl-manual", "path": "/abs/schemas/gpl-manual.xml", "variants": {
+        "<variant id>": {"model": {...fingerprint}, "llama_cpp": "0.3.36",
+                         "state_layout": {...}, "encoding": "scaffold", "codec": "zstd",
+                         "compiled": 1795357344.7,
+                         "modules": [{"name": "gpl2", "key": "...", "tokens": 4038}]}}}
+
+A prefix-mode variant (``"mode": "prefix"``, encoding ``"prefix"``) has no modules: its
+``"prefix": {"key": "...", "tokens": 5120}`` names the folder of states ``prefix/<key[:2]>/<key>/``
+and the length of the default prompt they were prefilled from. Which states exist is read from
+that folder (checkpoints are re-planned, `pc gc` may evict some).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CacheWriteError
+
+PREFIX = "prefix"  # the encoding (and mode) of a prefix-mode variant
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: dict
+    llama_cpp: str
+    state_layout: dict
+    encoding: str
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps([self.model.get("sha256_ends"), self.model.get("size"), self.llama_cpp,
+                           self.state_layout, self.encoding], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def differences(self, other: dict) -> list[str]:
+        """How a recorded variant (a manifest entry) differs from this one, in words."""
+        out = []
+        if other.get("model", {}).get("sha256_ends") != self.model.get("sha256_ends"):
+            out.append(f"another model ({other.get('model', {}).get('name', '?')})")
+        if other.get("llama_cpp") != self.llama_cpp:
+            out.append(f"llama-cpp-python {other.get('llama_cpp')}")
+        if other.get("state_layout") != self.state_layout:
+            diff = {k: v for k, v in (other.get("state_layout") or {}).items() if self.state_layout.get(k) != v}
+            out.append("other context settings (" + ", ".join(f"{k}={v}" for k, v in sorted(diff.items())) + ")")
+        if other.get("encoding") != self.encoding:
+            out.append("prefix mode" if other.get("encoding") == PREFIX else f"the {other.get('encoding')} encoding")
+        return out
+
+
+def manifest_path(root: Path, schema_name: str, schema_path: str | None) -> Path:
+    where = os.path.abspath(schema_path) if schema_path else f"<{schema_name}>"
+    digest = hashlib.sha256(where.encode()).hexdigest()[:12]
+    return Path(root) / "schemas" / f"{schema_name}-{digest}.json"
+
+
+def load(path: Path) -> dict | None:
+    """A manifest, or None when missing or unreadable (manifests are an index, never trusted
+    for anything but listing and messages)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("variants"), dict) else None
+
+
+def load_all(root: Path) -> list[tuple[Path, dict]]:
+    folder = Path(root) / "schemas"
+    if not folder.is_dir():
+        return []
+    return [(p, m) for p in sorted(folder.glob("*.json")) if (m := load(p)) is not None]
+
+
+def record(store, *, schema_name: str, schema_path: str | None, variant: Variant, codec: str,
+           modules: list[dict], prefix: dict | None = None) -> None:
+    """Add or replace this variant's entry, under the manifest's lock, atomically. ``prefix``
+    (``{"key": ..., "tokens": ...}``) makes it a prefix-mode entry."""
+    from filelock import FileLock
+
+    path = manifest_path(store.root, schema_name, schema_path)
+    lock = FileLock(str(path) + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:  # a read-only cache
+        raise CacheWriteError(f"cannot write to the cache at {path.parent}: {e.strerror}") from None
+    try:
+        data = load(path) or {"schema": schema_name, "variants": {}}
+        data["path"] = os.path.abspath(schema_path) if schema_path else None
+        entry = {
+            "model": variant.model, "llama_cpp": variant.llama_cpp, "state_layout": variant.state_layout,
+            "encoding": variant.encoding, "codec": codec, "compiled": time.time(), "modules": modules,
+            "mode": "modular",
+        }
+        if prefix is not None:
+            entry.update(mode=PREFIX, prefix=prefix)
+        data["variants"][variant.id] = entry
+        store.write_atomic(path, [json.dumps(data, indent=1, sort_keys=True).encode()])
+    finally:
+        lock.release()
