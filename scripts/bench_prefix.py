@@ -4,7 +4,7 @@
 A random-weight Mamba of realistic shape (24 layers, width 768, about 130M parameters, q8_0:
 scripts/make_test_model.py mamba --realistic; with --quick the tiny test Mamba) caches a prompt of real
 text (license texts under /usr/share/common-licenses, or schemas/docs) as long as the synthetic
-trace's cached prompt (scripts/make-trace.py: shared system prompts, documents with varying tails,
+trace's cached prompt (scripts/make_trace.py: shared system prompts, documents with varying tails,
 full reuse). The first requests of the trace are the history the dynamic program plans from; later
 requests (the depth quantiles of the held-out part, so the replay covers its spread) are replayed
 against every strategy at checkpoint budgets 1, 2, 4, 8 and against no cache, strategy order
@@ -50,7 +50,7 @@ STRATEGIES = ("dp", "block", "uniform", "sqrt", "dyadic")
 
 
 def _make_trace():
-    spec = importlib.util.spec_from_file_location("make_trace", ROOT / "scripts" / "make-trace.py")
+    spec = importlib.util.spec_from_file_location("make_trace", ROOT / "scripts" / "make_trace.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.make_trace

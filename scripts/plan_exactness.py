@@ -2,7 +2,7 @@
 """Checkpoint placement at token resolution against the 64-token-bin plan and the baselines, on
 two synthetic traces, and the time to plan at 8k and 32k-token contexts. Prints markdown.
 
-Traces (scripts/make-trace.py): ``documents``, a shared ~2k-token system prompt with varying
+Traces (scripts/make_trace.py): ``documents``, a shared ~2k-token system prompt with varying
 document tails (400 requests), and ``multilevel``, a 600-token system prompt, 1,800 tokens of
 tool docs and per-user histories up to 3,500 tokens (500 requests).
 
@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from promptcache_cli import checkpoint_plan as cp  # noqa: E402
+from promptcache_cli.prefix import checkpoint_plan as cp  # noqa: E402
 
 BUDGETS = (1, 2, 4, 8, 16)
 BASELINES = ("block", "uniform", "sqrt", "dyadic")
@@ -45,7 +45,7 @@ TRACES = {"documents": 400, "multilevel": 500}  # kind -> requests
 
 
 def load_make_trace():
-    spec = importlib.util.spec_from_file_location("make_trace", ROOT / "scripts" / "make-trace.py")
+    spec = importlib.util.spec_from_file_location("make_trace", ROOT / "scripts" / "make_trace.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

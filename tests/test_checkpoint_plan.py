@@ -250,7 +250,7 @@ def plain_cost(positions, depths, weights, length: int) -> float:
 
 
 def trace_makers():
-    spec = importlib.util.spec_from_file_location("make_trace", SCRIPTS / "make-trace.py")
+    spec = importlib.util.spec_from_file_location("make_trace", SCRIPTS / "make_trace.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return {"conversation": mod.make_trace, "documents": mod.documents_trace, "multilevel": mod.multilevel_trace}
@@ -448,7 +448,7 @@ def test_byte_budget():
 
 def test_make_trace_is_seeded_and_plan_table_reports_every_budget(tmp_path):
     def make(seed: int, out: Path) -> str:
-        run = subprocess.run([sys.executable, SCRIPTS / "make-trace.py", "--requests", "400", "--seed", str(seed),
+        run = subprocess.run([sys.executable, SCRIPTS / "make_trace.py", "--requests", "400", "--seed", str(seed),
                               "--out", out], capture_output=True, text=True, check=True)
         return run.stderr
 

@@ -67,7 +67,7 @@ def test_json_costs_are_the_exact_weighted_means_over_the_trace_and_say_so(tmp_p
     request by request, of depth - deepest position <= depth (the end state kept), with weights
     0.99 ** (N - 1 - i) in trace order; and the JSON names its weighting, cost and units."""
     trace = tmp_path / "documents.jsonl"
-    subprocess.run([sys.executable, Path(__file__).resolve().parent.parent / "scripts" / "make-trace.py",
+    subprocess.run([sys.executable, Path(__file__).resolve().parent.parent / "scripts" / "make_trace.py",
                     "--kind", "documents", "--requests", "400", "--seed", "3", "--out", trace],
                    check=True, capture_output=True)
     depths = [json.loads(line)["overlap"] for line in trace.read_text().splitlines()]

@@ -1,5 +1,5 @@
 """`pc plan`: where prefix checkpoints would go, the DP's plan beside the baselines, from a trace file
-or a recorded overlap history. Registered in cli.py with ``app.command("plan")(plan)``.
+or a recorded overlap history. Registered in cli/app.py with ``app.command("plan")(plan)``.
 
 stdout carries a table, or one JSON object with ``--json``::
 

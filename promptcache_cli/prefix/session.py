@@ -273,7 +273,8 @@ class PrefixSession:
         compiled: list[ModuleReport] = []
         ctx, plan = self._prepare(schema, key, cached, request, max_tokens, warnings, compiled, progress)
         ctx.decode(request[plan.restore_at:], start=plan.restore_at, logits=True)
-        self._record_overlap(schema, tokens=len(request), overlap=plan.overlap)
+        # a request always decodes at least its last token, so a state deeper than that serves it not
+        self._record_overlap(schema, tokens=len(request), overlap=min(plan.overlap, len(request) - 1))
         return Prefilled(ctx, plan.restore_at, plan.recomputed, 0, warnings, compiled)
 
     def _prepare(self, schema: Schema, key: str, cached: list[int], request: list[int], max_tokens: int,

@@ -37,7 +37,7 @@ that user's previous answer (the previous prompt is the cached one it resumes). 
 A history reaching ``history_tokens`` ends its conversation (the user starts over). The depths
 therefore pile up at 600 and 2,400 and spread over every user's turn boundaries above.
 
-    python scripts/make-trace.py [--kind conversation|documents|multilevel] [--requests 2000]
+    python scripts/make_trace.py [--kind conversation|documents|multilevel] [--requests 2000]
                                  [--seed 0] [--out FILE]
 
 The cached prompt's length goes to stderr (it is the deepest overlap: pass it as --length).
