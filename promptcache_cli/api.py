@@ -392,12 +392,14 @@ def verify_cache(cache_dir: str | os.PathLike) -> VerifyReport:
 
 
 def collect_garbage(cache_dir: str | os.PathLike, *, max_size: int | None = None, older_than: float | None = None,
-                    dry_run: bool = False) -> GcReport:
+                    dry_run: bool = False, grace: float | None = None) -> GcReport:
     """Evict least recently used files until they take ``max_size`` bytes, and files unused for
-    ``older_than`` seconds (`pc gc`)."""
+    ``older_than`` seconds (`pc gc`); files used in the last ``grace`` seconds (default 60) stay:
+    an ask may be about to read them."""
     from .store import admin
 
-    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run)
+    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run,
+                    grace=admin.GRACE_SECONDS if grace is None else grace)
 
 
 def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, JsonOpt, ModelOpt, emit_json, write_err, write_out
+from .common import CacheOpt, JsonOpt, ModelOpt, emit_json, finite, write_err, write_out
 from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
                       ModeOpt, check_refresh, open_session, progress_bar)
 
@@ -23,12 +23,13 @@ def ask(
     param: list[str] = typer.Option([], "--param", "-p", help="Parameter NAME=VALUE or module/NAME=VALUE; repeatable."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="A <prompt> file: modules, parameters, question."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", min=1, help="Most tokens to generate."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 is greedy (reproducible)."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, callback=finite,
+                                      help="0 is greedy (reproducible)."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, callback=finite),
     seed: Optional[int] = typer.Option(None, "--seed"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Prefill the same prompt from scratch (the baseline)."),
     refresh: float = typer.Option(
-        0.0, "--refresh", min=0.0, max=100.0, metavar="PCT",
+        0.0, "--refresh", min=0.0, max=100.0, metavar="PCT", callback=finite,
         help="Recompute the PCT% of the cached tokens whose states depend most on their context "
         "(answers closer to --no-cache; each costs about what prefilling a token does; see pc compile --ranked)."),
     as_json: bool = JsonOpt,

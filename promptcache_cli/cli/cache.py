@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, JsonOpt, cache_root, emit_json, option_parser, parse_age, parse_size, write_err, write_out
+from .common import (CacheOpt, JsonOpt, cache_root, emit_json, one_line, option_parser, parse_age, parse_size,
+                     write_err, write_out)
 
 
 def _iso(ts: Optional[float]) -> Optional[str]:
@@ -133,6 +134,7 @@ def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> 
             "cache_dir": str(root), "checked": report.checked, "ok": not report.damaged,
             "damaged": [{"kind": d.kind, **_file_json(d.file), "reason": d.reason} for d in report.damaged],
             "stale_temporary": [{"path": str(f.path), "bytes": f.bytes} for f in report.stale_temporary],
+            "links": [str(p) for p in report.links],
         })
     else:
         for d in report.damaged:
@@ -140,6 +142,9 @@ def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> 
         for f in report.stale_temporary:
             write_out(f"leftover  {f.path} ({_size(f.bytes)}, a temporary file older than an hour; "
                       "`pc gc` removes it)\n")
+        for p in report.links:
+            write_out(f"link      {one_line(str(p))}: a symbolic link inside the cache; pc never follows it "
+                      "nor removes it\n")
     if report.damaged:
         write_err(f"pc: {len(report.damaged)} of {_count(report.checked, 'cache file')} damaged "
                   "(`pc ask` recomputes a damaged module or prefix state when it needs it)")
@@ -159,6 +164,10 @@ def gc_cmd(
         help="Remove module files and prefix states not used for longer than AGE (30d, 12h, 90m, 2w).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    grace: Optional[float] = typer.Option(
+        None, "--grace", parser=option_parser(parse_age), metavar="AGE",
+        help="Leave files used in the last AGE alone (default 60s): an ask may be about to read them.",
+    ),
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -169,7 +178,7 @@ def gc_cmd(
         write_err("pc: gc needs --max-size SIZE or --older-than AGE, or both (see `pc gc --help`)")
         raise typer.Exit(errors.EXIT_USAGE)
     root = cache_root(cache_dir)
-    report = collect_garbage(root, max_size=max_size, older_than=older_than, dry_run=dry_run)
+    report = collect_garbage(root, max_size=max_size, older_than=older_than, dry_run=dry_run, grace=grace)
     if as_json:
         emit_json({
             "cache_dir": str(root), "dry_run": dry_run, "removed": [_note_json(n) for n in report.removed],

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.results import ModuleReport, Progress
 from ..core.runtime import Runtime
-from ..errors import CacheWriteError
+from ..errors import CacheFileError, CacheFileMissing, CacheWriteError
 from ..llama import state_blob
 from ..llama.context import Context
 from ..prompt.contexts import contexts
@@ -28,6 +28,7 @@ from ..store import cache_file
 from .catalog import Catalog
 
 Job = tuple[Segment, tuple[tuple[int, ...], ...]]  # a segment and the contexts it is computed after
+Opened = dict[ModPath, cache_file.CacheFile]  # files an ask holds open: its lease on them
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Compiler:
 
     def compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
                 redo: Collection[ModPath] = (), progress: Progress | None,
-                unstored: Unstored | None = None) -> list[ModuleReport]:
+                unstored: Unstored | None = None, opened: Opened | None = None) -> list[ModuleReport]:
         """Compute the owners' segments and write one file per owner.
 
         The owners' locks are held throughout; an owner another process finished while we waited
@@ -61,6 +62,10 @@ class Compiler:
 
         A cache that cannot be written raises CacheWriteError, unless ``unstored`` is given (an
         ask): then the reason and the states not stored go there, and computing goes on.
+
+        ``opened`` (an ask): every owner's file stored or reused is opened here, under its lock,
+        and left open there: the ask's lease on it. A `pc gc` or `pc rm` may remove its name the
+        moment the lock is released; the open file lives on until the answer is done with it.
         """
         store = self.runtime.store
         self.runtime.check_fits(layout.end + 1)  # before any lock file is made
@@ -73,41 +78,66 @@ class Compiler:
                     raise
                 locks.close()  # no lock file can be made: nothing will be written, compute everything here
                 unstored.reason = str(e)
-            reports = {
-                o: self.catalog.reused(layout, keys, o)
-                for o in owners
-                if o not in redo and store.module_path(keys[o]).exists()
-            }
+            reports = {}
+            for o in owners:
+                if o not in redo and (report := self._reuse(layout, keys, o, opened)) is not None:
+                    reports[o] = report
             todo = [o for o in owners if o not in reports]
             jobs = sorted(
                 ((seg, contexts(layout, seg, self.catalog.encoding)) for o in todo for seg in layout.segments_of(o)),
                 key=lambda job: job[0].offset,
             )
             if jobs:
-                reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored))
+                reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored, opened))
         return [reports[o] for o in owners]
 
+    def _reuse(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, opened: Opened | None,
+               ) -> ModuleReport | None:
+        """The report of an owner whose file is there (opened into ``opened`` when given), or None."""
+        store = self.runtime.store
+        path = store.module_path(keys[owner])
+        if opened is None:
+            size = store.size(path)
+            return None if size is None else self.catalog.reused(layout, keys, owner, size)
+        try:
+            f = store.read(path)
+        except CacheFileError:  # missing, or its header damaged: computed and written over
+            return None
+        opened[owner] = f
+        return self.catalog.reused(layout, keys, owner, f.size)
+
     def _store(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, blobs: list[np.ndarray],
-               unstored: Unstored | None) -> int:
-        """Write an owner's file; returns its size, or 0 when the states went to ``unstored``."""
+               unstored: Unstored | None, opened: Opened | None = None) -> int:
+        """Write an owner's file (and open it into ``opened``, under its lock); returns its size,
+        or 0 when the states went to ``unstored``."""
         segs = layout.segments_of(owner)
         store = self.runtime.store
         if unstored is None or unstored.reason is None:
             chunks = cache_file.encode(self.catalog.header(layout, owner, keys[owner]), blobs,
                                        [s.tokens for s in segs], [s.offset for s in segs],
                                        codec=self.catalog.codec, split_planes=self._split_planes)
+            path = store.module_path(keys[owner])
             try:
-                return store.write_atomic(store.module_path(keys[owner]), chunks)
+                n = store.write_atomic(path, chunks)
             except CacheWriteError as e:
                 if unstored is None:
                     raise
                 unstored.reason = str(e)
+            else:
+                if opened is None:
+                    return n
+                try:  # a fresh file found damaged here is an error (EXIT_CACHE), not computed again
+                    opened[owner] = store.read(path)
+                    return n
+                except CacheFileMissing:  # removed by someone who ignores the lock: answer from memory
+                    if unstored is None:
+                        raise
         assert unstored is not None
         unstored.blobs[owner] = {s.offset: b for s, b in zip(segs, blobs, strict=True)}
         return 0
 
     def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list[Job], progress: Progress | None,
-                      unstored: Unstored | None = None) -> dict[ModPath, ModuleReport]:
+                      unstored: Unstored | None = None, opened: Opened | None = None) -> dict[ModPath, ModuleReport]:
         left = Counter(seg.owner for seg, _ in jobs)
         blobs: dict[ModPath, dict[int, np.ndarray]] = {o: {} for o in left}
         seconds: Counter = Counter()
@@ -119,7 +149,7 @@ class Compiler:
             nbytes = 0
             if left[seg.owner] == 0:  # the owner's last segment: write its file now
                 done = blobs.pop(seg.owner)
-                nbytes = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored)
+                nbytes = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored, opened)
             seconds[seg.owner] += time.perf_counter() - t
             t = time.perf_counter()
             if left[seg.owner] == 0:
@@ -193,8 +223,9 @@ def extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: lis
     keep = 0
     if cur_start == start:
         n = min(len(cur), len(tokens))
-        while keep < n and cur[keep] == tokens[keep]:
-            keep += 1
+        if n:  # the shared prefix, compared in numpy: each segment's context holds every token before it
+            diff = np.flatnonzero(np.asarray(cur[:n], dtype=np.int64) != np.asarray(tokens[:n], dtype=np.int64))
+            keep = int(diff[0]) if len(diff) else n
     if keep == len(tokens) and keep > 0:  # nothing new; recompute the last token to stay simple
         keep -= 1
     if keep == 0:

@@ -16,16 +16,15 @@ import numpy as np
 
 from ..core.results import ModuleReport, Progress
 from ..core.runtime import Runtime
-from ..errors import BlobError, CacheFileError, CacheWriteError
+from ..errors import BlobError, CacheFileError, CacheFileMissing, CacheWriteError
 from ..llama import state_blob
 from ..llama.context import GGML_TYPES
 from ..pml.schema import Schema
 from ..prompt.layout import Layout, Path as ModPath
 from ..prompt.plan import owner_name
 from ..store import cache_file
-from ..store.files import touch
 from .catalog import Catalog
-from .compiler import Compiler, Unstored
+from .compiler import Compiler, Opened, Unstored
 
 
 class StateRead:
@@ -69,13 +68,14 @@ class Loader:
         to_compile: list[ModPath] = []
         broken: list[ModPath] = []
         for owner in owners:
-            path = self.catalog.path(keys[owner])
-            if redo or not path.exists():
+            if redo:
                 to_compile.append(owner)
-                broken += [owner] if redo else []
+                broken.append(owner)
                 continue
             try:
-                blobs[owner] = self.load(path, keys[owner], layout, owner, wait=wait)
+                blobs[owner] = self.load(self.catalog.path(keys[owner]), keys[owner], layout, owner, wait=wait)
+            except CacheFileMissing:  # never written, or removed since (gc, rm, another host): compute it
+                to_compile.append(owner)
             except (CacheFileError, BlobError) as e:
                 warnings.append(damaged(owner, e))
                 to_compile.append(owner)
@@ -87,27 +87,38 @@ class Loader:
             warnings.append(f"the cache of schema '{schema.name}' was made with {why}; recomputing it for "
                             f"{self.runtime.model.description} with these settings")
         unstored = Unstored()
-        reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress, unstored=unstored)
-        stored = [o for o in to_compile if o not in unstored.blobs]
-        compiled = [r for o, r in zip(to_compile, reports, strict=True) if r.status == "computed" and o in stored]
-        if unstored.reason is None:
-            try:
-                self.catalog.record(schema, layout, keys)
-            except CacheWriteError as e:
-                unstored.reason = str(e)
-        if unstored.reason is not None:  # one warning, however many writes failed
-            warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
-        blobs.update(unstored.blobs)
-        for owner in stored:  # a fresh file found damaged is an error (EXIT_CACHE), not recomputed again
-            path = self.catalog.path(keys[owner])
-            blobs[owner] = self.load(path, keys[owner], layout, owner, wait=wait)
+        opened: Opened = {}  # the files stored (or found stored) now, opened under their locks: gc may unlink them
+        try:
+            reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress,
+                                            unstored=unstored, opened=opened)
+            stored = [o for o in to_compile if o not in unstored.blobs]
+            compiled = [r for o, r in zip(to_compile, reports, strict=True) if r.status == "computed" and o in stored]
+            if unstored.reason is None:
+                try:
+                    self.catalog.record(schema, layout, keys)
+                except CacheWriteError as e:
+                    unstored.reason = str(e)
+            if unstored.reason is not None:  # one warning, however many writes failed
+                warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
+            blobs.update(unstored.blobs)
+            for owner in stored:  # a fresh file found damaged is an error (EXIT_CACHE), not recomputed again
+                blobs[owner] = self.load_file(opened.pop(owner), keys[owner], layout, owner, wait=wait)
+        finally:
+            for f in opened.values():
+                f.close()
         return blobs, compiled, set(to_compile)
 
     def load(self, path: Path, key: str, layout: Layout, owner: ModPath, *, wait: bool = False) -> dict[int, Blob]:
         """A module file's state blobs by segment offset, being read on all cores (every one read
-        and checked before this returns, with ``wait``)."""
-        f = cache_file.read(path)
-        touch(path)
+        and checked before this returns, with ``wait``). Raises CacheFileMissing when the file
+        is not there."""
+        store = self.runtime.store
+        store.touch(path)  # first: a gc that listed it sees the use and leaves it (admin.remove_file)
+        return self.load_file(store.read(path), key, layout, owner, wait=wait)
+
+    def load_file(self, f: cache_file.CacheFile, key: str, layout: Layout, owner: ModPath, *,
+                  wait: bool = False) -> dict[int, Blob]:
+        """:meth:`load` of a file opened already (closed here)."""
         try:
             self.runtime.check_header(f.header, key)
             expected = [(s.offset, s.tokens) for s in layout.segments_of(owner)]

@@ -112,13 +112,15 @@ class ModularSession:
         ``ranked``: also their selective-recompute scores (refresh.py) where missing."""
         t0 = time.perf_counter()
         layout = self.layout(schema)
+        self.runtime.check_fits(layout.end + 1)  # before any key is computed
         keys = self.keys(layout)
         todo = owners if owners is not None else layout.owners()
         reports: list[ModuleReport] = []
         pending = []
         for owner in todo:
-            if not force and self.catalog.path(keys[owner]).exists():
-                reports.append(self.catalog.reused(layout, keys, owner))
+            size = None if force else self.store.size(self.catalog.path(keys[owner]))
+            if size is not None:
+                reports.append(self.catalog.reused(layout, keys, owner, size))
             else:
                 pending.append(owner)
         if pending:

@@ -123,7 +123,7 @@ class PrefixSession:
             if budget == 0:
                 return []
         try:
-            depths = [o.overlap for o in OverlapLog(self.history_dir(schema)).read()]
+            depths = [o.overlap for o in self._overlap_log(schema).read()]
         except OverlapLogError:
             depths = []
         return list(checkpoint_plan.plan_for(depths, length=tokens, checkpoints=budget,
@@ -137,10 +137,13 @@ class PrefixSession:
         ctx.clear()
         return size
 
+    def _overlap_log(self, schema: Schema) -> OverlapLog:
+        return OverlapLog(self.history_dir(schema), boundary=self.store.boundary)
+
     def _record_overlap(self, schema: Schema, *, tokens: int, overlap: int) -> None:
         """Remember how deep this request's prompt followed the cached one (steers placement)."""
         try:
-            OverlapLog(self.history_dir(schema)).append(tokens=tokens, overlap=overlap)
+            self._overlap_log(schema).append(tokens=tokens, overlap=overlap)
         except OverlapLogError:  # e.g. a read-only cache: the answer does not depend on it
             pass
 
@@ -162,7 +165,7 @@ class PrefixSession:
             have = self.stored(key)
             for pos, ck in have.items():  # a re-plan drops checkpoints it no longer wants
                 if pos not in want:
-                    ck.path.unlink(missing_ok=True)
+                    self.store.unlink(ck.path)
             todo = [p for p in want if force or p not in have]
             reports = [self.states.report(key, have[p], "reused", 0.0) for p in want if p not in todo]
             if todo:
@@ -182,7 +185,7 @@ class PrefixSession:
         key = self.prompt_key(tokens)
         with self.store.locked(key):
             for ck in self.stored(key).values():
-                ck.path.unlink(missing_ok=True)
+                self.store.unlink(ck.path)
             want = sorted({p for p in positions if 0 < p < len(tokens)} | {len(tokens)})
             return self._prefill(key, tokens, want, have={}, progress=progress)
 
@@ -294,18 +297,18 @@ class PrefixSession:
                     if attempt:
                         raise
                     warnings.append(f"{e}; recomputing it")
-                    _discard(self.state_dir(key) / f"{e.position}.pcm")
+                    self._discard(self.state_dir(key) / f"{e.position}.pcm")
         except (DamagedState, CacheWriteError, OSError) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             warnings.append(f"cannot use the prefix cache ({why}); answering without it")
         ctx = self.runtime.context(len(request) + max_tokens)
         return ctx, ResumePlan(common_prefix(cached, request), 0, len(request))
 
-def _discard(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:  # a read-only cache: the damaged file stays, and is skipped again next time
-        pass
+    def _discard(self, path: Path) -> None:
+        try:
+            self.store.unlink(path)
+        except CacheWriteError:  # a read-only cache, or a link: it stays, and is skipped again next time
+            pass
 
 
 def _no_refresh(asked) -> None:
