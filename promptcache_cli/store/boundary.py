@@ -67,8 +67,9 @@ class Entry:
 
 
 class Boundary:
-    """Operations confined to the folder ``root`` (see the module's docstring). Paths may be given
-    absolute (under ``root`` as spelled here) or relative to ``root``."""
+    """Operations confined to the folder ``root`` (see the module's docstring). Paths are named
+    as the rest of `pc` names them, built from ``root`` (``root / "modules" / ...``: relative to
+    the working folder when ``root`` is); a tuple of names is relative to ``root``."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -79,8 +80,7 @@ class Boundary:
         """``path``'s components below the cache folder; raises OutsideCache for a path that is
         not below it (``..`` anywhere counts as leaving)."""
         p = os.fspath(path)
-        full = p if os.path.isabs(p) else os.path.join(self._abs, p)
-        raw = os.path.relpath(os.path.abspath(full), self._abs)
+        raw = os.path.relpath(os.path.abspath(p), self._abs)
         parts = tuple(x for x in raw.split(os.sep) if x not in ("", "."))
         if not parts or ".." in parts:
             raise OutsideCache(f"{p} is not inside the cache folder {self.root}; pc writes only there")
