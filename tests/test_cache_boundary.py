@@ -57,6 +57,7 @@ def state(folder: Path) -> dict[str, tuple[bytes, int, int]]:
     for p in sorted(folder.iterdir()):
         st = p.stat()
         out[p.name] = (p.read_bytes(), st.st_mtime_ns, st.st_atime_ns)
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # reading it here may have set its access time
     return out
 
 
@@ -131,7 +132,7 @@ def test_gc_neither_follows_nor_removes_links(how: list[str], compiled: Path, tm
     assert proc.code == 0 and "Traceback" not in proc.err, proc.err
     report = json.loads(proc.out)
     assert report["removed"], report  # the cache's own files went
-    assert faults.module_files(cache) == []
+    assert [p for p in faults.module_files(cache) if not p.is_symlink()] == []
     removed = [r["path"] for r in report["removed"]]
     assert not any(str(outside) in p or "zz" in p for p in removed), removed
     assert_untouched(outside, before, links)
@@ -145,7 +146,7 @@ def test_rm_leaves_a_linked_overlap_record_and_what_it_points_to(docs: Docs, com
     proc = faults.run(["rm", docs.schema], cache=cache)
     assert proc.code == 0 and "Traceback" not in proc.err, proc.err
     assert "a symbolic link: left alone" in proc.err, proc.err
-    assert faults.module_files(cache) == [] and not list((cache / "schemas").glob("faults-*.json"))
+    assert [p for p in faults.module_files(cache) if not p.is_symlink()] == [] and not list((cache / "schemas").glob("faults-*.json"))
     assert_untouched(outside, before, links)
 
 
