@@ -222,3 +222,46 @@ def test_a_cache_folder_that_is_itself_a_link_is_used(docs: Docs, compiled: Path
     assert answer(proc) == docs.modular and proc.err == "", proc.err
     gc = faults.run(["gc", "--max-size", "1", "--grace", "0s"], cache=link)
     assert gc.code == 0 and faults.module_files(real) == [], gc.err
+
+
+# -- the boundary itself, in process (store/boundary.py) -------------------------------------------
+
+
+def test_boundary_refuses_every_way_out(tmp_path: Path) -> None:
+    from promptcache_cli.errors import CacheLinkError, OutsideCache
+    from promptcache_cli.store.boundary import Boundary
+
+    cache, outside = tmp_path / "cache", sentinels(tmp_path / "outside")
+    (cache / "modules").mkdir(parents=True)
+    (cache / "modules" / "zz").symlink_to(outside)
+    (cache / "modules" / "ab").mkdir()
+    (cache / "modules" / "ab" / "f.pcm").symlink_to(outside / "notes.txt")
+    before = state(outside)
+    b = Boundary(cache)
+    for path in (cache / ".." / "outside" / "notes.txt", outside / "notes.txt", cache, "/etc/passwd"):
+        with pytest.raises(OutsideCache):
+            b.write_atomic(path, [b"x"])
+    for op in (lambda p: b.write_atomic(p, [b"x"]), b.unlink, lambda p: b.lock(f"{p}.lock").acquire(),
+               lambda p: b.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT), b.stat):
+        for path in (cache / "modules" / "zz" / "notes.txt", cache / "modules" / "zz" / "new.pcm"):
+            with pytest.raises(CacheLinkError):
+                op(path)
+    with pytest.raises(CacheLinkError):  # the file itself a link: not replaced, not removed
+        b.write_atomic(cache / "modules" / "ab" / "f.pcm", [b"x"])
+    with pytest.raises(CacheLinkError):
+        b.unlink(cache / "modules" / "ab" / "f.pcm")
+    assert b.file_stat(cache / "modules" / "ab" / "f.pcm") is None  # reads as missing
+    assert sorted(p.name for p in b.links()) == ["f.pcm", "zz"]
+    assert [e.kind for e in b.walk() if e.path.name == "zz"] == ["link"]  # listed, not entered
+    assert not list((cache / "modules" / "ab").glob(".tmp-*"))  # the refused write left nothing
+    assert_untouched(outside, before, [cache / "modules" / "zz", cache / "modules" / "ab" / "f.pcm"])
+
+
+def test_one_line_escapes_and_caps() -> None:
+    from promptcache_cli.cli.common import MAX_LINE, one_line
+
+    assert one_line("a\nb\u202ec\x9bd\x1b[31m") == "a\\nb\\u202ec\\x9bd\\x1b[31m"
+    long = "x" * 1_000_000 + "END"
+    cut = one_line(long)
+    assert len(cut) <= MAX_LINE + 60 and cut.endswith("END") and "1000003 characters, cut" in cut
+    assert one_line("plain text: café, 日本") == "plain text: café, 日本"
