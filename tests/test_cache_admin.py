@@ -222,7 +222,7 @@ def test_ls_and_verify_leave_access_times_alone(cache: Path, tmp_path: Path) -> 
 def test_verify_passes_on_a_fresh_cache(cache: Path) -> None:
     obj = ok(pc("verify", "--json")).json()
     assert obj == {"cache_dir": str(cache), "checked": len(pcm_files(cache)), "ok": True, "damaged": [],
-                   "stale_temporary": []}
+                   "stale_temporary": [], "links": []}
     run = ok(pc("verify"))
     assert run.out == ""
     assert f"{len(pcm_files(cache))} cache files intact" in run.err
