@@ -435,7 +435,8 @@ def load(work: Path, rounds: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tries", type=int, default=3, help="how many times each case runs")
-    ap.add_argument("--only", choices=["hostile", "faults", "boundary", "race", "load"], help="run one part only")
+    ap.add_argument("--only", choices=["hostile", "faults", "streams", "boundary", "race", "load"],
+                    help="run one part only")
     ap.add_argument("--race-rounds", type=int, default=20, help="rounds of the gc-beside-asks race")
     ap.add_argument("--out", type=Path, help="also write the markdown here")
     args = ap.parse_args()
@@ -451,6 +452,10 @@ def main() -> None:
                 folder = work / part.__name__
                 folder.mkdir()
                 part(table, docs, folder, args.tries if part is not kill_9 else max(args.tries, 6))
+        if args.only == "streams":
+            folder = work / "streams"
+            folder.mkdir()
+            closed_streams(table, Docs(folder), folder, args.tries)
         if args.only in (None, "boundary"):
             log("boundary")
             folder = work / "boundary"
