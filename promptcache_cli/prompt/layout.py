@@ -128,6 +128,7 @@ class _Builder:
         self.elements: list[Element] = []
         self.n_unions = 0
         self.uncached: set[Path] = set()
+        self.in_role = False
 
     def build(self) -> Layout:
         turns = _turns(self.schema.children, ROOT)
@@ -195,7 +196,9 @@ class _Builder:
         inner = depth if self.implicit else depth + 1
         self._template(owner, self.glue_parts[i][1], depth=depth)
         start = self.offset
+        self.in_role = True
         self._walk(role.children, owner, depth=inner)
+        self.in_role = False
         if not self.implicit:
             self.elements.append(
                 Element("role", role.role, owner, start, self.offset - start, self._src(role.line), depth)
@@ -224,7 +227,11 @@ class _Builder:
 
     def _walk(self, children: Iterable, owner: Path, *, depth: int, union: int | None = None,
               scaffold_name: str | None = None) -> None:
-        for node in children:
+        children = list(children)
+        for i, node in enumerate(children):
+            if (isinstance(node, Text) and self.nested and not self.in_role and not node.text.strip()
+                    and _touches_turn(children[i - 1:i], -1) | _touches_turn(children[i + 1:i + 2], 0)):
+                continue  # the chat template separates turns: blank text beside one goes
             if isinstance(node, Text):
                 start = self.offset
                 self._emit(owner, self.tok.tokenize(node.text, special=False), kind="text", name="")
@@ -291,6 +298,21 @@ class _Builder:
 
 
 Node = object  # the pml node union; kept loose here to avoid a circular alias
+
+
+def _touches_turn(nodes: list, end: int) -> bool:
+    """Whether the node in ``nodes`` (none or one) starts (``end`` 0) or ends (-1) with a role
+    tag's turn, through the modules and unions it starts or ends with."""
+    if not nodes:
+        return False
+    node = nodes[0]
+    if isinstance(node, Role):
+        return True
+    if isinstance(node, Module):
+        return bool(node.children) and _touches_turn([node.children[end]], end)
+    if isinstance(node, Union):
+        return any(_touches_turn([m], end) for m in node.members)
+    return False
 
 
 def _turns(children: Iterable, owner: Path) -> list[tuple[str, Path]]:
