@@ -55,9 +55,9 @@ def _ratio(r: Optional[float]) -> Optional[float]:
 
 def _variant_json(v) -> dict:
     out = {"model": v.model, "mode": v.mode, "encoding": v.encoding, "codec": v.codec, "llama_cpp": v.llama_cpp,
-           "modules": [{"name": m.name, "key": m.key or None, "tokens": m.tokens, "bytes": m.bytes, "ratio": _ratio(m.ratio),
-                        "last_used": _iso(m.last_used), "present": m.present} | ({} if m.cached else {"cached": False})
-                       for m in v.modules]}
+           "modules": [{"name": m.name, "key": m.key or None, "tokens": m.tokens, "bytes": m.bytes,
+                        "ratio": _ratio(m.ratio), "last_used": _iso(m.last_used), "present": m.present}
+                       | ({} if m.cached else {"cached": False}) for m in v.modules]}
     if v.mode == "prefix":
         out.update(key=v.key, tokens=v.tokens, states=[
             {"position": st.position, "tokens": st.tokens, "bytes": st.bytes, "ratio": _ratio(st.ratio),

@@ -145,7 +145,6 @@ class _Builder:
         # the token its BOS also is, without writing bos_token: that token opens the first turn)
         self.template_bos = bool(self.nested and bos_text and self.template) and glue[0] != chat_template.render(
             self.template, role_names, bos_token="").glue[0]
-        self.n_turns = len(turns)
         self.turn = 0
         # glue[i] ends turn i-1 (its "close" part, the owner of that turn's role tag) and opens
         # turn i (its "open" part, the owner of turn i's tag); glue[0]'s close part is the root's
@@ -280,7 +279,8 @@ class _Builder:
         scaffold = tuple(self.tok.tokenize(p.scaffold, special=False)) if p.scaffold else ()
         if len(scaffold) > p.length:
             raise PmlError(
-                f"scaffold of parameter '{p.name}' is {len(scaffold)} tokens, longer than its length {p.length}",
+                f"scaffold of parameter '{p.name}' is {len(scaffold)} tokens, longer than its length {p.length} "
+                f"(in this model's tokens): raise its length or shorten the scaffold",
                 file=self.schema.path, line=p.line, element=f'<parameter name="{p.name}">',
             )
         self.slots.append(Slot(owner, p.name, self.offset, p.length, scaffold))

@@ -2,8 +2,9 @@
 
 Cached parts are the layout's :class:`Segment` objects (their states come from the cache); fresh
 parts are parameter values (:class:`Fresh`) and the text of cache="false" modules
-(:class:`Uncached`), computed when the question is asked and decoded right after the prompt so far. The question and the template's tail follow the plan
-(:func:`question_tokens`). Where each cached part meets the text before it is boundaries.py.
+(:class:`Uncached`), computed when the question is asked and decoded right after the prompt so
+far. The question and the template's tail follow the plan (:func:`question_tokens`). Where each
+cached part meets the text before it is boundaries.py.
 """
 
 from __future__ import annotations
