@@ -21,6 +21,7 @@ from promptcache_cli.pml import schema as pml
 from promptcache_cli.pml.selection import default_selection, select_cli
 from promptcache_cli.prompt import layout as lay
 from promptcache_cli.prompt.plan import Uncached, plan_prompt
+from promptcache_cli.store import cache_file
 
 from .conftest import license_excerpt, write_schema
 from .support.pc_process import ok, one_line_error, pc as run_pc
@@ -340,6 +341,12 @@ def test_nested_roles_answer_as_no_cache_does(session, tmp_path):
           </module>
         </schema>""")
     session.compile(path)
+    # the module's file holds its turns' markers with its text, at its positions
+    f = cache_file.read(session.module_files(path)["conv"])
+    stored = [t for seg in f.segments for t in seg.tokens]
+    f.close()
+    assert stored[:3] == session.tokenize("<|im_start|>system\n", special=True)
+    assert stored[-2:] == session.tokenize("<|im_end|>\n", special=True)
     q = "May I redistribute the software?"
     cached = session.ask(pc.Request(path, q, max_tokens=16, keep_logits=True))
     base = session.ask(pc.Request(path, q, max_tokens=16, keep_logits=True, no_cache=True))
