@@ -149,6 +149,8 @@ def test_user_tag_in_a_prompt_is_the_question_and_an_empty_one_an_import():
     p = pml.parse_prompt('<prompt schema="s"><a/><user/></prompt>')  # a module named "user"
     assert [i.name for i in p.imports] == ["a", "user"] and p.question == ""
     assert pml.parse_prompt('<prompt schema="s"><E/><N/></prompt>').question == ""
+    p = pml.parse_prompt('<prompt schema="s">\n  Just a question?\n</prompt>')  # text only: no module
+    assert p.imports == () and p.question == "Just a question?"
 
 
 @pytest.mark.parametrize("xml, message", [
