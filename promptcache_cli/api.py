@@ -185,7 +185,7 @@ class Session:
         """What the request's prompt is made of: cached parts, fresh parameter values, the question."""
         from .core.views import PromptPart, PromptView
         from .prompt.layout import Segment
-        from .prompt.plan import owner_name
+        from .prompt.plan import Uncached, owner_name
 
         schema = self.schema(request.schema)
         engine = self.engine
@@ -199,6 +199,9 @@ class Session:
                 file = engine.store.module_path(keys[p.owner]) if p.owner in keys else None
                 parts.append(PromptPart("cached", owner_name(p.owner), p.offset, p.tokens, file))
                 pos = p.end
+            elif isinstance(p, Uncached):
+                parts.append(PromptPart("uncached", owner_name(p.owner), pos, p.tokens))
+                pos += len(p.tokens)
             else:
                 parts.append(PromptPart("fresh", "", pos, p.tokens))
                 pos += len(p.tokens)
@@ -301,16 +304,31 @@ def open_engine(model_path: str | os.PathLike, *, cache_dir: str | os.PathLike, 
 # -- requests -----------------------------------------------------------------------------------
 
 
-def request_from_prompt(prompt_file: str | os.PathLike, *, schema: Schema, **options: Any) -> Request:
+QUESTION_JOIN = "\n\n"  # between a prompt file's question and a question given beside it
+
+
+def request_from_prompt(prompt_file: str | os.PathLike, *, schema: Schema, question: str | None = None,
+                        **options: Any) -> Request:
     """The request a ``<prompt>`` file makes of ``schema`` (its imports, parameter values and
-    question); ``options``: the other :class:`Request` fields (max_tokens, sampler, ...)."""
+    question, which may be empty: the model then answers the prompt as it is). ``question``, given
+    beside the file, is appended to the file's question (after a blank line when it has one).
+    ``options``: the other :class:`Request` fields (max_tokens, sampler, ...)."""
     from .pml.schema import load_prompt
 
     name = os.fspath(prompt_file)
     pr = load_prompt(name)
     if pr.schema != schema.name:
         raise InputError(f"{name}: prompt is for schema '{pr.schema}', not '{schema.name}'")
-    return Request(schema, pr.question, imports=tuple(pr.imports), prompt_file=name, **options)
+    return Request(schema, append_question(pr.question, question), imports=tuple(pr.imports), prompt_file=name,
+                   **options)
+
+
+def append_question(question: str, extra: str | None) -> str:
+    """A prompt file's question with a question given beside it appended (after a blank line when
+    the file has one; the file's alone when ``extra`` is None or blank)."""
+    if extra is None or not extra.strip():
+        return question
+    return f"{question}{QUESTION_JOIN}{extra.strip()}" if question else extra.strip()
 
 
 def select(schema: Schema, request: Request) -> Selection:
