@@ -84,6 +84,7 @@ class Layout:
     tail: str  # template glue after the question: computed fresh with it
     tail_joins: bool  # the question continues the schema's last user turn (after a blank line)
     default_modules: frozenset[Path] = field(default=frozenset())
+    roles: tuple[str, ...] = ("user",)  # the turns the template rendered, the last the user turn the question joins
 
     def owners(self) -> list[Path]:
         """Every segment owner, root first, then modules in document order."""
@@ -155,6 +156,7 @@ class _Builder:
             tail=glue[-1],
             tail_joins=joins,
             default_modules=frozenset(self._defaults()),
+            roles=tuple(role_names),
         )
 
     # -- walking ------------------------------------------------------------------------------
