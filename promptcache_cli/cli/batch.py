@@ -54,7 +54,7 @@ def batch(
             if task is not None:
                 bar.update(task, advance=1, description=f"{done} answered" + (f", {failed} failed" if failed else ""))
     if failed:
-        write_err(f"pc batch: {failed} of {done} line{'s' if done != 1 else ''} failed (see their output lines)")
+        write_err(f"pc: {failed} of {done} line{'s' if done != 1 else ''} failed (each says why in its output line)")
         raise typer.Exit(errors.EXIT_PARTIAL)
 
 
@@ -175,5 +175,6 @@ def _progress(total: int | None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), transient=True)
+                   console=Console(stderr=True), transient=True,
+                   redirect_stdout=False, redirect_stderr=False)  # stdout carries the answers, never the bar
     return bar, bar.add_task("answering", total=total)

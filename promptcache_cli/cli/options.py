@@ -101,6 +101,7 @@ def progress_bar(enabled: bool):
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} tokens"),
         TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        redirect_stdout=False, redirect_stderr=False,  # rich would send stdout (the answer) to the terminal
     )
     task = bar.add_task("compiling", total=None)
 
