@@ -421,3 +421,37 @@ def test_a_busy_port_is_one_line_and_exit_10(tmp_path):
         port = busy.getsockname()[1]
         err = one_line_error(pc("serve", "--port", str(port), cache_dir=tmp_path), 10)
     assert f"127.0.0.1:{port}" in err and "in use" in err
+
+
+# -- a sliding-window model: prefix mode and whole-prefix states ---------------------------------------------
+
+GEMMA = Path(__file__).resolve().parent.parent / ".venv" / "models" / "gemma-3-270m-q4_k_m.gguf"
+
+
+def test_a_sliding_window_model_serves_in_prefix_mode_and_resumes_at_prompt_ends(tmp_path):
+    if not GEMMA.is_file():
+        pytest.skip(f"Gemma 3 270M is not installed at {GEMMA}: `make test` installs it")
+    schema = write_schema(tmp_path / "s", """
+        <schema name="notes"><module name="note">The meeting moved to Thursday at noon, room 4.</module></schema>
+    """)
+    s = srv.start(schema, "--model", GEMMA, cache_dir=tmp_path / "cache")
+    try:
+        assert s.get_json("/health")["mode"] == "prefix"
+        client = s.client()
+        r = client.completions.create(model="notes", prompt="Question: when is the meeting? Answer:", max_tokens=N)
+        want = ok(pc("ask", "--json", "-n", str(N), "-s", schema, "--model", GEMMA,
+                     "Question: when is the meeting? Answer:", cache_dir=tmp_path / "cache")).json()
+        assert r.choices[0].text == want["answer"] and want["mode"] == "prefix"
+        bare = GEMMA.name.removesuffix(".gguf")
+        first = "The three laws of thermodynamics are"
+        a = client.completions.create(model=bare, prompt=first, max_tokens=N)
+        # a state that cannot be cut back serves only a whole prefix: kept one token before the first prompt's end
+        b = client.completions.create(model=bare, prompt=first + " about energy, and the first says", max_tokens=N)
+        assert b.usage.prompt_tokens_details.cached_tokens == a.usage.prompt_tokens - 1
+        client.completions.create(model=bare, prompt="Unrelated: the capital of Peru is", max_tokens=2)
+        again = client.completions.create(model=bare, prompt=first + " about energy, and the first says",
+                                          max_tokens=N)  # from the RAM cache: the state at the prompt's end
+        assert again.usage.prompt_tokens_details.cached_tokens == b.usage.prompt_tokens - 1
+        assert again.choices[0].text == b.choices[0].text
+    finally:
+        assert s.stop() == 0, s.stderr

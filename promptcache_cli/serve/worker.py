@@ -185,7 +185,10 @@ class Worker(threading.Thread):
                            f"model's context of {session.context_length}", code="context_length_exceeded",
                            param="max_tokens")
         hit = self.resume_point(tokens)
-        checkpoints = () if session.states_can_cut else (len(tokens),)
+        # a state that cannot be cut back serves only prompts it is a whole prefix of, and one token is
+        # always computed: kept one token before the prompt's end, it serves this prompt again and every
+        # prompt that continues it (the next turn of a chat)
+        checkpoints = () if session.states_can_cut or len(tokens) < 2 else (len(tokens) - 1,)
         return session.stream_tokens(tokens, max_tokens=max_tokens, sampler=self._sampler(work),
                                      resume=hit.state if hit else None, checkpoints=checkpoints,
                                      on_state=self.cache.put, halt=halt)
