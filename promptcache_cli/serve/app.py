@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
+import os
+import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -62,6 +65,9 @@ def build(state: State) -> Starlette:
                 response = error(e)
             except ClientGone:
                 response = Response(status_code=499)  # nobody reads it; counted as nginx does
+            except Exception as e:  # noqa: BLE001 - a bug: one line in the log, a 500 for the client
+                _log_internal(e)
+                response = error(ApiError(500, f"internal error: {type(e).__name__}", type="server_error"))
             state.metrics.request(name, response.status_code)
             return response
 
@@ -138,6 +144,12 @@ def build(state: State) -> Starlette:
         route("/v1/pc/ask", "ask", ask, "POST"),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: internal})
+
+
+def _log_internal(e: Exception) -> None:
+    if os.environ.get("PC_DEBUG"):
+        traceback.print_exception(e)
+    print(f"pc serve: internal error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
 
 def error(e: ApiError) -> JSONResponse:
@@ -241,6 +253,11 @@ async def _chunks(job: Job, reply: wire.Reply, first: tuple[str, Any], usage: bo
                 yield wire.sse(reply.chunk(event[1]))
     except ApiError as e:  # the answer failed midway: say so in the stream, as OpenAI does
         yield wire.sse(e.body())
+        yield wire.sse("[DONE]")
+        return
+    except Exception as e:  # noqa: BLE001 - a bug: logged, and the stream says so
+        _log_internal(e)
+        yield wire.sse(ApiError(500, f"internal error: {type(e).__name__}", type="server_error").body())
         yield wire.sse("[DONE]")
         return
     done: Done = event[1]
