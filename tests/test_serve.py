@@ -406,6 +406,31 @@ def _wait(condition, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+def test_two_workers_answer_at_once_and_as_alone(schema, cache):
+    s = srv.start(schema, "--parallel", "2", cache_dir=cache)
+    try:
+        assert s.get_json("/health")["workers"] == 2
+        prompts = [f"Write a list of {n} fruits:" for n in ("three", "four", "five", "six")]
+        got: dict[int, str] = {}
+        busy: list[int] = []
+
+        def ask(i: int) -> None:
+            r = s.client().completions.create(model=BARE, prompt=prompts[i], max_tokens=24)
+            got[i] = r.choices[0].text
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            busy.append(s.get_json("/health")["busy"])
+            time.sleep(0.05)
+        assert max(busy) == 2  # both workers computed at once
+        for i, p in enumerate(prompts):  # alone, one after another
+            assert s.client().completions.create(model=BARE, prompt=p, max_tokens=24).choices[0].text == got[i]
+    finally:
+        assert s.stop() == 0, s.stderr
+
+
 # -- refusing to start -------------------------------------------------------------------------------------
 
 
