@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -187,6 +188,37 @@ def test_bare_chat_reuses_prefixes_and_answers_as_computed_whole(server, model_p
     assert server.metrics()["pc_prompt_cache_hits"] >= 1
 
 
+def test_the_ram_prompt_cache_drops_the_least_recently_used_state(tmp_path, model_path):
+    """--cache-ram room for two states of these prompts: the one used longest ago goes first."""
+    import numpy as np
+
+    import promptcache_cli as pc_lib
+
+    rng = np.random.default_rng(7)
+    length = 160
+    a, b, c, d = ([int(t) for t in rng.integers(1000 + 9000 * k, 9000 * (k + 1), length)] for k in range(4))
+    with pc_lib.open_session(model_path) as session:  # how large one such state is (prompt and 4 answer tokens)
+        for _ in session.stream_tokens(a, max_tokens=4):
+            pass
+        size = session.save_held().nbytes
+    s = srv.start("--cache-ram", str(int(size * 2.5)), cache_dir=tmp_path / "cache")
+    try:
+        def cached(prompt: list[int]) -> int:
+            r = s.client().completions.create(model=BARE, prompt=prompt, max_tokens=4)
+            return r.usage.prompt_tokens_details.cached_tokens
+
+        assert [cached(p) for p in (a, b, c)] == [0, 0, 0]  # RAM: a, then b as the context moves on
+        assert cached(d) == 0  # c kept: a, the least recently used, dropped
+        assert cached(b) == length - 1  # b from RAM (now the most recently used); d kept, c dropped
+        assert cached(c) == 0
+        assert cached(a) == 0
+        m = s.metrics()
+        assert m["pc_prompt_cache_states"] == 2 and m["pc_prompt_cache_bytes"] <= m["pc_prompt_cache_capacity_bytes"]
+        assert m["pc_prompt_cache_hits"] == 1
+    finally:
+        assert s.stop() == 0, s.stderr
+
+
 def test_bare_completion_takes_text_or_token_ids(server):
     client = server.client()
     r = client.completions.create(model=BARE, prompt="The three primary colors are", max_tokens=N)
@@ -279,6 +311,48 @@ def test_wrong_method_and_the_server_survives_every_bad_request(server):
     assert server.proc.poll() is None
 
 
+def _raw(server, data: bytes, *, read: bool = True) -> bytes:
+    """Send ``data`` on a fresh connection; what comes back until the server closes it (or nothing
+    when ``read`` is false: the client hangs up at once)."""
+    out = b""
+    with socket.create_connection((server.host, server.port), timeout=120) as sock:
+        try:
+            sock.sendall(data)
+            if not read:
+                return b""
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (BrokenPipeError, ConnectionResetError):  # the server closed it before reading everything
+            pass
+    return out
+
+
+def test_broken_http_is_refused_and_the_server_goes_on(server):
+    # not HTTP at all: the HTTP layer (uvicorn) answers 400 and closes
+    assert _raw(server, b"HELLO THERE\r\n\r\n").startswith(b"HTTP/1.1 400")
+    # a Content-Length that is not a number
+    assert _raw(server, f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n".encode()
+                ).startswith(b"HTTP/1.1 400")
+    # a chunked body over --max-body (64KiB): OpenAI's error, 413, however the body comes
+    chunk = b"x" * 40_000
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)) + b"0\r\n\r\n"
+    out = _raw(server, f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+               "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n".encode() + body)
+    head, _, payload = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and json.loads(payload)["error"]["code"] == "request_too_large"
+    # a body shorter than its Content-Length, then the client hangs up: nothing to answer, nothing logged
+    _raw(server, f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{{\"model\":".encode(),
+         read=False)
+    # a header line larger than the HTTP layer takes
+    out = _raw(server, f"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {'y' * 200_000}\r\n\r\n".encode())
+    assert not out.startswith(b"HTTP/1.1 200")
+    _wait(lambda: server.metrics().get('pc_requests_total{endpoint="chat",status="499"}', 0) >= 1, timeout=60)
+    assert server.request("POST", CHAT, json.dumps(OK_CHAT))[0] == 200
+    assert server.proc.poll() is None
+    assert "internal error" not in server.stderr and "Traceback" not in server.stderr, server.stderr
+
+
 def test_the_openai_client_raises_its_own_errors(server):
     client = server.client()
     with pytest.raises(openai.NotFoundError) as e:
@@ -350,6 +424,22 @@ def test_a_client_leaving_mid_stream_cancels_its_generation(server):
     r = server.client().chat.completions.create(model="facts", messages=[{"role": "user", "content": "Color?"}],
                                                 max_tokens=2)
     assert r.choices[0].message.content
+
+
+def test_a_client_leaving_while_waiting_for_a_whole_answer_cancels_it(server):
+    before = server.metrics()
+    body = json.dumps({"model": BARE, "messages": [{"role": "user", "content": "Tell me another long story."}],
+                       "max_tokens": 500})
+    with socket.create_connection((server.host, server.port), timeout=600) as sock:
+        sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        _wait(lambda: server.get_json("/health")["busy"] == 1)  # it is being computed
+    _wait(lambda: not server.get_json("/health")["busy"])
+    after = server.metrics()
+    assert after["pc_requests_cancelled_total"] == before["pc_requests_cancelled_total"] + 1
+    assert after["pc_completion_tokens_total"] == before["pc_completion_tokens_total"]  # it never finished
+    assert after.get('pc_requests_total{endpoint="chat",status="499"}', 0) == before.get(
+        'pc_requests_total{endpoint="chat",status="499"}', 0) + 1
 
 
 # -- a second server: an API key, a queue of one, SIGTERM --------------------------------------------------
@@ -429,6 +519,33 @@ def test_two_workers_answer_at_once_and_as_alone(schema, cache):
             assert s.client().completions.create(model=BARE, prompt=p, max_tokens=24).choices[0].text == got[i]
     finally:
         assert s.stop() == 0, s.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="the server is tied to its test process on Linux only")
+def test_a_server_does_not_outlive_a_killed_test_process(tmp_path):
+    """A test run killed outright (no teardown) leaves no server behind."""
+    root = Path(__file__).resolve().parent.parent
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time; from tests.support import server as srv; "
+         "s = srv.start(cache_dir=__import__('pathlib').Path(sys.argv[1])); "
+         "print(s.port, s.proc.pid, flush=True); time.sleep(600)", str(tmp_path / "cache")],
+        cwd=root, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        port, pid = map(int, child.stdout.readline().split())
+        assert srv.Server(child, "127.0.0.1", port).request("GET", "/health")[0] == 200
+    finally:
+        child.kill()
+        child.wait()
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, IndexError):
+            return True
+
+    _wait(gone, timeout=120)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
 
 
 # -- refusing to start -------------------------------------------------------------------------------------

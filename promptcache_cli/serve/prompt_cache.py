@@ -56,13 +56,15 @@ class PromptCache:
     def __contains__(self, tokens: Sequence[int]) -> bool:
         return tuple(tokens) in self._states
 
-    def lookup(self, tokens: Sequence[int], depth: Depth) -> Hit | None:
-        """The state serving the most leading ``tokens`` (marked as used), or None."""
+    def lookup(self, tokens: Sequence[int], depth: Depth, *, beyond: int = 0) -> Hit | None:
+        """The state serving the most leading ``tokens``, when that is more than ``beyond`` (what
+        the context already holds serves); it is marked as used. None otherwise: a state that
+        would not be used keeps its place in the eviction order."""
         with self._lock:
             best: Hit | None = None
             for state in self._states.values():
                 d = depth(tokens, state.tokens)
-                if d > 0 and (best is None or d > best.depth):
+                if d > beyond and (best is None or d > best.depth):
                     best = Hit(state, d)
             if best is None:
                 self.misses += 1

@@ -201,11 +201,10 @@ class Worker(threading.Thread):
         session = self.session
         held = session.held_tokens()
         here = session.reuse_depth(tokens, held) if held else 0
-        hit = self.cache.lookup(tokens, session.reuse_depth)
-        use = hit if hit is not None and hit.depth > here else None
-        if use is not None or here < len(held) / 2:
+        hit = self.cache.lookup(tokens, session.reuse_depth, beyond=here)
+        if hit is not None or here < len(held) / 2:
             self._keep_held()
-        return use
+        return hit
 
     def _keep_held(self) -> None:
         held = self.session.held_tokens()

@@ -1,5 +1,6 @@
 """A live `pc serve` for tests: started on loopback on a free port (``--port 0``, the port read
-from its start-up line on stderr), stopped with SIGTERM; raw HTTP requests for what a real client
+from its start-up line on stderr), stopped with SIGTERM (by the test, or when the test process
+ends: the server is tied to it); raw HTTP requests for what a real client
 would never send (malformed bodies, wrong methods)."""
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PC = [sys.executable, "-m", "promptcache_cli"]
+# Linux: the server gets SIGTERM when the test process ends however it ends (even killed), so no
+# test run leaves a server behind. prctl(PR_SET_PDEATHSIG) survives the exec into `pc serve`.
+TIED = ("import ctypes, os, signal, sys; "
+        "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0); "
+        "os.getppid() == int(sys.argv[1]) or sys.exit('pc serve: the test process is gone'); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
 START_TIMEOUT = 600  # seconds: loading the model and compiling the schemas on a shared machine
 LISTENING = re.compile(r"listening on http://(\S+?):(\d+)/v1")
 
@@ -87,8 +94,11 @@ class Server:
 def start(*args: str | Path, cache_dir: Path, env: dict | None = None) -> Server:
     """`pc serve ARGS --port 0` on loopback, ready (its start-up line read) or failed."""
     e = dict(os.environ, PC_CACHE_DIR=str(cache_dir), GOMP_SPINCOUNT="0", **(env or {}))
-    proc = subprocess.Popen(PC + ["serve", *map(str, args), "--port", "0"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
+    argv = [*PC[1:], "serve", *map(str, args), "--host", "127.0.0.1", "--port", "0"]
+    if sys.platform == "linux":
+        argv = ["-c", TIED, str(os.getpid()), *argv]
+    proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=e)
     lines: list[str] = []
     found: list[tuple[str, int]] = []
     ready = threading.Event()
@@ -113,6 +123,7 @@ def start(*args: str | Path, cache_dir: Path, env: dict | None = None) -> Server
         proc.kill()
         proc.wait()
         raise AssertionError("pc serve did not start:\n" + "\n".join(lines))
+    assert found[0][0] == "127.0.0.1", found  # tests serve on loopback only
     return Server(proc, found[0][0], found[0][1], lines, reader)
 
 
