@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -102,13 +103,28 @@ def llama_server_spec(binary: Path, *, model: Path, threads: int) -> ServerSpec:
                       {}, "model", "/health")
 
 
+# Linux: a server gets SIGTERM when the benchmark's process ends however it ends (even killed), so
+# no run leaves one behind; prctl(PR_SET_PDEATHSIG) survives the exec into the server.
+_TIED = ("import ctypes, os, signal, sys; "
+         "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0); "
+         "os.getppid() == int(sys.argv[1]) or sys.exit('the benchmark is gone'); "
+         "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def tied(argv: list[str]) -> list[str]:
+    """``argv`` started so that it ends with this process (Linux; elsewhere ``argv`` as it is)."""
+    if not sys.platform.startswith("linux"):
+        return argv
+    return [sys.executable, "-c", _TIED, str(os.getpid()), *argv]
+
+
 def start(spec: ServerSpec, log_dir: Path) -> Running:
     """Start ``spec`` on a free port and wait until it answers (its log kept in ``log_dir``)."""
     port = free_port()
     log = log_dir / f"{spec.name}.log"
     argv = [a.replace("{port}", str(port)) for a in spec.argv]
     with open(log, "wb") as f:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(tied(argv), stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                                 env={**os.environ, **spec.env}, start_new_session=True)
     running = Running(spec, proc, port, log)
     deadline = time.monotonic() + START_TIMEOUT
