@@ -48,7 +48,15 @@ def ask(
     """Answer a question over the schema's modules, loading their states from the cache."""
     from dataclasses import replace
 
-    from ..api import Request, Sampler, append_question, load_schema, request_from_prompt, select
+    from ..api import (
+        Request,
+        Sampler,
+        answer_record,
+        append_question,
+        load_schema,
+        request_from_prompt,
+        select,
+    )
 
     sch = load_schema(schema)
     if prompt:
@@ -85,13 +93,7 @@ def ask(
     if res.ranked:
         write_err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
     if as_json:
-        emit_json({
-            "answer": res.text, "ttft_ms": round(res.ttft_ms, 2), "total_ms": round(res.total_ms, 2),
-            "cached_tokens": res.cached_tokens, "computed_tokens": res.computed_tokens,
-            "refreshed_tokens": res.refreshed_tokens,
-            "generated_tokens": len(res.tokens), "modules": list(res.modules), "model": res.model,
-            "no_cache": no_cache, "mode": sess.mode, "warnings": list(res.warnings),
-        })
+        emit_json(answer_record(res, mode=sess.mode, no_cache=no_cache))
         return
     write_out("\n")
     if timings if timings is not None else sys.stderr.isatty():

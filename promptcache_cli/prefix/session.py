@@ -35,6 +35,7 @@ from ..llama.sampling import Sampler
 from ..pml.schema import Schema
 from ..pml.selection import Selection, default_selection
 from ..prompt.layout import Layout
+from ..prompt.conversation import Conversation
 from ..prompt.plan import PromptPlan, owner_name
 from ..store import manifest
 from ..store.overlap_log import OverlapLog, history_dir
@@ -89,7 +90,7 @@ class PrefixSession:
     def prompt_plan(self, layout: Layout, selection: Selection) -> PromptPlan:
         return self.runtime.plan(layout, selection)
 
-    def question_tokens(self, layout: Layout, question: str) -> list[int]:
+    def question_tokens(self, layout: Layout, question: str | Conversation) -> list[int]:
         return self.runtime.question_tokens(layout, question)
 
     def prompt_tokens(self, schema: Schema, selection: Selection) -> list[int]:
@@ -247,7 +248,7 @@ class PrefixSession:
                  only: Collection[int] | None = None) -> ResumePlan:
         return self.restorer.restore(ctx, key, cached, request, only=only)
 
-    def ask(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0) -> Answer:
         """Answer ``question`` (:meth:`prefill`, then generate): the `--no-cache` answer, sooner."""
@@ -257,7 +258,7 @@ class PrefixSession:
         return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
                       on_text=on_text, keep_logits=keep_logits)
 
-    def prefill(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0) -> Prefilled:
         """A context holding the prompt and the question, resumed from the deepest usable stored
         state, with room for ``max_tokens``."""
@@ -271,7 +272,7 @@ class PrefixSession:
             return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens)
         return self._resume_request(schema, layout, selection, question, max_tokens, progress)
 
-    def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str,
+    def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str | Conversation,
                         max_tokens: int, progress: Progress | None) -> Prefilled:
         self.runtime.arena.reset()  # the previous question's blobs are dead
         request = self.prompt_plan(layout, selection).tokens() + self.question_tokens(layout, question)

@@ -89,6 +89,7 @@ class Layout:
     tail_joins: bool  # the question continues the schema's last user turn (after a blank line)
     default_modules: frozenset[Path] = field(default=frozenset())
     uncached: frozenset[Path] = field(default=frozenset())  # cache="false" modules: never stored
+    roles: tuple[str, ...] = ("user",)  # the turns the template rendered, the last the user turn the question joins
 
     def owners(self) -> list[Path]:
         """Every segment owner whose states are stored, root first, then modules in document
@@ -167,6 +168,7 @@ class _Builder:
             tail_joins=joins,
             default_modules=frozenset(self._defaults()),
             uncached=frozenset(self.uncached),
+            roles=tuple(role_names),
         )
 
     def _split(self, text: str, i: int) -> tuple[list[int], list[int]]:
