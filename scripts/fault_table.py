@@ -376,9 +376,12 @@ def race(work: Path, rounds: int) -> str:
             faults.run(["compile", schema], cache=cache, **T)
         got = faults.gc_beside_asks(Q, schema, cache, R, **T)
         right = sum(answer_of(p) == refs[r] for r, p in got.asks)
-        for _, p in got.asks:
-            if answer_of(p) is None:
-                failures[f"exit {p.code}: {p.err_lines[-1][:80] if p.err_lines else ''}"] += 1
+        for r, p in got.asks:
+            if answer_of(p) != refs[r]:
+                why = (f"exit {p.code}: {p.err_lines[-1][:100] if p.err_lines else ''}" if answer_of(p) is None
+                       else f"another answer ({' '.join(r) or 'default'}): {answer_of(p)!r}")
+                failures[why] += 1
+                log(f"    {why}")
         passed += right == len(got.asks) and all(g.code == 0 for g in got.gcs)
         evicted += got.evicted
         log(f"  round {i + 1}: {right}/{len(got.asks)} right, {len(got.gcs)} gc runs, {got.evicted} files evicted")
