@@ -7,7 +7,13 @@ GEMMA := $(VENV)/models/gemma-3-270m-q4_k_m.gguf
 SCHEMA ?= schemas/gpl-manual.xml
 QUESTION ?= What does the license say about distributing modified versions?
 
-.PHONY: install test bench demo lint clean
+# llama.cpp's llama-server for `make bench-models`: $PC_LLAMA_SERVER when set, else built once from
+# the sdist of llama-cpp-python 0.3.36 (the same llama.cpp) under .venv/llama.cpp/ (cmake + ninja,
+# several minutes on 2 cores)
+LLAMA_SERVER_BUILD := $(VENV)/llama.cpp/build/bin/llama-server
+PC_LLAMA_SERVER ?= $(LLAMA_SERVER_BUILD)
+
+.PHONY: install test bench bench-models demo lint clean
 
 install: $(STAMP)
 
@@ -36,6 +42,21 @@ $(GEMMA): $(STAMP)
 bench: install  # `make bench BENCH_ARGS=--quick` for the short run
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 	$(BIN)/python scripts/bench_prefix.py $(filter --quick,$(BENCH_ARGS))
+
+# `pc` on random-weight Llama 3.2 1B and 3B shapes against --no-cache, the floor and llama-server's
+# slot restore (`make bench-models BENCH_ARGS=--quick`: 1B at 2k and 4k); the model files are written
+# once into .venv/models/
+bench-models: install $(PC_LLAMA_SERVER)
+	PC_LLAMA_SERVER=$(abspath $(PC_LLAMA_SERVER)) $(BIN)/python scripts/bench_models.py $(BENCH_ARGS)
+
+$(LLAMA_SERVER_BUILD): | $(STAMP)
+	mkdir -p $(VENV)/llama.cpp
+	$(BIN)/pip download --quiet --no-binary :all: --no-deps llama-cpp-python==0.3.36 -d $(VENV)/llama.cpp
+	tar -xzf $(VENV)/llama.cpp/llama_cpp_python-0.3.36.tar.gz -C $(VENV)/llama.cpp
+	cmake -S $(VENV)/llama.cpp/llama_cpp_python-0.3.36/vendor/llama.cpp -B $(VENV)/llama.cpp/build -G Ninja \
+		-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+		-DLLAMA_BUILD_SERVER=ON
+	cmake --build $(VENV)/llama.cpp/build --target llama-server
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh "$(SCHEMA)" "$(QUESTION)"
