@@ -5,7 +5,7 @@ the same prompt from its slot file; state bytes per token, peak memory, the ques
 other settings, and an extrapolation to 8B. Writes bench/results/<date>-models.json, .md and
 -models-ttft.png (promptcache_cli/benchmarks/models.py).
 
-    python scripts/bench_models.py [--quick] [--sizes llama-3.2-1b,llama-3.2-3b] [--levels 2048,4096,8192]
+    python scripts/bench_models.py [--quick | --smoke] [--sizes llama-3.2-1b,llama-3.2-3b] [--levels 2048,4096,8192]
     python scripts/bench_models.py --render bench/results/<date>-models.json
 
 The model files are written once into .venv/models/ (1.3 and 3.4 GB). llama-server: $PC_LLAMA_SERVER,
@@ -35,6 +35,8 @@ def _ints(text: str) -> tuple[int, ...]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1B at 2k and 4k, fewer rounds (about 15 min on 2 idle cores)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the tiny random llama at 256 and 512 tokens: checks the benchmark runs (a minute)")
     ap.add_argument("--sizes", type=lambda s: tuple(s.split(",")), help="presets (scripts/make_test_model.py)")
     ap.add_argument("--levels", type=_ints, help="context lengths in tokens, e.g. 2048,4096")
     ap.add_argument("--rounds", type=int, help="in-process questions per length")
@@ -47,7 +49,7 @@ def main() -> None:
         paths = models.write(res, path.parent, stamp=path.name.removesuffix("-models.json"))
         print(paths["md"].read_text(encoding="utf-8"))
         return
-    cfg = models.QUICK if args.quick else models.ModelsConfig()
+    cfg = models.SMOKE if args.smoke else models.QUICK if args.quick else models.ModelsConfig()
     cfg = replace(cfg, **{k: v for k, v in (("sizes", args.sizes), ("levels", args.levels), ("rounds", args.rounds))
                          if v is not None})
     t0 = time.perf_counter()

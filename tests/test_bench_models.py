@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,8 +22,7 @@ from promptcache_cli.llama.model import Model
 from .conftest import license_excerpt
 from .support.model_factory import SCRIPTS
 
-TINY = replace(models.QUICK, sizes=("llama",), levels=(256, 512), rounds=1, repeats=1, process_rounds=1,
-               q8_levels=(256,), reorder=256, study_levels=(512,), study_repeats=1)
+TINY = models.SMOKE
 
 
 @pytest.fixture(scope="module")

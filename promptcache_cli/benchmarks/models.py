@@ -75,6 +75,10 @@ class ModelsConfig:
 
 QUICK = ModelsConfig(sizes=("llama-3.2-1b",), levels=(2048, 4096), rounds=2, repeats=1, process_rounds=1,
                      q8_levels=(2048,), reorder=1024, study_levels=(4096,), study_repeats=2, quick=True)
+# the smallest run (`--smoke`, and the suite's): the tiny random llama at 256 and 512 tokens, one round;
+# checks the benchmark works end to end, measures nothing worth reporting
+SMOKE = replace(QUICK, sizes=("llama",), levels=(256, 512), rounds=1, repeats=1, process_rounds=1,
+                q8_levels=(256,), reorder=256, study_levels=(512,), study_repeats=1)
 STUDY = (  # (label, threads, micro-batch, flash attention): one change at a time from pc's settings
     ("pc's settings: 2 threads, batch 512, no flash attention", 2, 512, False),
     ("1 thread", 1, 512, False),
@@ -160,6 +164,7 @@ def run(cfg: ModelsConfig, *, work: Path, progress: Progress, model_dir: Path | 
                  "config": asdict(cfg), "llama_server": str(binary) if binary else None, "sizes": []}
     if binary is None:
         progress("llama-server not found ($PC_LLAMA_SERVER, or `make bench-models` builds it): not measured")
+    reorder = min(cfg.reorder, max(cfg.levels))  # never longer than the longest length asked for
     for preset in cfg.sizes:
         path = model_file(preset, progress, folder=model_dir)
         shape = random_gguf.shape_for(preset)
@@ -183,9 +188,9 @@ def run(cfg: ModelsConfig, *, work: Path, progress: Progress, model_dir: Path | 
                 progress(f"[{(time.perf_counter() - t0) / 60:.1f} min] {preset} at {level} tokens")
                 entry["levels"].append(_level(cfg, path, work / preset / str(level), level, server, progress,
                                               study=level in cfg.study_levels))
-                if cfg.reorder and i == 0 and preset == cfg.sizes[0]:
+                if reorder and i == 0 and preset == cfg.sizes[0]:
                     progress(f"[{(time.perf_counter() - t0) / 60:.1f} min] {preset}: subset-and-reorder question")
-                    entry["reorder"] = _reorder(path, work / preset / "reorder", cfg.reorder, server, progress)
+                    entry["reorder"] = _reorder(path, work / preset / "reorder", reorder, server, progress)
         finally:
             if server is not None:
                 entry["server_peak_rss_bytes"] = server.stop()
@@ -446,8 +451,11 @@ def fmt_ms(ms: float | None) -> str:
 
 def markdown(res: dict) -> str:
     cfg = res["config"]
-    lines = [f"# Models benchmark ({'quick' if cfg['quick'] else 'full'}), {res['date']}", "",
-             f"llama-cpp-python {res['llama_cpp']}, {res['machine']}, {res['threads']} threads; load average "
+    smoke = any(size not in random_gguf.PRESETS for size in cfg["sizes"])  # a tiny test model: no figures
+    kind = "smoke run, not a measurement" if smoke else "quick" if cfg["quick"] else "full"
+    lines = [f"# Models benchmark ({kind}), {res['date']}", "",
+             f"llama-cpp-python {res['llama_cpp']}, {res['machine']}, {res['threads']} thread"
+             f"{'s' if res['threads'] != 1 else ''}; load average "
              f"{', '.join(f'{x:.1f}' for x in res['load_at_start'])} at the start, "
              f"{', '.join(f'{x:.1f}' for x in res.get('load_at_end', ()))} at the end; "
              f"{res['seconds'] / 60:.0f} min. Random-weight models of the real shapes (q8_0 matrices, f16 KV).", ""]
