@@ -44,7 +44,7 @@ bench: install  # `make bench BENCH_ARGS=--quick` for the short run
 	$(BIN)/python scripts/bench_prefix.py $(filter --quick,$(BENCH_ARGS))
 
 # `pc` on random-weight Llama 3.2 1B and 3B shapes against --no-cache, the floor and llama-server's
-# slot restore (`make bench-models BENCH_ARGS=--quick`: 1B at 2k and 4k); the model files are written
+# slot restore (BENCH_ARGS=--quick: 1B at 2k and 4k; --smoke: the tiny llama); the model files are written
 # once into .venv/models/
 bench-models: install $(PC_LLAMA_SERVER)
 	PC_LLAMA_SERVER=$(abspath $(PC_LLAMA_SERVER)) $(BIN)/python scripts/bench_models.py $(BENCH_ARGS)

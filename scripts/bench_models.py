@@ -34,9 +34,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1B at 2k and 4k, fewer rounds (about 15 min on 2 idle cores)")
+    ap.add_argument("--quick", action="store_true", help="1B at 2k and 4k, fewer rounds")
     ap.add_argument("--smoke", action="store_true",
-                    help="the tiny random llama at 256 and 512 tokens: checks the benchmark runs (a minute)")
+                    help="the tiny random llama at 256 and 512 tokens: checks the benchmark runs")
     ap.add_argument("--sizes", type=lambda s: tuple(s.split(",")), help="presets (scripts/make_test_model.py)")
     ap.add_argument("--levels", type=_ints, help="context lengths in tokens, e.g. 2048,4096")
     ap.add_argument("--rounds", type=int, help="in-process questions per length")
