@@ -452,7 +452,9 @@ def fmt_ms(ms: float | None) -> str:
 def markdown(res: dict) -> str:
     cfg = res["config"]
     smoke = any(size not in random_gguf.PRESETS for size in cfg["sizes"])  # a tiny test model: no figures
-    kind = "smoke run, not a measurement" if smoke else "quick" if cfg["quick"] else "full"
+    default = asdict(ModelsConfig())
+    full = all(cfg.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in default.items())
+    kind = "smoke run, not a measurement" if smoke else "quick" if cfg["quick"] else "full" if full else "partial"
     lines = [f"# Models benchmark ({kind}), {res['date']}", "",
              f"llama-cpp-python {res['llama_cpp']}, {res['machine']}, {res['threads']} thread"
              f"{'s' if res['threads'] != 1 else ''}; load average "
