@@ -3,6 +3,7 @@ and for every failure exactly one line on stderr, never a traceback, nothing on 
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -127,6 +128,11 @@ CASES: dict[str, tuple[int, Callable[[Path], faults.Proc]]] = {
         ["ask", "-", "-s", facts(tmp)], cache=tmp / "cache", stdin=b"why " * 20_000)),
     "llama.cpp fails while computing": (errors.EXIT_BACKEND, backend_failure),
     "stdout on a full disk": (errors.EXIT_OUTPUT, full_stdout),
+    "pc batch: a line failed": (errors.EXIT_PARTIAL, lambda tmp: faults.run(["batch", write(
+        tmp, "in.jsonl", json.dumps({"schema": str(facts(tmp)), "question": "hi", "modules": ["nope"]}) + "\n")],
+        cache=tmp / "cache")),
+    "pc serve cannot listen": (errors.EXIT_LISTEN, lambda tmp: faults.run(["serve", "--host", "0.0.0.0", "--port", "0"],
+                                                                          cache=tmp / "cache")),
     "interrupted": (errors.EXIT_INTERRUPTED, interrupted),
 }
 
@@ -152,7 +158,9 @@ def test_exit_code(name: str, tmp_path: Path) -> None:
     if code == errors.EXIT_OK:
         assert proc.out.strip() and proc.err == ""
         return
-    if name != "damaged cache file (pc verify)":  # verify names each damaged file on stdout
+    if name == "pc batch: a line failed":  # the failed line's own object on stdout
+        assert '"exit_code": 3' in proc.out and proc.out.count("\n") == 1
+    elif name != "damaged cache file (pc verify)":  # verify names each damaged file on stdout
         assert proc.out == "", proc.out
     assert len(proc.err_lines) == 1 and proc.err_lines[0].startswith("pc: "), proc.err
 

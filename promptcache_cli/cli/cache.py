@@ -56,8 +56,9 @@ def _ratio(r: Optional[float]) -> Optional[float]:
 def _variant_json(v) -> dict:
     out = {"model": v.model, "family": v.family, "memory": v.memory, "mode": v.mode, "encoding": v.encoding,
            "codec": v.codec, "llama_cpp": v.llama_cpp,
-           "modules": [{"name": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes, "ratio": _ratio(m.ratio),
-                        "last_used": _iso(m.last_used), "present": m.present} for m in v.modules]}
+           "modules": [{"name": m.name, "key": m.key or None, "tokens": m.tokens, "bytes": m.bytes,
+                        "ratio": _ratio(m.ratio), "last_used": _iso(m.last_used), "present": m.present}
+                       | ({} if m.cached else {"cached": False}) for m in v.modules]}
     if v.mode == "prefix":
         out.update(key=v.key, tokens=v.tokens, states=[
             {"position": st.position, "tokens": st.tokens, "bytes": st.bytes, "ratio": _ratio(st.ratio),
@@ -71,7 +72,8 @@ def _ls_rows(listing):
         for v in s.variants:
             how = f"{v.model}{f' ({v.family}, {v.memory})' if v.family else ''} · {v.encoding} · {v.codec}"
             for m in v.modules:
-                yield (s.schema, m.name, str(m.tokens), _size(m.bytes) if m.present else "missing",
+                size = _size(m.bytes) if m.present else "missing" if m.cached else "uncached"
+                yield (s.schema, m.name, str(m.tokens), size,
                        f"{m.ratio:.2f}x" if m.ratio else "", _when(m.last_used), how)
             for st in v.states:
                 yield (s.schema, f"prefix@{st.position}{' (partial)' if st.partial else ''}",
