@@ -196,6 +196,9 @@ PYTHON_START = 0.03  # seconds: the interpreter's own start-up (measured 8-35 ms
 # callback) and going on, so pc then runs and answers.
 PYTHON_OUTCOMES = ("Fatal Python error", "Could not import runpy module", "Remainder of file ignored",
                    "Exception ignored in")
+# The first three are printed only by CPython's own start-up, so they are accepted at any delay: on
+# a loaded machine that start-up takes well over PYTHON_START (seen at 60-100 ms with load 16).
+STARTUP_ONLY = PYTHON_OUTCOMES[:3]
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.02, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45])
@@ -211,6 +214,10 @@ def test_ctrl_c_at_any_moment_of_the_start(delay: float, tmp_path: Path) -> None
     proc = faults.finish(p, t0)
     if delay < PYTHON_START and (proc.code == -signal.SIGINT or any(o in proc.err for o in PYTHON_OUTCOMES)):
         return
+    if any(o in proc.err for o in STARTUP_ONLY):
+        return  # the signal landed in the interpreter's start-up, however long that took
+    if proc.code == -signal.SIGINT and "promptcache_cli" not in proc.err:
+        return  # in runpy or the import system reading pc's first file: no line of pc had run yet
     assert proc.out == ""
     assert proc.code == errors.EXIT_INTERRUPTED, proc.err
     assert proc.err_lines == ["pc: interrupted"], proc.err
