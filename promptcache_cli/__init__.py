@@ -14,8 +14,7 @@ Names are imported on first use (PEP 562): `pc` imports this package on every st
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not typing's: this file runs before pc's Ctrl-C guard (__main__), so it imports nothing
 
 _API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request", "Session",
         "answer_record", "collect_garbage", "default_cache_dir", "default_model_path", "inspect_schema", "list_cache",
@@ -50,6 +49,8 @@ def __getattr__(name: str) -> Any:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
     globals()[name] = value  # once
     return value
@@ -60,6 +61,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
+    from typing import Any
+
     from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MODES, Request, Session,
                       answer_record, collect_garbage, default_cache_dir, default_model_path, inspect_schema,
                       list_cache, open_session, remove_schema, request_from_prompt, request_from_prompt_text,

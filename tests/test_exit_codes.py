@@ -216,8 +216,14 @@ def test_ctrl_c_at_any_moment_of_the_start(delay: float, tmp_path: Path) -> None
         return
     if any(o in proc.err for o in STARTUP_ONLY):
         return  # the signal landed in the interpreter's start-up, however long that took
-    if proc.code == -signal.SIGINT and "promptcache_cli" not in proc.err:
-        return  # in runpy or the import system reading pc's first file: no line of pc had run yet
+    if proc.code == -signal.SIGINT and not re.search(r"promptcache_cli/(?!__init__\.py)", proc.err):
+        return  # in runpy, the import system or the package's import-free __init__: before the guard
     assert proc.out == ""
     assert proc.code == errors.EXIT_INTERRUPTED, proc.err
     assert proc.err_lines == ["pc: interrupted"], proc.err
+
+
+def test_the_start_guard_exits_with_the_documented_code() -> None:
+    from promptcache_cli import __main__
+
+    assert __main__.INTERRUPTED == errors.EXIT_INTERRUPTED
