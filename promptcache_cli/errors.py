@@ -19,6 +19,7 @@ EXIT_CACHE = 5  # the cache cannot be written or read
 EXIT_TOO_LONG = 6  # the prompt does not fit the model's context
 EXIT_BACKEND = 7  # llama.cpp failed while computing
 EXIT_OUTPUT = 8  # stdout cannot be written (not a closed pipe: that ends quietly with 0)
+EXIT_REMOTE = 9  # the remote store (--remote) cannot be reached, or refused the request
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 EXIT_CODES = {
@@ -32,6 +33,7 @@ EXIT_CODES = {
     EXIT_TOO_LONG: "prompt longer than the model's context",
     EXIT_BACKEND: "llama.cpp failed while computing (or refused a state it had just computed)",
     EXIT_OUTPUT: "stdout cannot be written (a full disk, an I/O error)",
+    EXIT_REMOTE: "remote store (--remote) unreachable or refusing the request (pc push, pull, ls/verify/gc --remote)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -167,6 +169,13 @@ class OutputError(PcError):
     """stdout cannot be written: a full disk or an I/O error (a reader that went away is not one)."""
 
     exit_code = EXIT_OUTPUT
+
+
+class RemoteError(PcError):
+    """The remote store cannot be reached, timed out or refused a request. The message names the
+    store (``s3://bucket/prefix``) and the reason, never a credential."""
+
+    exit_code = EXIT_REMOTE
 
 
 # -- signals between our modules: no exit code, never shown as they are -----------------------

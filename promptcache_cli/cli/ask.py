@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, JsonOpt, ModelOpt, emit_json, write_err, write_out
+from .common import CacheOpt, JsonOpt, ModelOpt, RemoteOpt, emit_json, write_err, write_out
 from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
                       ModeOpt, check_refresh, open_session, progress_bar)
 
@@ -39,6 +39,7 @@ def ask(
     kv_type: KvType = KvTypeOpt,
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
+    remote: Optional[str] = RemoteOpt,
     timings: Optional[bool] = typer.Option(
         None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."
     ),
@@ -69,7 +70,7 @@ def ask(
     if refresh and no_cache:
         raise errors.UsageError("--refresh recomputes cached tokens; --no-cache computes them all already")
     check_refresh(bool(refresh), "--refresh", kv_type, mode)
-    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
+    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, remote=remote)
     check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
     on_text = None if as_json else write_out
     bar, update = progress_bar(not as_json)
@@ -77,6 +78,9 @@ def ask(
         res = sess.ask(request, on_text=on_text, progress=update)
     for w in res.warnings:
         write_err(f"warning: {w}")
+    if res.downloaded:
+        write_err(f"downloaded {len(res.downloaded)} module(s) from {sess.remote}: "
+                  f"{', '.join(m.name for m in res.downloaded)} ({sum(m.bytes for m in res.downloaded) / 1e6:.1f} MB)")
     if res.compiled:
         write_err(f"compiled {len(res.compiled)} module(s) on demand: {', '.join(m.name for m in res.compiled)}")
     if res.ranked:
@@ -88,6 +92,8 @@ def ask(
             "refreshed_tokens": res.refreshed_tokens,
             "generated_tokens": len(res.tokens), "modules": list(res.modules), "model": res.model,
             "no_cache": no_cache, "mode": sess.mode, "warnings": list(res.warnings),
+            "compiled": [_module_json(m) for m in res.compiled],
+            **({"remote": sess.remote, "downloaded": [_module_json(m) for m in res.downloaded]} if sess.remote else {}),
         })
         return
     write_out("\n")
@@ -96,6 +102,11 @@ def ask(
         what += f", {res.refreshed_tokens} recomputed" if res.refreshed_tokens else ""
         write_err(f"[{what}, {res.computed_tokens} computed; "
                   f"first token {res.ttft_ms:.0f} ms, total {res.total_ms:.0f} ms]")
+
+
+def _module_json(m) -> dict:
+    return {"module": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes, "seconds": round(m.seconds, 3),
+            **({"uploaded": True} if m.uploaded else {})}
 
 
 def _read_question(question: Optional[str]) -> str:

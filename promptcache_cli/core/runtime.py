@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CacheFileError, PromptTooLong
 from ..llama.context import Context, ContextSettings
@@ -22,15 +23,20 @@ from ..store.cache_file import Pending
 from ..store.files import CacheStore
 from ..store.keys import model_fingerprint
 
+if TYPE_CHECKING:  # imported only where a remote is in use
+    from ..store.remote import Tier
+
 
 class Runtime:
     def __init__(self, model_path: str | Path, *, cache_dir: str | Path, settings: ContextSettings,
-                 model: Model | None = None) -> None:
-        """``model``: the file at ``model_path``, already loaded (else it is loaded here)."""
+                 model: Model | None = None, remote: Tier | None = None) -> None:
+        """``model``: the file at ``model_path``, already loaded (else it is loaded here);
+        ``remote``: the shared store behind the cache directory (store/remote.py), if any."""
         self.model_path = str(model_path)
         self.model = model if model is not None else Model(self.model_path)
         self.fingerprint = model_fingerprint(self.model_path)  # its identity, as keys and headers record it
         self.store = CacheStore(Path(cache_dir))
+        self.remote = remote
         self.settings = settings
         self.ctx: Context | None = None  # the context the last question was answered in
         self.arena = Arena()  # decoded blobs of compressed cache files, reused question to question

@@ -88,23 +88,43 @@ class Compiler:
         return [reports[o] for o in owners]
 
     def _store(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, blobs: list[np.ndarray],
-               unstored: Unstored | None) -> int:
-        """Write an owner's file; returns its size, or 0 when the states went to ``unstored``."""
+               unstored: Unstored | None) -> tuple[int, bool]:
+        """Write an owner's file, and upload it when there is a remote store; returns its size
+        (0 when the states went to ``unstored``) and whether it was uploaded."""
         segs = layout.segments_of(owner)
         store = self.runtime.store
         if unstored is None or unstored.reason is None:
             chunks = cache_file.encode(self.catalog.header(layout, owner, keys[owner]), blobs,
                                        [s.tokens for s in segs], [s.offset for s in segs],
                                        codec=self.catalog.codec, split_planes=self._split_planes)
+            path = store.module_path(keys[owner])
             try:
-                return store.write_atomic(store.module_path(keys[owner]), chunks)
+                n = store.write_atomic(path, chunks)
             except CacheWriteError as e:
                 if unstored is None:
                     raise
                 unstored.reason = str(e)
+            else:
+                return n, self.publish(keys[owner], path)
         assert unstored is not None
         unstored.blobs[owner] = {s.offset: b for s, b in zip(segs, blobs, strict=True)}
-        return 0
+        return 0, False
+
+    def publish(self, key: str, path) -> bool:
+        """Upload a module file to the remote store, if there is one (failures are the store's
+        warnings); whether it was uploaded now."""
+        tier = self.runtime.remote
+        if tier is None:
+            return False
+        from ..store.remote import module_rel
+
+        return tier.publish(module_rel(key), path) == "uploaded"
+
+    def publish_manifest(self, schema, layout: Layout, keys: dict[ModPath, str]) -> None:
+        """The schema's manifest in the remote store (what `pc ls --remote` lists)."""
+        tier = self.runtime.remote
+        if tier is not None:
+            tier.publish_manifest(*self.catalog.remote_manifest(schema, layout, keys))
 
     def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list[Job], progress: Progress | None,
                       unstored: Unstored | None = None) -> dict[ModPath, ModuleReport]:
@@ -116,15 +136,15 @@ class Compiler:
         for seg, blob in self.module_states(layout, jobs, progress):
             blobs[seg.owner][seg.offset] = blob
             left[seg.owner] -= 1
-            nbytes = 0
-            if left[seg.owner] == 0:  # the owner's last segment: write its file now
+            nbytes, uploaded = 0, False
+            if left[seg.owner] == 0:  # the owner's last segment: write its file now (and upload it)
                 done = blobs.pop(seg.owner)
-                nbytes = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored)
+                nbytes, uploaded = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored)
             seconds[seg.owner] += time.perf_counter() - t
             t = time.perf_counter()
             if left[seg.owner] == 0:
                 reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed",
-                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
+                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner], uploaded)
         return reports
 
     def module_states(self, layout: Layout, jobs: list[Job],
