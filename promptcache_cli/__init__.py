@@ -18,16 +18,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request", "Session",
-        "collect_garbage", "default_cache_dir", "default_model_path", "inspect_schema", "list_cache", "open_session",
-        "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache")
+        "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path", "inspect_schema",
+        "list_cache", "list_remote", "open_session", "remove_schema", "request_from_prompt", "resolve_model", "select",
+        "verify_cache", "verify_remote")
 _ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
            "InputError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError", "PmlError",
-           "PromptTooLong", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel", "UsageError",
-           "exit_code_for")
+           "PromptTooLong", "RemoteError", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel",
+           "UsageError", "exit_code_for")
 _WHERE = {
     **{name: "api" for name in _API},
     **{name: "errors" for name in _ERRORS},
     "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
+    "Transfer": "core.results", "TransferReport": "core.results",
     "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
     "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
 }
@@ -36,10 +38,12 @@ __all__ = [
     "Answer", "BackendError", "BlobError", "Boundary", "COMPRESSIONS", "CacheFileError", "CacheWriteError",
     "CompileReport", "ContextFullError", "DEFAULT_CHECKPOINTS", "ENCODINGS", "EXIT_CODES", "InputError", "KV_TYPES",
     "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport", "OutputError", "ParameterTooLong", "PcError",
-    "PmlError", "PromptPart", "PromptTooLong", "PromptView", "Request", "Sampler", "Schema", "SchemaLayout",
-    "SelectionError", "Session", "StateRefused", "TemplateError", "UnsupportedModel", "UsageError",
-    "collect_garbage", "default_cache_dir", "default_model_path", "exit_code_for", "inspect_schema", "list_cache",
-    "load_schema", "open_session", "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache",
+    "PmlError", "PromptPart", "PromptTooLong", "PromptView", "RemoteError", "Request", "Sampler", "Schema",
+    "SchemaLayout", "SelectionError", "Session", "StateRefused", "TemplateError", "Transfer", "TransferReport",
+    "UnsupportedModel", "UsageError", "collect_garbage", "collect_remote_garbage", "default_cache_dir",
+    "default_model_path", "exit_code_for", "inspect_schema", "list_cache", "list_remote", "load_schema",
+    "open_session", "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache",
+    "verify_remote",
 ]
 
 
@@ -58,14 +62,15 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MODES, Request, Session,
-                      collect_garbage, default_cache_dir, default_model_path, inspect_schema, list_cache,
-                      open_session, remove_schema, request_from_prompt, resolve_model, select, verify_cache)
-    from .core.results import Answer, CompileReport, ModuleReport
+                      collect_garbage, collect_remote_garbage, default_cache_dir, default_model_path, inspect_schema,
+                      list_cache, list_remote, open_session, remove_schema, request_from_prompt, resolve_model,
+                      select, verify_cache, verify_remote)
+    from .core.results import Answer, CompileReport, ModuleReport, Transfer, TransferReport
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,
                          InputError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong, PcError, PmlError,
-                         PromptTooLong, SelectionError, StateRefused, TemplateError, UnsupportedModel, UsageError,
-                         exit_code_for)
+                         PromptTooLong, RemoteError, SelectionError, StateRefused, TemplateError, UnsupportedModel,
+                         UsageError, exit_code_for)
     from .llama.sampling import Sampler
     from .pml.schema import Schema, load_schema
     from .prompt.boundaries import Boundary

@@ -29,7 +29,7 @@ EXIT_CODES = {
     EXIT_INPUT: "bad schema, prompt, module, parameter or question",
     EXIT_MODEL: "model missing, unreadable, not a GGUF, or unsupported for this mode",
     EXIT_CACHE: "cache unusable: pc compile cannot write it, a freshly written file reads back damaged, "
-                "or pc verify found a damaged file",
+                "or pc verify (push, pull) found a damaged (or missing) file",
     EXIT_TOO_LONG: "prompt longer than the model's context",
     EXIT_BACKEND: "llama.cpp failed while computing (or refused a state it had just computed)",
     EXIT_OUTPUT: "stdout cannot be written (a full disk, an I/O error)",

@@ -69,6 +69,7 @@ def test_errors_carry_their_exit_codes():
         pc.CacheWriteError: errors.EXIT_CACHE, pc.CacheFileError: errors.EXIT_CACHE, pc.BlobError: errors.EXIT_CACHE,
         pc.PromptTooLong: errors.EXIT_TOO_LONG, pc.ContextFullError: errors.EXIT_TOO_LONG,
         pc.BackendError: errors.EXIT_BACKEND, pc.StateRefused: errors.EXIT_BACKEND, pc.OutputError: errors.EXIT_OUTPUT,
+        pc.RemoteError: errors.EXIT_REMOTE,
     }
     for cls, code in expected.items():
         assert issubclass(cls, pc.PcError) and cls.exit_code == code, cls

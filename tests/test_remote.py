@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from promptcache_cli.store import cache_file
 from promptcache_cli.store.remote import Remote
 
 from .conftest import license_excerpt, write_schema
@@ -246,8 +245,27 @@ def test_two_concurrent_uploads_of_one_key_leave_one_whole_object(tmp_path, remo
         t.start()
     for t in threads:
         t.join()
-    assert len(results) == 8 and results.count(True) >= 1
+    assert len(results) == 8 and results.count(True) == 1  # a conditional PUT: exactly one writer wins
     assert store.read_small("race/one-key", limit=1 << 30) in payloads
+
+
+def test_a_fleet_started_at_once_computes_each_module_once(tmp_path, remote):
+    """One `pc compile --remote` and three `pc ask --remote` on separate caches, started together:
+    leases in the store make each module computed by one of them; the others wait and download."""
+    schema = facts_schema(tmp_path / "s")
+    procs = [faults.start(["compile", schema, "--remote", remote, "--json"], cache=tmp_path / "compiler")]
+    procs += [faults.start(["ask", QUESTION, "-s", schema, "-m", "color", "-m", "animal", "-m", "license", "-n", "8",
+                            "--remote", remote, "--json"], cache=tmp_path / f"server{i}") for i in range(3)]
+    runs = [faults.finish(p, 0.0) for p in procs]
+    for r in runs:
+        assert r.code == 0 and "Traceback" not in r.err, r.err
+    out = [json.loads(r.out) for r in runs]
+    computed = [m["key"] for m in out[0]["modules"] if m["status"] == "computed"]
+    computed += [m["key"] for o in out[1:] for m in o["compiled"]]
+    keys = {m["key"] for m in out[0]["modules"]}
+    assert sorted(computed) == sorted(keys), (computed, keys)  # every module once across the fleet
+    assert len({o["answer"] for o in out[1:]}) == 1
+    assert not [o for o in Remote(remote).list() if o.rel.startswith("leases/")]  # every lease released
 
 
 def test_a_shard_split_computes_each_module_once_and_their_union_is_a_full_compile(tmp_path, remote):

@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Callable, Collection, Iterator
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ..prompt.layout import Layout, Path as ModPath, Segment
 from ..prompt.plan import owner_name
 from ..store import cache_file
 from .catalog import Catalog
+
+if TYPE_CHECKING:
+    from ..store.remote import CacheObject
 
 Job = tuple[Segment, tuple[tuple[int, ...], ...]]  # a segment and the contexts it is computed after
 
@@ -43,6 +46,8 @@ class Compiler:
     def __init__(self, runtime: Runtime, catalog: Catalog) -> None:
         self.runtime = runtime
         self.catalog = catalog
+        # an owner's file as the remote store knows it, with its check (set by the session: loader.py)
+        self.cache_object: Callable[[Layout, dict[ModPath, str], ModPath], CacheObject] | None = None
 
     @property
     def _split_planes(self) -> bool:
@@ -79,13 +84,62 @@ class Compiler:
                 if o not in redo and store.module_path(keys[o]).exists()
             }
             todo = [o for o in owners if o not in reports]
-            jobs = sorted(
-                ((seg, contexts(layout, seg, self.catalog.encoding)) for o in todo for seg in layout.segments_of(o)),
-                key=lambda job: job[0].offset,
-            )
-            if jobs:
-                reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored))
+            theirs: list[ModPath] = []
+            if self.runtime.remote is not None and todo and (unstored is None or unstored.reason is None):
+                todo, theirs = self._claim(keys, todo, redo)
+            try:  # ours first; then what other machines compute meanwhile (never waiting while holding a lease)
+                self._compute_owners(layout, keys, todo, progress, unstored, reports)
+            finally:
+                self._release(keys, todo)
+            for o in theirs:
+                self._wait_for(layout, keys, o, reports)
+            self._compute_owners(layout, keys, [o for o in theirs if o not in reports], progress, unstored, reports)
         return [reports[o] for o in owners]
+
+    def _compute_owners(self, layout: Layout, keys: dict[ModPath, str], todo: list[ModPath],
+                        progress: Progress | None, unstored: Unstored | None,
+                        reports: dict[ModPath, ModuleReport]) -> None:
+        jobs = sorted(
+            ((seg, contexts(layout, seg, self.catalog.encoding)) for o in todo for seg in layout.segments_of(o)),
+            key=lambda job: job[0].offset,
+        )
+        if jobs:
+            reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored))
+
+    def _claim(self, keys: dict[ModPath, str], todo: list[ModPath],
+               redo: Collection[ModPath]) -> tuple[list[ModPath], list[ModPath]]:
+        """Take the remote store's lease on computing each owner: (the owners this session
+        computes, those another machine is computing now)."""
+        from ..store.remote import module_rel
+
+        tier = self.runtime.remote
+        assert tier is not None
+        ours, theirs = [], []
+        for o in todo:
+            (ours if o in redo or tier.claim(module_rel(keys[o])) else theirs).append(o)
+        return ours, theirs
+
+    def _wait_for(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath,
+                  reports: dict[ModPath, ModuleReport]) -> None:
+        """Wait for another machine's upload of ``owner`` and download it (into ``reports`` as
+        ``downloaded``); left out when its lease ends without an upload."""
+        from ..store.remote import module_rel
+
+        tier = self.runtime.remote
+        assert tier is not None
+        t = time.perf_counter()
+        if tier.wait_for(module_rel(keys[owner])) and self.cache_object is not None:
+            obj = self.cache_object(layout, keys, owner)
+            if tier.fetch(obj, self.runtime.store) == "downloaded":
+                reports[owner] = ModuleReport(owner_name(owner), keys[owner], "downloaded", layout.tokens_of(owner),
+                                              obj.path.stat().st_size, time.perf_counter() - t)
+
+    def _release(self, keys: dict[ModPath, str], owners: list[ModPath]) -> None:
+        if owners and self.runtime.remote is not None:
+            from ..store.remote import module_rel
+
+            for o in owners:
+                self.runtime.remote.release(module_rel(keys[o]))
 
     def _store(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, blobs: list[np.ndarray],
                unstored: Unstored | None) -> tuple[int, bool]:

@@ -102,6 +102,8 @@ class Loader:
                             f"{self.runtime.model.description} with these settings")
         unstored = Unstored()
         reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress, unstored=unstored)
+        if downloaded is not None:  # computed meanwhile by another machine, and downloaded
+            downloaded += [r for r in reports if r.status == "downloaded"]
         if self.runtime.remote is not None:
             self.compiler.publish_manifest(schema, layout, keys)
             warnings += self.runtime.remote.take_warnings()

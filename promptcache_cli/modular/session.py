@@ -66,6 +66,7 @@ class ModularSession:
         self.catalog = Catalog(self.runtime, encoding=encoding, codec=codec)
         self.compiler = Compiler(self.runtime, self.catalog)
         self.loader = Loader(self.runtime, self.catalog, self.compiler)
+        self.compiler.cache_object = self.loader.cache_object
         self.boundary_hook = boundary_hook
 
     # -- what the session holds -------------------------------------------------------------

@@ -175,19 +175,28 @@ class PrefixSession:
                 return CompileReport(schema.name, "prefix", (report,), time.perf_counter() - t0,
                                      remote=str(tier) if tier is not None else None)
         want = sorted(set(self.plan_positions(schema, len(tokens), plan.starts())) | {len(tokens)})
-        with self.store.locked(key):
-            have = self.stored(key)
-            for pos, ck in have.items():  # a re-plan drops checkpoints it no longer wants
-                if pos not in want:
-                    ck.path.unlink(missing_ok=True)
-            todo = [p for p in want if force or p not in have]
-            reports = [self._published(key, tokens, self.states.report(key, have[p], "reused", 0.0))
-                       for p in want if p not in todo]
-            if todo and skip_in_store and not force and len(tokens) not in have and self._in_store(key, len(tokens)):
-                reports.append(ModuleReport(f"prefix@{len(tokens)}", key, "remote", len(tokens), 0, 0.0))
-                todo = []
-            if todo:
-                reports += self._prefill(key, tokens, todo, have={} if force else have, progress=progress)
+        # the store first, before the local lock: a wait for another machine's upload never holds it
+        elsewhere = (tier is not None and skip_in_store and not force and len(tokens) not in self.stored(key)
+                     and (self._in_store(key, len(tokens)) or self._computed_elsewhere(key, len(tokens))))
+        try:
+            with self.store.locked(key):
+                have = self.stored(key)
+                for pos, ck in have.items():  # a re-plan drops checkpoints it no longer wants
+                    if pos not in want:
+                        ck.path.unlink(missing_ok=True)
+                todo = [p for p in want if force or p not in have]
+                reports = [self._published(key, tokens, self.states.report(key, have[p], "reused", 0.0))
+                           for p in want if p not in todo]
+                if todo and elsewhere and len(tokens) not in have:
+                    reports.append(ModuleReport(f"prefix@{len(tokens)}", key, "remote", len(tokens), 0, 0.0))
+                    todo = []
+                if todo:
+                    reports += self._prefill(key, tokens, todo, have={} if force else have, progress=progress)
+        finally:
+            if tier is not None and skip_in_store:
+                from ..store.remote import prefix_rel
+
+                tier.release(prefix_rel(key))
         self.record(schema)
         if tier is not None:
             self.record(schema, remote=True)
@@ -214,6 +223,16 @@ class PrefixSession:
             from ..core.sharing import manifest_entry
 
             self.runtime.remote.publish_manifest(*manifest_entry(schema.name, variant, self.codec, [], prefix))
+
+    def _computed_elsewhere(self, key: str, position: int) -> bool:
+        """Whether another machine holds the lease on the prompt's states and uploads them while
+        this one waits (else this session takes the lease and computes them)."""
+        from ..store.remote import prefix_rel
+
+        tier = self.runtime.remote
+        if tier is None or tier.claim(prefix_rel(key)):
+            return False
+        return tier.wait_for(prefix_rel(key, position))
 
     def _in_store(self, key: str, position: int) -> bool:
         from ..store.remote import prefix_rel
@@ -243,6 +262,31 @@ class PrefixSession:
             assert tier is not None
             positions = sorted(_positions(tier.remote.list(prefix_rel(key)), len(tokens)))
         return [self.states.cache_object(key, tokens, p) for p in positions]
+
+    def _from_store(self, schema: Schema, key: str, cached: list[int], warnings: list[str],
+                    downloaded: list[ModuleReport]) -> str | None:
+        """Before an ask computes a missing end state: download the prompt's states from the
+        remote store, or, when another machine is computing them now (its lease), wait for its
+        upload. Returns the lease this session took (it computes them), to release afterwards."""
+        tier = self.runtime.remote
+        if tier is None or not cached or len(cached) in self.stored(key):
+            return None
+        from ..store.remote import prefix_rel
+
+        self._fetch(key, cached, warnings, downloaded)
+        lease = None
+        if len(cached) not in self.stored(key):
+            if tier.claim(prefix_rel(key)):
+                lease = prefix_rel(key)
+            elif tier.wait_for(prefix_rel(key, len(cached))):
+                self._fetch(key, cached, warnings, downloaded)
+            warnings += tier.take_warnings()
+        if downloaded:
+            try:
+                self.record(schema)
+            except CacheWriteError:
+                pass
+        return lease
 
     def _fetch(self, key: str, cached: list[int], warnings: list[str], downloaded: list[ModuleReport]) -> None:
         """Download the states of prompt ``key`` the store holds and the cache directory lacks,
@@ -364,14 +408,12 @@ class PrefixSession:
         warnings: list[str] = []
         compiled: list[ModuleReport] = []
         downloaded: list[ModuleReport] = []
-        if self.runtime.remote is not None and cached and len(cached) not in self.stored(key):
-            self._fetch(key, cached, warnings, downloaded)
-            if downloaded:
-                try:
-                    self.record(schema)
-                except CacheWriteError:
-                    pass
-        ctx, plan = self._prepare(schema, key, cached, request, max_tokens, warnings, compiled, progress)
+        lease = self._from_store(schema, key, cached, warnings, downloaded)
+        try:
+            ctx, plan = self._prepare(schema, key, cached, request, max_tokens, warnings, compiled, progress)
+        finally:
+            if lease is not None:
+                self.runtime.remote.release(lease)
         ctx.decode(request[plan.restore_at:], start=plan.restore_at, logits=True)
         # a request always decodes at least its last token, so a state deeper than that serves it not
         self._record_overlap(schema, tokens=len(request), overlap=min(plan.overlap, len(request) - 1))

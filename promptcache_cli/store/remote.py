@@ -45,6 +45,9 @@ DEFAULT_TIMEOUT = 3.0  # seconds to connect, and the longest pause while a respo
 RETRIES = 2  # a failed request is tried again this many times (1 s of backoff at most between)
 RETRY_WINDOW = 6.0  # seconds after a request's start when no retry begins any more
 OFFLINE_SECONDS = 60.0  # after a failure, sessions leave the store alone this long
+LEASE_SECONDS = 60.0  # a lease on computing a key lasts this long unless its holder renews it
+LEASE_WAIT = 900.0  # seconds at most a session waits for another machine's lease (renewed all along)
+POLL_SECONDS = 0.5  # how often a waiting session looks for the object
 MIN_UPLOAD_RATE = 1 << 20  # bytes/s: an upload slower than this on average gives up (10 s at least)
 SINGLE_PUT_LIMIT = 4 << 30  # bytes: larger files go up in parts (S3 takes at most 5 GiB in one PUT)
 CHUNK = 8 << 20  # bytes per piece of a download stream
@@ -63,6 +66,11 @@ def prefix_rel(key: str, position: int | None = None) -> str:
     """A prefix state's (or, without ``position``, a prompt's folder of states) relative path."""
     folder = f"prefix/{key[:2]}/{key}/"
     return folder if position is None else f"{folder}{position}.pcm"
+
+
+def lease_rel(rel: str) -> str:
+    """The lease on computing the cache file at ``rel`` (a module file, or a prompt's folder)."""
+    return f"leases/{rel.rstrip('/')}.json"
 
 
 def manifest_rel(schema: str, variant: str, digest: str) -> str:
@@ -261,8 +269,11 @@ class Remote:
 
     # -- errors ---------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
+        """Messages are built from the failure's kind, never from a credential; this is the belt
+        to those braces (values too short to be a real key are left: they would mangle words)."""
         for secret in self.settings.secrets():
-            text = text.replace(secret, "***")
+            if len(secret) >= 8:
+                text = text.replace(secret, "***")
         return text
 
     def _error(self, e: BaseException, doing: str, rel: str | None = None) -> RemoteError:
@@ -461,6 +472,8 @@ class Tier:
     _offline_until: float = 0.0
     _read_only: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # downloads run on threads
+    _leases: set[str] = field(default_factory=set)  # lease objects this session holds (renewed on a thread)
+    _renewer: threading.Thread | None = None
 
     def __str__(self) -> str:
         return str(self.remote)
@@ -547,6 +560,93 @@ class Tier:
         if done:
             self.bytes_up += size
         return "uploaded" if done else "present"
+
+    # -- leases: one machine computes a key while the others wait for its upload ---------------
+    def claim(self, rel: str) -> bool:
+        """Whether this session should compute the cache file at ``rel``: True when it now holds
+        the lease on it (a conditional upload of ``leases/<rel>.json``; renewed every
+        LEASE_SECONDS / 3 until :meth:`release`), or when the store cannot take one; False when
+        another machine holds a live lease (then :meth:`wait_for` its upload)."""
+        lease = lease_rel(rel)
+        if not self.online or self._read_only or lease in self._leases:
+            return True
+        try:
+            if self.remote.upload(lease, self._lease_body()):
+                self._hold(lease)
+                return True
+            if self._lease_alive(lease):
+                return False
+            self.remote.upload(lease, self._lease_body(), replace=True)  # its holder is gone: taken over
+            self._hold(lease)
+            return True
+        except RemoteError as e:
+            if "access denied" in str(e):
+                self._read_only = True
+            else:
+                self._failed(e)
+            return True
+
+    def release(self, rel: str) -> None:
+        lease = lease_rel(rel)
+        with self._lock:
+            held = lease in self._leases
+            self._leases.discard(lease)
+        if held and self.online:
+            try:
+                self.remote.delete(lease)
+            except RemoteError as e:
+                self._failed(e)
+
+    def wait_for(self, rel: str) -> bool:
+        """Wait while another machine's lease on ``rel`` lives (LEASE_WAIT at most): True once the
+        store holds the object, False when the lease ended without it (compute it here then)."""
+        lease = lease_rel(rel)
+        deadline = time.monotonic() + LEASE_WAIT
+        while time.monotonic() < deadline and self.online:
+            try:
+                if self.remote.head(rel) is not None:
+                    return True
+                if not self._lease_alive(lease):
+                    return self.remote.head(rel) is not None
+            except RemoteError as e:
+                self._failed(e)
+                return False
+            time.sleep(POLL_SECONDS)
+        return False
+
+    def _lease_body(self) -> bytes:
+        import socket
+
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "expires": time.time() + LEASE_SECONDS}).encode()
+
+    def _lease_alive(self, lease: str) -> bool:
+        raw = self.remote.read_small(lease, limit=4096)
+        try:
+            expires = json.loads(raw)["expires"] if raw else 0
+        except (ValueError, KeyError, TypeError):
+            return False
+        return isinstance(expires, (int, float)) and expires > time.time()
+
+    def _hold(self, lease: str) -> None:
+        with self._lock:
+            self._leases.add(lease)
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(target=self._renew, name="pc-lease", daemon=True)
+                self._renewer.start()
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(LEASE_SECONDS / 3)
+            with self._lock:
+                leases = list(self._leases)
+            if not leases:
+                return
+            for lease in leases:
+                try:
+                    self.remote.upload(lease, self._lease_body(), replace=True)
+                except RemoteError:
+                    pass  # the waiters see it expire and compute themselves
 
     def publish_manifest(self, rel: str, data: dict) -> None:
         """Upload a schema's remote manifest (an index for `pc ls --remote`; failures are quiet
