@@ -19,7 +19,7 @@ EXIT_CACHE = 5  # the cache cannot be written or read
 EXIT_TOO_LONG = 6  # the prompt does not fit the model's context
 EXIT_BACKEND = 7  # llama.cpp failed while computing
 EXIT_OUTPUT = 8  # stdout cannot be written (not a closed pipe: that ends quietly with 0)
-EXIT_REMOTE = 9  # the remote store (--remote) cannot be reached, or refused the request
+EXIT_REMOTE = 11  # the remote store (--remote) cannot be reached, or refused the request
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 EXIT_CODES = {

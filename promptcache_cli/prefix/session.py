@@ -230,7 +230,7 @@ class PrefixSession:
         from ..store.remote import prefix_rel
 
         tier = self.runtime.remote
-        if tier is None or tier.claim(prefix_rel(key)):
+        if tier is None or tier.claim(prefix_rel(key), prefix_rel(key, position)):
             return False
         return tier.wait_for(prefix_rel(key, position))
 
@@ -276,7 +276,7 @@ class PrefixSession:
         self._fetch(key, cached, warnings, downloaded)
         lease = None
         if len(cached) not in self.stored(key):
-            if tier.claim(prefix_rel(key)):
+            if tier.claim(prefix_rel(key), prefix_rel(key, len(cached))):
                 lease = prefix_rel(key)
             elif tier.wait_for(prefix_rel(key, len(cached))):
                 self._fetch(key, cached, warnings, downloaded)

@@ -433,12 +433,17 @@ def _reason(e: BaseException) -> str:
         return "timed out: no answer" + tries
     if "kind: Connect" in full or "dns error" in full.lower():
         return "unreachable: cannot connect" + tries
+    if any(k in full for k in ("IncompleteMessage", "ConnectionReset", "ConnectionAborted", "BrokenPipe",
+                               "connection closed", "UnexpectedEof")):
+        return "unreachable: the connection was closed" + tries
     if m := re.search(r"status code: (\d{3})", first):
         code = re.search(r"<Code>([A-Za-z]{1,64})</Code>", full)
         return f"the server answered {m[1]}{f' {code[1]}' if code else ''}" + tries
     text = first
     for marker in (": <?xml", " <?xml", "Debug source"):
         text = text.split(marker, 1)[0]
+    if tries:  # the request, its URL and timing are said already: keep what follows them
+        text = text.rsplit(" - ", 1)[-1] if " - " in text else "the request failed"
     return (text.strip()[:200] or name) + tries
 
 
@@ -562,22 +567,25 @@ class Tier:
         return "uploaded" if done else "present"
 
     # -- leases: one machine computes a key while the others wait for its upload ---------------
-    def claim(self, rel: str) -> bool:
-        """Whether this session should compute the cache file at ``rel``: True when it now holds
-        the lease on it (a conditional upload of ``leases/<rel>.json``; renewed every
-        LEASE_SECONDS / 3 until :meth:`release`), or when the store cannot take one; False when
-        another machine holds a live lease (then :meth:`wait_for` its upload)."""
+    def claim(self, rel: str, rel_end: str | None = None) -> bool:
+        """Whether this session should compute the cache file at ``rel`` (a file, or a prompt's
+        folder with ``rel_end`` its end state): True when it now holds the lease on it (a
+        conditional upload of ``leases/<rel>.json``; renewed every LEASE_SECONDS / 3 until
+        :meth:`release`), or when the store cannot take one; False when another machine holds a
+        live lease, or uploaded the file meanwhile (then :meth:`wait_for` it)."""
         lease = lease_rel(rel)
         if not self.online or self._read_only or lease in self._leases:
             return True
         try:
-            if self.remote.upload(lease, self._lease_body()):
-                self._hold(lease)
-                return True
-            if self._lease_alive(lease):
-                return False
-            self.remote.upload(lease, self._lease_body(), replace=True)  # its holder is gone: taken over
+            if not self.remote.upload(lease, self._lease_body()):
+                if self._lease_alive(lease):
+                    return False
+                self.remote.upload(lease, self._lease_body(), replace=True)  # its holder is gone: taken over
             self._hold(lease)
+            target = rel_end or rel
+            if target not in self.damaged and self.remote.head(target) is not None:  # done since we looked
+                self.release(rel)
+                return False
             return True
         except RemoteError as e:
             if "access denied" in str(e):
