@@ -56,7 +56,7 @@ class Runner:
         self.work = work
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PC_", "AWS_"))}
         self.env.update(server.env, AWS_CONFIG_FILE=str(work / "none"), AWS_SHARED_CREDENTIALS_FILE=str(work / "none"),
-                        GOMP_SPINCOUNT="0")
+                        AWS_EC2_METADATA_DISABLED="true", GOMP_SPINCOUNT="0")
         self.n = 0
 
     def cache(self, name: str) -> Path:
@@ -84,10 +84,10 @@ def files_bytes(cache: Path) -> int:
     return sum(p.stat().st_size for p in cache.rglob("*.pcm"))
 
 
-def store_bytes(url: str) -> int:
+def store_bytes(url: str, env: dict) -> int:
     from promptcache_cli.store.remote import Remote
 
-    return sum(o.bytes for o in Remote(url).list() if o.rel.endswith(".pcm"))
+    return sum(o.bytes for o in Remote(url, env=env).list() if o.rel.endswith(".pcm"))
 
 
 def bytes_moved(r: Runner, bucket: str, schemas: list[Path]) -> list[dict]:
@@ -99,7 +99,8 @@ def bytes_moved(r: Runner, bucket: str, schemas: list[Path]) -> list[dict]:
         pushed, push_s = r.run(["push", schema, "--remote", url, "--json"], a)
         pulled, pull_s = r.run(["pull", schema, "--remote", url, "--json"], b)
         rows.append({"schema": schema.name, "files": len(pushed["files"]), "file_bytes": files_bytes(a),
-                     "pushed_bytes": pushed["bytes"], "store_bytes": store_bytes(url), "pulled_bytes": pulled["bytes"],
+                     "pushed_bytes": pushed["bytes"], "store_bytes": store_bytes(url, r.env),
+                     "pulled_bytes": pulled["bytes"],
                      "pulled_file_bytes": files_bytes(b), "push_seconds": round(pushed["seconds"], 3),
                      "pull_seconds": round(pulled["seconds"], 3), "push_process_s": round(push_s, 2),
                      "pull_process_s": round(pull_s, 2)})

@@ -20,6 +20,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PC_CACHE_DIR", str(tmp_path / "pc-cache"))
     monkeypatch.delenv("PC_MODEL", raising=False)
     monkeypatch.delenv("PC_REMOTE", raising=False)  # no test reaches a store it did not start
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # nor the instance metadata service
 
 
 @pytest.fixture(scope="session")

@@ -219,6 +219,11 @@ class Remote:
         self.url = parse_url(url)
         self.timeout = timeout_from_env(env) if timeout is None else timeout
         self.settings = aws_settings(env)
+        env = os.environ if env is None else env
+        # without a key pair the client asks the instance metadata service (EC2), unless told not to
+        self.metadata = env.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() != "true" or any(
+            env.get(v) for v in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"))
         self._store: Any = None
 
     def __str__(self) -> str:
@@ -249,6 +254,9 @@ class Remote:
         except ImportError:  # pragma: no cover - a dependency of the package
             raise RemoteError("the remote tier needs the obstore package (pip install obstore)") from None
         s = self.settings
+        if not (s.access_key_id and s.secret_access_key) and not self.metadata:
+            raise RemoteError(f"remote {self}: no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                              "a profile in ~/.aws/credentials; AWS_EC2_METADATA_DISABLED is set)")
         config: dict[str, Any] = {"region": s.region or "us-east-1"}
         if s.endpoint:
             config["endpoint"] = s.endpoint
