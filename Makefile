@@ -36,6 +36,7 @@ $(GEMMA): $(STAMP)
 bench: install  # `make bench BENCH_ARGS=--quick` for the short run
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 	$(BIN)/python scripts/bench_prefix.py $(filter --quick,$(BENCH_ARGS))
+	$(BIN)/python scripts/bench_remote.py $(filter --quick,$(BENCH_ARGS))
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh "$(SCHEMA)" "$(QUESTION)"

@@ -10,51 +10,37 @@ an object never changes: uploads are conditional ("create": If-None-Match), and 
 uploading one key leave one whole object; S3 shows a PUT's object whole or not at all.
 
 The client is obstore (Rust's object_store): one dependency, imported only when a remote is in
-use. Nothing from the network is trusted: a download is written to a temporary file in the cache
-folder, checked whole by the caller's strict check (the reader and checksums local files go
-through), and only then renamed into place (``CacheStore.write_atomic``). Every failure is a
-:class:`~promptcache_cli.errors.RemoteError` whose message names the store and the reason and
-never a credential (:meth:`Remote._error` scrubs them). Timeouts, retries and the bound on a
-failing request's total wait: :data:`DEFAULT_TIMEOUT`, :data:`RETRIES`.
-
-:class:`Tier` is what sessions use: it turns failures into one warning per outage and leaves the
-store alone for :data:`OFFLINE_SECONDS` after one, so an unreachable store costs one bounded wait.
+use, and only here. Where the store is and the credentials: remote_config.py; what sessions do
+with it (one warning per outage, leases): remote_tier.py. Nothing from the network is trusted: a
+download is written to a temporary file in the cache folder, checked whole by the caller's strict
+check (the reader and checksums local files go through), and only then renamed into place
+(``CacheStore.write_atomic``). Every failure is a :class:`~promptcache_cli.errors.RemoteError`
+whose message names the store and the reason and never a credential (:meth:`Remote._error`
+scrubs them). Timeouts, retries and the bound on a failing request's total wait:
+``remote_config.DEFAULT_TIMEOUT``, :data:`RETRIES`, :data:`RETRY_WINDOW`.
 """
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import hashlib
-import json
 import os
 import re
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from ..errors import BlobError, CacheFileError, CacheWriteError, RemoteError, UsageError
+from ..errors import RemoteError
 from .files import CacheStore
+from .remote_config import SEGMENT_RE, aws_settings, parse_url, timeout_from_env
 
-ENV_REMOTE = "PC_REMOTE"
-ENV_TIMEOUT = "PC_REMOTE_TIMEOUT"
-DEFAULT_TIMEOUT = 3.0  # seconds to connect, and the longest pause while a response is read
 RETRIES = 2  # a failed request is tried again this many times (1 s of backoff at most between)
 RETRY_WINDOW = 6.0  # seconds after a request's start when no retry begins any more
-OFFLINE_SECONDS = 60.0  # after a failure, sessions leave the store alone this long
-LEASE_SECONDS = 60.0  # a lease on computing a key lasts this long unless its holder renews it
-LEASE_WAIT = 900.0  # seconds at most a session waits for another machine's lease (renewed all along)
-POLL_SECONDS = 0.5  # how often a waiting session looks for the object
 MIN_UPLOAD_RATE = 1 << 20  # bytes/s: an upload slower than this on average gives up (10 s at least)
 SINGLE_PUT_LIMIT = 4 << 30  # bytes: larger files go up in parts (S3 takes at most 5 GiB in one PUT)
 CHUNK = 8 << 20  # bytes per piece of a download stream
 MAX_MANIFEST = 4 << 20
-
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,62}")  # S3's rule, plus '_' some stores allow
-_SEGMENT_RE = re.compile(r"[A-Za-z0-9!\-_.*'()=+,]+")  # object key characters safe everywhere
 
 
 def module_rel(key: str) -> str:
@@ -79,130 +65,14 @@ def manifest_rel(schema: str, variant: str, digest: str) -> str:
 
 def _safe(name: str) -> str:
     """A schema name as one object-key segment (schema names are already tame: pml/schema.py)."""
-    if _SEGMENT_RE.fullmatch(name) and name not in (".", "..") and len(name) <= 200:
+    if SEGMENT_RE.fullmatch(name) and name not in (".", "..") and len(name) <= 200:
         return name
     return "x-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-# -- where the store is ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteUrl:
-    bucket: str
-    prefix: str  # "" or "a/b" (no slashes at either end)
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-    def key(self, rel: str) -> str:
-        return f"{self.prefix}/{rel}" if self.prefix else rel
-
-
-def parse_url(url: str) -> RemoteUrl:
-    """``s3://bucket`` or ``s3://bucket/prefix``; anything else is a UsageError (one line, which
-    repeats only the parts a URL of ours may have: never a user name or password)."""
-    text = url.strip()
-    if not text.lower().startswith("s3://"):
-        raise UsageError("--remote takes an s3://bucket/prefix URL (the endpoint comes from AWS_ENDPOINT_URL; "
-                         "see docs/fleet.md)")
-    rest = text[5:]
-    if any(c in rest for c in "@?#\\") or any(ord(c) < 33 for c in rest):
-        raise UsageError("--remote URL: give s3://bucket/prefix only; credentials and the endpoint come from the "
-                         "AWS variables and files (see docs/fleet.md)")
-    bucket, _, prefix = rest.partition("/")
-    if not _BUCKET_RE.fullmatch(bucket):
-        raise UsageError(f"--remote URL: '{bucket[:64]}' is not a bucket name")
-    parts = [p for p in prefix.split("/") if p]
-    if any(p in (".", "..") or not _SEGMENT_RE.fullmatch(p) for p in parts) or len(prefix) > 512:
-        raise UsageError("--remote URL: its prefix may hold letters, digits and !-_.*'()=+, between slashes")
-    return RemoteUrl(bucket, "/".join(parts))
-
-
-def remote_from_env(env: Mapping[str, str] | None = None) -> str | None:
-    """$PC_REMOTE, None when unset or empty."""
-    value = (os.environ if env is None else env).get(ENV_REMOTE, "").strip()
-    return value or None
-
-
-def timeout_from_env(env: Mapping[str, str] | None = None) -> float:
-    raw = (os.environ if env is None else env).get(ENV_TIMEOUT, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise UsageError(f"{ENV_TIMEOUT} must be a number of seconds above 0, not '{raw[:32]}'")
-    return value
-
-
-@dataclass(frozen=True)
-class AwsSettings:
-    """What the standard AWS variables and files say: environment variables first
-    (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS_REGION, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
-    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), then the profile ($AWS_PROFILE, else ``default``)
-    in the credentials file ($AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials) and the
-    config file ($AWS_CONFIG_FILE, else ~/.aws/config: ``region``, ``endpoint_url``). Anything
-    still missing is left to the client's own chain (web identity, container and instance
-    credentials)."""
-
-    endpoint: str | None = None
-    region: str | None = None
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-    def secrets(self) -> list[str]:
-        return [s for s in (self.access_key_id, self.secret_access_key, self.session_token) if s]
-
-
-def _profile_files(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """(credentials, config) entries of the profile in use; empty where a file is absent or unreadable."""
-    profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
-    home = Path(env.get("HOME") or Path.home())
-    creds_file = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials").expanduser()
-    config_file = Path(env.get("AWS_CONFIG_FILE") or home / ".aws" / "config").expanduser()
-
-    def section(path: Path, names: list[str]) -> dict[str, str]:
-        parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
-        try:
-            with open(path, encoding="utf-8") as f:
-                parser.read_file(f)
-        except (OSError, UnicodeDecodeError, configparser.Error):
-            return {}
-        for name in names:
-            if parser.has_section(name):
-                return {k.lower(): v.strip() for k, v in parser.items(name)}
-        return {}
-
-    config_names = ["default"] if profile == "default" else [f"profile {profile}", profile]
-    return section(creds_file, [profile]), section(config_file, config_names)
-
-
-def aws_settings(env: Mapping[str, str] | None = None) -> AwsSettings:
-    env = os.environ if env is None else env
-    creds, config = _profile_files(env)
-
-    def first(*values: str | None) -> str | None:
-        return next((v.strip() for v in values if v and v.strip()), None)
-
-    key_id = first(env.get("AWS_ACCESS_KEY_ID"))
-    secret = first(env.get("AWS_SECRET_ACCESS_KEY"))
-    token = first(env.get("AWS_SESSION_TOKEN"))
-    if key_id is None and secret is None:  # a key pair comes from one place, never half from each
-        key_id = first(creds.get("aws_access_key_id"), config.get("aws_access_key_id"))
-        secret = first(creds.get("aws_secret_access_key"), config.get("aws_secret_access_key"))
-        token = first(creds.get("aws_session_token"), config.get("aws_session_token"))
-    return AwsSettings(
-        endpoint=first(env.get("AWS_ENDPOINT_URL_S3"), env.get("AWS_ENDPOINT_URL"), config.get("endpoint_url")),
-        region=first(env.get("AWS_REGION"), env.get("AWS_DEFAULT_REGION"), config.get("region")),
-        access_key_id=key_id, secret_access_key=secret, session_token=token,
-    )
-
-
-# -- the store ------------------------------------------------------------------------------------
+def manifest_digest(keys: list[str]) -> str:
+    """What distinguishes one version of a schema from another under one variant: its files' keys."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -453,228 +323,3 @@ def _reason(e: BaseException) -> str:
     if tries:  # the request, its URL and timing are said already: keep what follows them
         text = text.rsplit(" - ", 1)[-1] if " - " in text else "the request failed"
     return (text.strip()[:200] or name) + tries
-
-
-# -- what sessions use ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CacheObject:
-    """One cache file as both tiers know it."""
-
-    name: str  # module name, or prefix@<position>
-    key: str
-    rel: str  # relative path, the same below the cache root and the remote prefix
-    path: Path  # in the local cache
-    tokens: int
-    check: Callable[[Path], None]  # raises CacheFileError or BlobError unless the file is this object
-
-
-@dataclass
-class Tier:
-    """The remote store as a session sees it: a failure is one warning, then the store is left
-    alone for OFFLINE_SECONDS (each request already retried with backoff within its bound).
-    Uploads refused for want of permission stop for the session (a read-only fleet member).
-    Counts the bytes it moves."""
-
-    remote: Remote
-    warnings: list[str] = field(default_factory=list)
-    bytes_down: int = 0
-    bytes_up: int = 0
-    damaged: set[str] = field(default_factory=set)  # relative paths whose copy in the store is damaged
-    _offline_until: float = 0.0
-    _read_only: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # downloads run on threads
-    _leases: set[str] = field(default_factory=set)  # lease objects this session holds (renewed on a thread)
-    _renewer: threading.Thread | None = None
-
-    def __str__(self) -> str:
-        return str(self.remote)
-
-    @property
-    def online(self) -> bool:
-        return time.monotonic() >= self._offline_until
-
-    def take_warnings(self) -> list[str]:
-        out, self.warnings = self.warnings, []
-        return out
-
-    def _failed(self, e: RemoteError) -> None:
-        with self._lock:
-            if self.online:
-                self.warnings.append(f"{e}; working from the local cache")
-            self._offline_until = time.monotonic() + OFFLINE_SECONDS
-
-    def has(self, rel: str) -> bool | None:
-        """Whether the store holds ``rel``; None when it cannot be asked."""
-        if not self.online:
-            return None
-        try:
-            return self.remote.head(rel) is not None
-        except RemoteError as e:
-            self._failed(e)
-            return None
-
-    def list(self, rel_prefix: str) -> list[ObjectInfo] | None:
-        if not self.online:
-            return None
-        try:
-            return self.remote.list(rel_prefix)
-        except RemoteError as e:
-            self._failed(e)
-            return None
-
-    def fetch(self, obj: CacheObject, store: CacheStore, *, progress: Callable[[int], None] | None = None) -> str:
-        """Download ``obj`` into the local cache, checked: ``downloaded``, ``missing`` (not in the
-        store), ``damaged`` (the store's copy is damaged or foreign: a warning says why, nothing
-        is put in place, and the next upload of it replaces it), ``unwritable`` (the local cache)
-        or ``offline``."""
-        if not self.online:
-            return "offline"
-        try:
-            n = self.remote.download(obj.rel, store, obj.path, obj.check, progress=progress)
-        except Missing:
-            return "missing"
-        except RemoteError as e:
-            self._failed(e)
-            return "offline"
-        except (CacheFileError, BlobError) as e:
-            with self._lock:
-                self.warnings.append(f"remote {self.remote} holds a damaged copy of {obj.name} ({e}); recomputing it")
-                self.damaged.add(obj.rel)
-            return "damaged"
-        except CacheWriteError:  # the local cache cannot be written: the session computes without it
-            return "unwritable"
-        with self._lock:
-            self.bytes_down += n
-        return "downloaded"
-
-    def publish(self, rel: str, path: Path, *, replace: bool = False) -> str:
-        """Upload a local cache file: ``uploaded``, ``present`` (the store had it), ``offline``
-        or ``refused`` (not allowed to write: warned once). A copy found damaged in the store
-        (:meth:`fetch`), or ``replace``, is overwritten."""
-        if not self.online:
-            return "offline"
-        if self._read_only:
-            return "refused"
-        try:
-            size = path.stat().st_size
-            done = self.remote.upload(rel, path, replace=replace or rel in self.damaged)
-        except OSError:  # gone meanwhile (`pc gc`): nothing to upload
-            return "offline"
-        except RemoteError as e:
-            if "access denied" in str(e) or "not authenticated" in str(e):
-                self._read_only = True
-                self.warnings.append(f"{e}; not uploading (this machine only reads the store)")
-                return "refused"
-            self._failed(e)
-            return "offline"
-        self.damaged.discard(rel)
-        if done:
-            self.bytes_up += size
-        return "uploaded" if done else "present"
-
-    # -- leases: one machine computes a key while the others wait for its upload ---------------
-    def claim(self, rel: str, rel_end: str | None = None) -> bool:
-        """Whether this session should compute the cache file at ``rel`` (a file, or a prompt's
-        folder with ``rel_end`` its end state): True when it now holds the lease on it (a
-        conditional upload of ``leases/<rel>.json``; renewed every LEASE_SECONDS / 3 until
-        :meth:`release`), or when the store cannot take one; False when another machine holds a
-        live lease, or uploaded the file meanwhile (then :meth:`wait_for` it)."""
-        lease = lease_rel(rel)
-        if not self.online or self._read_only or lease in self._leases:
-            return True
-        try:
-            if not self.remote.upload(lease, self._lease_body()):
-                if self._lease_alive(lease):
-                    return False
-                self.remote.upload(lease, self._lease_body(), replace=True)  # its holder is gone: taken over
-            self._hold(lease)
-            target = rel_end or rel
-            if target not in self.damaged and self.remote.head(target) is not None:  # done since we looked
-                self.release(rel)
-                return False
-            return True
-        except RemoteError as e:
-            if "access denied" in str(e):
-                self._read_only = True
-            else:
-                self._failed(e)
-            return True
-
-    def release(self, rel: str) -> None:
-        lease = lease_rel(rel)
-        with self._lock:
-            held = lease in self._leases
-            self._leases.discard(lease)
-        if held and self.online:
-            try:
-                self.remote.delete(lease)
-            except RemoteError as e:
-                self._failed(e)
-
-    def wait_for(self, rel: str) -> bool:
-        """Wait while another machine's lease on ``rel`` lives (LEASE_WAIT at most): True once the
-        store holds the object, False when the lease ended without it (compute it here then)."""
-        lease = lease_rel(rel)
-        deadline = time.monotonic() + LEASE_WAIT
-        while time.monotonic() < deadline and self.online:
-            try:
-                if self.remote.head(rel) is not None:
-                    return True
-                if not self._lease_alive(lease):
-                    return self.remote.head(rel) is not None
-            except RemoteError as e:
-                self._failed(e)
-                return False
-            time.sleep(POLL_SECONDS)
-        return False
-
-    def _lease_body(self) -> bytes:
-        import socket
-
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                           "expires": time.time() + LEASE_SECONDS}).encode()
-
-    def _lease_alive(self, lease: str) -> bool:
-        raw = self.remote.read_small(lease, limit=4096)
-        try:
-            expires = json.loads(raw)["expires"] if raw else 0
-        except (ValueError, KeyError, TypeError):
-            return False
-        return isinstance(expires, (int, float)) and expires > time.time()
-
-    def _hold(self, lease: str) -> None:
-        with self._lock:
-            self._leases.add(lease)
-            if self._renewer is None or not self._renewer.is_alive():
-                self._renewer = threading.Thread(target=self._renew, name="pc-lease", daemon=True)
-                self._renewer.start()
-
-    def _renew(self) -> None:
-        while True:
-            time.sleep(LEASE_SECONDS / 3)
-            with self._lock:
-                leases = list(self._leases)
-            if not leases:
-                return
-            for lease in leases:
-                try:
-                    self.remote.upload(lease, self._lease_body(), replace=True)
-                except RemoteError:
-                    pass  # the waiters see it expire and compute themselves
-
-    def publish_manifest(self, rel: str, data: dict) -> None:
-        """Upload a schema's remote manifest (an index for `pc ls --remote`; failures are quiet
-        after the one warning)."""
-        if not self.online or self._read_only:
-            return
-        try:
-            self.remote.upload(rel, json.dumps(data, indent=1, sort_keys=True).encode())
-        except RemoteError as e:
-            self._failed(e)
-
-
-def manifest_digest(keys: list[str]) -> str:
-    """What distinguishes one version of a schema from another under one variant: its files' keys."""
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
