@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema pa
     from .pml.selection import Selection
     from .prompt.boundaries import Boundary
     from .store.admin import GcReport, Listing, RmReport, VerifyReport
-    from .store.remote import Remote, Tier
+    from .store.remote import Remote
+    from .store.remote_tier import Tier
     from .store.remote_admin import RemoteGcReport, RemoteListing, RemoteVerifyReport
 
 MODES = ("auto", "modular", "prefix")
@@ -335,12 +336,13 @@ def open_remote(remote: str | None = None) -> Tier | None:
     None for ``""`` or when neither is set. Nothing is contacted yet (raises UsageError for a
     malformed URL)."""
     if remote is None:
-        from .store.remote import remote_from_env
+        from .store.remote_config import remote_from_env
 
         remote = remote_from_env()
     if not remote:
         return None
-    from .store.remote import Remote, Tier
+    from .store.remote import Remote
+    from .store.remote_tier import Tier
 
     return Tier(Remote(remote))
 
@@ -509,7 +511,8 @@ def collect_remote_garbage(remote: str | None = None, *, max_size: int | None = 
 
 def _remote(remote: str | None) -> Remote:
     from .errors import UsageError
-    from .store.remote import Remote, remote_from_env
+    from .store.remote import Remote
+    from .store.remote_config import remote_from_env
 
     url = remote or remote_from_env()
     if not url:

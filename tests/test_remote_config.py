@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from promptcache_cli.errors import RemoteError, UsageError
-from promptcache_cli.store.remote import Remote, aws_settings, parse_url
+from promptcache_cli.store.remote import Remote
+from promptcache_cli.store.remote_config import aws_settings, parse_url
 
 
 def test_urls():

@@ -16,7 +16,7 @@ from .results import Answer, CompileReport, Progress
 from .runtime import Runtime
 
 if TYPE_CHECKING:
-    from ..store.remote import CacheObject
+    from ..store.remote_tier import CacheObject
 
 
 class Engine(Protocol):

@@ -24,7 +24,7 @@ from ..store.files import CacheStore
 from ..store.keys import model_fingerprint
 
 if TYPE_CHECKING:  # imported only where a remote is in use
-    from ..store.remote import Tier
+    from ..store.remote_tier import Tier
 
 
 class Runtime:

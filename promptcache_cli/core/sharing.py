@@ -11,7 +11,8 @@ from typing import Callable
 from ..errors import BlobError, CacheFileError, RemoteError
 from ..store import manifest
 from ..store.files import CacheStore
-from ..store.remote import CacheObject, Missing, Tier, manifest_digest, manifest_rel
+from ..store.remote import Missing, manifest_digest, manifest_rel
+from ..store.remote_tier import CacheObject, Tier
 from .results import Progress, Transfer
 
 Shard = tuple[int, int]  # (K, N): this job computes the keys whose hash is K modulo N

@@ -28,7 +28,7 @@ from ..store import cache_file
 from .catalog import Catalog
 
 if TYPE_CHECKING:
-    from ..store.remote import CacheObject
+    from ..store.remote_tier import CacheObject
 
 Job = tuple[Segment, tuple[tuple[int, ...], ...]]  # a segment and the contexts it is computed after
 

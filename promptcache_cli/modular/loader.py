@@ -29,7 +29,7 @@ from .catalog import Catalog
 from .compiler import Compiler, Unstored
 
 if TYPE_CHECKING:
-    from ..store.remote import CacheObject
+    from ..store.remote_tier import CacheObject
 
 FETCH_THREADS = 4  # downloads at once when an ask needs several modules from the remote store
 
@@ -125,7 +125,8 @@ class Loader:
     # -- the remote store ----------------------------------------------------------------
     def cache_object(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath) -> CacheObject:
         """An owner's module file as both tiers know it, with the check a download must pass."""
-        from ..store.remote import CacheObject, module_rel
+        from ..store.remote import module_rel
+        from ..store.remote_tier import CacheObject
 
         key = keys[owner]
         return CacheObject(owner_name(owner), key, module_rel(key), self.catalog.path(key), layout.tokens_of(owner),

@@ -35,7 +35,7 @@ from .stitch import fill
 if TYPE_CHECKING:
     from ..core.sharing import Shard
     from ..prompt.boundaries import Boundary
-    from ..store.remote import CacheObject, Tier
+    from ..store.remote_tier import CacheObject, Tier
 
 BoundaryHook = Callable[[Sequence["Boundary"]], Mapping[int, int]]
 

@@ -43,7 +43,7 @@ from .states import Checkpoint, PrefixStates
 
 if TYPE_CHECKING:
     from ..core.sharing import Shard
-    from ..store.remote import CacheObject, Tier
+    from ..store.remote_tier import CacheObject, Tier
 
 DEFAULT_CHECKPOINTS = 4
 

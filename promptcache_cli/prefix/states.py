@@ -25,7 +25,7 @@ from ..store.files import touch
 from ..store.keys import module_key
 
 if TYPE_CHECKING:
-    from ..store.remote import CacheObject
+    from ..store.remote_tier import CacheObject
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ class PrefixStates:
 
     def cache_object(self, key: str, tokens: list[int], position: int) -> CacheObject:
         """The state at ``position`` of the prompt ``tokens`` as both tiers know it."""
-        from ..store.remote import CacheObject, prefix_rel
+        from ..store.remote import prefix_rel
+        from ..store.remote_tier import CacheObject
 
         partial = self.runtime.model.memory.partial_checkpoints and position < len(tokens)
         return CacheObject(f"prefix@{position}", key, prefix_rel(key, position), self.folder(key) / f"{position}.pcm",
