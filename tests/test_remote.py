@@ -417,3 +417,61 @@ def test_pc_ask_imports_no_s3_client_without_a_remote(tmp_path, remote):
                                  env=faults.env_for(tmp_path / "b"), timeout=300)  # a fresh cache: it asks the store
     assert with_remote.returncode == 0, with_remote.stderr
     assert "obstore" in with_remote.stderr
+
+
+def _free_endpoint() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_an_unreachable_store_leaves_compile_local_and_store_commands_exit_11(tmp_path, remote, monkeypatch):
+    """Nothing listens at the endpoint: `pc compile --remote` computes and stores everything
+    locally with one warning; the commands about the store end in one line and exit 11; no
+    temporary file is left and the cache directory verifies."""
+    schema = facts_schema(tmp_path / "s")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", _free_endpoint())
+    a = tmp_path / "a"
+    run = ok(pc("compile", schema, "--remote", remote, "--json", cache_dir=a))
+    got = run.json()
+    assert {m["status"] for m in got["modules"]} == {"computed"}
+    assert not any(m["uploaded"] for m in got["modules"])
+    assert len(got["warnings"]) == 1 and "unreachable" in got["warnings"][0], got["warnings"]
+    assert run.err.count("warning:") == 1
+    assert len(faults.module_files(a)) == 4 and temporary_files(a) == []
+    ok(pc("verify", cache_dir=a))
+    assert ok(ask(schema, a, None)).json()["compiled"] == []  # the local tier serves as before
+
+    for args, cache in ((["push", schema], a), (["pull", schema], tmp_path / "b"), (["ls"], a), (["verify"], a),
+                        (["gc", "--max-size", "0"], a)):
+        err = one_line_error(pc(*args, "--remote", remote, cache_dir=cache), 11)
+        assert "unreachable" in err and remote in err, (args, err)
+    assert temporary_files(a) == [] and temporary_files(tmp_path / "b") == []
+    ok(pc("verify", cache_dir=a))
+
+
+def _lease(remote: str, rel: str, expires_in: float) -> None:
+    import time
+
+    body = json.dumps({"host": "gone", "pid": 1, "expires": time.time() + expires_in}).encode()
+    Remote(remote).upload(f"leases/{rel}.json", body, replace=True)
+
+
+def test_a_killed_machines_lease_is_taken_over(tmp_path, remote):
+    """Machines that died while computing left leases in the store: one already expired, one
+    still live for a few seconds. A new machine takes the first over at once and computes the
+    second itself once its lease runs out; it answers as a machine without a store does."""
+    schema = facts_schema(tmp_path / "s")
+    alone = ok(ask(schema, tmp_path / "alone", None)).json()
+    keys = {m["module"]: m["key"] for m in alone["compiled"]}
+    assert set(keys) == {"(schema)", "color", "license"}
+    _lease(remote, f"modules/{keys['license'][:2]}/{keys['license']}.pcm", -5.0)  # expired
+    _lease(remote, f"modules/{keys['color'][:2]}/{keys['color']}.pcm", 3.0)  # its holder was killed just now
+
+    got = ok(ask(schema, tmp_path / "b", remote)).json()
+    assert got["answer"] == alone["answer"] and got["warnings"] == []
+    assert {m["module"] for m in got["compiled"]} == set(keys) and got["downloaded"] == []
+    assert {Path(r).stem for r in stored(remote)} == set(keys.values())  # and uploaded for the next machine
+    ok(pc("verify", "--remote", remote, cache_dir=tmp_path / "v"))

@@ -107,7 +107,8 @@ def _report(sess, report, *, as_json: bool, ranked: bool) -> dict:
         write_err(f"warning: {w}")
     obj = {"schema": report.schema, "mode": sess.mode, "encoding": report.encoding,
            "model": sess.model_name, "cache_dir": str(sess.cache_dir),
-           "seconds": round(report.seconds, 3), "modules": rows, "ranked": list(report.ranked)}
+           "seconds": round(report.seconds, 3), "modules": rows, "ranked": list(report.ranked),
+           "warnings": list(report.warnings)}
     if report.remote:
         obj["remote"] = report.remote
     if as_json:
