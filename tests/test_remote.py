@@ -462,16 +462,33 @@ def _lease(remote: str, rel: str, expires_in: float) -> None:
 def test_a_killed_machines_lease_is_taken_over(tmp_path, remote):
     """Machines that died while computing left leases in the store: one already expired, one
     still live for a few seconds. A new machine takes the first over at once and computes the
-    second itself once its lease runs out; it answers as a machine without a store does."""
+    second itself once its lease runs out (waiting for it meanwhile); it answers as a machine
+    without a store does. `gc --remote` removes dead leases, never live ones."""
     schema = facts_schema(tmp_path / "s")
     alone = ok(ask(schema, tmp_path / "alone", None)).json()
     keys = {m["module"]: m["key"] for m in alone["compiled"]}
     assert set(keys) == {"(schema)", "color", "license"}
     _lease(remote, f"modules/{keys['license'][:2]}/{keys['license']}.pcm", -5.0)  # expired
-    _lease(remote, f"modules/{keys['color'][:2]}/{keys['color']}.pcm", 3.0)  # its holder was killed just now
+    _lease(remote, f"modules/{keys['color'][:2]}/{keys['color']}.pcm", 20.0)  # its holder was killed just now
 
     got = ok(ask(schema, tmp_path / "b", remote)).json()
     assert got["answer"] == alone["answer"] and got["warnings"] == []
     assert {m["module"] for m in got["compiled"]} == set(keys) and got["downloaded"] == []
     assert {Path(r).stem for r in stored(remote)} == set(keys.values())  # and uploaded for the next machine
     ok(pc("verify", "--remote", remote, cache_dir=tmp_path / "v"))
+
+    # gc of the store removes the dead machine's lease once no one would take it over any more,
+    # and leaves a live one (a machine computing now) alone
+    import time
+
+    from promptcache_cli.store.remote_admin import gc_remote
+    from promptcache_cli.store.remote_tier import LEASE_SECONDS
+
+    _lease(remote, "modules/00/live.pcm", 10 * LEASE_SECONDS)
+    _lease(remote, "modules/00/dead.pcm", -1.0)
+    assert gc_remote(Remote(remote), older_than=1e9).removed == []  # not long enough ago
+    report = gc_remote(Remote(remote), older_than=1e9, now=time.time() + 2 * LEASE_SECONDS)
+    removed = {n.file.rel for n in report.removed}
+    assert {n.kind for n in report.removed} == {"lease"} and "leases/modules/00/dead.pcm.json" in removed
+    assert [o.rel for o in Remote(remote).list("leases/")] == ["leases/modules/00/live.pcm.json"]
+    assert len(stored(remote)) == 3

@@ -24,6 +24,7 @@ from .remote import ObjectInfo, Remote
 _MODULE = re.compile(r"modules/([0-9a-f]{2})/([0-9a-f]{40})\.pcm")
 _STATE = re.compile(r"prefix/([0-9a-f]{2})/([0-9a-f]{40})/([1-9][0-9]{0,9})\.pcm")
 _MANIFEST = re.compile(r"schemas/[^/]+/[^/]+\.json")
+_LEASE = re.compile(r"leases/.+\.json")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class RemoteListing:
 class RemoteNote:
     file: RemoteFile
     reason: str
-    kind: str = "module"  # module | prefix | manifest
+    kind: str = "module"  # module | prefix | manifest | lease
 
 
 @dataclass
@@ -178,7 +179,7 @@ def verify_remote(remote: Remote, root, *, progress: Callable[[int, int, str], N
     """Download each cache file into a temporary file in the cache directory (beside where it
     would go) and check it whole: every checksum, and that it is the file its name says."""
     store = CacheStore(root)
-    files, manifests, _ = _classify(remote.list())
+    files, manifests, others = _classify(remote.list())
     damaged: list[RemoteNote] = []
     total, done = sum(f.bytes for f in files), 0
     for f in files:
@@ -220,11 +221,13 @@ def _prune(folder, root) -> None:
 def gc_remote(remote: Remote, *, max_size: int | None = None, older_than: float | None = None,
               dry_run: bool = False, now: float | None = None) -> RemoteGcReport:
     """Delete cache files uploaded more than ``older_than`` seconds ago, then the oldest until the
-    rest take at most ``max_size`` bytes; then the manifests that name no cache file left."""
+    rest take at most ``max_size`` bytes; then the manifests that name no cache file left, and the
+    leases (remote_tier.py) of machines that stopped renewing them LEASE_SECONDS ago or longer
+    (killed while computing; a lease's holder renews it every LEASE_SECONDS / 3)."""
     if max_size is None and older_than is None:
         raise ValueError("gc needs max_size or older_than")
     now = time.time() if now is None else now
-    files, manifests, _ = _classify(remote.list())
+    files, manifests, others = _classify(remote.list())
     total_before = total = sum(f.bytes for f in files)
     removed: list[RemoteNote] = []
     gone: set[str] = set()
@@ -250,4 +253,28 @@ def gc_remote(remote: Remote, *, max_size: int | None = None, older_than: float 
             if not dry_run:
                 remote.delete(m.rel)
             removed.append(RemoteNote(m, "names no cache file left", "manifest"))
+    for o in others:
+        if _LEASE.fullmatch(o.rel) and _lease_dead(remote, o, now):
+            if not dry_run:
+                remote.delete(o.rel)
+            removed.append(RemoteNote(o, "a lease its holder stopped renewing", "lease"))
     return RemoteGcReport(str(remote), removed, dry_run, total_before, total)
+
+
+def _lease_dead(remote: Remote, lease: RemoteFile, now: float) -> bool:
+    """Whether a lease expired LEASE_SECONDS ago or longer (one that cannot be read: uploaded
+    that long ago), so that no machine is about to take it over."""
+    from .remote_tier import LEASE_SECONDS
+
+    if now - lease.uploaded < LEASE_SECONDS:
+        return False
+    raw = remote.read_small(lease.rel, limit=4096)
+    if raw is None:  # released meanwhile, or not a lease of ours
+        return False
+    try:
+        expires = json.loads(raw)["expires"]
+    except (ValueError, KeyError, TypeError):
+        expires = None
+    if not isinstance(expires, (int, float)):
+        return True
+    return now - expires >= LEASE_SECONDS
