@@ -18,32 +18,33 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request", "Session",
-        "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path", "inspect_schema",
-        "list_cache", "list_remote", "open_session", "remove_schema", "request_from_prompt", "resolve_model", "select",
-        "verify_cache", "verify_remote")
+        "answer_record", "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path",
+        "inspect_schema", "list_cache", "list_remote", "open_session", "remove_schema", "request_from_prompt",
+        "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote")
 _ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
-           "InputError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError", "PmlError",
-           "PromptTooLong", "RemoteError", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel",
-           "UsageError", "exit_code_for")
+           "InputError", "ListenError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError",
+           "PmlError", "PromptTooLong", "RemoteError", "SelectionError", "StateRefused", "TemplateError",
+           "UnsupportedModel", "UsageError", "exit_code_for")
 _WHERE = {
     **{name: "api" for name in _API},
     **{name: "errors" for name in _ERRORS},
     "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
     "Transfer": "core.results", "TransferReport": "core.results",
+    "PromptState": "core.tokens", "Conversation": "prompt.conversation",
     "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
     "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
 }
 
 __all__ = [
     "Answer", "BackendError", "BlobError", "Boundary", "COMPRESSIONS", "CacheFileError", "CacheWriteError",
-    "CompileReport", "ContextFullError", "DEFAULT_CHECKPOINTS", "ENCODINGS", "EXIT_CODES", "InputError", "KV_TYPES",
-    "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport", "OutputError", "ParameterTooLong", "PcError",
-    "PmlError", "PromptPart", "PromptTooLong", "PromptView", "RemoteError", "Request", "Sampler", "Schema",
-    "SchemaLayout", "SelectionError", "Session", "StateRefused", "TemplateError", "Transfer", "TransferReport",
-    "UnsupportedModel", "UsageError", "collect_garbage", "collect_remote_garbage", "default_cache_dir",
-    "default_model_path", "exit_code_for", "inspect_schema", "list_cache", "list_remote", "load_schema",
-    "open_session", "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache",
-    "verify_remote",
+    "CompileReport", "ContextFullError", "Conversation", "DEFAULT_CHECKPOINTS", "ENCODINGS", "EXIT_CODES",
+    "InputError", "KV_TYPES", "ListenError", "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport",
+    "OutputError", "ParameterTooLong", "PcError", "PmlError", "PromptPart", "PromptState", "PromptTooLong",
+    "PromptView", "RemoteError", "Request", "Sampler", "Schema", "SchemaLayout", "SelectionError", "Session",
+    "StateRefused", "TemplateError", "Transfer", "TransferReport", "UnsupportedModel", "UsageError",
+    "answer_record", "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path",
+    "exit_code_for", "inspect_schema", "list_cache", "list_remote", "load_schema", "open_session", "remove_schema",
+    "request_from_prompt", "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote",
 ]
 
 
@@ -62,15 +63,17 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MODES, Request, Session,
-                      collect_garbage, collect_remote_garbage, default_cache_dir, default_model_path, inspect_schema,
-                      list_cache, list_remote, open_session, remove_schema, request_from_prompt, resolve_model,
-                      select, verify_cache, verify_remote)
+                      answer_record, collect_garbage, collect_remote_garbage, default_cache_dir, default_model_path,
+                      inspect_schema, list_cache, list_remote, open_session, remove_schema, request_from_prompt,
+                      request_from_prompt_text, resolve_model, select, verify_cache, verify_remote)
     from .core.results import Answer, CompileReport, ModuleReport, Transfer, TransferReport
+    from .core.tokens import PromptState
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,
-                         InputError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong, PcError, PmlError,
-                         PromptTooLong, RemoteError, SelectionError, StateRefused, TemplateError, UnsupportedModel,
-                         UsageError, exit_code_for)
+                         InputError, ListenError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong,
+                         PcError, PmlError, PromptTooLong, RemoteError, SelectionError, StateRefused, TemplateError,
+                         UnsupportedModel, UsageError, exit_code_for)
     from .llama.sampling import Sampler
     from .pml.schema import Schema, load_schema
     from .prompt.boundaries import Boundary
+    from .prompt.conversation import Conversation

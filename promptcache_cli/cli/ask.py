@@ -17,7 +17,9 @@ MAX_QUESTION_BYTES = 1 << 20
 
 
 def ask(
-    question: Optional[str] = typer.Argument(None, help="The question; '-' or nothing reads it from stdin."),
+    question: Optional[str] = typer.Argument(
+        None, help="The question; '-' or nothing reads it from stdin. With --prompt: appended to the "
+        "file's question ('-' reads it from stdin; nothing: the file as it is)."),
     schema: str = typer.Option(..., "--schema", "-s", help="Schema file (PML)."),
     module: list[str] = typer.Option([], "--module", "-m", help="Import a module (a/b when nested); repeatable."),
     param: list[str] = typer.Option([], "--param", "-p", help="Parameter NAME=VALUE or module/NAME=VALUE; repeatable."),
@@ -47,21 +49,30 @@ def ask(
     """Answer a question over the schema's modules, loading their states from the cache."""
     from dataclasses import replace
 
-    from ..api import Request, Sampler, load_schema, request_from_prompt, select
+    from ..api import (
+        Request,
+        Sampler,
+        answer_record,
+        append_question,
+        load_schema,
+        request_from_prompt,
+        select,
+    )
 
     sch = load_schema(schema)
     if prompt:
-        request = request_from_prompt(prompt, schema=sch)
         if module or param:
             raise errors.InputError("--prompt chooses modules and parameters itself; drop --module/--param")
+        request = request_from_prompt(prompt, schema=sch)
         select(sch, request)  # a selection error names the prompt file and line
-        if question is not None and question != "-":
-            raise errors.InputError("--prompt carries the question; drop the QUESTION argument")
+        # a question-less prompt file is answered as it is; a QUESTION beside it is appended
+        if question is not None:
+            request = replace(request, question=append_question(request.question, _read_question(question)))
     else:
         select(sch, Request(sch, "", modules=module, params=param))  # before reading stdin
         request = Request(sch, _read_question(question), modules=module, params=param)
-    if not request.question.strip():
-        raise errors.InputError("empty question")
+        if not request.question.strip():
+            raise errors.InputError("empty question")
     try:
         sampler = Sampler(temperature=temperature, top_p=top_p if top_p > 0 else 1.0, seed=seed)
     except ValueError as e:
@@ -86,15 +97,7 @@ def ask(
     if res.ranked:
         write_err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
     if as_json:
-        emit_json({
-            "answer": res.text, "ttft_ms": round(res.ttft_ms, 2), "total_ms": round(res.total_ms, 2),
-            "cached_tokens": res.cached_tokens, "computed_tokens": res.computed_tokens,
-            "refreshed_tokens": res.refreshed_tokens,
-            "generated_tokens": len(res.tokens), "modules": list(res.modules), "model": res.model,
-            "no_cache": no_cache, "mode": sess.mode, "warnings": list(res.warnings),
-            "compiled": [_module_json(m) for m in res.compiled],
-            **({"remote": sess.remote, "downloaded": [_module_json(m) for m in res.downloaded]} if sess.remote else {}),
-        })
+        emit_json(answer_record(res, mode=sess.mode, no_cache=no_cache, remote=sess.remote))
         return
     write_out("\n")
     if timings if timings is not None else sys.stderr.isatty():
@@ -102,11 +105,6 @@ def ask(
         what += f", {res.refreshed_tokens} recomputed" if res.refreshed_tokens else ""
         write_err(f"[{what}, {res.computed_tokens} computed; "
                   f"first token {res.ttft_ms:.0f} ms, total {res.total_ms:.0f} ms]")
-
-
-def _module_json(m) -> dict:
-    return {"module": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes, "seconds": round(m.seconds, 3),
-            **({"uploaded": True} if m.uploaded else {})}
 
 
 def _read_question(question: Optional[str]) -> str:

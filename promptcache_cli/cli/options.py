@@ -67,7 +67,7 @@ CompressionOpt = typer.Option(
 
 def open_session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression,
                  kv_type: KvType, mode: Mode = Mode.auto, checkpoints: int = 4, checkpoint_bytes: int | None = None,
-                 remote: Optional[str] = None, remote_required: bool = False):
+                 threads: int = 0, remote: Optional[str] = None, remote_required: bool = False):
     """A session for the command's options (the model loaded, a prefix model in prefix mode);
     ``remote``: the --remote option's value (``""``: $PC_REMOTE)."""
     from .. import api
@@ -78,7 +78,7 @@ def open_session(model: Optional[str], cache_dir: Optional[str], encoding: Encod
     url = resolve_remote(remote, required=remote_required)
     sess = api.open_session(model, cache_dir=root, mode=mode.value, encoding=encoding.value,
                             compression=compression.value, kv_type=kv_type.value, checkpoints=checkpoints,
-                            checkpoint_bytes=checkpoint_bytes, remote=url or "")
+                            checkpoint_bytes=checkpoint_bytes, threads=threads, remote=url or "")
     outlive(sess)  # a `pc` process leaves it to the operating system
     return sess
 
@@ -103,6 +103,7 @@ def progress_bar(enabled: bool):
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} tokens"),
         TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        redirect_stdout=False, redirect_stderr=False,  # rich would send stdout (the answer) to the terminal
     )
     task = bar.add_task("compiling", total=None)
 

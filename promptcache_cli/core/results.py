@@ -51,6 +51,7 @@ class Answer:
     first_logits: np.ndarray | None = None  # with ``keep_logits``: the prompt's last logits
     refreshed_tokens: int = 0  # cached tokens recomputed in the prompt's context (``refresh``)
     ranked: tuple[str, ...] = ()  # modules whose recompute scores were measured now
+    finish_reason: str = "stop"  # "stop": the model ended the answer (or it was halted); "length": max_tokens
     downloaded: tuple[ModuleReport, ...] = ()  # modules (or prefix states) fetched from the remote store
 
 

@@ -109,7 +109,7 @@ def manifest_entry(schema: str, variant: manifest.Variant, codec: str, modules: 
                    prefix: dict | None = None) -> tuple[str, dict]:
     """The store's manifest of one compiled schema variant: (its relative path, its content).
     One object per schema name, variant and set of files, so machines never rewrite each other's."""
-    keys = [m["key"] for m in modules] + ([prefix["key"]] if prefix else [])
+    keys = [m["key"] for m in modules if "key" in m] + ([prefix["key"]] if prefix else [])
     data = {"schema": schema, "model": variant.model, "llama_cpp": variant.llama_cpp,
             "state_layout": variant.state_layout, "encoding": variant.encoding, "codec": codec,
             "mode": manifest.PREFIX if prefix else "modular", "modules": modules, "compiled": time.time()}

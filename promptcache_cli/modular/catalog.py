@@ -80,7 +80,11 @@ class Catalog:
             raise CacheWriteError(f"cannot write to the cache at {store.root}: {e.strerror}") from None
 
     def manifest_modules(self, layout: Layout, keys: dict[ModPath, str]) -> list[dict]:
-        return [{"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)} for o in layout.owners()]
+        """The schema's modules as a manifest lists them, in document order (a cache="false" one
+        without a key)."""
+        return [manifest.uncached_module(owner_name(o), layout.tokens_of(o)) if o in layout.uncached else
+                {"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)}
+                for o in dict.fromkeys(s.owner for s in layout.segments)]  # document order
 
     def remote_manifest(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> tuple[str, dict]:
         """The schema's manifest in the remote store: (relative path, content)."""

@@ -35,7 +35,8 @@ from ..llama.sampling import Sampler
 from ..pml.schema import Schema
 from ..pml.selection import Selection, default_selection
 from ..prompt.layout import Layout
-from ..prompt.plan import PromptPlan
+from ..prompt.conversation import Conversation
+from ..prompt.plan import PromptPlan, owner_name
 from ..store import manifest
 from ..store.overlap_log import OverlapLog, history_dir
 from .restore import ResumePlan, Restorer, common_prefix
@@ -94,11 +95,16 @@ class PrefixSession:
     def prompt_plan(self, layout: Layout, selection: Selection) -> PromptPlan:
         return self.runtime.plan(layout, selection)
 
-    def question_tokens(self, layout: Layout, question: str) -> list[int]:
+    def question_tokens(self, layout: Layout, question: str | Conversation) -> list[int]:
         return self.runtime.question_tokens(layout, question)
 
     def prompt_tokens(self, schema: Schema, selection: Selection) -> list[int]:
         return self.prompt_plan(self.layout(schema), selection).tokens()
+
+    def cached_prompt(self, schema: Schema) -> list[int]:
+        """The prompt whose states are stored: the default prompt up to its first cache="false"
+        module (whose states, and so every state after them, are computed for each request)."""
+        return self.prompt_plan(self.layout(schema), default_selection(schema)).storable()[0]
 
     def prompt_key(self, tokens: list[int]) -> str:
         return self.states.key(tokens)
@@ -153,7 +159,8 @@ class PrefixSession:
     def compile(self, schema: Schema, *, owners=None, force: bool = False,
                 progress: Progress | None = None, ranked: bool = False, shard: Shard | None = None,
                 skip_in_store: bool = True) -> CompileReport:
-        """Prefill the default prompt and store its end state and checkpoints. States already
+        """Prefill the default prompt (up to its first cache="false" module: see
+        :meth:`cached_prompt`) and store its end state and checkpoints. States already
         stored are reused; the prefill starts from the deepest one below the first missing.
         (``ranked``: prefix states are exact, there is nothing to rank.) ``shard`` (K, N): only
         when the prompt's key is in share K of N. With a remote store, a prompt whose end state
@@ -161,8 +168,7 @@ class PrefixSession:
         ones the store lacks too (``skip_in_store`` False: computed whatever the store holds)."""
         _no_refresh(ranked)
         t0 = time.perf_counter()
-        plan = self.prompt_plan(self.layout(schema), default_selection(schema))
-        tokens = plan.tokens()
+        tokens, starts = self.prompt_plan(self.layout(schema), default_selection(schema)).storable()
         tier = self.runtime.remote
         if not tokens:
             return CompileReport(schema.name, "prefix", (), 0.0)
@@ -174,7 +180,7 @@ class PrefixSession:
                 report = ModuleReport(f"prefix@{len(tokens)}", key, "other shard", len(tokens), 0, 0.0)
                 return CompileReport(schema.name, "prefix", (report,), time.perf_counter() - t0,
                                      remote=str(tier) if tier is not None else None)
-        want = sorted(set(self.plan_positions(schema, len(tokens), plan.starts())) | {len(tokens)})
+        want = sorted(set(self.plan_positions(schema, len(tokens), starts)) | {len(tokens)})
         # the store first, before the local lock: a wait for another machine's upload never holds it
         elsewhere = (tier is not None and skip_in_store and not force and len(tokens) not in self.stored(key)
                      and (self._in_store(key, len(tokens)) or self._computed_elsewhere(key, len(tokens))))
@@ -206,23 +212,26 @@ class PrefixSession:
                              remote=str(tier) if tier is not None else None)
 
     # -- the remote store -------------------------------------------------------------------
-    def _manifest(self, schema: Schema) -> tuple[manifest.Variant, dict]:
-        tokens = self.prompt_tokens(schema, default_selection(schema))
+    def _manifest(self, schema: Schema) -> tuple[manifest.Variant, dict, list[dict]]:
+        """The schema's entry: its variant, its stored prompt, and its cache="false" modules."""
+        layout = self.layout(schema)
+        tokens = self.prompt_plan(layout, default_selection(schema)).storable()[0]
         rt = self.runtime
         variant = manifest.Variant(rt.fingerprint, llama_cpp_version(), rt.settings.state_layout(), manifest.PREFIX)
-        return variant, {"key": self.prompt_key(tokens), "tokens": len(tokens)}
+        modules = [manifest.uncached_module(owner_name(o), layout.tokens_of(o)) for o in layout.uncached_owners()]
+        return variant, {"key": self.prompt_key(tokens), "tokens": len(tokens)}, modules
 
     def record(self, schema: Schema, *, remote: bool = False) -> None:
         """Write the schema's manifest: in the cache directory (what `pc ls` lists and `pc rm`
         removes), or (``remote``) in the store."""
-        variant, prefix = self._manifest(schema)
+        variant, prefix, modules = self._manifest(schema)
         if not remote:
             manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=variant,
-                            codec=self.codec, modules=[], prefix=prefix)
+                            codec=self.codec, modules=modules, prefix=prefix)
         elif self.runtime.remote is not None:
             from ..core.sharing import manifest_entry
 
-            self.runtime.remote.publish_manifest(*manifest_entry(schema.name, variant, self.codec, [], prefix))
+            self.runtime.remote.publish_manifest(*manifest_entry(schema.name, variant, self.codec, modules, prefix))
 
     def _computed_elsewhere(self, key: str, position: int) -> bool:
         """Whether another machine holds the lease on the prompt's states and uploads them while
@@ -251,7 +260,7 @@ class PrefixSession:
     def cache_objects(self, schema: Schema, *, in_store: bool = False) -> list[CacheObject]:
         """The default prompt's states as both tiers know them: those in the cache directory, or
         (``in_store``) those the remote store holds."""
-        tokens = self.prompt_tokens(schema, default_selection(schema))
+        tokens = self.cached_prompt(schema)
         key = self.prompt_key(tokens)
         if not in_store:
             positions = sorted(self.stored(key))
@@ -375,7 +384,7 @@ class PrefixSession:
                  only: Collection[int] | None = None) -> ResumePlan:
         return self.restorer.restore(ctx, key, cached, request, only=only)
 
-    def ask(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0) -> Answer:
         """Answer ``question`` (:meth:`prefill`, then generate): the `--no-cache` answer, sooner."""
@@ -385,7 +394,7 @@ class PrefixSession:
         return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
                       on_text=on_text, keep_logits=keep_logits)
 
-    def prefill(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0) -> Prefilled:
         """A context holding the prompt and the question, resumed from the deepest usable stored
         state, with room for ``max_tokens``."""
@@ -399,11 +408,11 @@ class PrefixSession:
             return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens)
         return self._resume_request(schema, layout, selection, question, max_tokens, progress)
 
-    def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str,
+    def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str | Conversation,
                         max_tokens: int, progress: Progress | None) -> Prefilled:
         self.runtime.arena.reset()  # the previous question's blobs are dead
         request = self.prompt_plan(layout, selection).tokens() + self.question_tokens(layout, question)
-        cached = self.prompt_tokens(schema, default_selection(schema))
+        cached = self.cached_prompt(schema)
         key = self.prompt_key(cached)
         warnings: list[str] = []
         compiled: list[ModuleReport] = []
