@@ -492,3 +492,33 @@ def test_a_killed_machines_lease_is_taken_over(tmp_path, remote):
     assert {n.kind for n in report.removed} == {"lease"} and "leases/modules/00/dead.pcm.json" in removed
     assert [o.rel for o in Remote(remote).list("leases/")] == ["leases/modules/00/live.pcm.json"]
     assert len(stored(remote)) == 3
+
+
+def test_pc_serve_and_pc_batch_download_from_the_store(tmp_path, remote):
+    """A server started on a fresh machine with --remote compiles nothing and answers its first
+    request from downloaded states (the same answer as the compiling machine's); so does `pc
+    batch`."""
+    from .support import server as srv
+
+    schema = facts_schema(tmp_path / "s")
+    ok(pc("compile", schema, "--remote", remote, cache_dir=tmp_path / "a"))
+    want = ok(ask(schema, tmp_path / "a", None)).json()
+    body = {"question": QUESTION, "modules": ["color", "license"], "max_tokens": 12}
+
+    s = srv.start(schema, "--remote", remote, cache_dir=tmp_path / "b")
+    try:
+        status, _, raw = s.request("POST", "/v1/pc/ask", json.dumps({"schema": "facts", **body}))
+        assert status == 200, raw
+        got = json.loads(raw)
+        assert got["answer"] == want["answer"] and got["compiled"] == [] and got["remote"] == remote
+        assert {m["module"] for m in got["downloaded"]} == {"(schema)", "color", "license"}
+    finally:
+        assert s.stop() == 0, s.stderr
+    assert "Traceback" not in s.stderr and "computed" not in s.stderr, s.stderr
+
+    lines = tmp_path / "in.jsonl"
+    lines.write_text(json.dumps({"schema": str(schema), **body}) + "\n", encoding="utf-8")
+    [line] = ok(pc("batch", lines, "--remote", remote, cache_dir=tmp_path / "c")).out.splitlines()
+    got = json.loads(line)
+    assert got["answer"] == want["answer"] and got["compiled"] == []
+    assert {m["module"] for m in got["downloaded"]} == {"(schema)", "color", "license"}
