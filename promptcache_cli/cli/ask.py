@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, JsonOpt, ModelOpt, emit_json, finite, write_err, write_out
+from .common import CacheOpt, JsonOpt, ModelOpt, RemoteOpt, emit_json, finite, write_err, write_out
 from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
                       ModeOpt, check_refresh, open_session, progress_bar)
 
@@ -42,6 +42,7 @@ def ask(
     kv_type: KvType = KvTypeOpt,
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
+    remote: Optional[str] = RemoteOpt,
     timings: Optional[bool] = typer.Option(
         None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."
     ),
@@ -81,7 +82,7 @@ def ask(
     if refresh and no_cache:
         raise errors.UsageError("--refresh recomputes cached tokens; --no-cache computes them all already")
     check_refresh(bool(refresh), "--refresh", kv_type, mode)
-    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
+    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, remote=remote)
     check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
     on_text = None if as_json else write_out
     bar, update = progress_bar(not as_json)
@@ -89,12 +90,15 @@ def ask(
         res = sess.ask(request, on_text=on_text, progress=update)
     for w in res.warnings:
         write_err(f"warning: {w}")
+    if res.downloaded:
+        write_err(f"downloaded {len(res.downloaded)} module(s) from {sess.remote}: "
+                  f"{', '.join(m.name for m in res.downloaded)} ({sum(m.bytes for m in res.downloaded) / 1e6:.1f} MB)")
     if res.compiled:
         write_err(f"compiled {len(res.compiled)} module(s) on demand: {', '.join(m.name for m in res.compiled)}")
     if res.ranked:
         write_err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
     if as_json:
-        emit_json(answer_record(res, mode=sess.mode, no_cache=no_cache))
+        emit_json(answer_record(res, mode=sess.mode, no_cache=no_cache, remote=sess.remote))
         return
     write_out("\n")
     if timings if timings is not None else sys.stderr.isatty():

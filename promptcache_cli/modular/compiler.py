@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Callable, Collection, Iterator
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ..prompt.layout import Layout, Path as ModPath, Segment
 from ..prompt.plan import owner_name
 from ..store import cache_file
 from .catalog import Catalog
+
+if TYPE_CHECKING:
+    from ..store.remote_tier import CacheObject
 
 Job = tuple[Segment, tuple[tuple[int, ...], ...]]  # a segment and the contexts it is computed after
 Opened = dict[ModPath, cache_file.CacheFile]  # files an ask holds open: its lease on them
@@ -44,6 +47,8 @@ class Compiler:
     def __init__(self, runtime: Runtime, catalog: Catalog) -> None:
         self.runtime = runtime
         self.catalog = catalog
+        # an owner's file as the remote store knows it, with its check (set by the session: loader.py)
+        self.cache_object: Callable[[Layout, dict[ModPath, str], ModPath], CacheObject] | None = None
 
     @property
     def _split_planes(self) -> bool:
@@ -83,12 +88,17 @@ class Compiler:
                 if o not in redo and (report := self._reuse(layout, keys, o, opened)) is not None:
                     reports[o] = report
             todo = [o for o in owners if o not in reports]
-            jobs = sorted(
-                ((seg, contexts(layout, seg, self.catalog.encoding)) for o in todo for seg in layout.segments_of(o)),
-                key=lambda job: job[0].offset,
-            )
-            if jobs:
-                reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored, opened))
+            theirs: list[ModPath] = []
+            if self.runtime.remote is not None and todo and (unstored is None or unstored.reason is None):
+                todo, theirs = self._claim(keys, todo, redo)
+            try:  # ours first; then what other machines compute meanwhile (never waiting while holding a lease)
+                self._compute_owners(layout, keys, todo, progress, unstored, reports, opened)
+            finally:
+                self._release(keys, todo)
+            for o in theirs:
+                self._wait_for(layout, keys, o, reports, opened)
+            self._compute_owners(layout, keys, [o for o in theirs if o not in reports], progress, unstored, reports,
+                                 opened)
         return [reports[o] for o in owners]
 
     def _reuse(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, opened: Opened | None,
@@ -106,10 +116,69 @@ class Compiler:
         opened[owner] = f
         return self.catalog.reused(layout, keys, owner, f.size)
 
+    def _compute_owners(self, layout: Layout, keys: dict[ModPath, str], todo: list[ModPath],
+                        progress: Progress | None, unstored: Unstored | None,
+                        reports: dict[ModPath, ModuleReport], opened: Opened | None = None) -> None:
+        jobs = sorted(
+            ((seg, contexts(layout, seg, self.catalog.encoding)) for o in todo for seg in layout.segments_of(o)),
+            key=lambda job: job[0].offset,
+        )
+        if jobs:
+            reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored, opened))
+
+    def _claim(self, keys: dict[ModPath, str], todo: list[ModPath],
+               redo: Collection[ModPath]) -> tuple[list[ModPath], list[ModPath]]:
+        """Take the remote store's lease on computing each owner: (the owners this session
+        computes, those another machine is computing now)."""
+        from ..store.remote import module_rel
+
+        tier = self.runtime.remote
+        assert tier is not None
+        ours, theirs = [], []
+        for o in todo:
+            (ours if o in redo or tier.claim(module_rel(keys[o])) else theirs).append(o)
+        return ours, theirs
+
+    def _wait_for(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath,
+                  reports: dict[ModPath, ModuleReport], opened: Opened | None = None) -> None:
+        """Wait for another machine's upload of ``owner`` and download it (into ``reports`` as
+        ``downloaded``, opened into ``opened`` when given: under the owner's lock, held by
+        :meth:`compute`); left out when its lease ends without an upload."""
+        from ..store.remote import module_rel
+
+        tier = self.runtime.remote
+        assert tier is not None
+        t = time.perf_counter()
+        if tier.wait_for(module_rel(keys[owner])) and self.cache_object is not None:
+            obj = self.cache_object(layout, keys, owner)
+            if tier.fetch(obj, self.runtime.store) != "downloaded":
+                return
+            store = self.runtime.store
+            if opened is None:
+                size = store.size(obj.path)
+            else:
+                try:
+                    f = store.read(obj.path)
+                except CacheFileError:  # removed meanwhile by someone who ignores the lock: computed here
+                    return
+                opened[owner] = f
+                size = f.size
+            if size is not None:
+                reports[owner] = ModuleReport(owner_name(owner), keys[owner], "downloaded", layout.tokens_of(owner),
+                                              size, time.perf_counter() - t)
+
+    def _release(self, keys: dict[ModPath, str], owners: list[ModPath]) -> None:
+        if owners and self.runtime.remote is not None:
+            from ..store.remote import module_rel
+
+            for o in owners:
+                self.runtime.remote.release(module_rel(keys[o]))
+
     def _store(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, blobs: list[np.ndarray],
-               unstored: Unstored | None, opened: Opened | None = None) -> int:
-        """Write an owner's file (and open it into ``opened``, under its lock); returns its size,
-        or 0 when the states went to ``unstored``."""
+               unstored: Unstored | None, opened: Opened | None = None) -> tuple[int, bool]:
+        """Write an owner's file (and open it into ``opened``, under its lock), and upload it when
+        there is a remote store; returns its size (0 when the states went to ``unstored``) and
+        whether it was uploaded."""
         segs = layout.segments_of(owner)
         store = self.runtime.store
         if unstored is None or unstored.reason is None:
@@ -125,16 +194,33 @@ class Compiler:
                 unstored.reason = str(e)
             else:
                 if opened is None:
-                    return n
+                    return n, self.publish(keys[owner], path)
                 try:  # a fresh file found damaged here is an error (EXIT_CACHE), not computed again
                     opened[owner] = store.read(path)
-                    return n
                 except CacheFileMissing:  # removed by someone who ignores the lock: answer from memory
                     if unstored is None:
                         raise
+                else:
+                    return n, self.publish(keys[owner], path)
         assert unstored is not None
         unstored.blobs[owner] = {s.offset: b for s, b in zip(segs, blobs, strict=True)}
-        return 0
+        return 0, False
+
+    def publish(self, key: str, path) -> bool:
+        """Upload a module file to the remote store, if there is one (failures are the store's
+        warnings); whether it was uploaded now."""
+        tier = self.runtime.remote
+        if tier is None:
+            return False
+        from ..store.remote import module_rel
+
+        return tier.publish(module_rel(key), path, self.runtime.store) == "uploaded"
+
+    def publish_manifest(self, schema, layout: Layout, keys: dict[ModPath, str]) -> None:
+        """The schema's manifest in the remote store (what `pc ls --remote` lists)."""
+        tier = self.runtime.remote
+        if tier is not None:
+            tier.publish_manifest(*self.catalog.remote_manifest(schema, layout, keys))
 
     def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list[Job], progress: Progress | None,
                       unstored: Unstored | None = None, opened: Opened | None = None) -> dict[ModPath, ModuleReport]:
@@ -146,15 +232,16 @@ class Compiler:
         for seg, blob in self.module_states(layout, jobs, progress):
             blobs[seg.owner][seg.offset] = blob
             left[seg.owner] -= 1
-            nbytes = 0
-            if left[seg.owner] == 0:  # the owner's last segment: write its file now
+            nbytes, uploaded = 0, False
+            if left[seg.owner] == 0:  # the owner's last segment: write its file now (and upload it)
                 done = blobs.pop(seg.owner)
-                nbytes = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored, opened)
+                nbytes, uploaded = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored,
+                                               opened)
             seconds[seg.owner] += time.perf_counter() - t
             t = time.perf_counter()
             if left[seg.owner] == 0:
                 reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed",
-                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
+                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner], uploaded)
         return reports
 
     def module_states(self, layout: Layout, jobs: list[Job],

@@ -43,7 +43,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import CacheLinkError, CacheWriteError, OutsideCache
 
@@ -222,11 +222,16 @@ class Boundary:
             return False
 
     @contextlib.contextmanager
-    def atomic(self, path: Path | str) -> Iterator[BinaryIO]:
+    def atomic(self, path: Path | str, *, check: Callable[[Path], None] | None = None) -> Iterator[BinaryIO]:
         """Write a file atomically: yields a binary file under a temporary name in the target's
         folder (made when missing); when the block ends without an error the file is synced and
-        renamed over ``path`` (a link there is refused, not replaced), else removed."""
-        with self._parent(path, create=True) as (dfd, name):
+        renamed over ``path`` (a link there is refused, not replaced), else removed.
+        ``check(temporary path)``, when given, runs on the whole synced file before the rename
+        (a download checked before it is put in place: read it through :meth:`opener`); what it
+        raises removes the temporary file and propagates."""
+        parts = self.parts(path)
+        with self.folder(parts[:-1], create=True) as dfd:
+            name = parts[-1]
             tmp = f"{TEMPORARY_PREFIX}{secrets.token_hex(6)}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
             try:
@@ -234,6 +239,8 @@ class Boundary:
                     yield f
                     f.flush()
                     os.fsync(f.fileno())
+                if check is not None:
+                    check(self.path(parts[:-1] + (tmp,)))
                 if _is_link(dfd, name):
                     raise _link(Path(path))
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -244,14 +251,31 @@ class Boundary:
             with contextlib.suppress(OSError):
                 os.fsync(dfd)
 
-    def write_atomic(self, path: Path | str, chunks) -> int:
-        """:meth:`atomic` with ``chunks`` (bytes-like); returns the bytes written."""
+    def write_atomic(self, path: Path | str, chunks: Iterable, *, check: Callable[[Path], None] | None = None) -> int:
+        """:meth:`atomic` with ``chunks`` (bytes-like; a stream: what it raises removes the
+        temporary file and propagates); returns the bytes written."""
         n = 0
-        with self.atomic(path) as f:
+        with self.atomic(path, check=check) as f:
             for c in chunks:
                 f.write(c)
                 n += len(c)
         return n
+
+    @contextlib.contextmanager
+    def scratch(self, near: Path | str) -> Iterator[tuple[BinaryIO, Path]]:
+        """A temporary file (and its path) in ``near``'s folder (made when missing), never put in
+        place and removed on leaving: a file only looked at (`pc verify --remote`). A crashed
+        process's leftover is found by `pc gc` (:data:`TEMPORARY_PREFIX`)."""
+        parts = self.parts(near)
+        with self.folder(parts[:-1], create=True) as dfd:
+            tmp = f"{TEMPORARY_PREFIX}{secrets.token_hex(6)}"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+            try:
+                with os.fdopen(fd, "w+b") as f:
+                    yield f, self.path(parts[:-1] + (tmp,))
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
 
     def lock(self, path: Path | str) -> FileLock:
         """An inter-process lock on the lock file ``path`` (not acquired yet)."""

@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import CacheWriteError
 from .boundary import Boundary, FileLock
@@ -62,10 +62,14 @@ class CacheStore:
         finally:
             lock.release()
 
-    def write_atomic(self, path: Path, chunks: list) -> int:
-        """Write ``chunks`` to ``path`` via a synced temporary file and a rename."""
+    def write_atomic(self, path: Path, chunks: Iterable, *, check: Callable[[Path], None] | None = None) -> int:
+        """Write ``chunks`` to ``path`` via a synced temporary file and a rename. ``chunks`` may
+        be a stream (a download): an error it raises removes the temporary file and propagates.
+        ``check(temporary path)``, when given, runs on the whole synced file before the rename;
+        whatever it raises removes the temporary file and propagates (nothing is put in place):
+        read it with :meth:`read` (through the boundary)."""
         try:
-            return self.boundary.write_atomic(path, chunks)
+            return self.boundary.write_atomic(path, chunks, check=check)
         except OSError as e:
             where = path.parent if isinstance(e, (PermissionError, FileNotFoundError, NotADirectoryError)) else path
             what = "to the cache at" if where == path.parent else "cache file"
@@ -77,6 +81,11 @@ class CacheStore:
         from . import cache_file
 
         return cache_file.read(path, opener=self.boundary.opener)
+
+    def open(self, path: Path) -> BinaryIO:
+        """A cache file opened for reading without following a link (an upload's source);
+        OSError when it is missing, CacheLinkError (a CacheWriteError) when it is a link."""
+        return os.fdopen(self.boundary.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
 
     def size(self, path: Path) -> int | None:
         """A cache file's size, or None when it is missing (or not a regular file)."""
@@ -100,3 +109,21 @@ class CacheStore:
             return self.boundary.unlink(path)
         except OSError as e:
             raise CacheWriteError(f"cannot remove {path}: {e.strerror}") from None
+
+    @contextlib.contextmanager
+    def scratch(self, near: Path, chunks: Iterable) -> Iterator[Path]:
+        """``chunks`` written to a temporary file in ``near``'s folder (where a crashed writer's
+        leftovers are found by `pc gc`), removed on leaving: a file only looked at (`pc verify
+        --remote`), never put in place. Made through the boundary (no link followed)."""
+        with contextlib.ExitStack() as stack:
+            try:
+                f, path = stack.enter_context(self.boundary.scratch(near))
+            except OSError as e:
+                raise CacheWriteError(f"cannot write to the cache at {near.parent}: {e.strerror}") from None
+            try:
+                for c in chunks:
+                    f.write(c)
+                f.flush()
+            except OSError as e:
+                raise CacheWriteError(f"cannot write to the cache at {near.parent}: {e.strerror}") from None
+            yield path
