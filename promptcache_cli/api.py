@@ -24,16 +24,18 @@ from .llama.sampling import Sampler
 
 if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema parser
     from .core.engine import Engine
-    from .core.results import Answer, CompileReport, Progress
+    from .core.results import Answer, CompileReport, Progress, Staleness
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .llama.context import Context, ContextSettings
     from .llama.model import Model
+    from .pml.documents import Document
     from .pml.schema import ModuleImport, Schema
     from .pml.selection import Selection
     from .prompt.boundaries import Boundary
     from .store.admin import GcReport, Listing, RmReport, VerifyReport
 
 MODES = ("auto", "modular", "prefix")
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # a document's (and a schema file's) largest size: pml.schema.MAX_SCHEMA_BYTES
 ENCODINGS = ("scaffold", "independent", "average")  # the first is the default (prompt/contexts.py)
 COMPRESSIONS = ("none", "zstd")
 KV_TYPES = ("f16", "q8_0")
@@ -53,6 +55,8 @@ class Request:
     instead of both (see :func:`request_from_prompt`). ``refresh``: the fraction (0 to 1) of the
     cached tokens to recompute in the prompt's context (modular mode, f16 states).
     ``keep_logits``: the answer carries the prompt's last logits (``Answer.first_logits``).
+    ``stop``: strings that end the answer where the first of them appears (it is left out;
+    ``Answer.finish_reason`` is then ``"stop"``).
     """
 
     schema: SchemaRef
@@ -66,6 +70,7 @@ class Request:
     refresh: float = 0.0
     keep_logits: bool = False
     prompt_file: str | None = None  # the <prompt> file ``imports`` came from (named in errors)
+    stop: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         params = self.params
@@ -73,6 +78,10 @@ class Request:
             params = tuple(f"{k}={v}" for k, v in params.items())
         object.__setattr__(self, "params", tuple(params))
         object.__setattr__(self, "modules", tuple(self.modules))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise ValueError("stop strings must be non-empty strings")
+        object.__setattr__(self, "stop", stop)
 
 
 class Session:
@@ -146,7 +155,8 @@ class Session:
         selection = select(schema, request)
         return self.engine.ask(schema, selection, request.question, max_tokens=request.max_tokens,
                                sampler=request.sampler, no_cache=request.no_cache, on_text=on_text,
-                               progress=progress, keep_logits=request.keep_logits, refresh=request.refresh)
+                               progress=progress, keep_logits=request.keep_logits, refresh=request.refresh,
+                               stop=request.stop)
 
     def stream(self, request: Request, *, progress: Progress | None = None) -> Iterator[str | Answer]:
         """:meth:`ask`, yielding the answer's text piece by piece as it is generated, then the
@@ -161,7 +171,16 @@ class Session:
         done = self.engine.prefill(schema, selection, request.question, max_tokens=request.max_tokens,
                                    no_cache=request.no_cache, progress=progress, refresh=request.refresh)
         yield from stream(self.engine.runtime, done, selection=selection, t0=t0, max_tokens=request.max_tokens,
-                          sampler=request.sampler, keep_logits=request.keep_logits)
+                          sampler=request.sampler, keep_logits=request.keep_logits, stop=request.stop)
+
+    def stale(self, schema: SchemaRef | Request) -> Staleness:
+        """What :meth:`compile` of a schema (or :meth:`ask` of a request, with the cache) would
+        compute first, and why: ``reason`` is one line such as "python/return changed: recompiling
+        it and 1 module after it", None when everything is cached. Computes nothing."""
+        if isinstance(schema, Request):
+            sch = self.schema(schema.schema)
+            return self.engine.stale(sch, select(sch, schema))
+        return self.engine.stale(self.schema(schema))
 
     # -- looking inside ---------------------------------------------------------------------
     def schema(self, schema: SchemaRef) -> Schema:
@@ -335,6 +354,33 @@ def load_schema(path: str | os.PathLike) -> Schema:
     return load_schema(path)
 
 
+def documents_schema(documents: Sequence[str | os.PathLike | Document], *, system: str | None = None) -> Schema:
+    """A schema made in memory from plain text files (paths) or :class:`Document` objects: one
+    module per document in the user's turn, after ``system`` (default: a careful assistant's
+    prompt), named after the files (`pc ask -f FILE`). A document's cached states depend on its
+    text and what precedes it, not on its file's name or folder. Raises InputError for a file that
+    is missing, binary, not UTF-8, larger than 4 MiB or empty."""
+    from .pml.documents import Document, documents_schema, read_document
+
+    docs = [d if isinstance(d, Document) else read_document(d) for d in documents]
+    return documents_schema(docs, system=system)
+
+
+def read_document(path: str | os.PathLike) -> Document:
+    """A text file as a :class:`Document` (its name and text), checked as :func:`documents_schema` does."""
+    from .pml.documents import read_document
+
+    return read_document(path)
+
+
+def document_from_bytes(data: bytes, *, name: str = "stdin") -> Document:
+    """Bytes (a request's body, stdin) as a :class:`Document` named ``name``: UTF-8 text of at most
+    ``MAX_DOCUMENT_BYTES``, not binary, not empty (else InputError)."""
+    from .pml.documents import document_from_bytes
+
+    return document_from_bytes(data, name=name)
+
+
 # -- looking at schemas and the cache -------------------------------------------------------------
 
 
@@ -392,12 +438,20 @@ def verify_cache(cache_dir: str | os.PathLike) -> VerifyReport:
 
 
 def collect_garbage(cache_dir: str | os.PathLike, *, max_size: int | None = None, older_than: float | None = None,
-                    dry_run: bool = False) -> GcReport:
-    """Evict least recently used files until they take ``max_size`` bytes, and files unused for
-    ``older_than`` seconds (`pc gc`)."""
+                    dry_run: bool = False, orphans: bool = False) -> GcReport:
+    """Evict least recently used files until they take ``max_size`` bytes, files unused for
+    ``older_than`` seconds, and (``orphans``) files no schema references any more (`pc gc`)."""
     from .store import admin
 
-    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run)
+    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run, orphans=orphans)
+
+
+def cache_names(cache_dir: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+    """What each cache file holds, by its key: ``schema/module`` (``schema/prefix``), as the
+    manifests say (`pc verify` and `pc gc` name files so)."""
+    from .store import admin
+
+    return admin.names_by_key(Path(cache_dir))
 
 
 def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
@@ -408,8 +462,8 @@ def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
 
 
 __all__ = [
-    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request",
-    "Sampler", "Session", "collect_garbage", "default_cache_dir", "default_model_path",
-    "inspect_schema", "list_cache", "load_schema", "open_session", "remove_schema", "request_from_prompt",
-    "resolve_model", "select", "verify_cache",
+    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MAX_DOCUMENT_BYTES", "MODES", "Request",
+    "Sampler", "Session", "cache_names", "collect_garbage", "default_cache_dir", "default_model_path",
+    "document_from_bytes", "documents_schema", "inspect_schema", "list_cache", "load_schema", "open_session",
+    "read_document", "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache",
 ]

@@ -47,6 +47,15 @@ def exit_code_for(exc: BaseException) -> int | None:
     return exc.exit_code if isinstance(exc, PcError) else None
 
 
+def did_you_mean(word: str, choices) -> str:
+    """``"; did you mean 'x'?"`` naming the choices closest to a mistyped ``word`` (difflib's
+    ratio of at least 0.6; up to two), or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 # -- what the user typed (exit 2 and 3) -------------------------------------------------------
 
 

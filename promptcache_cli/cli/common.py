@@ -11,8 +11,11 @@ from typing import Optional
 
 import typer
 
-ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file (default: SmolLM2-135M-Instruct).")
-CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", help="Cache directory (default: user cache dir).")
+ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", metavar="FILE", show_envvar=False, hidden=True,
+                        help="GGUF model file (default: $PC_MODEL, else SmolLM2-135M-Instruct).")
+CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", metavar="DIR", show_envvar=False,
+                        help="Cache folder (default: $PC_CACHE_DIR or the user's).")
+HiddenCacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", metavar="DIR", hidden=True)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
 
@@ -128,6 +131,17 @@ def option_parser(parse):
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
     return parser
+
+
+def within(low: float, high: float | None = None):
+    """A Typer option callback refusing values outside [low, high] (exit 2, as Typer's own ``min``
+    and ``max`` do, without their range notes, which would crowd ``--help``)."""
+    def check(value):
+        if value is not None and (value < low or (high is not None and value > high)):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise typer.BadParameter(f"{value} is not {bound}")
+        return value
+    return check
 
 
 def cache_root(cache_dir: Optional[str]) -> Path:

@@ -7,12 +7,41 @@ from typing import Optional
 import typer
 
 from .common import CacheOpt, JsonOpt, ModelOpt, emit_json, option_parser, parse_size, write_err
-from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
-                      ModeOpt, check_refresh, open_session, progress_bar)
+from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, FileOpt, KvType, KvTypeOpt,
+                      Mode, ModeOpt, SchemaOpt, SystemOpt, ThreadsOpt, check_refresh, open_session, progress_bar,
+                      read_stdin, schema_for, schema_path)
+
+COMPILE_HELP = """Compute and store the states of a schema's modules (or of text files, -f) not
+cached yet; then `pc ask` answers from the cache.
+
+\b
+  pc compile schemas/gpl-manual.xml       (or -s schemas/gpl-manual.xml)
+  pc compile -f notes.txt
+
+More options (--model, --encoding, --compression, --kv-type, --mode, --checkpoints):
+docs/usage.md#pc-compile"""
+
+INSPECT_HELP = """Show a schema's layout: every element's offset and token length; computes nothing.
+
+\b
+  pc inspect schemas/licenses.xml
+  pc inspect -f notes.txt --json
+
+More: docs/usage.md#pc-inspect"""
+
+SchemaArg = typer.Argument(None, metavar="[SCHEMA]", show_default=False, hidden=True)  # as -s SCHEMA
 
 
 def compile(
-    schema: str = typer.Argument(..., help="Schema file (PML)."),
+    schema_arg: Optional[str] = SchemaArg,
+    schema: Optional[str] = SchemaOpt,
+    files: list[str] = FileOpt,
+    system: Optional[str] = SystemOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute what is cached too."),
+    ranked: bool = typer.Option(
+        False, "--ranked", help="Also store recompute scores (for pc ask --refresh)."),
+    threads: int = ThreadsOpt,
+    as_json: bool = JsonOpt,
     model: Optional[str] = ModelOpt,
     cache_dir: Optional[str] = CacheOpt,
     encoding: Encoding = EncodingOpt,
@@ -21,25 +50,22 @@ def compile(
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
     checkpoint_bytes: Optional[int] = typer.Option(
-        None, "--checkpoint-bytes", parser=option_parser(parse_size), metavar="SIZE",
+        None, "--checkpoint-bytes", parser=option_parser(parse_size), metavar="SIZE", hidden=True,
         help="Prefix mode: keep no more checkpoints than fit in SIZE (500M, 2G, bytes).",
     ),
-    force: bool = typer.Option(False, "--force", help="Recompute even the modules already cached."),
-    ranked: bool = typer.Option(
-        False, "--ranked", help="Also store each module's recompute scores for `pc ask --refresh` "
-        "(one more prefill of every module)."),
-    as_json: bool = JsonOpt,
 ) -> None:
-    """Precompute every module's attention states (or the default prompt's prefix states) and store them."""
-    from ..api import load_schema
-
-    sch = load_schema(schema)
+    path = schema_path(schema_arg, schema, "compile", required=not files)
+    sch = schema_for(path, files, system, "compile", read_stdin)
     check_refresh(ranked, "--ranked", kv_type, mode)
-    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, checkpoint_bytes)
+    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, checkpoint_bytes,
+                        threads=threads)
     check_refresh(ranked, "--ranked", kv_type, Mode(sess.mode))
-    bar, update = progress_bar(not as_json)
-    with bar:
-        report = sess.compile(sch, force=force, progress=update, ranked=ranked)
+    if not force:
+        reason = sess.stale(sch).reason
+        if reason:
+            write_err(reason)
+    with progress_bar(not as_json) as bar:
+        report = sess.compile(sch, force=force, progress=bar.update, ranked=ranked)
     rows = [
         {"module": m.name, "status": m.status, "tokens": m.tokens, "bytes": m.bytes,
          "seconds": round(m.seconds, 3), "key": m.key}
@@ -73,14 +99,17 @@ def _tokens_total(report, rows: list[dict]) -> int:
 
 
 def inspect(
-    schema: str = typer.Argument(..., help="Schema file (PML)."),
-    model: Optional[str] = ModelOpt,
+    schema_arg: Optional[str] = SchemaArg,
+    schema: Optional[str] = SchemaOpt,
+    files: list[str] = FileOpt,
+    system: Optional[str] = SystemOpt,
     as_json: bool = JsonOpt,
+    model: Optional[str] = ModelOpt,
 ) -> None:
-    """Print the schema's layout: every element's offset and token length. Computes no states."""
-    from ..api import inspect_schema, load_schema
+    from ..api import inspect_schema
 
-    sch = load_schema(schema)
+    path = schema_path(schema_arg, schema, "inspect", required=not files)
+    sch = schema_for(path, files, system, "inspect", read_stdin)
     lo = inspect_schema(sch, model=model)
     rows = [
         {"name": e.name or e.kind, "kind": e.kind, "path": "/".join(e.path), "offset": e.offset,

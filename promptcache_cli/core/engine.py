@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from ..llama.context import ContextSettings
 from ..llama.model import Model
@@ -12,7 +12,7 @@ from ..pml.schema import Schema
 from ..pml.selection import Selection
 from ..store.files import CacheStore
 from .answer import Prefilled
-from .results import Answer, CompileReport, Progress
+from .results import Answer, CompileReport, Progress, Staleness
 from .runtime import Runtime
 
 
@@ -34,7 +34,10 @@ class Engine(Protocol):
 
     def ask(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
-            progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0) -> Answer: ...
+            progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
+            stop: Sequence[str] = ()) -> Answer: ...
+
+    def stale(self, schema: Schema, selection: Selection | None = None) -> Staleness: ...
 
     def prefill(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0) -> Prefilled: ...
