@@ -87,7 +87,7 @@ def main() -> None:
     if not isinstance(sys.stdout, ClosedStdoutGuard):
         sys.stdout = ClosedStdoutGuard(sys.stdout)
     try:
-        rv = _click_command()(standalone_mode=False)
+        rv = _click_command()(standalone_mode=False, prog_name="pc")
         if rv == errors.EXIT_INTERRUPTED:  # Typer turns Ctrl-C into this exit code
             write_err("pc: interrupted")
         if isinstance(rv, int) and rv:
@@ -104,7 +104,10 @@ def main() -> None:
             write_err("pc: interrupted")
             sys.exit(errors.EXIT_INTERRUPTED)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's usage errors
-            if not exc.format_message():  # `pc` alone: the help is printed already, nothing to add
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `pc` alone: the help, on stdout
+                sys.stdout.write(exc.format_message() + "\n")
+                sys.exit(errors.EXIT_USAGE)
+            if not exc.format_message():  # the help is printed already, nothing to add
                 sys.exit(errors.EXIT_USAGE)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""

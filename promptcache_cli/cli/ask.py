@@ -117,6 +117,8 @@ def ask(
         if wrote and sys.stdout.isatty():  # "pc: interrupted" on a line of its own
             write_out("\n")
         raise
+    if not as_json:
+        write_out("\n")  # the answer's line ends before anything else is written
     for w in res.warnings:
         write_err(f"warning: {w}")
     if res.compiled:
@@ -132,17 +134,16 @@ def ask(
             "model": res.model, "no_cache": no_cache, "mode": sess.mode, "warnings": list(res.warnings),
         })
         return
-    write_out("\n")
     if timings if timings is not None else sys.stderr.isatty():
         what = "no cache" if no_cache else f"{res.cached_tokens:,} cached tokens"
         what += f", {res.refreshed_tokens:,} recomputed" if res.refreshed_tokens else ""
-        end = ", stopped at the token limit (-n)" if res.finish_reason == "length" else ""
+        end = "; -n reached" if res.finish_reason == "length" else ""
         write_err(f"[{what}, {res.computed_tokens:,} computed; "
                   f"first token {_ms(res.ttft_ms)}, total {_ms(res.total_ms)}{end}]")
 
 
 def _ms(ms: float) -> str:
-    return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
 def _read_question(question: Optional[str]) -> str:

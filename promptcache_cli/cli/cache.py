@@ -52,7 +52,8 @@ PATH_HELP = """Print the cache folder ($PC_CACHE_DIR, else the user's cache fold
 \b
   pc path
   du -sh "$(pc path)"
-"""
+
+More: docs/usage.md#managing-the-cache"""
 
 
 def _iso(ts: Optional[float]) -> Optional[str]:

@@ -81,11 +81,11 @@ def compile(
     computed = [r for r in rows if r["status"] == "computed"]
     reused = [r for r in rows if r["status"] == "reused"]
     for r in rows:
-        write_err(f"{r['status']:>8}  {r['module']:<32} {r['tokens']:>6} tokens  {r['bytes'] / 1e6:8.2f} MB")
+        write_err(f"{r['status']:>8}  {r['module']:<32} {r['tokens']:>6} tokens {r['bytes'] / 1e6:8.2f} MB")
     write_err(
-        f"compiled '{report.schema}': {len(computed)} computed, {len(reused)} reused, "
-        f"{_tokens_total(report, rows)} tokens in {report.seconds:.2f} s "
-        f"({'prefix mode' if report.encoding == 'prefix' else report.encoding + ' encoding'})"
+        f"compiled '{report.schema}': {len(computed)} computed, {len(reused)} reused; "
+        f"{_tokens_total(report, rows):,} tokens, {report.seconds:.1f} s, "
+        f"{'prefix mode' if report.encoding == 'prefix' else report.encoding}"
     )
     if ranked:
         write_err(f"recompute scores: {len(report.ranked)} module(s) measured now, the others already had them")

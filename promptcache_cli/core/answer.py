@@ -46,6 +46,8 @@ def prefill_uncached(runtime: Runtime, plan: PromptPlan, question: list[int], n_
         if progress is not None:
             progress(done, len(tokens), "the prompt")
 
+    if progress is not None:
+        progress(0, len(tokens), "the prompt")
     ctx.decode(tokens, start=0, logits=True, progress=tick)
     return Prefilled(ctx, 0, len(tokens))
 

@@ -196,6 +196,8 @@ class Compiler:
         total = decode_count([(seg.offset - len(c), list(c) + list(seg.tokens)) for seg, c in jobs])
         ctx = self.runtime.context(max(layout.end, max(len(c) + len(s.tokens) for s, c in jobs)) + 1)
         done = 0
+        if progress and jobs:  # computing starts now (the first report comes after a batch otherwise)
+            progress(0, total, owner_name(jobs[0][0].owner) + label)
         running: tuple[int, list[int]] = (0, [])  # what seq 0 holds: (start position, tokens)
         for seg, context in jobs:
             def tick(n: int, _name=owner_name(seg.owner) + label) -> None:

@@ -221,7 +221,9 @@ class PrefixSession:
             except (CacheFileError, BlobError, OSError):
                 ctx.clear()
                 start = 0
-        reports, done, total = [], start, len(tokens)
+        reports, done, total = [], start, max(todo)
+        if progress:
+            progress(done, total, "prefix")
         for pos in todo:
             t = time.perf_counter()
 
