@@ -5,7 +5,10 @@ and listed in docs/usage.md."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from enum import Enum
 from typing import Optional
 
@@ -152,6 +155,27 @@ def read_stdin(limit: Optional[int], what: str) -> bytes:
     return data
 
 
+@contextmanager
+def _interrupt_deferred():
+    """Hold a Ctrl-C that comes while the bar draws or erases itself until it is done: a
+    KeyboardInterrupt in the middle of a frame leaves part of it on the screen for good. (Python
+    runs signal handlers on the main thread only, where the library reports progress.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+
 class ProgressBar:
     """A progress bar on stderr while states are computed, on a terminal only: it appears with
     the first progress report (never while nothing is computed), shows what is computed, tokens
@@ -173,6 +197,10 @@ class ProgressBar:
     def _update(self, done: int, total: int, name: str) -> None:
         if self._stopped:
             return
+        with _interrupt_deferred():  # Ctrl-C mid-frame would leave half a bar on the screen
+            self._draw(done, total, name)
+
+    def _draw(self, done: int, total: int, name: str) -> None:
         if self._bar is None:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -191,8 +219,9 @@ class ProgressBar:
         """Erase the bar (no-op when it never showed); later reports are ignored."""
         self._stopped = True
         if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+            with _interrupt_deferred():
+                self._bar.stop()
+                self._bar = None
 
     def __enter__(self) -> ProgressBar:
         return self
