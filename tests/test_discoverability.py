@@ -69,7 +69,7 @@ def test_schema_as_argument_or_option_alike(styles, tmp_path) -> None:
     (["ask", "-s", "SCHEMA", "-m", "globl", "q"], "did you mean 'python/global'?"),  # nested
     (["ask", "-s", "SCHEMA", "-m", "lawyer", "-p", "clent=ACME", "q"], "did you mean 'client'?"),
     (["ask", "-s", "SCHEMA", "-p", "client=ACME", "q"], "module 'lawyer' has it: import it with -m"),
-    (["ask", "-s", "SCHEMA", "--modle", "x", "q"], "Did you mean --model?"),
+    (["ask", "-s", "SCHEMA", "--modle", "x", "q"], "No such option: --modle; did you mean --mode, --model or --module?"),
 ])
 def test_did_you_mean(styles, args, hint) -> None:
     run = pc(*[str(styles) if a == "SCHEMA" else a for a in args])

@@ -111,7 +111,12 @@ def main() -> None:
                 sys.exit(errors.EXIT_USAGE)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            write_err(f"pc: {exc.format_message()}{hint}".replace("\n", " "))
+            message = exc.format_message()
+            if getattr(exc, "possibilities", None) and getattr(exc, "option_name", None):  # an unknown option
+                *others, last = sorted(exc.possibilities)  # click's closest (difflib), up to three
+                close = f"{', '.join(others)} or {last}" if others else last
+                message = f"No such option: {exc.option_name}; did you mean {close}?"
+            write_err(f"pc: {message}{hint}".replace("\n", " "))
             sys.exit(errors.EXIT_USAGE)
         code = errors.exit_code_for(exc)
         if code is None:
