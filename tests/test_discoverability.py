@@ -85,8 +85,8 @@ def test_did_you_mean_a_schema_to_remove(styles) -> None:
 
 
 def test_an_over_long_parameter_says_how_much_to_shorten_or_what_to_raise(styles) -> None:
-    err = one_line_error(pc("ask", "-s", styles, "-m", "lawyer", "-p", "client=ACME Corporation International",
-                            "q"), errors.EXIT_INPUT)
+    value = "client=ACME Corporation International Holdings of Delaware"  # 8 tokens
+    err = one_line_error(pc("ask", "-s", styles, "-m", "lawyer", "-p", value, "q"), errors.EXIT_INPUT)
     assert "parameter 'lawyer/client' is" in err and "more than its length 4: shorten the value by" in err
     assert 'raise length="4" to at least' in err
 

@@ -59,9 +59,9 @@ def test_compile_f_precomputes_and_a_document_on_stdin_needs_the_question_as_an_
 
 def test_several_files_and_a_system_prompt(notes, tmp_path) -> None:
     other = tmp_path / "team.txt"
-    other.write_text("Ana leads the team. Bo writes the code.\n", encoding="utf-8")
+    other.write_text("The office is in Porto. The code reviewer is Bo.\n", encoding="utf-8")
     res = ok(run("ask", "-f", notes, "-f", other, "--system", "Answer in one short sentence.",
-                 "Who writes the code?", "--json")).json()
+                 "Who is the code reviewer?", "--json")).json()
     assert "Bo" in res["answer"]
     assert res["modules"] == ["notes.txt", "team.txt"]
 
