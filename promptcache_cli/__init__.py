@@ -18,18 +18,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MAX_DOCUMENT_BYTES", "MODES", "Request",
-        "Session", "cache_names", "collect_garbage", "default_cache_dir", "default_model_path", "document_from_bytes",
-        "documents_schema", "inspect_schema", "list_cache", "open_session", "read_document", "remove_schema",
-        "request_from_prompt", "resolve_model", "select", "verify_cache")
+        "Session", "answer_record", "cache_names", "collect_garbage", "default_cache_dir", "default_model_path",
+        "document_from_bytes", "documents_schema", "inspect_schema", "list_cache", "open_session", "read_document",
+        "remove_schema", "request_from_prompt", "request_from_prompt_text", "resolve_model", "select", "verify_cache")
 _ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
-           "InputError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError", "PmlError",
-           "PromptTooLong", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel", "UsageError",
-           "exit_code_for")
+           "InputError", "ListenError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError",
+           "PmlError", "PromptTooLong", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel",
+           "UsageError", "exit_code_for")
 _WHERE = {
     **{name: "api" for name in _API},
     **{name: "errors" for name in _ERRORS},
     "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
     "Staleness": "core.results",
+    "PromptState": "core.tokens", "Conversation": "prompt.conversation",
     "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
     "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
     "Document": "pml.documents",
@@ -37,14 +38,14 @@ _WHERE = {
 
 __all__ = [
     "Answer", "BackendError", "BlobError", "Boundary", "COMPRESSIONS", "CacheFileError", "CacheWriteError",
-    "CompileReport", "ContextFullError", "DEFAULT_CHECKPOINTS", "Document", "ENCODINGS", "EXIT_CODES", "InputError",
-    "KV_TYPES", "MAX_DOCUMENT_BYTES", "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport", "OutputError",
-    "ParameterTooLong", "PcError", "PmlError", "PromptPart", "PromptTooLong", "PromptView", "Request", "Sampler",
-    "Schema", "SchemaLayout", "SelectionError", "Session", "Staleness", "StateRefused", "TemplateError",
-    "UnsupportedModel", "UsageError", "cache_names", "collect_garbage", "default_cache_dir", "default_model_path",
-    "document_from_bytes", "documents_schema", "exit_code_for", "inspect_schema", "list_cache", "load_schema",
-    "open_session", "read_document", "remove_schema", "request_from_prompt", "resolve_model", "select",
-    "verify_cache",
+    "CompileReport", "ContextFullError", "Conversation", "DEFAULT_CHECKPOINTS", "Document", "ENCODINGS", "EXIT_CODES",
+    "InputError", "KV_TYPES", "ListenError", "MAX_DOCUMENT_BYTES", "MODES", "ModelLoadError", "ModelNotFound",
+    "ModuleReport", "OutputError", "ParameterTooLong", "PcError", "PmlError", "PromptPart", "PromptState",
+    "PromptTooLong", "PromptView", "Request", "Sampler", "Schema", "SchemaLayout", "SelectionError", "Session",
+    "Staleness", "StateRefused", "TemplateError", "UnsupportedModel", "UsageError", "answer_record", "cache_names",
+    "collect_garbage", "default_cache_dir", "default_model_path", "document_from_bytes", "documents_schema",
+    "exit_code_for", "inspect_schema", "list_cache", "load_schema", "open_session", "read_document", "remove_schema",
+    "request_from_prompt", "request_from_prompt_text", "resolve_model", "select", "verify_cache",
 ]
 
 
@@ -63,17 +64,19 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MAX_DOCUMENT_BYTES, MODES, Request,
-                      Session, cache_names, collect_garbage, default_cache_dir, default_model_path, document_from_bytes,
-                      documents_schema, inspect_schema,
-                      list_cache, open_session, read_document, remove_schema, request_from_prompt, resolve_model,
-                      select, verify_cache)
+                      Session, answer_record, cache_names, collect_garbage, default_cache_dir, default_model_path,
+                      document_from_bytes, documents_schema, inspect_schema, list_cache, open_session, read_document,
+                      remove_schema, request_from_prompt, request_from_prompt_text, resolve_model, select,
+                      verify_cache)
     from .core.results import Answer, CompileReport, ModuleReport, Staleness
+    from .core.tokens import PromptState
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,
-                         InputError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong, PcError, PmlError,
-                         PromptTooLong, SelectionError, StateRefused, TemplateError, UnsupportedModel, UsageError,
-                         exit_code_for)
+                         InputError, ListenError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong,
+                         PcError, PmlError, PromptTooLong, SelectionError, StateRefused, TemplateError,
+                         UnsupportedModel, UsageError, exit_code_for)
     from .llama.sampling import Sampler
     from .pml.documents import Document
     from .pml.schema import Schema, load_schema
     from .prompt.boundaries import Boundary
+    from .prompt.conversation import Conversation

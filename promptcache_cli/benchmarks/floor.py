@@ -39,7 +39,7 @@ class Floor:
         ops: list[tuple[str, object]] = []
         try:
             for part in view.parts[:-1]:
-                if part.kind == "fresh":
+                if part.kind in ("fresh", "uncached"):
                     ops.append(("decode", list(part.tokens)))
                     continue
                 assert part.file is not None

@@ -12,12 +12,14 @@ import typer
 
 from .. import errors
 from .ask import HELP as ASK_HELP, ask
+from .batch import batch
 from .bench import HELP as BENCH_HELP, bench
 from .cache import (GC_HELP, LS_HELP, PATH_HELP, RM_HELP, VERIFY_HELP, gc_cmd, ls_cmd, path_cmd, rm_cmd,
                     verify_cmd)
 from .common import ClosedStdoutGuard, StdoutClosed, write_err
 from .compile import COMPILE_HELP, INSPECT_HELP, compile, inspect
 from .plan import HELP as PLAN_HELP, plan
+from .serve import serve
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -43,6 +45,8 @@ SHORT = {
     "path": "Print the cache folder.",
     "plan": "Prefix mode: where to keep checkpoints.",
     "bench": "Run the benchmark suite.",
+    "serve": "Serve an OpenAI-compatible API over HTTP.",
+    "batch": "Answer JSON lines of questions with one model load.",
 }
 
 
@@ -65,7 +69,7 @@ for _name, _command, _help in (
         ("ask", ask, ASK_HELP), ("compile", compile, COMPILE_HELP), ("inspect", inspect, INSPECT_HELP),
         ("ls", ls_cmd, LS_HELP), ("verify", verify_cmd, VERIFY_HELP), ("gc", gc_cmd, GC_HELP),
         ("rm", rm_cmd, RM_HELP), ("path", path_cmd, PATH_HELP), ("plan", plan, PLAN_HELP),
-        ("bench", bench, BENCH_HELP)):
+        ("bench", bench, BENCH_HELP), ("serve", serve, None), ("batch", batch, None)):
     app.command(_name, help=_help, short_help=SHORT[_name])(_command)
 
 

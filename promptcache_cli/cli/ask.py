@@ -65,7 +65,7 @@ def ask(
 ) -> None:
     from dataclasses import replace
 
-    from ..api import Request, Sampler, request_from_prompt, select
+    from ..api import Request, Sampler, answer_record, append_question, request_from_prompt, select
 
     if prompt and files:
         raise errors.UsageError("--prompt names its schema's modules; use it with -s SCHEMA, not -f")
@@ -74,17 +74,18 @@ def ask(
         raise errors.UsageError("with -f -, the document comes on stdin: give the question as an argument")
     sch = schema_for(schema, files, system, "ask", read_stdin)
     if prompt:
-        request = request_from_prompt(prompt, schema=sch)
         if module or param:
             raise errors.InputError("--prompt chooses modules and parameters itself; drop --module/--param")
+        request = request_from_prompt(prompt, schema=sch)
         select(sch, request)  # a selection error names the prompt file and line
-        if question is not None and question != "-":
-            raise errors.InputError("--prompt carries the question; drop the QUESTION argument")
+        # a question-less prompt file is answered as it is; a QUESTION beside it is appended
+        if question is not None:
+            request = replace(request, question=append_question(request.question, _read_question(question)))
     else:
         select(sch, Request(sch, "", modules=module, params=param))  # before reading stdin
         request = Request(sch, _read_question(question), modules=module, params=param)
-    if not request.question.strip():
-        raise errors.InputError("empty question")
+        if not request.question.strip():
+            raise errors.InputError("empty question")
     try:
         sampler = Sampler(temperature=temperature, top_p=top_p if top_p > 0 else 1.0, seed=seed,
                           repeat_penalty=repeat_penalty)
@@ -126,13 +127,7 @@ def ask(
     if res.ranked:
         write_err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
     if as_json:
-        emit_json({
-            "answer": res.text, "ttft_ms": round(res.ttft_ms, 2), "total_ms": round(res.total_ms, 2),
-            "cached_tokens": res.cached_tokens, "computed_tokens": res.computed_tokens,
-            "refreshed_tokens": res.refreshed_tokens,
-            "generated_tokens": len(res.tokens), "finish_reason": res.finish_reason, "modules": list(res.modules),
-            "model": res.model, "no_cache": no_cache, "mode": sess.mode, "warnings": list(res.warnings),
-        })
+        emit_json(answer_record(res, mode=sess.mode, no_cache=no_cache))
         return
     if timings if timings is not None else sys.stderr.isatty():
         what = "no cache" if no_cache else f"{res.cached_tokens:,} cached tokens"

@@ -98,8 +98,9 @@ def _ratio(r: Optional[float]) -> Optional[float]:
 
 def _variant_json(v) -> dict:
     out = {"model": v.model, "mode": v.mode, "encoding": v.encoding, "codec": v.codec, "llama_cpp": v.llama_cpp,
-           "modules": [{"name": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes, "ratio": _ratio(m.ratio),
-                        "last_used": _iso(m.last_used), "present": m.present} for m in v.modules]}
+           "modules": [{"name": m.name, "key": m.key or None, "tokens": m.tokens, "bytes": m.bytes,
+                        "ratio": _ratio(m.ratio), "last_used": _iso(m.last_used), "present": m.present}
+                       | ({} if m.cached else {"cached": False}) for m in v.modules]}
     if v.mode == "prefix":
         out.update(key=v.key, tokens=v.tokens, states=[
             {"position": st.position, "tokens": st.tokens, "bytes": st.bytes, "ratio": _ratio(st.ratio),
@@ -139,7 +140,7 @@ def _ls_lines(listing) -> list[str]:
             kind = "prefix mode" if v.mode == "prefix" else f"{v.encoding} encoding"
             out += [_fit(f"  {v.model}, {kind}, {codec}", 80), head]
             for m in v.modules:
-                size = _size(m.bytes) if m.present else "not built"
+                size = _size(m.bytes) if m.present else "not built" if m.cached else "uncached"
                 ratio = f"{m.ratio:.2f}x" if m.ratio else ""
                 out.append(f"  {_fit(m.name, NAME_WIDTH):<{NAME_WIDTH}} {m.tokens:>7} {size:>9} {ratio:>6}  "
                            f"{_when(m.last_used)}".rstrip())

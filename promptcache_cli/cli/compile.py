@@ -114,6 +114,7 @@ def inspect(
     rows = [
         {"name": e.name or e.kind, "kind": e.kind, "path": "/".join(e.path), "offset": e.offset,
          "length": e.length, "source": e.source, "depth": e.depth}
+        | ({"cached": e.cached} if e.kind == "module" else {})
         for e in lo.elements
     ]
     if as_json:
@@ -126,5 +127,6 @@ def inspect(
     for col in ("offset", "length", "kind", "name", "source"):
         t.add_column(col, justify="right" if col in ("offset", "length") else "left")
     for r in rows:
-        t.add_row(str(r["offset"]), str(r["length"]), r["kind"], "  " * r["depth"] + r["name"], r["source"])
+        name = r["name"] + (" (uncached)" if r.get("cached") is False else "")
+        t.add_row(str(r["offset"]), str(r["length"]), r["kind"], "  " * r["depth"] + name, r["source"])
     Console().print(t)

@@ -52,28 +52,33 @@ def prefill_uncached(runtime: Runtime, plan: PromptPlan, question: list[int], n_
     return Prefilled(ctx, 0, len(tokens))
 
 
-def stream(runtime: Runtime, done: Prefilled, *, selection: Selection, t0: float, max_tokens: int,
-           sampler: Sampler, keep_logits: bool, stop: Sequence[str] = ()) -> Iterator[str | Answer]:
-    """The answer's text as it grows, then its :class:`Answer` (``t0``: when the ask began)."""
+def stream(runtime: Runtime, done: Prefilled, *, selection: Selection | None, t0: float, max_tokens: int,
+           sampler: Sampler, keep_logits: bool, stop: Sequence[str] = (),
+           halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
+    """The answer's text as it grows, then its :class:`Answer` (``t0``: when the ask began;
+    ``stop``: strings that end it, left out; ``halt``: asked after each piece whether to end the
+    answer there)."""
     logits = done.ctx.logits()
-    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, stop=stop)
+    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, stop=stop,
+                   halt=halt)
     yield from g
     yield _report(runtime, done, g, selection=selection, t0=t0, logits=logits if keep_logits else None)
 
 
 def finish(runtime: Runtime, done: Prefilled, *, selection: Selection, t0: float, max_tokens: int,
            sampler: Sampler, on_text: Callable[[str], None] | None, keep_logits: bool,
-           stop: Sequence[str] = ()) -> Answer:
+           stop: Sequence[str] = (), halt: Callable[[], bool] | None = None) -> Answer:
     """The whole answer; ``on_text`` receives its text as it grows."""
     logits = done.ctx.logits()
-    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, stop=stop)
+    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, stop=stop,
+                   halt=halt)
     for piece in g:
         if on_text:
             on_text(piece)
     return _report(runtime, done, g, selection=selection, t0=t0, logits=logits if keep_logits else None)
 
 
-def _report(runtime: Runtime, done: Prefilled, g: Generation, *, selection: Selection, t0: float,
+def _report(runtime: Runtime, done: Prefilled, g: Generation, *, selection: Selection | None, t0: float,
             logits: np.ndarray | None) -> Answer:
     assert g.ttft is not None
     return Answer(
@@ -83,12 +88,12 @@ def _report(runtime: Runtime, done: Prefilled, g: Generation, *, selection: Sele
         total_ms=(time.perf_counter() - t0) * 1000,
         cached_tokens=done.cached,
         computed_tokens=done.computed,
-        modules=tuple(sorted(owner_name(m) for m in selection.modules)),
+        modules=tuple(sorted(owner_name(m) for m in selection.modules)) if selection is not None else (),
         model=runtime.model.description,
         warnings=tuple(done.warnings),
         compiled=tuple(done.compiled),
         first_logits=logits,
         refreshed_tokens=done.refreshed,
         ranked=tuple(done.ranked),
-        finish_reason=g.finish_reason or "stop",
+        finish_reason=g.finish_reason,
     )

@@ -60,4 +60,4 @@ class Answer:
     first_logits: np.ndarray | None = None  # with ``keep_logits``: the prompt's last logits
     refreshed_tokens: int = 0  # cached tokens recomputed in the prompt's context (``refresh``)
     ranked: tuple[str, ...] = ()  # modules whose recompute scores were measured now
-    finish_reason: str = "stop"  # "stop": end of turn or a stop string; "length": max_tokens (or the context) ran out
+    finish_reason: str = "stop"  # "stop": end of turn, a stop string, or halted; "length": max_tokens (or the context)

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 class PromptPart:
     """One part of a prompt, as :meth:`Session.prompt` shows it."""
 
-    kind: str  # "cached" (a module's states from the cache), "fresh" (a parameter value) or "question"
+    kind: str  # "cached" (a module's states from the cache), "fresh" (a parameter value), "uncached"
+    # (a cache="false" module's text, computed for each request) or "question"
     module: str  # the owning module (``(schema)`` for the schema's own text), "" for the others
     offset: int  # its first position (a fresh part follows the prompt so far)
     tokens: tuple[int, ...]

@@ -79,20 +79,22 @@ class Generation:
     ``logits`` (the prompt's last), decoding each chosen token in ``ctx`` for the next, and yields
     the answer's text as it grows (never splitting a UTF-8 character). It ends at the model's end
     of turn, at the first of the ``stop`` strings (the text ends before it; text that may begin
-    one is held back until it does not), or after ``max_tokens``. Afterwards: :attr:`tokens`,
-    :attr:`text`, :attr:`ttft` (seconds from ``t0`` to the first token's id) and
-    :attr:`finish_reason` (``"stop"``: end of turn or a stop string; ``"length"``: the token limit
-    or the context's end)."""
+    one is held back until it does not), after ``max_tokens``, or when ``halt`` (asked after each
+    piece of text, when given) says so (a client gone). Afterwards: :attr:`tokens`, :attr:`text`,
+    :attr:`ttft` (seconds from ``t0`` to the first token's id) and :attr:`finish_reason`
+    (``"stop"``: end of turn, a stop string, or halted; ``"length"``: the token limit or the
+    context's end)."""
 
     def __init__(self, model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
-                 t0: float, stop: Sequence[str] = ()) -> None:
+                 t0: float, stop: Sequence[str] = (), halt: Callable[[], bool] | None = None) -> None:
         self._model, self._ctx, self._logits = model, ctx, logits
         self._max_tokens, self._sampler, self._t0 = max_tokens, sampler, t0
         self._stop = tuple(s for s in stop if s)
+        self._halt = halt
         self.tokens: list[int] = []
         self._parts: list[str] = []
         self.ttft: float | None = None
-        self.finish_reason: str | None = None
+        self.finish_reason = "length"
 
     @property
     def text(self) -> str:
@@ -120,6 +122,7 @@ class Generation:
         pending = ""
         reason = "length"
         stopped = False
+        halt = self._halt
         for _ in range(self._max_tokens):
             tok = sampler.pick(sampler.penalize(logits, out), rng)
             if self.ttft is None:
@@ -132,6 +135,9 @@ class Generation:
             if text:
                 self._parts.append(text)
                 yield text
+                if halt is not None and halt():
+                    stopped = True
+                    break
             if stopped or len(out) == self._max_tokens or pos >= ctx.n_ctx:
                 break
             ctx.decode([tok], start=pos, logits=True)

@@ -25,7 +25,8 @@ def _ready(blob: Blob) -> np.ndarray:
 def fill(ctx: Context, plan: PromptPlan, blobs: Blobs, recompute_first: Mapping[int, int]) -> tuple[int, int]:
     """Put the plan into sequence 0 of an empty context: cached segments loaded at their positions
     (the first ``recompute_first[offset]`` tokens of a segment computed afresh instead), fresh parts
-    decoded. Returns (cached tokens, computed tokens); raises ModuleDamaged or ModuleStateRefused."""
+    (parameter values, cache="false" modules) decoded right after the prompt so far. Returns
+    (cached tokens, computed tokens); raises ModuleDamaged or ModuleStateRefused."""
     cached = computed = 0
     for part in plan:
         if not isinstance(part, Segment):

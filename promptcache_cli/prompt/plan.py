@@ -1,9 +1,10 @@
 """A prompt's plan: what a question's prompt is made of, in position order, typed.
 
 Cached parts are the layout's :class:`Segment` objects (their states come from the cache); fresh
-parts are parameter values (:class:`Fresh`), computed when the question is asked and decoded right
-after the prompt so far. The question and the template's tail follow the plan
-(:func:`question_tokens`). Where each cached part meets the text before it is boundaries.py.
+parts are parameter values (:class:`Fresh`) and the text of cache="false" modules
+(:class:`Uncached`), computed when the question is asked and decoded right after the prompt so
+far. The question and the template's tail follow the plan (:func:`question_tokens`). Where each
+cached part meets the text before it is boundaries.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,21 @@ class Fresh:
     slot_offset: int  # where the parameter's slot starts in the layout
 
 
-Part = Union[Segment, Fresh]
+@dataclass(frozen=True)
+class Uncached:
+    """A segment of a cache="false" module: never stored, computed for each request right after
+    the prompt so far (at its own positions when nothing before it was left out)."""
+
+    owner: Path
+    offset: int  # where it starts in the layout
+    tokens: tuple[int, ...]
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.tokens)
+
+
+Part = Union[Segment, Fresh, Uncached]
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,13 @@ class PromptPlan:
         """Every part's tokens one after another, as a cold prefill from position 0 sees them."""
         return [t for p in self.parts for t in p.tokens]
 
+    def storable(self) -> tuple[list[int], list[int]]:
+        """What prefix mode may store: the tokens before the first cache="false" module's, and
+        where each part before it after the first starts (see :meth:`tokens`, :meth:`starts`)."""
+        n = next((i for i, p in enumerate(self.parts) if isinstance(p, Uncached)), len(self.parts))
+        head = PromptPlan(self.parts[:n])
+        return head.tokens(), head.starts()
+
     def starts(self) -> list[int]:
         """Where each part after the first starts in :meth:`tokens`."""
         out, n = [], 0
@@ -67,7 +89,7 @@ class PromptPlan:
 
     def preceding(self) -> Iterator[tuple[Segment, list[int], int]]:
         """For each cached part: the part, the prompt's tokens before it and the next position
-        after them (fresh parts follow the prompt so far without a gap)."""
+        after them (fresh parts and cache="false" modules follow the prompt so far without a gap)."""
         before: list[int] = []
         end = 0
         for p in self.parts:
@@ -83,7 +105,10 @@ class PromptPlan:
 def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer) -> PromptPlan:
     """The selected prompt in position order: cached segments, and fresh parameter values."""
     included = {ROOT} | set(selection.modules)
-    items: list[tuple[int, Part]] = [(s.offset, s) for s in layout.segments if s.owner in included]
+    items: list[tuple[int, Part]] = [
+        (s.offset, Uncached(s.owner, s.offset, s.tokens) if s.owner in layout.uncached else s)
+        for s in layout.segments if s.owner in included
+    ]
     for slot in layout.slots:
         if slot.owner not in included:
             continue

@@ -61,6 +61,7 @@ class ModuleEntry:
     ratio: float | None  # raw state bytes / bytes on disk; None when missing or unreadable
     last_used: float | None
     present: bool
+    cached: bool = True  # False: a cache="false" module, computed for each request (no key, no file)
 
 
 @dataclass
@@ -172,6 +173,22 @@ def _refs(variants) -> list[tuple[str, str, int]]:
             for m in v.get("modules") or [] if isinstance(m, dict) and isinstance(m.get("key"), str)]
 
 
+def _modules(v: dict, files: dict[str, FileInfo], raw: dict[str, int | None]) -> list[ModuleEntry]:
+    """A manifest variant's modules in its order: module files, and cache="false" modules (no key,
+    no file); malformed entries skipped."""
+    out = []
+    for m in v.get("modules") or []:
+        if not isinstance(m, dict):
+            continue
+        if isinstance(m.get("key"), str):
+            key = m["key"]
+            out.append(_entry(str(m.get("name", "?")), key, int(m.get("tokens") or 0), files.get(key), raw.get(key)))
+        elif m.get("cache") is False:
+            tokens = m.get("tokens") if isinstance(m.get("tokens"), int) else 0
+            out.append(ModuleEntry(str(m.get("name", "?")), "", tokens, 0, None, None, False, cached=False))
+    return out
+
+
 def _prefix_key(variant) -> str | None:
     """The prompt key of a prefix-mode manifest variant; None for others and malformed entries."""
     ref = variant.get("prefix") if isinstance(variant, dict) else None
@@ -228,7 +245,7 @@ def _variant(v: dict, files: dict[str, FileInfo], raw: dict[str, int | None],
              states: dict[str, list[StateEntry]]) -> VariantEntry:
     entry = VariantEntry(str((v.get("model") or {}).get("name", "?")), str(v.get("encoding")), str(v.get("codec")),
                          str(v.get("llama_cpp")),
-                         [_entry(name, key, tokens, files.get(key), raw.get(key)) for name, key, tokens in _refs([v])])
+                         _modules(v, files, raw))
     key = _prefix_key(v)
     if key is not None:
         tokens = v["prefix"].get("tokens")
