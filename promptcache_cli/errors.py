@@ -8,7 +8,7 @@ at the end are signals between our own modules: they carry no exit code and neve
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Iterable
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: one line on stderr, PC_DEBUG=1 shows the traceback
@@ -51,7 +51,7 @@ def exit_code_for(exc: BaseException) -> int | None:
     return exc.exit_code if isinstance(exc, PcError) else None
 
 
-def did_you_mean(word: str, choices) -> str:
+def did_you_mean(word: str, choices: Iterable[object]) -> str:
     """``"; did you mean 'x'?"`` naming the choices closest to a mistyped ``word`` (difflib's
     ratio of at least 0.6; up to two), or "" when none is close."""
     import difflib
