@@ -42,7 +42,15 @@ def styles(tmp_path) -> Path:
 
 def test_version_and_completion() -> None:
     assert ok(pc("--version")).out == f"pc (promptcache_cli) {version('promptcache_cli')}\n"
-    script = ok(pc("--show-completion", "bash")).out
+    # Typer detects the shell from the parent process: run it from bash, as a user would
+    import shlex
+    import subprocess
+    import sys
+
+    cmd = shlex.join([sys.executable, "-m", "promptcache_cli", "--show-completion"])
+    shown = subprocess.run(["bash", "-c", f"{cmd}; exit $?"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    script = shown.stdout
     assert "_pc_completion" in script and "complete " in script
     help_text = ok(pc("--help")).out
     assert "--install-completion" in help_text and "--show-completion" in help_text

@@ -25,13 +25,12 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    help="""Answer questions about long, reused text fast, from cached attention states.
+    help="""Answer questions about long text fast, from cached states; docs/usage.md
 
 \b
   pc ask -f notes.txt "When is the deadline?"
   pc ask -s schemas/gpl-manual.xml "Can I sell copies?"
-
-A command's options: pc COMMAND --help. Everything: docs/usage.md""",
+""",
 )
 
 SHORT = {

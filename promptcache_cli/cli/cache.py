@@ -183,7 +183,8 @@ def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None
     n_states = len({st.path for s in listing.schemas for v in s.variants for st in v.states})
     n_states += sum(f.position is not None for f in listing.orphans)
     states = f", {_count(n_states, 'prefix state')}" if n_states else ""
-    lines = [f"{root}: {_count(n_files, 'module file')}{states}, {_size(listing.total_bytes)}"] + _ls_lines(listing)
+    head = f"{root}: {_count(n_files, 'module file')}{states}, {_size(listing.total_bytes)}"
+    lines = [_fit(head, 80)] + _ls_lines(listing)  # a long cache path is cut at its start
     write_out("\n".join(lines) + "\n")
 
 

@@ -4,7 +4,7 @@ llama-cpp-python's llama.cpp is built with OpenMP (libgomp): every operation of 
 OpenMP barrier, where by default a thread that arrives first spins for about 300,000 rounds
 (a few milliseconds) before it sleeps. On an idle machine that saves a wake-up per barrier; on a
 busy one a descheduled thread makes every other thread spin through its time slice, and a cached
-answer's first token came 4 to 25 times later (docs/design.md, "Threads"). libgomp reads its
+answer's first token came 17 to 26 times later (docs/design.md, "Threads"). libgomp reads its
 settings once, when it loads with llama.cpp's libraries, so :func:`set_wait_policy` must run
 before that: `pc` calls it first thing (__main__.py) and bindings.py again before it loads them.
 A user's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is left as it is.
