@@ -98,12 +98,17 @@ def ask(
     check_refresh(bool(refresh), "--refresh", kv_type, mode)
     sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads)
     check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
-    if not no_cache:
-        reason = sess.stale(request).reason
-        if reason:
-            write_err(reason)
+    # why states are computed: said when computing starts (a prompt too long for the context is
+    # refused before that, in one line)
+    reasons = [] if no_cache else [r for r in (sess.stale(request).reason,) if r]
     bar = progress_bar(not as_json)
     wrote: list[bool] = []
+
+    def progress(done: int, total: int, name: str) -> None:
+        while reasons:
+            write_err(reasons.pop())
+        if bar.update is not None:
+            bar.update(done, total, name)
 
     def on_text(text: str) -> None:
         if not wrote:
@@ -113,13 +118,15 @@ def ask(
 
     try:
         with bar:
-            res = sess.ask(request, on_text=None if as_json else on_text, progress=bar.update)
+            res = sess.ask(request, on_text=None if as_json else on_text, progress=progress)
     except KeyboardInterrupt:
         if wrote and sys.stdout.isatty():  # "pc: interrupted" on a line of its own
             write_out("\n")
         raise
     if not as_json:
         write_out("\n")  # the answer's line ends before anything else is written
+    if reasons and res.compiled:  # computed without a progress report
+        write_err(reasons.pop())
     for w in res.warnings:
         write_err(f"warning: {w}")
     if res.compiled:
