@@ -7,7 +7,7 @@ GEMMA := $(VENV)/models/gemma-3-270m-q4_k_m.gguf
 SCHEMA ?= schemas/gpl-manual.xml
 QUESTION ?= What is the program in the example called?
 
-.PHONY: install test bench bench-serve demo lint clean
+.PHONY: install test bench bench-serve bench-models demo lint clean
 
 install: $(STAMP)
 
@@ -67,6 +67,12 @@ bench: install $(PEERS) $(LLAMA_SERVER)  # `make bench BENCH_ARGS=--quick` for t
 bench-serve: install $(PEERS) $(LLAMA_SERVER)  # the serving benchmark alone
 	$(BIN)/python scripts/bench_serve.py $(filter --quick,$(BENCH_ARGS)) --llama-server $(LLAMA_SERVER) \
 		--peers-python $(VENV)/peers/bin/python
+
+# `pc` on random-weight Llama 3.2 1B and 3B shapes against --no-cache, the floor and llama-server's
+# slot restore (BENCH_ARGS=--quick: 1B at 2k and 4k; --smoke: the tiny llama); the model files are
+# written once into .venv/models/
+bench-models: install $(LLAMA_SERVER)
+	PC_LLAMA_SERVER=$(abspath $(LLAMA_SERVER)) $(BIN)/python scripts/bench_models.py $(BENCH_ARGS)
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh "$(SCHEMA)" "$(QUESTION)"

@@ -521,7 +521,8 @@ def inspect_schema(schema: SchemaRef, *, model: str | os.PathLike | None = None)
     m = Model(str(resolve_model(os.fspath(model) if model is not None else None)))
     try:
         lo = build(sch, m, m.chat_template())
-        return SchemaLayout(sch.name, m.description, lo.end, tuple(lo.elements))
+        return SchemaLayout(sch.name, m.description, lo.end, tuple(lo.elements), family=m.family,
+                            memory=m.memory.name, mode="prefix" if m.memory.prefers_prefix else "modular")
     finally:
         m.close()
 

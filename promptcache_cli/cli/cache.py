@@ -97,7 +97,8 @@ def _ratio(r: Optional[float]) -> Optional[float]:
 
 
 def _variant_json(v) -> dict:
-    out = {"model": v.model, "mode": v.mode, "encoding": v.encoding, "codec": v.codec, "llama_cpp": v.llama_cpp,
+    out = {"model": v.model, "family": v.family, "memory": v.memory, "mode": v.mode, "encoding": v.encoding,
+           "codec": v.codec, "llama_cpp": v.llama_cpp,
            "modules": [{"name": m.name, "key": m.key or None, "tokens": m.tokens, "bytes": m.bytes,
                         "ratio": _ratio(m.ratio), "last_used": _iso(m.last_used), "present": m.present}
                        | ({} if m.cached else {"cached": False}) for m in v.modules]}
@@ -138,7 +139,8 @@ def _ls_lines(listing) -> list[str]:
         for v in s.variants:
             codec = "no compression" if v.codec == "none" else f"{v.codec} compression"
             kind = "prefix mode" if v.mode == "prefix" else f"{v.encoding} encoding"
-            out += [_fit(f"  {v.model}, {kind}, {codec}", 80), head]
+            model = f"{v.model}{f' ({v.family}, {v.memory})' if v.family else ''}"
+            out += [_fit(f"  {model}, {kind}, {codec}", 80), head]
             for m in v.modules:
                 size = _size(m.bytes) if m.present else "not built" if m.cached else "uncached"
                 ratio = f"{m.ratio:.2f}x" if m.ratio else ""

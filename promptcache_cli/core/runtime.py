@@ -30,7 +30,10 @@ class Runtime:
         """``model``: the file at ``model_path``, already loaded (else it is loaded here)."""
         self.model_path = str(model_path)
         self.model = model if model is not None else Model(self.model_path)
-        self.fingerprint = model_fingerprint(self.model_path)  # its identity, as keys and headers record it
+        # its identity, as keys and headers record it (keys hash only its size and ends), with the
+        # family and memory kind manifests show (`pc ls`)
+        self.fingerprint = {**model_fingerprint(self.model_path), "family": self.model.family,
+                            "memory": self.model.memory.name}
         self.store = CacheStore(Path(cache_dir))
         self.settings = settings
         self.ctx: Context | None = None  # the context the last question was answered in

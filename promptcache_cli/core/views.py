@@ -54,3 +54,6 @@ class SchemaLayout:
     model: str
     length: int  # positions the schema takes
     elements: tuple[Element, ...]
+    family: str = "?"  # the model's GGUF architecture (llama, qwen2, gemma3, lfm2, mamba2...)
+    memory: str = "?"  # its memory kind (attention, swa, recurrent, hybrid)
+    mode: str = "?"  # the mode `--mode auto` serves it in (modular or prefix)

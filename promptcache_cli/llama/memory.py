@@ -13,6 +13,10 @@ A session asks these questions instead of comparing kind names:
 - ``can_shift``: cached cells can be moved to other positions (none can today; the room for
   position-independent modules, which need RoPE shifts of K).
 
+``state_sections`` says what a state blob of the kind holds, section by section, for the strict
+reader (:func:`.state_blob.parse_state`): "kv" a full KV cache, "swa" a sliding-window KV cache,
+"rs" a recurrent state; a partial state (llama.cpp's PARTIAL_ONLY) leaves out what can be cut back.
+
 ``name`` is what cache keys and file headers record; it never changes for a kind.
 """
 
@@ -29,6 +33,11 @@ class Memory:
     partial_checkpoints: ClassVar[bool] = False
     plain_kv: ClassVar[bool] = False
     can_shift: ClassVar[bool] = False
+
+    def state_sections(self, *, partial: bool = False, swa: bool = False) -> tuple[str, ...]:
+        """The sections of this memory's state blobs, in order (``swa``: the model also has
+        sliding-window layers, as a hybrid may)."""
+        raise NotImplementedError
 
     @property
     def prefers_prefix(self) -> bool:
@@ -48,6 +57,9 @@ class Attention(Memory):
     can_cut = True
     plain_kv = True
 
+    def state_sections(self, *, partial: bool = False, swa: bool = False) -> tuple[str, ...]:
+        return ("kv",)
+
 
 class SlidingWindow(Memory):
     """Sliding-window attention: the window cache keeps only the last cells, so a state can
@@ -56,12 +68,19 @@ class SlidingWindow(Memory):
     name = "swa"
     label = "sliding-window attention"
 
+    def state_sections(self, *, partial: bool = False, swa: bool = True) -> tuple[str, ...]:
+        """The full-attention layers' cache, then the window layers' (a partial state: only that)."""
+        return ("swa",) if partial else ("kv", "swa")
+
 
 class Recurrent(Memory):
     """A recurrent state (Mamba, RWKV): one fixed-size summary of every token so far."""
 
     name = "recurrent"
     label = "recurrent"
+
+    def state_sections(self, *, partial: bool = False, swa: bool = False) -> tuple[str, ...]:
+        return ("rs",)
 
 
 class Hybrid(Memory):
@@ -71,6 +90,12 @@ class Hybrid(Memory):
     name = "hybrid"
     label = "hybrid"
     partial_checkpoints = True
+
+    def state_sections(self, *, partial: bool = False, swa: bool = False) -> tuple[str, ...]:
+        """The attention layers' cache (two with sliding-window layers), then the recurrent state;
+        a partial state leaves out what can be cut back (the full-attention cache)."""
+        attention = ("kv", "swa") if swa else ("kv",)
+        return (*attention[1:], "rs") if partial else (*attention, "rs")
 
 
 KINDS: dict[str, Memory] = {m.name: m for m in (Attention(), SlidingWindow(), Recurrent(), Hybrid())}

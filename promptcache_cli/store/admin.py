@@ -75,6 +75,8 @@ class VariantEntry:
     key: str | None = None  # prefix mode: the prompt's key (its states' folder)
     tokens: int | None = None  # prefix mode: the default prompt's length
     states: list[StateEntry] = field(default_factory=list)  # prefix mode, by position
+    family: str | None = None  # the model's GGUF architecture, as compiled (None: an older manifest)
+    memory: str | None = None  # its memory kind (attention, swa, recurrent, hybrid)
 
 
 @dataclass
@@ -246,6 +248,9 @@ def _variant(v: dict, files: dict[str, FileInfo], raw: dict[str, int | None],
     entry = VariantEntry(str((v.get("model") or {}).get("name", "?")), str(v.get("encoding")), str(v.get("codec")),
                          str(v.get("llama_cpp")),
                          _modules(v, files, raw))
+    model = v.get("model") if isinstance(v.get("model"), dict) else {}
+    entry.family = model.get("family") if isinstance(model.get("family"), str) else None
+    entry.memory = model.get("memory") if isinstance(model.get("memory"), str) else None
     key = _prefix_key(v)
     if key is not None:
         tokens = v["prefix"].get("tokens")
