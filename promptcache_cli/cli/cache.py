@@ -140,7 +140,8 @@ def _ls_lines(listing) -> list[str]:
             codec = "no compression" if v.codec == "none" else f"{v.codec} compression"
             kind = "prefix mode" if v.mode == "prefix" else f"{v.encoding} encoding"
             model = f"{v.model}{f' ({v.family}, {v.memory})' if v.family else ''}"
-            out += [_fit(f"  {model}, {kind}, {codec}", 80), head]
+            line = f"  {model}, {kind}, {codec}"
+            out += [line, head] if len(line) <= 80 else [_fit(f"  {model}", 80), f"  {kind}, {codec}", head]
             for m in v.modules:
                 size = _size(m.bytes) if m.present else "not built" if m.cached else "uncached"
                 ratio = f"{m.ratio:.2f}x" if m.ratio else ""
