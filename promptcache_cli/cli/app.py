@@ -16,20 +16,19 @@ from .batch import batch
 from .bench import HELP as BENCH_HELP, bench
 from .cache import (GC_HELP, LS_HELP, PATH_HELP, RM_HELP, VERIFY_HELP, gc_cmd, ls_cmd, path_cmd, rm_cmd,
                     verify_cmd)
-from .common import ClosedStdoutGuard, StdoutClosed, write_err
+from .common import ClosedStdoutGuard, StdoutClosed, remote_flag, write_err
 from .compile import COMPILE_HELP, INSPECT_HELP, compile, inspect
 from .plan import HELP as PLAN_HELP, plan
+from .remote import pull, push
 from .serve import serve
 
 app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    help="""Answer questions about long text fast, from cached states; docs/usage.md
-
-\b
-  pc ask -f notes.txt "When is the deadline?"
-  pc ask -s schemas/gpl-manual.xml "Can I sell copies?"
+    help="""\b
+Answer questions about long text fast, from cached states; docs/usage.md
+  pc ask -f notes.txt "When is the deadline?"   (or -s schemas/gpl-manual.xml)
 """,
 )
 
@@ -46,6 +45,8 @@ SHORT = {
     "bench": "Run the benchmark suite.",
     "serve": "Serve an OpenAI-compatible API over HTTP.",
     "batch": "Answer JSON lines of questions with one model load.",
+    "push": "Upload a schema's cache files to the remote store.",
+    "pull": "Download a schema's cache files from the remote store.",
 }
 
 
@@ -68,7 +69,8 @@ for _name, _command, _help in (
         ("ask", ask, ASK_HELP), ("compile", compile, COMPILE_HELP), ("inspect", inspect, INSPECT_HELP),
         ("ls", ls_cmd, LS_HELP), ("verify", verify_cmd, VERIFY_HELP), ("gc", gc_cmd, GC_HELP),
         ("rm", rm_cmd, RM_HELP), ("path", path_cmd, PATH_HELP), ("plan", plan, PLAN_HELP),
-        ("bench", bench, BENCH_HELP), ("serve", serve, None), ("batch", batch, None)):
+        ("bench", bench, BENCH_HELP), ("serve", serve, None), ("batch", batch, None),
+        ("push", push, None), ("pull", pull, None)):
     app.command(_name, help=_help, short_help=SHORT[_name])(_command)
 
 
@@ -90,7 +92,7 @@ def main() -> None:
     if not isinstance(sys.stdout, ClosedStdoutGuard):
         sys.stdout = ClosedStdoutGuard(sys.stdout)
     try:
-        rv = _click_command()(standalone_mode=False, prog_name="pc")
+        rv = _click_command()(args=remote_flag(sys.argv[1:]), standalone_mode=False, prog_name="pc")
         if rv == errors.EXIT_INTERRUPTED:  # Typer turns Ctrl-C into this exit code
             write_err("pc: interrupted")
         if isinstance(rv, int) and rv:

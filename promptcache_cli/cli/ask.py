@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import HiddenCacheOpt, JsonOpt, ModelOpt, emit_json, within, write_err, write_out
+from .common import HiddenCacheOpt, JsonOpt, ModelOpt, RemoteOpt, emit_json, within, write_err, write_out
 from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, FileOpt, KvType, KvTypeOpt,
                       Mode, ModeOpt, SchemaOpt, SystemOpt, ThreadsOpt, TimingsOpt, check_refresh, open_session,
                       progress_bar, read_stdin, schema_for)
@@ -61,6 +61,7 @@ def ask(
     kv_type: KvType = KvTypeOpt,
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
+    remote: Optional[str] = RemoteOpt,
     timings: Optional[bool] = TimingsOpt,
 ) -> None:
     from dataclasses import replace
@@ -96,7 +97,8 @@ def ask(
     if refresh and no_cache:
         raise errors.UsageError("--refresh recomputes cached tokens; --no-cache computes them all already")
     check_refresh(bool(refresh), "--refresh", kv_type, mode)
-    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads)
+    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads,
+                        remote=remote)
     check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
     # why states are computed: said when computing starts (a prompt too long for the context is
     # refused before that, in one line)
@@ -129,12 +131,15 @@ def ask(
         write_err(reasons.pop())
     for w in res.warnings:
         write_err(f"warning: {w}")
+    if res.downloaded:
+        write_err(f"downloaded {len(res.downloaded)} module(s) from {sess.remote}: "
+                  f"{', '.join(m.name for m in res.downloaded)} ({sum(m.bytes for m in res.downloaded) / 1e6:.1f} MB)")
     if res.compiled:
         write_err(f"compiled {len(res.compiled)} module(s) on demand: {', '.join(m.name for m in res.compiled)}")
     if res.ranked:
         write_err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
     if as_json:
-        emit_json(answer_record(res, mode=sess.mode, no_cache=no_cache))
+        emit_json(answer_record(res, mode=sess.mode, no_cache=no_cache, remote=sess.remote))
         return
     if timings if timings is not None else sys.stderr.isatty():
         what = "no cache" if no_cache else f"{res.cached_tokens:,} cached tokens"

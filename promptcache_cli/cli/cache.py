@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, JsonOpt, cache_root, emit_json, option_parser, parse_age, parse_size, write_err, write_out
+from .common import (CacheOpt, JsonOpt, RemoteSideOpt, cache_root, emit_json, option_parser, parse_age, parse_size,
+                     resolve_remote, write_err, write_out)
 from .options import SchemaOpt, schema_path
 
 LS_HELP = """List the cached schemas and files: per module, tokens, size, last use.
@@ -20,7 +21,7 @@ LS_HELP = """List the cached schemas and files: per module, tokens, size, last u
   pc ls --json
 
 Modules a schema declares but no compile or question needed yet show as "not built".
-More: docs/usage.md#managing-the-cache"""
+--remote: the remote store's files instead. More: docs/usage.md#managing-the-cache"""
 
 VERIFY_HELP = """Read every cache file whole and check every checksum; exit 5 if any is damaged.
 
@@ -28,7 +29,8 @@ VERIFY_HELP = """Read every cache file whole and check every checksum; exit 5 if
   pc verify
 
 Damaged files are named with the schema and module they hold; `pc ask` recomputes them when it
-needs them. More: docs/usage.md#managing-the-cache"""
+needs them. --remote: the remote store's files (each downloaded to a temporary file).
+More: docs/usage.md#managing-the-cache"""
 
 GC_HELP = """Remove cache files: unused ones (--orphans), old ones, least recently used ones.
 
@@ -36,7 +38,8 @@ GC_HELP = """Remove cache files: unused ones (--orphans), old ones, least recent
   pc gc --orphans            # files no schema uses any more (after edits)
   pc gc --max-size 2G --dry-run
 
-Also removes stale temporary and lock files. More: docs/usage.md#managing-the-cache"""
+Also removes stale temporary and lock files. --remote: the remote store's files, by upload
+time. More: docs/usage.md#managing-the-cache"""
 
 RM_HELP = """Remove a schema from the cache, with the files no other schema uses. SCHEMA (or
 -s SCHEMA): its file, or its name as `pc ls` shows it.
@@ -164,7 +167,11 @@ def _ls_lines(listing) -> list[str]:
     return out
 
 
-def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
+def ls_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = RemoteSideOpt, as_json: bool = JsonOpt) -> None:
+    if remote is not None:
+        from .remote_cache import ls_remote
+
+        return ls_remote(resolve_remote(remote, required=True), as_json)
     from ..api import list_cache
 
     root = cache_root(cache_dir)
@@ -217,7 +224,12 @@ def _rel(path, root) -> str:
         return str(path)
 
 
-def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
+def verify_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = RemoteSideOpt,
+               as_json: bool = JsonOpt) -> None:
+    if remote is not None:
+        from .remote_cache import verify_remote
+
+        return verify_remote(resolve_remote(remote, required=True), cache_dir, as_json)
     from ..api import verify_cache
 
     root = cache_root(cache_dir)
@@ -256,6 +268,7 @@ def gc_cmd(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
     cache_dir: Optional[str] = CacheOpt,
+    remote: Optional[str] = RemoteSideOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     from ..api import collect_garbage
@@ -263,6 +276,13 @@ def gc_cmd(
     if max_size is None and older_than is None and not orphans:
         write_err("pc: gc needs --orphans, --max-size SIZE or --older-than AGE (see `pc gc --help`)")
         raise typer.Exit(errors.EXIT_USAGE)
+    if remote is not None:
+        if orphans:
+            raise errors.UsageError("--orphans works on the cache directory; with --remote, use --max-size or "
+                                    "--older-than")
+        from .remote_cache import gc_remote
+
+        return gc_remote(resolve_remote(remote, required=True), max_size, older_than, dry_run, as_json)
     root = cache_root(cache_dir)
     names = _names(root)  # before removing: what each file held
     report = collect_garbage(root, max_size=max_size, older_than=older_than, dry_run=dry_run, orphans=orphans)

@@ -30,6 +30,7 @@ class Prefilled:
     warnings: list[str] = field(default_factory=list)
     compiled: list[ModuleReport] = field(default_factory=list)
     ranked: list[str] = field(default_factory=list)
+    downloaded: list[ModuleReport] = field(default_factory=list)
 
 
 def prefill_uncached(runtime: Runtime, plan: PromptPlan, question: list[int], n_cells: int,
@@ -95,5 +96,6 @@ def _report(runtime: Runtime, done: Prefilled, g: Generation, *, selection: Sele
         first_logits=logits,
         refreshed_tokens=done.refreshed,
         ranked=tuple(done.ranked),
+        downloaded=tuple(done.downloaded),
         finish_reason=g.finish_reason,
     )
