@@ -97,12 +97,19 @@ def compile(
     check_refresh(ranked, "--ranked", kv_type, Mode(sess.mode))
     out = []
     for sch in loaded:
-        if not force:
-            reason = sess.stale(sch).reason
-            if reason:
-                write_err(reason)
+        # why states are computed: said when computing starts (an error before that is one line)
+        reasons = [] if force else [r for r in (sess.stale(sch).reason,) if r]
         with progress_bar(not as_json) as bar:
-            report = sess.compile(sch, force=force, progress=bar.update, ranked=ranked, shard=shard)
+
+            def progress(done: int, total: int, name: str, bar=bar, reasons=reasons) -> None:
+                while reasons:
+                    write_err(reasons.pop())
+                if bar.update is not None:
+                    bar.update(done, total, name)
+
+            report = sess.compile(sch, force=force, progress=progress, ranked=ranked, shard=shard)
+        if reasons and any(m.status == "computed" for m in report.modules):  # computed without a progress report
+            write_err(reasons.pop())
         out.append(_report(sess, report, as_json=as_json, ranked=ranked))
     if as_json:
         if len(named) == 1 and paths == named:
@@ -151,9 +158,10 @@ def _report(sess, report, *, as_json: bool, ranked: bool) -> dict:
         return obj
     computed = [r for r in rows if r["status"] == "computed"]
     reused = [r for r in rows if r["status"] == "reused"]
+    width = max([8] + [len(r["status"]) for r in rows])  # "other shard" and "remote" rows widen it
     for r in rows:
         mark = "  uploaded" if r.get("uploaded") else ""
-        write_err(f"{r['status']:>11}  {r['module']:<32} {r['tokens']:>6} tokens  {r['bytes'] / 1e6:8.2f} MB{mark}")
+        write_err(f"{r['status']:>{width}}  {r['module']:<32} {r['tokens']:>6} tokens {r['bytes'] / 1e6:8.2f} MB{mark}")
     elsewhere = ""
     if report.remote or any(r["status"] == "other shard" for r in rows):
         n_store = sum(r["status"] == "remote" for r in rows)
