@@ -101,14 +101,17 @@ class Loader:
             warnings.append(f"the cache of schema '{schema.name}' was made with {why}; recomputing it for "
                             f"{self.runtime.model.description} with these settings")
         unstored = Unstored()
-        reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress, unstored=unstored)
+        reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress, unstored=unstored,
+                                        bystanders=True)
         if downloaded is not None:  # computed meanwhile by another machine, and downloaded
             downloaded += [r for r in reports if r.status == "downloaded"]
         if self.runtime.remote is not None:
             self.compiler.publish_manifest(schema, layout, keys)
             warnings += self.runtime.remote.take_warnings()
         stored = [o for o in to_compile if o not in unstored.blobs]
-        compiled = [r for o, r in zip(to_compile, reports, strict=True) if r.status == "computed" and o in stored]
+        # modules computed on the way (bystanders) are stored too, and reported after the ones asked for
+        compiled = [r for o, r in zip(to_compile, reports, strict=False) if r.status == "computed" and o in stored]
+        compiled += [r for r in reports[len(to_compile):] if r.status == "computed" and r.bytes]
         if unstored.reason is None:
             try:
                 self.catalog.record(schema, layout, keys)
