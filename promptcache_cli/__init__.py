@@ -16,9 +16,10 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not typing's: this file runs before pc's Ctrl-C guard (__main__), so it imports nothing
 
-_API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request", "Session",
-        "answer_record", "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path",
-        "inspect_schema", "list_cache", "list_remote", "open_session", "remove_schema", "request_from_prompt",
+_API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MAX_DOCUMENT_BYTES", "MODES", "Request",
+        "Session", "answer_record", "cache_names", "collect_garbage", "collect_remote_garbage", "default_cache_dir",
+        "default_model_path", "document_from_bytes", "documents_schema", "inspect_schema", "list_cache",
+        "list_remote", "open_session", "read_document", "remove_schema", "request_from_prompt",
         "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote")
 _ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
            "InputError", "ListenError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError",
@@ -28,22 +29,24 @@ _WHERE = {
     **{name: "api" for name in _API},
     **{name: "errors" for name in _ERRORS},
     "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
-    "Transfer": "core.results", "TransferReport": "core.results",
+    "Staleness": "core.results", "Transfer": "core.results", "TransferReport": "core.results",
     "PromptState": "core.tokens", "Conversation": "prompt.conversation",
     "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
     "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
+    "Document": "pml.documents",
 }
 
 __all__ = [
     "Answer", "BackendError", "BlobError", "Boundary", "COMPRESSIONS", "CacheFileError", "CacheWriteError",
-    "CompileReport", "ContextFullError", "Conversation", "DEFAULT_CHECKPOINTS", "ENCODINGS", "EXIT_CODES",
-    "InputError", "KV_TYPES", "ListenError", "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport",
-    "OutputError", "ParameterTooLong", "PcError", "PmlError", "PromptPart", "PromptState", "PromptTooLong",
-    "PromptView", "RemoteError", "Request", "Sampler", "Schema", "SchemaLayout", "SelectionError", "Session",
-    "StateRefused", "TemplateError", "Transfer", "TransferReport", "UnsupportedModel", "UsageError",
-    "answer_record", "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path",
-    "exit_code_for", "inspect_schema", "list_cache", "list_remote", "load_schema", "open_session", "remove_schema",
-    "request_from_prompt", "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote",
+    "CompileReport", "ContextFullError", "Conversation", "DEFAULT_CHECKPOINTS", "Document", "ENCODINGS", "EXIT_CODES",
+    "InputError", "KV_TYPES", "ListenError", "MAX_DOCUMENT_BYTES", "MODES", "ModelLoadError", "ModelNotFound",
+    "ModuleReport", "OutputError", "ParameterTooLong", "PcError", "PmlError", "PromptPart", "PromptState",
+    "PromptTooLong", "PromptView", "RemoteError", "Request", "Sampler", "Schema", "SchemaLayout", "SelectionError",
+    "Session", "Staleness", "StateRefused", "TemplateError", "Transfer", "TransferReport", "UnsupportedModel",
+    "UsageError", "answer_record", "cache_names", "collect_garbage", "collect_remote_garbage", "default_cache_dir",
+    "default_model_path", "document_from_bytes", "documents_schema", "exit_code_for", "inspect_schema", "list_cache",
+    "list_remote", "load_schema", "open_session", "read_document", "remove_schema", "request_from_prompt",
+    "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote",
 ]
 
 
@@ -65,11 +68,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and editors see
     from typing import Any
 
-    from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MODES, Request, Session,
-                      answer_record, collect_garbage, collect_remote_garbage, default_cache_dir, default_model_path,
-                      inspect_schema, list_cache, list_remote, open_session, remove_schema, request_from_prompt,
+    from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MAX_DOCUMENT_BYTES, MODES, Request,
+                      Session, answer_record, cache_names, collect_garbage, collect_remote_garbage, default_cache_dir,
+                      default_model_path, document_from_bytes, documents_schema, inspect_schema, list_cache,
+                      list_remote, open_session, read_document, remove_schema, request_from_prompt,
                       request_from_prompt_text, resolve_model, select, verify_cache, verify_remote)
-    from .core.results import Answer, CompileReport, ModuleReport, Transfer, TransferReport
+    from .core.results import Answer, CompileReport, ModuleReport, Staleness, Transfer, TransferReport
     from .core.tokens import PromptState
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,
@@ -77,6 +81,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
                          PcError, PmlError, PromptTooLong, RemoteError, SelectionError, StateRefused, TemplateError,
                          UnsupportedModel, UsageError, exit_code_for)
     from .llama.sampling import Sampler
+    from .pml.documents import Document
     from .pml.schema import Schema, load_schema
     from .prompt.boundaries import Boundary
     from .prompt.conversation import Conversation

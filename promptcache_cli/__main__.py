@@ -74,8 +74,9 @@ def main() -> None:
     guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # an ignored SIGINT stays ignored
     if guarded:
         signal.signal(signal.SIGINT, _interrupted)
-    from .llama import preload
+    from .llama import preload, threads
 
+    threads.set_wait_policy()  # before llama.cpp's libraries (and libgomp with them) load
     path = preload.wanted(sys.argv[1:])
     if path:
         preload.start(path)

@@ -24,12 +24,13 @@ from .llama.sampling import Sampler
 
 if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema parser
     from .core.engine import Engine
-    from .core.results import Answer, CompileReport, Progress, TransferReport
+    from .core.results import Answer, CompileReport, Progress, Staleness, TransferReport
     from .core.tokens import PromptState, TokenPrompts
     from .prompt.conversation import Conversation
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .llama.context import Context, ContextSettings
     from .llama.model import Model
+    from .pml.documents import Document
     from .pml.schema import ModuleImport, Schema
     from .pml.selection import Selection
     from .prompt.boundaries import Boundary
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema pa
     from .store.remote_admin import RemoteGcReport, RemoteListing, RemoteVerifyReport
 
 MODES = ("auto", "modular", "prefix")
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # a document's (and a schema file's) largest size: pml.schema.MAX_SCHEMA_BYTES
 ENCODINGS = ("scaffold", "independent", "average")  # the first is the default (prompt/contexts.py)
 COMPRESSIONS = ("none", "zstd")
 KV_TYPES = ("f16", "q8_0")
@@ -58,6 +60,8 @@ class Request:
     instead of both (see :func:`request_from_prompt`). ``refresh``: the fraction (0 to 1) of the
     cached tokens to recompute in the prompt's context (modular mode, f16 states).
     ``keep_logits``: the answer carries the prompt's last logits (``Answer.first_logits``).
+    ``stop``: strings that end the answer where the first of them appears (it is left out;
+    ``Answer.finish_reason`` is then ``"stop"``).
     ``history``: earlier turns of a conversation, ``(role, text)`` pairs (roles as the model's chat
     template knows them: ``user``, ``assistant``), the first a user turn; it continues the schema's
     last user turn and ``question`` is the next user turn.
@@ -74,6 +78,7 @@ class Request:
     refresh: float = 0.0
     keep_logits: bool = False
     prompt_file: str | None = None  # the <prompt> file ``imports`` came from (named in errors)
+    stop: Sequence[str] = ()
     history: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
@@ -82,6 +87,10 @@ class Request:
             params = tuple(f"{k}={v}" for k, v in params.items())
         object.__setattr__(self, "params", tuple(params))
         object.__setattr__(self, "modules", tuple(self.modules))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise ValueError("stop strings must be non-empty strings")
+        object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "history", tuple((str(r), str(t)) for r, t in self.history))
 
     def turns(self) -> str | Conversation:
@@ -220,7 +229,8 @@ class Session:
         selection = select(schema, request)
         return self.engine.ask(schema, selection, request.turns(), max_tokens=request.max_tokens,
                                sampler=request.sampler, no_cache=request.no_cache, on_text=on_text,
-                               progress=progress, keep_logits=request.keep_logits, refresh=request.refresh)
+                               progress=progress, keep_logits=request.keep_logits, refresh=request.refresh,
+                               stop=request.stop)
 
     def stream(self, request: Request, *, progress: Progress | None = None,
                halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
@@ -237,7 +247,17 @@ class Session:
         done = self.engine.prefill(schema, selection, request.turns(), max_tokens=request.max_tokens,
                                    no_cache=request.no_cache, progress=progress, refresh=request.refresh)
         yield from stream(self.engine.runtime, done, selection=selection, t0=t0, max_tokens=request.max_tokens,
-                          sampler=request.sampler, keep_logits=request.keep_logits, halt=halt)
+                          sampler=request.sampler, keep_logits=request.keep_logits, stop=request.stop,
+                          halt=halt)
+
+    def stale(self, schema: SchemaRef | Request) -> Staleness:
+        """What :meth:`compile` of a schema (or :meth:`ask` of a request, with the cache) would
+        compute first, and why: ``reason`` is one line such as "python/return changed: recompiling
+        it and 1 module after it", None when everything is cached. Computes nothing."""
+        if isinstance(schema, Request):
+            sch = self.schema(schema.schema)
+            return self.engine.stale(sch, select(sch, schema))
+        return self.engine.stale(self.schema(schema))
 
     # -- prompts given as tokens (no schema) ---------------------------------------------------
     def chat_tokens(self, messages: Sequence[tuple[str, str]]) -> list[int]:
@@ -548,6 +568,33 @@ def load_schema(path: str | os.PathLike) -> Schema:
     return load_schema(path)
 
 
+def documents_schema(documents: Sequence[str | os.PathLike | Document], *, system: str | None = None) -> Schema:
+    """A schema made in memory from plain text files (paths) or :class:`Document` objects: one
+    module per document in the user's turn, after ``system`` (default: a careful assistant's
+    prompt), named after the files (`pc ask -f FILE`). A document's cached states depend on its
+    text and what precedes it, not on its file's name or folder. Raises InputError for a file that
+    is missing, binary, not UTF-8, larger than 4 MiB or empty."""
+    from .pml.documents import Document, documents_schema, read_document
+
+    docs = [d if isinstance(d, Document) else read_document(d) for d in documents]
+    return documents_schema(docs, system=system)
+
+
+def read_document(path: str | os.PathLike) -> Document:
+    """A text file as a :class:`Document` (its name and text), checked as :func:`documents_schema` does."""
+    from .pml.documents import read_document
+
+    return read_document(path)
+
+
+def document_from_bytes(data: bytes, *, name: str = "stdin") -> Document:
+    """Bytes (a request's body, stdin) as a :class:`Document` named ``name``: UTF-8 text of at most
+    ``MAX_DOCUMENT_BYTES``, not binary, not empty (else InputError)."""
+    from .pml.documents import document_from_bytes
+
+    return document_from_bytes(data, name=name)
+
+
 # -- looking at schemas and the cache -------------------------------------------------------------
 
 
@@ -606,14 +653,22 @@ def verify_cache(cache_dir: str | os.PathLike) -> VerifyReport:
 
 
 def collect_garbage(cache_dir: str | os.PathLike, *, max_size: int | None = None, older_than: float | None = None,
-                    dry_run: bool = False, grace: float | None = None) -> GcReport:
-    """Evict least recently used files until they take ``max_size`` bytes, and files unused for
-    ``older_than`` seconds (`pc gc`); files used in the last ``grace`` seconds (default 60) stay:
-    an ask may be about to read them."""
+                    dry_run: bool = False, orphans: bool = False, grace: float | None = None) -> GcReport:
+    """Evict least recently used files until they take ``max_size`` bytes, files unused for
+    ``older_than`` seconds, and (``orphans``) files no schema references any more (`pc gc`);
+    files used in the last ``grace`` seconds (default 60) stay: an ask may be about to read them."""
     from .store import admin
 
-    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run,
+    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run, orphans=orphans,
                     grace=admin.GRACE_SECONDS if grace is None else grace)
+
+
+def cache_names(cache_dir: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+    """What each cache file holds, by its key: ``schema/module`` (``schema/prefix``), as the
+    manifests say (`pc verify` and `pc gc` name files so)."""
+    from .store import admin
+
+    return admin.names_by_key(Path(cache_dir))
 
 
 def list_remote(remote: str | None = None) -> RemoteListing:
@@ -665,8 +720,9 @@ def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
 
 
 __all__ = [
-    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request", "answer_record",
-    "Sampler", "Session", "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path",
-    "inspect_schema", "list_cache", "list_remote", "load_schema", "open_session", "remove_schema",
+    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MAX_DOCUMENT_BYTES", "MODES", "Request",
+    "Sampler", "Session", "answer_record", "cache_names", "collect_garbage", "collect_remote_garbage",
+    "default_cache_dir", "default_model_path", "document_from_bytes", "documents_schema", "inspect_schema",
+    "list_cache", "list_remote", "load_schema", "open_session", "read_document", "remove_schema",
     "request_from_prompt", "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote",
 ]

@@ -347,7 +347,8 @@ def test_gc_dry_run_removes_nothing_and_lists_what_would_go(cache: Path) -> None
     assert dry["dry_run"] is True
     human = ok(pc("gc", "--max-size", str(limit), "--dry-run"))
     assert snapshot(cache) == before
-    assert human.out == "" and f"would remove  {order[0]}" in human.err
+    assert human.out == "" and f"  {order[0].relative_to(cache)}  " in human.err
+    assert human.err.startswith("would remove  ") and "(least recently used, over the size limit)" in human.err
 
     real = ok(pc("gc", "--max-size", str(limit), "--json")).json()
     assert [(r["kind"], r["path"]) for r in dry["removed"]] == [(r["kind"], r["path"]) for r in real["removed"]]

@@ -192,7 +192,8 @@ def test_ls_json_shows_prefix_states(template: Template, cache: Path) -> None:
 
     table = ok(pc("ls"))
     assert "4 module files, 6 prefix states" in table.out  # alpha and its copy share their states
-    for word in ("prefix@", "(partial)", "mamba.gguf (mamba, recurrent) · prefix · none", "lfm2.gguf", "gamma"):
+    for word in ("prefix@", "(partial)", "mamba.gguf (mamba, recurrent), prefix mode, no compression", "lfm2.gguf",
+                 "gamma"):
         assert word in table.out
 
 
@@ -214,7 +215,7 @@ def test_ls_lists_unreferenced_prefix_states_as_orphans(template: Template, cach
                    "last_used": row["last_used"], "position": 7}
     [variant] = [s for s in obj["schemas"] if s["path"] == str(beta.schema)][0]["variants"]
     assert variant["key"] == beta.key and variant["states"] == []  # compiled, then evicted
-    assert "missing" in ok(pc("ls")).out
+    assert "not built" in ok(pc("ls")).out
 
 
 # -- verify ---------------------------------------------------------------------------------------

@@ -12,14 +12,15 @@ from typing import Optional
 
 import typer
 
-ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file (default: SmolLM2-135M-Instruct).")
-CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", help="Cache directory (default: user cache dir).")
+ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", metavar="FILE", show_envvar=False, hidden=True,
+                        help="GGUF model file (default: $PC_MODEL, else SmolLM2-135M-Instruct).")
+CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", metavar="DIR", show_envvar=False,
+                        help="Cache folder (default: $PC_CACHE_DIR or the user's).")
+HiddenCacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", metavar="DIR", hidden=True)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
-RemoteOpt = typer.Option(
-    None, "--remote", envvar="PC_REMOTE", metavar="URL",
-    help="Shared store behind the cache: s3://bucket/prefix (endpoint and credentials from the AWS variables "
-    "and files; see docs/fleet.md). Missing states are downloaded before anything is computed; computed ones "
-    "are uploaded. --remote alone: $PC_REMOTE.")
+RemoteOpt = typer.Option(  # short: `pc ask --help` fits a screen; docs/usage.md and docs/fleet.md say more
+    None, "--remote", envvar="PC_REMOTE", show_envvar=False, metavar="URL",
+    help="Shared store behind the cache, s3://bucket/prefix (default: $PC_REMOTE; docs/fleet.md).")
 RemoteSideOpt = typer.Option(
     None, "--remote", metavar="[URL]",
     help="Work on the remote store instead of the cache directory: s3://bucket/prefix, or $PC_REMOTE when "
@@ -210,6 +211,18 @@ def option_parser(parse):
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
     return parser
+
+
+def within(low: float, high: float | None = None):
+    """A Typer option callback refusing values outside [low, high] (exit 2, as Typer's own ``min``
+    and ``max`` do, without their range notes, which would crowd ``--help``)."""
+    def check(value):
+        finite(value)  # NaN passes both comparisons
+        if value is not None and (value < low or (high is not None and value > high)):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise typer.BadParameter(f"{value} is not {bound}")
+        return value
+    return check
 
 
 def cache_root(cache_dir: Optional[str]) -> Path:

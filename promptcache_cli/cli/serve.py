@@ -64,10 +64,10 @@ def serve(
     threads = 0 if parallel == 1 else max(1, (os.cpu_count() or 1) // parallel)
     sessions = [open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads,
                              remote=remote) for _ in range(parallel)]
-    bar, update = progress_bar(True)
+    bar = progress_bar(True)
     with bar:
         for sch in loaded.values():
-            report = sessions[0].compile(sch, progress=update)
+            report = sessions[0].compile(sch, progress=bar.update)
             for w in report.warnings:
                 write_err(f"warning: {w}")
             computed = sum(1 for m in report.modules if m.status == "computed")

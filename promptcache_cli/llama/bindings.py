@@ -11,6 +11,8 @@ import os
 import re
 import sys
 
+from .threads import set_wait_policy
+
 
 def _bindings():
     """llama-cpp-python's ctypes bindings (``llama_cpp.llama_cpp``) and the package's version.
@@ -45,6 +47,7 @@ def _bindings():
     return sys.modules["llama_cpp.llama_cpp"], llama_cpp.__version__
 
 
+set_wait_policy()  # before libgomp loads with llama.cpp's libraries: it reads its settings then
 C, VERSION = _bindings()
 
 

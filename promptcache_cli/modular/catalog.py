@@ -4,10 +4,13 @@ made with other settings does not apply)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
-from ..core.results import ModuleReport
+import numpy as np
+
+from ..core.results import ModuleReport, Staleness
 from ..core.runtime import Runtime
 from ..errors import CacheWriteError
 from ..llama.bindings import llama_cpp_version
@@ -83,7 +86,8 @@ class Catalog:
         """The schema's modules as a manifest lists them, in document order (a cache="false" one
         without a key)."""
         return [manifest.uncached_module(owner_name(o), layout.tokens_of(o)) if o in layout.uncached else
-                {"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)}
+                {"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o),
+                 "text": text_digest(layout, o)}
                 for o in dict.fromkeys(s.owner for s in layout.segments)]  # document order
 
     def remote_manifest(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> tuple[str, dict]:
@@ -100,3 +104,51 @@ class Catalog:
             return None
         diffs = sorted({d for v in data["variants"].values() for d in self.variant.differences(v)})
         return ", ".join(diffs) if diffs else None
+
+    def stale(self, schema: Schema, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath]) -> Staleness:
+        """Which of ``owners`` are not cached, and why, from the schema's manifest: their own text
+        changed (or they are new) since the last compile with these settings, or they come after
+        one that did, or they were removed, or nothing was compiled yet."""
+        missing = [o for o in owners if not self.runtime.store.exists(self.path(keys[o]))]
+        tokens = sum(layout.tokens_of(o) for o in missing)
+        if not missing:
+            return Staleness((), (), 0, None)
+        names = tuple(owner_name(o) for o in missing)
+        data = manifest.load(manifest.manifest_path(self.runtime.store.root, schema.name, schema.path))
+        entry = (data or {}).get("variants", {}).get(self.variant.id)
+        if not isinstance(entry, dict):
+            return Staleness(names, (), tokens, f"not compiled yet{' with these settings' if data else ''}: "
+                                                f"computing {_count(len(missing), 'module')} ({tokens} tokens)")
+        before = {m.get("name"): m.get("text") for m in entry.get("modules") or [] if isinstance(m, dict)}
+        changed = [o for o in missing if before.get(owner_name(o)) != text_digest(layout, o)]
+        rest = len(missing) - len(changed)
+        if not changed:
+            return Staleness(names, (), tokens, f"{_listed(names)} not in the cache (removed since): "
+                                                f"computing {'it' if len(missing) == 1 else 'them'}")
+        what = ", ".join(_label(o) + (" changed" if owner_name(o) in before else " is new") for o in changed)
+        it = "it" if len(changed) == 1 else "them"
+        tail = f" and {_count(rest, 'module')} after {it}" if rest else ""
+        verb = "recompiling" if any(owner_name(o) in before for o in changed) else "computing"
+        return Staleness(names, tuple(owner_name(o) for o in changed), tokens, f"{what}: {verb} {it}{tail}")
+
+
+def text_digest(layout: Layout, owner: ModPath) -> str:
+    """A module's own text (its tokens, wherever they sit), as the manifest records it: a module
+    whose key changed but whose text did not was recomputed for what comes before it."""
+    h = hashlib.sha256()
+    for seg in layout.segments_of(owner):
+        h.update(np.asarray(seg.tokens, dtype="<i4").tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def _label(owner: ModPath) -> str:
+    return "/".join(owner) if owner else "the schema's own text"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _listed(names) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} and {len(names) - 3} more"

@@ -58,8 +58,10 @@ class Compiler:
 
     def compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
                 redo: Collection[ModPath] = (), progress: Progress | None,
-                unstored: Unstored | None = None, opened: Opened | None = None) -> list[ModuleReport]:
-        """Compute the owners' segments and write one file per owner.
+                unstored: Unstored | None = None, opened: Opened | None = None,
+                bystanders: bool = False) -> list[ModuleReport]:
+        """Compute the owners' segments and write one file per owner; one report per owner, in
+        order, then (``bystanders``) one per module computed on the way (:meth:`bystanders`).
 
         The owners' locks are held throughout; an owner another process finished while we waited
         for its lock is reused, not recomputed, unless it is in ``redo`` (forced, or found
@@ -74,20 +76,23 @@ class Compiler:
         """
         store = self.runtime.store
         self.runtime.check_fits(layout.end + 1)  # before any lock file is made
+        extra = self.bystanders(layout, keys, owners) if bystanders else []
         with contextlib.ExitStack() as locks:
             try:
-                for owner in sorted(owners, key=lambda o: keys[o]):
+                for owner in sorted(owners + extra, key=lambda o: keys[o]):
                     locks.enter_context(store.locked(keys[owner]))
             except CacheWriteError as e:
                 if unstored is None:
                     raise
                 locks.close()  # no lock file can be made: nothing will be written, compute everything here
                 unstored.reason = str(e)
+                extra = []
             reports = {}
-            for o in owners:
-                if o not in redo and (report := self._reuse(layout, keys, o, opened)) is not None:
+            for o in owners + extra:  # a module computed on the way is not needed: not held open
+                if o not in redo and (report := self._reuse(layout, keys, o, opened if o in owners else None)):
                     reports[o] = report
-            todo = [o for o in owners if o not in reports]
+            extra = [o for o in extra if o not in reports]  # another process stored it meanwhile
+            todo = [o for o in owners + extra if o not in reports]
             theirs: list[ModPath] = []
             if self.runtime.remote is not None and todo and (unstored is None or unstored.reason is None):
                 todo, theirs = self._claim(keys, todo, redo)
@@ -99,7 +104,29 @@ class Compiler:
                 self._wait_for(layout, keys, o, reports, opened)
             self._compute_owners(layout, keys, [o for o in theirs if o not in reports], progress, unstored, reports,
                                  opened)
-        return [reports[o] for o in owners]
+        return [reports[o] for o in owners + extra]
+
+    def bystanders(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath]) -> list[ModPath]:
+        """Modules not asked for, not cached, whose states computing ``owners`` computes anyway:
+        every segment of theirs lies inside the context some owner's segment is computed after, at
+        its own position and after exactly its own context (with the ``scaffold`` encoding, a
+        module before the last one asked for, up to the last text of the schema's own). Storing
+        them costs a copy and a write, no computation."""
+        if self.catalog.encoding == "average":  # a mean over several contexts is never computed on the way
+            return []
+        spans = []  # (start position, tokens) of every context computed
+        for o in owners:
+            for seg in layout.segments_of(o):
+                (c,) = contexts(layout, seg, self.catalog.encoding)
+                spans.append((seg.offset - len(c), c))
+        found = []
+        for o in layout.owners():
+            if o in owners or self.runtime.store.exists(self.catalog.path(keys[o])):
+                continue
+            segs = layout.segments_of(o)
+            if all(_inside(seg, contexts(layout, seg, self.catalog.encoding), spans) for seg in segs):
+                found.append(o)
+        return found
 
     def _reuse(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, opened: Opened | None,
                ) -> ModuleReport | None:
@@ -284,9 +311,11 @@ class Compiler:
                        progress: Progress | None, label: str = "") -> Iterator[tuple[Segment, np.ndarray]]:
         """Each job's segment state, computed after its context tokens (jobs in position order, so
         the running sequence only grows where contexts share a prefix); the context is cleared at the end."""
-        total = sum(len(c) + len(s.tokens) for s, c in jobs)
+        total = decode_count([(seg.offset - len(c), list(c) + list(seg.tokens)) for seg, c in jobs])
         ctx = self.runtime.context(max(layout.end, max(len(c) + len(s.tokens) for s, c in jobs)) + 1)
         done = 0
+        if progress and jobs:  # computing starts now (the first report comes after a batch otherwise)
+            progress(0, total, owner_name(jobs[0][0].owner) + label)
         running: tuple[int, list[int]] = (0, [])  # what seq 0 holds: (start position, tokens)
         for seg, context in jobs:
             def tick(n: int, _name=owner_name(seg.owner) + label) -> None:
@@ -303,9 +332,20 @@ class Compiler:
         ctx.clear()
 
 
-def extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: list[int],
-           tick: Callable[[int], None]) -> tuple[int, list[int]]:
-    """Make seq 0 hold exactly ``tokens`` at positions ``start...``, reusing what it holds."""
+def _inside(seg: Segment, ctxs: tuple[tuple[int, ...], ...], spans: list[tuple[int, tuple[int, ...]]]) -> bool:
+    """Whether a computed context holds ``seg`` at its position after exactly its one context."""
+    if len(ctxs) != 1:
+        return False
+    own = ctxs[0] + seg.tokens
+    for start, c in spans:
+        at = seg.offset - len(ctxs[0]) - start  # where its context would begin inside this one
+        if at == 0 and len(c) >= len(own) and tuple(c[: len(own)]) == own:
+            return True
+    return False
+
+
+def _kept(running: tuple[int, list[int]], start: int, tokens: list[int]) -> int:
+    """How many of ``tokens`` (at ``start``) the running sequence already holds (:func:`extend`)."""
     cur_start, cur = running
     keep = 0
     if cur_start == start:
@@ -315,6 +355,23 @@ def extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: lis
             keep = int(diff[0]) if len(diff) else n
     if keep == len(tokens) and keep > 0:  # nothing new; recompute the last token to stay simple
         keep -= 1
+    return keep
+
+
+def decode_count(runs: list[tuple[int, list[int]]]) -> int:
+    """The tokens :func:`extend` decodes for these (start, tokens) runs in turn: a progress total."""
+    running: tuple[int, list[int]] = (0, [])
+    n = 0
+    for start, tokens in runs:
+        n += len(tokens) - _kept(running, start, tokens)
+        running = (start, tokens)
+    return n
+
+
+def extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: list[int],
+           tick: Callable[[int], None]) -> tuple[int, list[int]]:
+    """Make seq 0 hold exactly ``tokens`` at positions ``start...``, reusing what it holds."""
+    keep = _kept(running, start, tokens)
     if keep == 0:
         ctx.seq_rm(0)
     else:

@@ -104,14 +104,16 @@ class Loader:
         opened: Opened = {}  # the files stored (or found stored) now, opened under their locks: gc may unlink them
         try:
             reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress,
-                                            unstored=unstored, opened=opened)
+                                            unstored=unstored, opened=opened, bystanders=True)
             if downloaded is not None:  # computed meanwhile by another machine, and downloaded
                 downloaded += [r for r in reports if r.status == "downloaded"]
             if self.runtime.remote is not None:
                 self.compiler.publish_manifest(schema, layout, keys)
                 warnings += self.runtime.remote.take_warnings()
             stored = [o for o in to_compile if o not in unstored.blobs]
-            compiled = [r for o, r in zip(to_compile, reports, strict=True) if r.status == "computed" and o in stored]
+            # modules computed on the way (bystanders) are stored too, and reported after the ones asked for
+            compiled = [r for o, r in zip(to_compile, reports, strict=False) if r.status == "computed" and o in stored]
+            compiled += [r for r in reports[len(to_compile):] if r.status == "computed" and r.bytes]
             if unstored.reason is None:
                 try:
                     self.catalog.record(schema, layout, keys)

@@ -22,10 +22,11 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
+
 
 from ..core.answer import Prefilled, finish, prefill_uncached
-from ..core.results import Answer, CompileReport, ModuleReport, Progress
+from ..core.results import Answer, CompileReport, ModuleReport, Progress, Staleness
 from ..core.runtime import Runtime
 from ..errors import (BlobError, CacheFileError, CacheWriteError, DamagedState, OverlapLogError)
 from ..llama.bindings import llama_cpp_version
@@ -157,6 +158,14 @@ class PrefixSession:
             self._overlap_log(schema).append(tokens=tokens, overlap=overlap)
         except OverlapLogError:  # e.g. a read-only cache: the answer does not depend on it
             pass
+
+    def stale(self, schema: Schema, selection: Selection | None = None) -> Staleness:
+        """Whether the default prompt's end state must be computed first (not stored yet)."""
+        cached = self.prompt_tokens(schema, default_selection(schema))
+        if not cached or len(cached) in self.stored(self.prompt_key(cached)):
+            return Staleness((), (), 0, None)
+        return Staleness(("prefix",), (), len(cached), f"the prompt's prefix states are not stored yet: "
+                                                       f"computing {len(cached)} tokens")
 
     # -- compile ----------------------------------------------------------------------------
     def compile(self, schema: Schema, *, owners=None, force: bool = False,
@@ -364,7 +373,9 @@ class PrefixSession:
             except (CacheFileError, BlobError, OSError):
                 ctx.clear()
                 start = 0
-        reports, done, total = [], start, len(tokens)
+        reports, done, total = [], start, max(todo)
+        if progress:
+            progress(done, total, "prefix")
         for pos in todo:
             t = time.perf_counter()
 
@@ -393,13 +404,14 @@ class PrefixSession:
 
     def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
-            progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0) -> Answer:
+            progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
+            stop: Sequence[str] = ()) -> Answer:
         """Answer ``question`` (:meth:`prefill`, then generate): the `--no-cache` answer, sooner."""
         t0 = time.perf_counter()
         done = self.prefill(schema, selection, question, max_tokens=max_tokens, no_cache=no_cache,
                             progress=progress, refresh=refresh)
         return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
-                      on_text=on_text, keep_logits=keep_logits)
+                      on_text=on_text, keep_logits=keep_logits, stop=stop)
 
     def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0) -> Prefilled:
@@ -412,7 +424,7 @@ class PrefixSession:
             q = self.question_tokens(layout, question)
             n_prompt = layout.end + len(q)
             self.runtime.check_fits(n_prompt + max_tokens)
-            return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens)
+            return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens, progress)
         return self._resume_request(schema, layout, selection, question, max_tokens, progress)
 
     def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str | Conversation,

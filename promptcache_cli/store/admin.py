@@ -28,10 +28,11 @@ from typing import Callable, Union
 from . import cache_file, manifest
 from .boundary import TEMPORARY_PREFIX, Boundary, Entry, LockTimeout
 from .files import CacheStore
-from ..errors import CacheLinkError, CacheWriteError, InputError
+from ..errors import CacheLinkError, CacheWriteError, InputError, did_you_mean
 from .overlap_log import LOG_NAME
 
 STALE_TMP_SECONDS = 3600  # a temporary file this old belongs to a writer that died
+ORPHAN_GRACE_SECONDS = 60  # a cache file written since may belong to a compile about to record it
 LOCK_TIMEOUT = 0.2  # seconds to wait for a module's lock before leaving the file alone
 GRACE_SECONDS = 60.0  # gc leaves files used this recently alone (docs/design.md, "Housekeeping beside asks")
 LINK_LEFT = "a symbolic link: left alone"
@@ -469,24 +470,34 @@ def remove_manifest(root: Path, path: Path) -> None:
 
 @_cache_errors
 def gc(root: Path, *, max_size: int | None = None, older_than: float | None = None, dry_run: bool = False,
-       now: float | None = None, lock_timeout: float = LOCK_TIMEOUT, grace: float = GRACE_SECONDS) -> GcReport:
-    """Remove the cache files (module files and prefix states) unused for more than ``older_than``
-    seconds, then the least recently used ones until all take at most ``max_size`` bytes; also
-    temporary files older than an hour and lock files whose key has no file left. Locked files,
-    and files used (read or written) in the last ``grace`` seconds, are left alone: an ask may be
-    about to read them (docs/design.md). Evicting some of a prompt's prefix states is fine: an ask
-    resumes from an earlier one, and a missing end state is recomputed. Links inside the cache are
-    never followed nor removed."""
-    if max_size is None and older_than is None:
-        raise ValueError("gc needs max_size or older_than")
+       now: float | None = None, lock_timeout: float = LOCK_TIMEOUT, grace: float = GRACE_SECONDS,
+       orphans: bool = False) -> GcReport:
+    """Remove the cache files (module files and prefix states) no manifest references (``orphans``:
+    left behind when a schema was edited and recompiled; not those written in the last
+    ``ORPHAN_GRACE_SECONDS``, which a compile may be about to record), those unused for more than
+    ``older_than`` seconds, then the least recently used ones until all take at most ``max_size``
+    bytes; also temporary files older than an hour and lock files whose key has no file left.
+    Locked files, and files used (read or written) in the last ``grace`` seconds, are left alone:
+    an ask may be about to read them (docs/design.md). Evicting some of a prompt's prefix states is
+    fine: an ask resumes from an earlier one, and a missing end state is recomputed. Links inside
+    the cache are never followed nor removed."""
+    if max_size is None and older_than is None and not orphans:
+        raise ValueError("gc needs max_size, older_than or orphans")
     now = time.time() if now is None else now
     store = CacheStore(Path(root))
     files = sorted(module_files(root) + prefix_files(root),
                    key=lambda f: (f.last_used, f.key, f.position or 0))  # least recently used first
+    used = _referenced(root) if orphans else set()
+    unreferenced = {id(f) for f in files if f.key not in used} if orphans else set()
     total_before = total = sum(f.bytes for f in files)
     removed, skipped = [], []  # of Note
     for f in files:
-        if older_than is not None and now - f.last_used > older_than:
+        if id(f) in unreferenced:
+            reason = "no schema references it"
+            if now - _mtime(store, f.path, now) < ORPHAN_GRACE_SECONDS:
+                skipped.append(Note(f, "no schema references it yet: written in the last minute", _kind(f)))
+                continue
+        elif older_than is not None and now - f.last_used > older_than:
             reason = "unused for longer than the age limit"
         elif max_size is not None and total > max_size:
             reason = "least recently used, over the size limit"
@@ -520,7 +531,9 @@ def remove_schema(root: Path, schema: str, *, lock_timeout: float = LOCK_TIMEOUT
     target = os.path.abspath(schema)
     hits = [e for e in entries if e[1].get("path") == target] or [e for e in entries if e[1].get("schema") == schema]
     if not hits:
-        raise InputError(f"no compiled schema '{schema}' in the cache {root} (`pc ls` lists them)")
+        known = [str(d.get("schema")) for _, d in entries] + [str(d.get("path")) for _, d in entries if d.get("path")]
+        raise InputError(f"no compiled schema '{schema}' in the cache {root} (`pc ls` lists them)"
+                         f"{did_you_mean(schema, known)}")
     if len(hits) > 1:
         raise InputError(f"schema name '{schema}' matches {len(hits)} compiled schemas "
                          f"({', '.join(str(d.get('path')) for _, d in hits)}): give the schema file's path")
@@ -554,3 +567,29 @@ def remove_schema(root: Path, schema: str, *, lock_timeout: float = LOCK_TIMEOUT
     report.skipped += left
     remove_manifest(root, mpath)
     return report
+
+
+def _referenced(root: Path) -> set[str]:
+    """The keys of every module file and prefix-state folder some manifest references."""
+    entries = manifest.load_all(root)
+    return ({key for _, d in entries for _, key, _ in _refs(d["variants"].values())}
+            | {key for _, d in entries for key in _prefix_keys(d["variants"].values())})
+
+
+def _mtime(store: CacheStore, path: Path, default: float) -> float:
+    """A cache file's modification time, its link never followed (``default`` when gone)."""
+    st = store.boundary.file_stat(path)
+    return default if st is None else st.st_mtime
+
+
+def names_by_key(root: Path) -> dict[str, tuple[str, ...]]:
+    """``schema/module`` (``schema/prefix`` for prefix states) of every cache file key the
+    manifests reference, for messages that name a file by what it holds."""
+    out: dict[str, list[str]] = {}
+    for mpath, data in manifest.load_all(root):
+        schema = str(data.get("schema", mpath.stem))
+        for name, key, _ in _refs(data["variants"].values()):
+            out.setdefault(key, []).append(f"{schema}/{name}")
+        for key in _prefix_keys(data["variants"].values()):
+            out.setdefault(key, []).append(f"{schema}/prefix")
+    return {key: tuple(dict.fromkeys(names)) for key, names in out.items()}

@@ -216,7 +216,7 @@ def cases(folder: Path) -> list[Case]:
                                             _prompt(folder, "param.prompt.xml", '<trip weeks="2"/>hi')),
              errors.EXIT_INPUT, ("param.prompt.xml", "no parameter 'weeks'")),
         Case("parameter value longer than its length", ask(travel, "-p", "days=three long weeks of holiday in Rome"),
-             errors.EXIT_INPUT, ("trip/days", "longer than its length 3")),
+             errors.EXIT_INPUT, ("trip/days", "more than its length 3", "shorten the value by")),
         Case("entity in a prompt file", ("ask", "-s", travel, "--prompt", _schema(folder, "xxe.prompt.xml",
                                          XXE.replace("<schema name=\"xxe\"><module name=\"a\">&xxe;</module></schema>",
                                                      '<prompt schema="travel">&xxe;</prompt>'))),
