@@ -193,7 +193,7 @@ class Session:
         from .core.sharing import push
 
         tier, sch, t0 = self._tier(), self.schema(schema), time.perf_counter()
-        files = push(tier, self.engine.cache_objects(sch), force=force, progress=progress)
+        files = push(tier, self.engine.store, self.engine.cache_objects(sch), force=force, progress=progress)
         if any(f.status in ("uploaded", "present") for f in files):
             self.engine.record(sch, remote=True)
         return TransferReport(sch.name, str(tier), "push", tuple(files), time.perf_counter() - t0,
@@ -653,12 +653,14 @@ def verify_cache(cache_dir: str | os.PathLike) -> VerifyReport:
 
 
 def collect_garbage(cache_dir: str | os.PathLike, *, max_size: int | None = None, older_than: float | None = None,
-                    dry_run: bool = False, orphans: bool = False) -> GcReport:
+                    dry_run: bool = False, orphans: bool = False, grace: float | None = None) -> GcReport:
     """Evict least recently used files until they take ``max_size`` bytes, files unused for
-    ``older_than`` seconds, and (``orphans``) files no schema references any more (`pc gc`)."""
+    ``older_than`` seconds, and (``orphans``) files no schema references any more (`pc gc`);
+    files used in the last ``grace`` seconds (default 60) stay: an ask may be about to read them."""
     from .store import admin
 
-    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run, orphans=orphans)
+    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run, orphans=orphans,
+                    grace=admin.GRACE_SECONDS if grace is None else grace)
 
 
 def cache_names(cache_dir: str | os.PathLike) -> dict[str, tuple[str, ...]]:
@@ -688,13 +690,15 @@ def verify_remote(remote: str | None = None, *, cache_dir: str | os.PathLike | N
 
 
 def collect_remote_garbage(remote: str | None = None, *, max_size: int | None = None, older_than: float | None = None,
-                           dry_run: bool = False) -> RemoteGcReport:
+                           dry_run: bool = False, grace: float | None = None) -> RemoteGcReport:
     """Delete the remote store's oldest cache files (by upload time: the store keeps no access
     time) until they take ``max_size`` bytes, and those uploaded more than ``older_than``
-    seconds ago, then the manifests left naming none (`pc gc --remote`)."""
+    seconds ago, then the manifests left naming none (`pc gc --remote`). Files uploaded in the
+    last ``grace`` seconds (default none: a download that loses its object recomputes) stay."""
     from .store import remote_admin
 
-    return remote_admin.gc_remote(_remote(remote), max_size=max_size, older_than=older_than, dry_run=dry_run)
+    return remote_admin.gc_remote(_remote(remote), max_size=max_size, older_than=older_than, dry_run=dry_run,
+                                  grace=grace or 0.0)
 
 
 def _remote(remote: str | None) -> Remote:

@@ -166,10 +166,24 @@ class CacheWriteError(PcError):
     exit_code = EXIT_CACHE
 
 
+class OutsideCache(CacheWriteError):
+    """A path `pc` was about to write, lock or delete is not inside the cache folder."""
+
+
+class CacheLinkError(CacheWriteError):
+    """A symbolic link inside the cache folder where `pc` would write, lock, delete or read: links
+    there are never followed and never removed (store/boundary.py)."""
+
+
 class CacheFileError(PcError):
     """The file is not a complete, intact cache file of this format (docs/cache-format.md)."""
 
     exit_code = EXIT_CACHE
+
+
+class CacheFileMissing(CacheFileError):
+    """The cache file is not there (never written, or removed meanwhile by `pc gc`, `pc rm` or
+    another host): it is computed like any missing file, not reported as damaged."""
 
 
 class BlobError(PcError):

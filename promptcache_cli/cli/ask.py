@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import HiddenCacheOpt, JsonOpt, ModelOpt, RemoteOpt, emit_json, within, write_err, write_out
+from .common import (HiddenCacheOpt, JsonOpt, ModelOpt, RemoteOpt, emit_json, finite, within, write_err,
+                     write_out)
 from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, FileOpt, KvType, KvTypeOpt,
                       Mode, ModeOpt, SchemaOpt, SystemOpt, ThreadsOpt, TimingsOpt, check_refresh, open_session,
                       progress_bar, read_stdin, schema_for)
@@ -46,12 +47,12 @@ def ask(
     no_cache: bool = typer.Option(False, "--no-cache", help="Compute the whole prompt (the baseline)."),
     threads: int = ThreadsOpt,
     as_json: bool = JsonOpt,
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, hidden=True),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, hidden=True, callback=finite),
     seed: Optional[int] = typer.Option(None, "--seed", hidden=True),
     prompt: Optional[str] = typer.Option(None, "--prompt", hidden=True,
                                          help="A <prompt> file: modules, parameters, question."),
     refresh: float = typer.Option(
-        0.0, "--refresh", min=0.0, max=100.0, metavar="PCT", hidden=True,
+        0.0, "--refresh", min=0.0, max=100.0, metavar="PCT", hidden=True, callback=finite,
         help="Recompute the PCT% of the cached tokens whose states depend most on their context "
         "(answers closer to --no-cache; each costs about what prefilling a token does; see pc compile --ranked)."),
     model: Optional[str] = ModelOpt,

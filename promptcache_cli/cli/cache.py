@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import (CacheOpt, JsonOpt, RemoteSideOpt, cache_root, emit_json, option_parser, parse_age, parse_size,
-                     resolve_remote, write_err, write_out)
+from .common import (CacheOpt, JsonOpt, RemoteSideOpt, cache_root, emit_json, one_line, option_parser,
+                     parse_age, parse_size, resolve_remote, write_err, write_out)
 from .options import SchemaOpt, schema_path
 
 LS_HELP = """List the cached schemas and files: per module, tokens, size, last use.
@@ -241,6 +241,7 @@ def verify_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = Remo
             "damaged": [{"kind": d.kind, **_file_json(d.file), "reason": d.reason,
                          "holds": list(names.get(d.file.key, ()))} for d in report.damaged],
             "stale_temporary": [{"path": str(f.path), "bytes": f.bytes} for f in report.stale_temporary],
+            "links": [str(p) for p in report.links],
         })
     else:
         for d in report.damaged:
@@ -248,6 +249,9 @@ def verify_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = Remo
         for f in report.stale_temporary:
             write_out(f"leftover  {f.path} ({_size(f.bytes)}, a temporary file older than an hour; "
                       "`pc gc` removes it)\n")
+        for p in report.links:
+            write_out(f"link      {one_line(str(p))}: a symbolic link inside the cache; pc never follows it "
+                      "nor removes it\n")
     if report.damaged:
         write_err(f"pc: {len(report.damaged)} of {_count(report.checked, 'cache file')} damaged "
                   "(`pc ask` recomputes a damaged module or prefix state when it needs it)")
@@ -267,6 +271,11 @@ def gc_cmd(
         help="Remove files unused for longer than AGE (30d, 12h, 90m).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    grace: Optional[float] = typer.Option(
+        None, "--grace", parser=option_parser(parse_age), metavar="AGE",
+        help="Leave files used in the last AGE alone (default 60s): an ask may be about to read them. "
+        "With --remote: files uploaded in the last AGE (default none).",
+    ),
     cache_dir: Optional[str] = CacheOpt,
     remote: Optional[str] = RemoteSideOpt,
     as_json: bool = JsonOpt,
@@ -282,10 +291,11 @@ def gc_cmd(
                                     "--older-than")
         from .remote_cache import gc_remote
 
-        return gc_remote(resolve_remote(remote, required=True), max_size, older_than, dry_run, as_json)
+        return gc_remote(resolve_remote(remote, required=True), max_size, older_than, dry_run, as_json, grace)
     root = cache_root(cache_dir)
     names = _names(root)  # before removing: what each file held
-    report = collect_garbage(root, max_size=max_size, older_than=older_than, dry_run=dry_run, orphans=orphans)
+    report = collect_garbage(root, max_size=max_size, older_than=older_than, dry_run=dry_run, orphans=orphans,
+                             grace=grace)
     if as_json:
         emit_json({
             "cache_dir": str(root), "dry_run": dry_run,

@@ -145,9 +145,9 @@ def _requests(trace: Optional[Path], history: Optional[Path]) -> tuple[str, list
 
 
 def _note(message: str) -> None:
-    from rich.console import Console
+    from .common import write_err
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"pc: {message}", markup=False)
+    write_err(f"pc: {message}")
 
 
 def _usage(message: str) -> None:

@@ -97,6 +97,10 @@ class Runtime:
     def layout(self, schema: Schema) -> lay.Layout:
         hit = self._layouts.get(id(schema))
         if hit is None or hit[0] is not schema:  # ids are reused once a schema is freed
+            at_least = lay.min_positions(schema) + 1  # and a token of answer
+            if at_least > self.model.n_ctx_train:  # refused before the slow part: tokenizing every text
+                raise PromptTooLong(f"the schema takes at least {at_least - 1} positions, "
+                                    f"the model's context is {self.model.n_ctx_train}")
             hit = self._layouts[id(schema)] = (schema, lay.build(schema, self.model, self.model.chat_template()))
         return hit[1]
 

@@ -33,8 +33,8 @@ class Sampler:
     repeat_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        if not 0 <= self.temperature < float("inf"):  # NaN fails too
+            raise ValueError(f"temperature must be a finite number >= 0, not {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError("top-p must be in (0, 1]")
         if not 0 < self.repeat_penalty <= 10:

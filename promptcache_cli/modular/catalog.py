@@ -15,7 +15,7 @@ from ..core.runtime import Runtime
 from ..errors import CacheWriteError
 from ..llama.bindings import llama_cpp_version
 from ..pml.schema import Schema
-from ..prompt.contexts import contexts
+from ..prompt.contexts import context_bytes
 from ..prompt.layout import Layout, Path as ModPath
 from ..prompt.plan import owner_name
 from ..store import manifest
@@ -46,7 +46,7 @@ class Catalog:
         rt = self.runtime
         out = {}
         for owner in layout.owners():
-            segs = [(s.offset, s.tokens, contexts(layout, s, self.encoding)) for s in layout.segments_of(owner)]
+            segs = [(s.offset, s.tokens, context_bytes(layout, s, self.encoding)) for s in layout.segments_of(owner)]
             out[owner] = module_key(model=rt.fingerprint, llama_cpp=llama_cpp_version(),
                                     state_layout=rt.settings.state_layout(), segments=segs)
         return out
@@ -68,8 +68,8 @@ class Catalog:
             "created": time.time(),
         }
 
-    def reused(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath) -> ModuleReport:
-        size = self.path(keys[owner]).stat().st_size
+    def reused(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, size: int) -> ModuleReport:
+        """The report of a module found in the cache (``size``: its file's)."""
         return ModuleReport(owner_name(owner), keys[owner], "reused", layout.tokens_of(owner), size, 0.0)
 
     def record(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> None:
@@ -98,7 +98,8 @@ class Catalog:
 
     def why_missing(self, schema: Schema) -> str | None:
         """When a schema's cache exists only for other models or settings, say how it differs."""
-        data = manifest.load(manifest.manifest_path(self.runtime.store.root, schema.name, schema.path))
+        store = self.runtime.store
+        data = manifest.load(manifest.manifest_path(store.root, schema.name, schema.path), store.boundary)
         if not data or self.variant.id in data["variants"]:
             return None
         diffs = sorted({d for v in data["variants"].values() for d in self.variant.differences(v)})
@@ -108,7 +109,7 @@ class Catalog:
         """Which of ``owners`` are not cached, and why, from the schema's manifest: their own text
         changed (or they are new) since the last compile with these settings, or they come after
         one that did, or they were removed, or nothing was compiled yet."""
-        missing = [o for o in owners if not self.path(keys[o]).exists()]
+        missing = [o for o in owners if not self.runtime.store.exists(self.path(keys[o]))]
         tokens = sum(layout.tokens_of(o) for o in missing)
         if not missing:
             return Staleness((), (), 0, None)

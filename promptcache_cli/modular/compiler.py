@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.results import ModuleReport, Progress
 from ..core.runtime import Runtime
-from ..errors import CacheWriteError
+from ..errors import CacheFileError, CacheFileMissing, CacheWriteError
 from ..llama import state_blob
 from ..llama.context import Context
 from ..prompt.contexts import contexts
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..store.remote_tier import CacheObject
 
 Job = tuple[Segment, tuple[tuple[int, ...], ...]]  # a segment and the contexts it is computed after
+Opened = dict[ModPath, cache_file.CacheFile]  # files an ask holds open: its lease on them
 
 
 @dataclass
@@ -57,7 +58,8 @@ class Compiler:
 
     def compute(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath], *,
                 redo: Collection[ModPath] = (), progress: Progress | None,
-                unstored: Unstored | None = None, bystanders: bool = False) -> list[ModuleReport]:
+                unstored: Unstored | None = None, opened: Opened | None = None,
+                bystanders: bool = False) -> list[ModuleReport]:
         """Compute the owners' segments and write one file per owner; one report per owner, in
         order, then (``bystanders``) one per module computed on the way (:meth:`bystanders`).
 
@@ -67,6 +69,10 @@ class Compiler:
 
         A cache that cannot be written raises CacheWriteError, unless ``unstored`` is given (an
         ask): then the reason and the states not stored go there, and computing goes on.
+
+        ``opened`` (an ask): every owner's file stored or reused is opened here, under its lock,
+        and left open there: the ask's lease on it. A `pc gc` or `pc rm` may remove its name the
+        moment the lock is released; the open file lives on until the answer is done with it.
         """
         store = self.runtime.store
         self.runtime.check_fits(layout.end + 1)  # before any lock file is made
@@ -81,23 +87,23 @@ class Compiler:
                 locks.close()  # no lock file can be made: nothing will be written, compute everything here
                 unstored.reason = str(e)
                 extra = []
-            reports = {
-                o: self.catalog.reused(layout, keys, o)
-                for o in owners + extra
-                if o not in redo and store.module_path(keys[o]).exists()
-            }
+            reports = {}
+            for o in owners + extra:  # a module computed on the way is not needed: not held open
+                if o not in redo and (report := self._reuse(layout, keys, o, opened if o in owners else None)):
+                    reports[o] = report
             extra = [o for o in extra if o not in reports]  # another process stored it meanwhile
             todo = [o for o in owners + extra if o not in reports]
             theirs: list[ModPath] = []
             if self.runtime.remote is not None and todo and (unstored is None or unstored.reason is None):
                 todo, theirs = self._claim(keys, todo, redo)
             try:  # ours first; then what other machines compute meanwhile (never waiting while holding a lease)
-                self._compute_owners(layout, keys, todo, progress, unstored, reports)
+                self._compute_owners(layout, keys, todo, progress, unstored, reports, opened)
             finally:
                 self._release(keys, todo)
             for o in theirs:
-                self._wait_for(layout, keys, o, reports)
-            self._compute_owners(layout, keys, [o for o in theirs if o not in reports], progress, unstored, reports)
+                self._wait_for(layout, keys, o, reports, opened)
+            self._compute_owners(layout, keys, [o for o in theirs if o not in reports], progress, unstored, reports,
+                                 opened)
         return [reports[o] for o in owners + extra]
 
     def bystanders(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath]) -> list[ModPath]:
@@ -115,22 +121,37 @@ class Compiler:
                 spans.append((seg.offset - len(c), c))
         found = []
         for o in layout.owners():
-            if o in owners or self.catalog.path(keys[o]).exists():
+            if o in owners or self.runtime.store.exists(self.catalog.path(keys[o])):
                 continue
             segs = layout.segments_of(o)
             if all(_inside(seg, contexts(layout, seg, self.catalog.encoding), spans) for seg in segs):
                 found.append(o)
         return found
 
+    def _reuse(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, opened: Opened | None,
+               ) -> ModuleReport | None:
+        """The report of an owner whose file is there (opened into ``opened`` when given), or None."""
+        store = self.runtime.store
+        path = store.module_path(keys[owner])
+        if opened is None:
+            size = store.size(path)
+            return None if size is None else self.catalog.reused(layout, keys, owner, size)
+        try:
+            f = store.read(path)
+        except CacheFileError:  # missing, or its header damaged: computed and written over
+            return None
+        opened[owner] = f
+        return self.catalog.reused(layout, keys, owner, f.size)
+
     def _compute_owners(self, layout: Layout, keys: dict[ModPath, str], todo: list[ModPath],
                         progress: Progress | None, unstored: Unstored | None,
-                        reports: dict[ModPath, ModuleReport]) -> None:
+                        reports: dict[ModPath, ModuleReport], opened: Opened | None = None) -> None:
         jobs = sorted(
             ((seg, contexts(layout, seg, self.catalog.encoding)) for o in todo for seg in layout.segments_of(o)),
             key=lambda job: job[0].offset,
         )
         if jobs:
-            reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored))
+            reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored, opened))
 
     def _claim(self, keys: dict[ModPath, str], todo: list[ModPath],
                redo: Collection[ModPath]) -> tuple[list[ModPath], list[ModPath]]:
@@ -146,9 +167,10 @@ class Compiler:
         return ours, theirs
 
     def _wait_for(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath,
-                  reports: dict[ModPath, ModuleReport]) -> None:
+                  reports: dict[ModPath, ModuleReport], opened: Opened | None = None) -> None:
         """Wait for another machine's upload of ``owner`` and download it (into ``reports`` as
-        ``downloaded``); left out when its lease ends without an upload."""
+        ``downloaded``, opened into ``opened`` when given: under the owner's lock, held by
+        :meth:`compute`); left out when its lease ends without an upload."""
         from ..store.remote import module_rel
 
         tier = self.runtime.remote
@@ -156,9 +178,21 @@ class Compiler:
         t = time.perf_counter()
         if tier.wait_for(module_rel(keys[owner])) and self.cache_object is not None:
             obj = self.cache_object(layout, keys, owner)
-            if tier.fetch(obj, self.runtime.store) == "downloaded":
+            if tier.fetch(obj, self.runtime.store) != "downloaded":
+                return
+            store = self.runtime.store
+            if opened is None:
+                size = store.size(obj.path)
+            else:
+                try:
+                    f = store.read(obj.path)
+                except CacheFileError:  # removed meanwhile by someone who ignores the lock: computed here
+                    return
+                opened[owner] = f
+                size = f.size
+            if size is not None:
                 reports[owner] = ModuleReport(owner_name(owner), keys[owner], "downloaded", layout.tokens_of(owner),
-                                              obj.path.stat().st_size, time.perf_counter() - t)
+                                              size, time.perf_counter() - t)
 
     def _release(self, keys: dict[ModPath, str], owners: list[ModPath]) -> None:
         if owners and self.runtime.remote is not None:
@@ -168,9 +202,10 @@ class Compiler:
                 self.runtime.remote.release(module_rel(keys[o]))
 
     def _store(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, blobs: list[np.ndarray],
-               unstored: Unstored | None) -> tuple[int, bool]:
-        """Write an owner's file, and upload it when there is a remote store; returns its size
-        (0 when the states went to ``unstored``) and whether it was uploaded."""
+               unstored: Unstored | None, opened: Opened | None = None) -> tuple[int, bool]:
+        """Write an owner's file (and open it into ``opened``, under its lock), and upload it when
+        there is a remote store; returns its size (0 when the states went to ``unstored``) and
+        whether it was uploaded."""
         segs = layout.segments_of(owner)
         store = self.runtime.store
         if unstored is None or unstored.reason is None:
@@ -185,7 +220,15 @@ class Compiler:
                     raise
                 unstored.reason = str(e)
             else:
-                return n, self.publish(keys[owner], path)
+                if opened is None:
+                    return n, self.publish(keys[owner], path)
+                try:  # a fresh file found damaged here is an error (EXIT_CACHE), not computed again
+                    opened[owner] = store.read(path)
+                except CacheFileMissing:  # removed by someone who ignores the lock: answer from memory
+                    if unstored is None:
+                        raise
+                else:
+                    return n, self.publish(keys[owner], path)
         assert unstored is not None
         unstored.blobs[owner] = {s.offset: b for s, b in zip(segs, blobs, strict=True)}
         return 0, False
@@ -198,7 +241,7 @@ class Compiler:
             return False
         from ..store.remote import module_rel
 
-        return tier.publish(module_rel(key), path) == "uploaded"
+        return tier.publish(module_rel(key), path, self.runtime.store) == "uploaded"
 
     def publish_manifest(self, schema, layout: Layout, keys: dict[ModPath, str]) -> None:
         """The schema's manifest in the remote store (what `pc ls --remote` lists)."""
@@ -207,7 +250,7 @@ class Compiler:
             tier.publish_manifest(*self.catalog.remote_manifest(schema, layout, keys))
 
     def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list[Job], progress: Progress | None,
-                      unstored: Unstored | None = None) -> dict[ModPath, ModuleReport]:
+                      unstored: Unstored | None = None, opened: Opened | None = None) -> dict[ModPath, ModuleReport]:
         left = Counter(seg.owner for seg, _ in jobs)
         blobs: dict[ModPath, dict[int, np.ndarray]] = {o: {} for o in left}
         seconds: Counter = Counter()
@@ -219,7 +262,8 @@ class Compiler:
             nbytes, uploaded = 0, False
             if left[seg.owner] == 0:  # the owner's last segment: write its file now (and upload it)
                 done = blobs.pop(seg.owner)
-                nbytes, uploaded = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored)
+                nbytes, uploaded = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored,
+                                               opened)
             seconds[seg.owner] += time.perf_counter() - t
             t = time.perf_counter()
             if left[seg.owner] == 0:
@@ -306,8 +350,9 @@ def _kept(running: tuple[int, list[int]], start: int, tokens: list[int]) -> int:
     keep = 0
     if cur_start == start:
         n = min(len(cur), len(tokens))
-        while keep < n and cur[keep] == tokens[keep]:
-            keep += 1
+        if n:  # the shared prefix, compared in numpy: each segment's context holds every token before it
+            diff = np.flatnonzero(np.asarray(cur[:n], dtype=np.int64) != np.asarray(tokens[:n], dtype=np.int64))
+            keep = int(diff[0]) if len(diff) else n
     if keep == len(tokens) and keep > 0:  # nothing new; recompute the last token to stay simple
         keep -= 1
     return keep

@@ -33,7 +33,7 @@ def scores(compiler: Compiler, layout: Layout, keys: dict[ModPath, str], owners:
     missing: list[ModPath] = []
     for owner in owners:
         want = {s.offset: refresh.against(layout, s, encoding) for s in layout.segments_of(owner)}
-        got = ranks.stored(store.module_path(keys[owner]))
+        got = ranks.stored(store.module_path(keys[owner]), store)
         if all(got.get(at, ("", ()))[0] == w for at, w in want.items()):
             out.update({(owner, at): got[at][1] for at in want})
         else:

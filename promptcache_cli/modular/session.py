@@ -130,6 +130,7 @@ class ModularSession:
 
         t0 = time.perf_counter()
         layout = self.layout(schema)
+        self.runtime.check_fits(layout.end + 1)  # before any key is computed
         keys = self.keys(layout)
         tier = self.runtime.remote
         todo = owners if owners is not None else layout.owners()
@@ -143,8 +144,9 @@ class ModularSession:
             todo = [o for o in todo if in_shard(keys[o], shard)]
         for owner in todo:
             path = self.catalog.path(keys[owner])
-            if not force and path.exists():
-                report = self.catalog.reused(layout, keys, owner)
+            size = None if force else self.store.size(path)
+            if size is not None:
+                report = self.catalog.reused(layout, keys, owner, size)
                 if tier is not None and self.compiler.publish(keys[owner], path):
                     report = replace(report, uploaded=True)
                 reports.append(report)

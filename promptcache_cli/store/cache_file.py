@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from ..errors import CacheFileError
+from ..errors import CacheFileError, CacheFileMissing, CacheLinkError
 
 MAGIC = b"PCACHE\r\n"
 VERSION = 1
@@ -192,12 +192,14 @@ class CacheFile:
             self._map = None
 
 
-def read(path: str | os.PathLike) -> CacheFile:
+def read(path: str | os.PathLike, *, opener=None) -> CacheFile:
     """Open a cache file: the prelude and header are read and checked (header checksum, frames
     tiling planes and payload exactly) before the payload is memory-mapped. Frame checksums are
-    checked when a blob is read."""
+    checked when a blob is read. ``opener``: as ``open``'s (the cache's boundary passes one that
+    never follows a link). A file that is not there (or is a link, or under one) raises
+    CacheFileMissing."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=opener) as f:
             size = os.fstat(f.fileno()).st_size
             prelude = f.read(_PRELUDE.size)
             if len(prelude) < _PRELUDE.size:
@@ -214,6 +216,10 @@ def read(path: str | os.PathLike) -> CacheFile:
                 raise CacheFileError("cache header checksum mismatch")
             header, segments = parse_header(body, base=_PRELUDE.size + hlen, size=size)
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise CacheFileMissing(f"cannot read cache file: {e.strerror}") from None
+    except CacheLinkError as e:
+        raise CacheFileMissing(str(e)) from None
     except OSError as e:
         raise CacheFileError(f"cannot read cache file: {e.strerror}") from None
     return CacheFile(header, segments, size, _PRELUDE.size + hlen, mm, np.frombuffer(mm, dtype=np.uint8))
@@ -294,9 +300,9 @@ def parse_header(body: bytes, *, base: int, size: int) -> tuple[dict, list[Segme
     return header, segments
 
 
-def verify(path: str | os.PathLike) -> CacheFile:
+def verify(path: str | os.PathLike, *, opener=None) -> CacheFile:
     """Read every frame of every segment (all checksums); raises CacheFileError on damage."""
-    f = read(path)
+    f = read(path, opener=opener)
     try:
         for i in range(len(f.segments)):
             f.blob(i)
