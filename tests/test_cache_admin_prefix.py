@@ -282,7 +282,7 @@ def test_gc_evicts_prefix_states_and_module_files_by_last_use(cache: Path) -> No
     assert {"prefix", "module"} <= {r["kind"] for r in real["removed"]}  # the order above mixes both
     for r in real["removed"]:
         assert ("position" in r) is (r["kind"] == "prefix")
-        assert set(r) <= {"kind", "path", "key", "bytes", "last_used", "position", "reason"}
+        assert set(r) <= {"kind", "path", "key", "bytes", "last_used", "position", "reason", "holds"}
     assert real["bytes_freed"] == dry["bytes_freed"] == sum(sizes[:4])
     assert real["total_before"] == sum(sizes)
     assert real["total_after"] == sum(p.stat().st_size for p in cache_files(cache)) <= limit

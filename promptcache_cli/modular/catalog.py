@@ -114,7 +114,8 @@ class Catalog:
         if not missing:
             return Staleness((), (), 0, None)
         names = tuple(owner_name(o) for o in missing)
-        data = manifest.load(manifest.manifest_path(self.runtime.store.root, schema.name, schema.path))
+        data = manifest.load(manifest.manifest_path(self.runtime.store.root, schema.name, schema.path),
+                             self.runtime.store.boundary)
         entry = (data or {}).get("variants", {}).get(self.variant.id)
         if not isinstance(entry, dict):
             return Staleness(names, (), tokens, f"not compiled yet{' with these settings' if data else ''}: "
