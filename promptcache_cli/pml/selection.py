@@ -149,21 +149,25 @@ def _resolve_path(schema: Schema, spec: str, index: dict[Path, Module]) -> Path:
     prefix = names[:depth]
     known = [path[-1] for path in index if path[:-1] == prefix]
     raise SelectionError(f"unknown module {names[depth]!r} in {_where(schema, prefix)} "
-                         f"(known: {_known(known)}){_closest_module(spec, index)}")
+                         f"(known: {_known(known)}){_closest_module(spec, index, prefix, names[depth], known)}")
 
 
-def _closest_module(spec: str, index: dict[Path, Module]) -> str:
-    """A did-you-mean for a mistyped module path: the closest full paths, or nested modules
-    whose own name is close ('globl' -> 'python/global')."""
-    full = ["/".join(p) for p in index]
-    hint = did_you_mean(spec, full)
-    if hint or "/" in spec:
+def _closest_module(spec: str, index: dict[Path, Module], prefix: Path, word: str, known: list[str]) -> str:
+    """A did-you-mean for a mistyped module: in a path, the siblings whose name is close to the
+    unknown part ('a/globl' -> 'a/global'); for a bare name, the closest full paths, or nested
+    modules whose own name is close ('globl' -> 'python/global')."""
+    import difflib
+
+    if "/" in spec:
+        close = difflib.get_close_matches(word, known, n=2, cutoff=0.6)
+        paths = ["/".join((*prefix, c)) for c in close]
+        return f"; did you mean {' or '.join(repr(q) for q in paths)}?" if paths else ""
+    hint = did_you_mean(spec, ["/".join(p) for p in index])
+    if hint:
         return hint
     by_name: dict[str, list[str]] = {}
     for p in index:
         by_name.setdefault(p[-1], []).append("/".join(p))
-    import difflib
-
     close = difflib.get_close_matches(spec, list(by_name), n=2, cutoff=0.6)
     paths = [q for name in close for q in by_name[name]][:2]
     return f"; did you mean {' or '.join(repr(q) for q in paths)}?" if paths else ""
