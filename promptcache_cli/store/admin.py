@@ -332,17 +332,6 @@ def list_cache(root: Path) -> Listing:
     return Listing(schemas, orphans, total)
 
 
-def _mismatch(cf: cache_file.CacheFile, f: FileInfo) -> str | None:
-    """How a whole, intact file contradicts its name, if it does."""
-    if cf.header.get("key") != f.key:
-        return f"its header names another key ({cf.header.get('key')})"
-    if f.position is not None:
-        held = sum(len(s.tokens) for s in cf.segments)
-        if held != f.position or cf.header.get("mode") != "prefix":
-            return f"its header describes another state ({cf.header.get('module')}, {held} tokens)"
-    return None
-
-
 def verify_cache(root: Path, *, now: float | None = None) -> VerifyReport:
     """Read every module file and prefix state whole, checking every checksum. Leftover
     temporary files and symbolic links inside the cache are listed too; they are not damage
@@ -358,7 +347,7 @@ def verify_cache(root: Path, *, now: float | None = None) -> VerifyReport:
                 damaged.append(Note(f, str(e), _kind(f)))
             continue
         cf.close()
-        if why := _mismatch(cf, f):
+        if why := cache_file.mismatch(cf, f.key, f.position):
             damaged.append(Note(f, why, _kind(f)))
     return VerifyReport(len(files), damaged, stale_temporary_files(root, time.time() if now is None else now),
                         links(root))

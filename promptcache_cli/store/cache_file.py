@@ -440,3 +440,18 @@ def _decode_pair_into(words: np.ndarray, lo: Frame, hi: Frame, buf: np.ndarray) 
     dst = words[lo.raw_at : lo.raw_at + lo.raw]
     np.left_shift(hi_raw, 8, out=dst, dtype=np.uint16, casting="unsafe")
     np.bitwise_or(dst, lo_raw, out=dst, casting="unsafe")
+
+
+def mismatch(cf: CacheFile, key: str, position: int | None, *, clip: int | None = None) -> str | None:
+    """How a whole, intact file contradicts its name (its key, and for a prefix state the
+    position it is filed under), if it does; header values quoted up to ``clip`` characters."""
+    def quoted(value: object) -> str:
+        return str(value)[:clip] if clip is not None else str(value)
+
+    if cf.header.get("key") != key:
+        return f"its header names another key ({quoted(cf.header.get('key'))})"
+    if position is not None:
+        held = sum(len(s.tokens) for s in cf.segments)
+        if held != position or cf.header.get("mode") != "prefix":
+            return f"its header describes another state ({quoted(cf.header.get('module'))}, {held} tokens)"
+    return None

@@ -163,17 +163,6 @@ def list_remote(remote: Remote) -> RemoteListing:
     return RemoteListing(str(remote), schemas, orphans, others, sum(f.bytes for f in files))
 
 
-def _mismatch(cf: cache_file.CacheFile, f: RemoteFile) -> str | None:
-    """How a whole, intact file contradicts its name, if it does."""
-    if cf.header.get("key") != f.key:
-        return f"its header names another key ({str(cf.header.get('key'))[:40]})"
-    if f.position is not None:
-        held = sum(len(s.tokens) for s in cf.segments)
-        if held != f.position or cf.header.get("mode") != "prefix":
-            return f"its header describes another state ({str(cf.header.get('module'))[:40]}, {held} tokens)"
-    return None
-
-
 def verify_remote(remote: Remote, root, *, progress: Callable[[int, int, str], None] | None = None
                   ) -> RemoteVerifyReport:
     """Download each cache file into a temporary file in the cache directory (beside where it
@@ -192,7 +181,7 @@ def verify_remote(remote: Remote, root, *, progress: Callable[[int, int, str], N
                     damaged.append(RemoteNote(f, str(e), _kind(f)))
                 else:
                     cf.close()
-                    if why := _mismatch(cf, f):
+                    if why := cache_file.mismatch(cf, f.key, f.position, clip=40):
                         damaged.append(RemoteNote(f, why, _kind(f)))
         except RemoteError as e:
             if remote.head(f.rel) is not None:  # not deleted meanwhile
