@@ -17,7 +17,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request", "Session",
+_API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "KV_TYPES", "MODES", "Request",
+        "Session", "TextRequest",
         "collect_garbage", "default_cache_dir", "default_model_path", "inspect_schema", "list_cache", "open_session",
         "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache")
 _ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
@@ -28,16 +29,19 @@ _WHERE = {
     **{name: "api" for name in _API},
     **{name: "errors" for name in _ERRORS},
     "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
+    "SpanUse": "core.results",
     "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
     "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
 }
 
 __all__ = [
     "Answer", "BackendError", "BlobError", "Boundary", "COMPRESSIONS", "CacheFileError", "CacheWriteError",
-    "CompileReport", "ContextFullError", "DEFAULT_CHECKPOINTS", "ENCODINGS", "EXIT_CODES", "InputError", "KV_TYPES",
+    "CompileReport", "ContextFullError", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "EXIT_CODES",
+    "InputError", "KV_TYPES",
     "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport", "OutputError", "ParameterTooLong", "PcError",
     "PmlError", "PromptPart", "PromptTooLong", "PromptView", "Request", "Sampler", "Schema", "SchemaLayout",
-    "SelectionError", "Session", "StateRefused", "TemplateError", "UnsupportedModel", "UsageError",
+    "SelectionError", "Session", "SpanUse", "StateRefused", "TemplateError", "TextRequest", "UnsupportedModel",
+    "UsageError",
     "collect_garbage", "default_cache_dir", "default_model_path", "exit_code_for", "inspect_schema", "list_cache",
     "load_schema", "open_session", "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache",
 ]
@@ -57,10 +61,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
-    from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MODES, Request, Session,
+    from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, DEFAULT_REPAIR, ENCODINGS, KV_TYPES, MODES, Request, Session,
+                      TextRequest,
                       collect_garbage, default_cache_dir, default_model_path, inspect_schema, list_cache,
                       open_session, remove_schema, request_from_prompt, resolve_model, select, verify_cache)
-    from .core.results import Answer, CompileReport, ModuleReport
+    from .core.results import Answer, CompileReport, ModuleReport, SpanUse
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,
                          InputError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong, PcError, PmlError,

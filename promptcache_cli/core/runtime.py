@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CacheFileError, PromptTooLong
 from ..llama.context import Context, ContextSettings
@@ -21,6 +22,9 @@ from ..store.arena import Arena
 from ..store.cache_file import Pending
 from ..store.files import CacheStore
 from ..store.keys import model_fingerprint
+
+if TYPE_CHECKING:
+    from ..store.span_index import SpanIndex
 
 
 class Runtime:
@@ -36,6 +40,7 @@ class Runtime:
         self.arena = Arena()  # decoded blobs of compressed cache files, reused question to question
         self._reads: list[Pending] = []  # reads started since the arena was last reset
         self._layouts: dict[int, tuple[Schema, lay.Layout]] = {}
+        self._span_index: SpanIndex | None = None
 
     def close(self) -> None:
         if self.ctx is not None:
@@ -44,6 +49,19 @@ class Runtime:
         self.reset_arena()
         self.arena.close()
         self.model.close()
+
+    @property
+    def span_index(self) -> SpanIndex:
+        """The index of every stored segment's text for this model and state layout (text prompts
+        look cached text up in it; compiles and learning add to it)."""
+        if self._span_index is None:
+            from ..llama.bindings import llama_cpp_version
+            from ..store.keys import FORMAT_TAG
+            from ..store.span_index import SpanIndex, variant_id
+
+            variant = variant_id(self.fingerprint, llama_cpp_version(), self.settings.state_layout(), FORMAT_TAG)
+            self._span_index = SpanIndex(self.store.root, variant)
+        return self._span_index
 
     # -- memory ---------------------------------------------------------------------------------
     def reset_arena(self) -> None:

@@ -1,9 +1,12 @@
 """Computing modules' states and writing their files.
 
-Segments are computed in position order whatever their owner, so the running sequence only grows
-along the default prompt (:func:`extend` keeps what it shares with the next context). With
-the ``average`` encoding a segment's state is the mean of the states computed after each of its
-contexts. Each owner's file is written as soon as its last segment is done, under its lock.
+A segment is computed after its context, from position 0: its states are stored at the position
+right after the context (:func:`..prompt.contexts.computed_at`) and moved to wherever a prompt puts
+them when loaded. Segments are computed in layout order whatever their owner, so the running
+sequence only grows along the default prompt (:func:`extend` keeps what it shares with the next
+context). With the ``average`` encoding a segment's state is the mean of the states computed after
+each of its contexts, each context ending right before the segment. Each owner's file is written as
+soon as its last segment is done, under its lock.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from ..core.runtime import Runtime
 from ..errors import CacheWriteError
 from ..llama import state_blob
 from ..llama.context import Context
-from ..prompt.contexts import contexts
+from ..prompt.contexts import computed_at, contexts
 from ..prompt.layout import Layout, Path as ModPath, Segment
 from ..prompt.plan import owner_name
 from ..store import cache_file
+from ..store.span_index import context_record
 from .catalog import Catalog
 
 Job = tuple[Segment, tuple[tuple[int, ...], ...]]  # a segment and the contexts it is computed after
@@ -63,7 +67,9 @@ class Compiler:
         ask): then the reason and the states not stored go there, and computing goes on.
         """
         store = self.runtime.store
-        self.runtime.check_fits(layout.end + 1)  # before any lock file is made
+        at = self.catalog.stored_at(layout)
+        self.runtime.check_fits(max((at[o, s.offset] + len(s.tokens) for o in owners for s in layout.segments_of(o)),
+                                    default=0) + 1)  # before any lock file is made
         with contextlib.ExitStack() as locks:
             try:
                 for owner in sorted(owners, key=lambda o: keys[o]):
@@ -92,16 +98,24 @@ class Compiler:
         """Write an owner's file; returns its size, or 0 when the states went to ``unstored``."""
         segs = layout.segments_of(owner)
         store = self.runtime.store
+        at = self.catalog.stored_at(layout)
         if unstored is None or unstored.reason is None:
-            chunks = cache_file.encode(self.catalog.header(layout, owner, keys[owner]), blobs,
-                                       [s.tokens for s in segs], [s.offset for s in segs],
+            header = self.catalog.header(layout, owner, keys[owner])
+            header["segment_contexts"] = [_context_record(contexts(layout, s, self.catalog.encoding)) for s in segs]
+            chunks = cache_file.encode(header, blobs, [s.tokens for s in segs], [at[owner, s.offset] for s in segs],
                                        codec=self.catalog.codec, split_planes=self._split_planes)
             try:
-                return store.write_atomic(store.module_path(keys[owner]), chunks)
+                n = store.write_atomic(store.module_path(keys[owner]), chunks)
             except CacheWriteError as e:
                 if unstored is None:
                     raise
                 unstored.reason = str(e)
+            else:
+                try:  # so that text prompts find the module's text (a hint: the module is stored either way)
+                    self.runtime.span_index.add(keys[owner], [s.tokens for s in segs])
+                except CacheWriteError:
+                    pass
+                return n
         assert unstored is not None
         unstored.blobs[owner] = {s.offset: b for s, b in zip(segs, blobs, strict=True)}
         return 0
@@ -137,7 +151,7 @@ class Compiler:
         sorted order: a walk of their prefix tree, so a text shared by many sequences is decoded
         about once; the sums of every segment not yet complete are held meanwhile (in float32:
         twice their states)."""
-        flat = [(seg, c) for seg, cs in jobs for c in cs]
+        flat = [(seg, c, computed_at(cs)) for seg, cs in jobs for c in cs]
         if len(flat) > len(jobs):
             flat.sort(key=lambda job: job[1] + job[0].tokens)
         count = {(seg.owner, seg.offset): len(cs) for seg, cs in jobs}
@@ -163,23 +177,24 @@ class Compiler:
                     first[at : at + 2 * n_embd * n_cells] = mean.astype(np.float16).view(np.uint8)
                 yield seg, first
 
-    def segment_states(self, layout: Layout, jobs: list[tuple[Segment, tuple[int, ...]]],
+    def segment_states(self, layout: Layout, jobs: list[tuple[Segment, tuple[int, ...], int]],
                        progress: Progress | None, label: str = "") -> Iterator[tuple[Segment, np.ndarray]]:
-        """Each job's segment state, computed after its context tokens (jobs in position order, so
-        the running sequence only grows where contexts share a prefix); the context is cleared at the end."""
-        total = sum(len(c) + len(s.tokens) for s, c in jobs)
-        ctx = self.runtime.context(max(layout.end, max(len(c) + len(s.tokens) for s, c in jobs)) + 1)
+        """Each job's segment state, computed after its context tokens at the job's position (the
+        context ending right before it; jobs in layout order, so the running sequence only grows
+        where contexts share a prefix); the context is cleared at the end."""
+        total = sum(len(c) + len(s.tokens) for s, c, _ in jobs)
+        ctx = self.runtime.context(max(at + len(s.tokens) for s, _, at in jobs) + 1)
         done = 0
         running: tuple[int, list[int]] = (0, [])  # what seq 0 holds: (start position, tokens)
-        for seg, context in jobs:
+        for seg, context, at in jobs:
             def tick(n: int, _name=owner_name(seg.owner) + label) -> None:
                 nonlocal done
                 done += n
                 if progress:
                     progress(done, total, _name)
 
-            running = extend(ctx, running, seg.offset - len(context), list(context) + list(seg.tokens), tick)
-            ctx.seq_cp(0, 1, seg.offset, seg.end)
+            running = extend(ctx, running, at - len(context), list(context) + list(seg.tokens), tick)
+            ctx.seq_cp(0, 1, at, at + len(seg.tokens))
             blob = ctx.save_state(1)
             ctx.seq_rm(1)
             yield seg, blob
@@ -203,3 +218,9 @@ def extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: lis
         ctx.seq_rm(0, start + keep, -1)
     ctx.decode(tokens[keep:], start=start + keep, progress=tick)
     return start, tokens
+
+
+def _context_record(cs: tuple[tuple[int, ...], ...]) -> dict:
+    """What a file records of a segment's contexts (text prompts choose among files by it): the one
+    context's length, hash and last tokens, or how many contexts were averaged."""
+    return {"averaged": len(cs)} if len(cs) > 1 else context_record(cs[0])

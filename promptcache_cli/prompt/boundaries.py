@@ -18,14 +18,20 @@ class Boundary:
 
     segment: Segment
     preceded: bool  # the prompt holds text before it
-    contiguous: bool  # it follows the prompt so far without a position gap
+    contiguous: bool  # it follows the prompt so far without a position gap (always, since parts are packed)
     _layout: Layout
     _before: tuple[int, ...]
     _encoding: str
 
     @property
     def offset(self) -> int:
+        """The segment's offset in the schema's layout (what names it; a hook's answer is keyed by it)."""
         return self.segment.offset
+
+    @property
+    def position(self) -> int:
+        """Where the prompt puts it."""
+        return len(self._before)
 
     @property
     def length(self) -> int:
@@ -40,5 +46,4 @@ class Boundary:
 
 def boundaries(layout: Layout, plan: PromptPlan, encoding: str) -> list[Boundary]:
     """Every cached part's boundary, in prompt order, for states cached with ``encoding``."""
-    return [Boundary(seg, bool(before), seg.offset == end, layout, tuple(before), encoding)
-            for seg, before, end in plan.preceding()]
+    return [Boundary(seg, bool(before), True, layout, tuple(before), encoding) for seg, before, _ in plan.preceding()]
