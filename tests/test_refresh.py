@@ -13,6 +13,7 @@ from promptcache_cli.store import cache_file
 from promptcache_cli.modular import refresh as token_rank
 from promptcache_cli.benchmarks import needles
 from promptcache_cli.modular.session import ModularSession
+from promptcache_cli.prompt import contexts as ctxs
 from promptcache_cli.prompt.boundaries import boundaries
 from promptcache_cli.prompt.plan import owner_name
 from promptcache_cli.llama.context import Context, ContextSettings
@@ -141,7 +142,11 @@ def test_compile_ranked_stores_the_distance_between_both_encodings(model_path, w
                     against, scores = rec.rank
                     assert against == token_rank.against(layout, seg, "scaffold", rec.offset)
                     assert against.startswith("independent:")
-                    assert list(scores) == token_rank.scores(f.blob(i), g.blob(i))
+                    # the other encoding's states, computed where the cached ones are stored
+                    (_, there), = ranked.compiler.segment_states(
+                        layout, [(seg, ctxs.context_tokens(layout, seg, "independent"), rec.offset)], None)
+                    assert list(scores) == token_rank.scores(f.blob(i), there)
+                    assert g.segments[i].offset == len(ctxs.context_tokens(layout, seg, "independent"))
                     assert len(scores) == len(seg.tokens) and min(scores) >= 0
                     moved += max(scores) > 0.01
                     if seg.offset == 0:  # the start of the prompt: computed after nothing in both

@@ -104,8 +104,8 @@ class Runtime:
             hit = self._layouts[id(schema)] = (schema, lay.build(schema, self.model, self.model.chat_template()))
         return hit[1]
 
-    def plan(self, layout: lay.Layout, selection: Selection) -> PromptPlan:
-        return plan_prompt(layout, selection, self.model)
+    def plan(self, layout: lay.Layout, selection: Selection, *, static: bool = False) -> PromptPlan:
+        return plan_prompt(layout, selection, self.model, static=static)
 
     def question_tokens(self, layout: lay.Layout, question: str) -> list[int]:
         return question_tokens(layout, question, self.model)

@@ -20,10 +20,11 @@ from ..store.keys import module_key
 
 
 class Catalog:
-    def __init__(self, runtime: Runtime, *, encoding: str, codec: str) -> None:
+    def __init__(self, runtime: Runtime, *, encoding: str, codec: str, static: bool = False) -> None:
         self.runtime = runtime
         self.encoding = encoding
         self.codec = codec
+        self.static = static  # states stored at their layout offsets (an experiment: ModularSession)
         self._keys: dict[int, tuple[Layout, dict[ModPath, str], dict[tuple[ModPath, int], int]]] = {}
 
     @property
@@ -54,7 +55,7 @@ class Catalog:
             segs = []
             for s in layout.segments_of(owner):
                 cs = contexts(layout, s, self.encoding)
-                at[owner, s.offset] = computed_at(cs)
+                at[owner, s.offset] = s.offset if self.static else computed_at(cs)
                 segs.append((at[owner, s.offset], s.tokens, cs))
             keys[owner] = module_key(model=rt.fingerprint, llama_cpp=llama_cpp_version(),
                                      state_layout=rt.settings.state_layout(), segments=segs)

@@ -34,9 +34,9 @@ def scores(compiler: Compiler, layout: Layout, keys: dict[ModPath, str], owners:
     at = compiler.catalog.stored_at(layout)
     for owner in owners:
         want = {s.offset: refresh.against(layout, s, encoding, at[owner, s.offset]) for s in layout.segments_of(owner)}
-        got = ranks.stored(store.module_path(keys[owner]))
-        if all(got.get(at, ("", ()))[0] == w for at, w in want.items()):
-            out.update({(owner, at): got[at][1] for at in want})
+        got = ranks.stored(store.module_path(keys[owner]))  # by the position each segment is stored at
+        if all(got.get(at[owner, off], ("", ()))[0] == w for off, w in want.items()):
+            out.update({(owner, off): got[at[owner, off]][1] for off in want})
         else:
             missing.append(owner)
     if not missing:
@@ -44,7 +44,7 @@ def scores(compiler: Compiler, layout: Layout, keys: dict[ModPath, str], owners:
     other = refresh.OTHER[encoding]
     jobs = sorted(((s, _fit(context_tokens(layout, s, other), at[s.owner, s.offset]), at[s.owner, s.offset])
                    for o in missing for s in layout.segments_of(o)), key=lambda job: job[0].offset)
-    left = Counter(seg.owner for seg, _ in jobs)
+    left = Counter(seg.owner for seg, _, _ in jobs)
     held: dict[ModPath, dict[int, np.ndarray]] = {}
     for seg, blob in compiler.segment_states(layout, jobs, progress, " (ranking)"):
         mine = held.get(seg.owner) or held.setdefault(seg.owner, states(seg.owner))

@@ -44,12 +44,17 @@ class ModularSession:
 
     def __init__(self, model_path: str | Path, *, cache_dir: str | Path, settings: ContextSettings = ContextSettings(),
                  encoding: str = ENCODINGS[0], codec: str = "none", model: Model | None = None,
-                 boundary_hook: BoundaryHook | None = None, cache_ram: int = 0) -> None:
+                 boundary_hook: BoundaryHook | None = None, cache_ram: int = 0, positions: str = "packed") -> None:
         """``model``: the file at ``model_path``, already loaded. ``boundary_hook``: an experiment's
         choice of cached tokens to compute afresh at module boundaries (segment offset -> how many
         of its first tokens), given every cached part's :class:`..prompt.boundaries.Boundary`; none by
         default. ``cache_ram``: bytes of RAM for spans learned from text prompts (0: learned spans go
-        to disk at once)."""
+        to disk at once). ``positions``: ``packed`` (parts in request order, without gaps, states
+        moved where they go) or ``static`` (every segment stored and loaded at its layout offset,
+        gaps where unselected members would sit: the layout of pc 0.1, kept as an experiment the
+        benchmark compares against; no repair or refresh)."""
+        if positions not in ("packed", "static"):
+            raise ValueError(f"unknown positions {positions!r}")
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
         if encoding == "average" and not settings.type_k == settings.type_v == "f16":
@@ -62,7 +67,7 @@ class ModularSession:
                 "use prefix mode (--mode prefix, the default for such models)"
             )
         self.runtime = Runtime(model_path, cache_dir=cache_dir, settings=settings, model=model)
-        self.catalog = Catalog(self.runtime, encoding=encoding, codec=codec)
+        self.catalog = Catalog(self.runtime, encoding=encoding, codec=codec, static=positions == "static")
         self.compiler = Compiler(self.runtime, self.catalog)
         self.loader = Loader(self.runtime, self.catalog, self.compiler)
         self.boundary_hook = boundary_hook
@@ -109,7 +114,7 @@ class ModularSession:
         return self.catalog.keys(layout)
 
     def prompt_plan(self, layout: Layout, selection: Selection) -> PromptPlan:
-        return self.runtime.plan(layout, selection)
+        return self.runtime.plan(layout, selection, static=self.catalog.static)
 
     def question_tokens(self, layout: Layout, question: str) -> list[int]:
         return self.runtime.question_tokens(layout, question)
@@ -180,6 +185,8 @@ class ModularSession:
             raise ValueError(f"refresh is a fraction from 0 to 1, not {refresh}")
         if refresh:
             self._check_rankable()
+        if self.catalog.static and (refresh or repair) and not no_cache:
+            raise ValueError("static positions (an experiment) answer from the bare cache: no repair or refresh")
         layout = self.layout(schema)
         plan = self.prompt_plan(layout, selection)
         q = self.question_tokens(layout, question)

@@ -41,6 +41,7 @@ Part = Union[Segment, Fresh]
 @dataclass(frozen=True)
 class PromptPlan:
     parts: tuple[Part, ...]
+    static: bool = False  # cached parts at their layout offsets, with gaps (pc 0.1's layout; an experiment)
 
     def __iter__(self) -> Iterator[Part]:
         return iter(self.parts)
@@ -67,30 +68,35 @@ class PromptPlan:
         return self.positions()[1:]
 
     def positions(self) -> list[int]:
-        """Where each part starts in the prompt: right after the part before it."""
+        """Where each part starts in the prompt: right after the part before it (``static``: a
+        cached part at its layout offset, a fresh one right after the part before it)."""
         out, n = [], 0
         for p in self.parts:
-            out.append(n)
-            n += len(p.tokens)
+            at = p.offset if self.static and isinstance(p, Segment) else n
+            out.append(at)
+            n = at + len(p.tokens)
         return out
 
     @property
     def end(self) -> int:
-        """Positions the plan takes (the question starts here)."""
-        return sum(len(p.tokens) for p in self.parts)
+        """The position after the last part (the question starts here)."""
+        if not self.parts:
+            return 0
+        return self.positions()[-1] + len(self.parts[-1].tokens)
 
     def preceding(self) -> Iterator[tuple[Segment, list[int], int]]:
         """For each cached part: the part, the prompt's tokens before it and its position."""
         before: list[int] = []
-        for p in self.parts:
+        for p, at in zip(self.parts, self.positions(), strict=True):
             if isinstance(p, Segment):
-                yield p, before, len(before)
+                yield p, before, at
             before = before + list(p.tokens)
 
 
-def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer) -> PromptPlan:
+def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer, *, static: bool = False) -> PromptPlan:
     """The selected prompt in prompt order: cached segments, and fresh parameter values; the
-    modules the request names in the order it names them (:func:`_in_request_order`)."""
+    modules the request names in the order it names them (:func:`_in_request_order`). ``static``:
+    in layout order, at layout offsets (the layout of pc 0.1, kept as an experiment)."""
     included = {ROOT} | set(selection.modules)
     items: list[tuple[int, Part]] = [(s.offset, s) for s in layout.segments if s.owner in included]
     for slot in layout.slots:
@@ -108,6 +114,8 @@ def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer) -> PromptP
     items.sort(key=lambda it: it[0])
     parts = [part for _, part in items]
     order = selection.order
+    if static:
+        return PromptPlan(tuple(parts), static=True)
     return PromptPlan(tuple(_in_request_order(layout, parts, order) if len(order) > 1 else parts))
 
 
