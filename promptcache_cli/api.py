@@ -274,7 +274,9 @@ class Session:
         schema = self.schema(request.schema)
         engine = self.engine
         layout = engine.runtime.layout(schema)
-        plan = engine.runtime.plan(layout, select(schema, request))
+        selection = select(schema, request)
+        plan = (engine.prompt_plan(layout, selection) if hasattr(engine, "prompt_plan")  # (static positions)
+                else engine.runtime.plan(layout, selection))
         keys = engine.keys(layout) if hasattr(engine, "keys") else {}
         parts: list[PromptPart] = []
         for p, at in zip(plan, plan.positions(), strict=True):

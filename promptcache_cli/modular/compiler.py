@@ -24,7 +24,7 @@ from ..core.runtime import Runtime
 from ..errors import CacheWriteError
 from ..llama import state_blob
 from ..llama.context import Context
-from ..prompt.contexts import computed_at, contexts
+from ..prompt.contexts import contexts
 from ..prompt.layout import Layout, Path as ModPath, Segment
 from ..prompt.plan import owner_name
 from ..store import cache_file
@@ -72,8 +72,8 @@ class Compiler:
                                     default=0) + 1)  # before any lock file is made
         with contextlib.ExitStack() as locks:
             try:
-                for owner in sorted(owners, key=lambda o: keys[o]):
-                    locks.enter_context(store.locked(keys[owner]))
+                for key in sorted({keys[o] for o in owners}):  # owners may share a file (one text, one context)
+                    locks.enter_context(store.locked(key))
             except CacheWriteError as e:
                 if unstored is None:
                     raise
@@ -85,12 +85,28 @@ class Compiler:
                 if o not in redo and store.module_path(keys[o]).exists()
             }
             todo = [o for o in owners if o not in reports]
+            first: dict[str, ModPath] = {}
+            for o in todo:
+                first.setdefault(keys[o], o)
             jobs = sorted(
-                ((seg, contexts(layout, seg, self.catalog.encoding)) for o in todo for seg in layout.segments_of(o)),
+                ((seg, contexts(layout, seg, self.catalog.encoding)) for o in first.values()
+                 for seg in layout.segments_of(o)),
                 key=lambda job: job[0].offset,
             )
             if jobs:
                 reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored))
+            for o in todo:  # an owner sharing its file with one computed just now: that file serves it
+                src = first[keys[o]]
+                if o == src:
+                    continue
+                if unstored is not None and src in unstored.blobs:
+                    got = unstored.blobs[src]
+                    unstored.blobs[o] = {s.offset: got[t.offset] for s, t in
+                                         zip(layout.segments_of(o), layout.segments_of(src), strict=True)}
+                if store.module_path(keys[o]).exists():
+                    reports[o] = self.catalog.reused(layout, keys, o)
+                else:
+                    reports[o] = ModuleReport(owner_name(o), keys[o], "computed", layout.tokens_of(o), 0, 0.0)
         return [reports[o] for o in owners]
 
     def _store(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, blobs: list[np.ndarray],
@@ -151,7 +167,8 @@ class Compiler:
         sorted order: a walk of their prefix tree, so a text shared by many sequences is decoded
         about once; the sums of every segment not yet complete are held meanwhile (in float32:
         twice their states)."""
-        flat = [(seg, c, computed_at(cs)) for seg, cs in jobs for c in cs]
+        at = self.catalog.stored_at(layout)  # after its contexts (static positions: at its layout offset)
+        flat = [(seg, c, at[seg.owner, seg.offset]) for seg, cs in jobs for c in cs]
         if len(flat) > len(jobs):
             flat.sort(key=lambda job: job[1] + job[0].tokens)
         count = {(seg.owner, seg.offset): len(cs) for seg, cs in jobs}
