@@ -210,19 +210,26 @@ def run_in_process(model_path: Path, root: Path, wl: RagWorkload, *, n_tokens: i
         for s in chosen:
             s.close()
     names = [s.name for s in chosen] + [CONTROL]
-    return {"note": wl.note, "questions": len(rows), "generated_tokens": n_tokens,
+    return {"note": wl.note, "questions": len(rows), "generated_tokens": n_tokens, "control": CONTROL,
+            "prompt_tokens": float(statistics.median(r["prompt_tokens"] for r in rows)) if rows else None,
             "systems": {s.name: {"label": s.label, "bytes": sizes[s.name]} for s in chosen},
-            "summary": summarize(rows, names), "rows": rows}
+            "missing_systems": list(MISSING), "summary": summarize(rows, names, n_tokens), "rows": rows}
 
 
-def summarize(rows: list[dict], names: list[str]) -> dict:
+# The servers the issue compares against, not run by this in-process benchmark yet: they need
+# `pc serve` (issue 22) and its benchmark's server drivers.
+MISSING = ("pc serve through the OpenAI client", "llama.cpp's llama-server --cache-reuse 256 with its RAM prompt cache",
+           "llama-cpp-python's server")
+
+
+def summarize(rows: list[dict], names: list[str], n_tokens: int = 32) -> dict:
     out = {}
     for name in names:
         have = [r for r in rows if name in r]
         if not have:
             continue
         agree = {k: sum(r[name]["tokens"][:k] == r["nocache"]["tokens"][:k] for r in have) / len(have)
-                 for k in (1, 4, 32)}
+                 for k in sorted({1, min(4, n_tokens), n_tokens})}
         out[name] = {
             "median_ttft_ms": float(statistics.median(r[name]["ttft_ms"] for r in have)),
             "needle_accuracy": sum(bool(r[name]["correct"]) for r in have) / len(have),
