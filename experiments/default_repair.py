@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--set", choices=("quality", "slots"), default="quality")
     ap.add_argument("--repairs", type=lambda s: tuple(int(x) for x in s.split(",")), default=(4, 8, 16, 32))
     ap.add_argument("--averaged", action="store_true", help="also the average encoding with each repair")
+    ap.add_argument("--no-average", action="store_true", help="leave the average encoding out (its compile is slow)")
+    ap.add_argument("--doc-tokens", type=int, default=450)
     ap.add_argument("--questions", type=int, default=60)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -43,14 +45,15 @@ def main() -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
     if args.set == "quality":
-        chosen = [Variant("scaffold", "scaffold"), Variant("average", "average")]
+        chosen = [Variant("scaffold", "scaffold")] + ([] if args.no_average else [Variant("average", "average")])
         chosen += [Variant(f"scaffold+repair{n}", "scaffold", repair=n) for n in args.repairs]
         chosen += [Variant(f"average+repair{n}", "average", repair=n) for n in args.repairs if args.averaged]
     else:
         chosen = [Variant("scaffold", "scaffold"), Variant("scaffold-static", "scaffold", positions="static")]
         chosen += [Variant(f"scaffold+repair{n}", "scaffold", repair=n) for n in args.repairs]
     with tempfile.TemporaryDirectory(prefix="pc-default-") as tmp, pc.open_session(mode="modular") as renderer:
-        wl = needles.quality(Path(tmp) / "wl", renderer.model, doc_tokens=450, n_questions=args.questions, slots=3,
+        wl = needles.quality(Path(tmp) / "wl", renderer.model, doc_tokens=args.doc_tokens,
+                             n_questions=args.questions, slots=3,
                              n_docs=5, scaffolds=args.set == "quality", name=args.set)
         res = run_quality(pc.resolve_model(), Path(tmp) / "q", wl, n_tokens=32, progress=progress, chosen=chosen)
     res["seconds"] = time.perf_counter() - t0

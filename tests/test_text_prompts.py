@@ -176,3 +176,10 @@ def test_text_of_damaged_index_is_ignored(model_path, compiled, tmp_path):
     with pc.open_session(model_path, cache_dir=cache, mode="modular") as s:
         a = s.ask(pc.TextRequest.from_text(msg, max_tokens=2))
         assert a.cached_tokens == 0 and not a.warnings
+
+
+def test_the_cli_repair_default_is_the_library_default():
+    """`pc ask` names the default in its help without importing the library at start-up."""
+    from promptcache_cli.cli.options import REPAIR_DEFAULT
+
+    assert REPAIR_DEFAULT == pc.DEFAULT_REPAIR
