@@ -129,3 +129,23 @@ def test_learn_cuts_at_paragraph_breaks_within_bounds():
     assert no_breaks == [(0, 512), (512, 1024), (1024, 1100)]
     assert learn_cuts(0, 63, lambda i: " w") == []
     assert learn_cuts(0, 530, lambda i: " w", maximum=512) == [(0, 530)]  # a short tail joins the span before
+
+
+def test_ram_spans_keep_the_most_recently_used_within_their_budget():
+    from promptcache_cli.modular.text import RamSpan, RamSpans, Source
+
+    def span(key: str, seed: int, nbytes: int) -> RamSpan:
+        toks = tuple(_doc(seed, 100))
+        return RamSpan(Source(key, "learned", 0, toks, None, None), np.zeros(nbytes, np.uint8), {}, si.chunks(toks))
+
+    ram = RamSpans(250)
+    a, b, c = span(KEY_A, 1, 100), span(KEY_B, 2, 100), span(KEY_C, 3, 100)
+    ram.put(a)
+    ram.put(b)
+    assert ram.get(KEY_A) is a  # A used last: B is the least recently used now
+    ram.put(c)
+    assert KEY_B not in ram and KEY_A in ram and KEY_C in ram and ram.bytes == 200
+    hits = ram.lookup(si.window_hashes(list(b.source.tokens) + list(a.source.tokens)))
+    assert {e.key for _, e in hits} == {KEY_A}  # B's chunks went with it
+    ram.put(span("dd" * 20, 4, 300))  # larger than the whole budget: not kept
+    assert len(ram) == 2
