@@ -104,38 +104,54 @@ def build(tok: corpus.Tokenizer, *, n_questions: int, n_docs: int = len(DOCS), p
 
 @dataclass
 class PcText:
-    """`pc` answering text prompts in process: no cache, or finding and learning cached text."""
+    """`pc` answering text prompts in process: no cache, or finding and learning cached text.
+    Systems with the same ``cache`` share one session and cache (they differ in how they answer
+    from it, not in what it holds)."""
 
     name: str
     label: str
     no_cache: bool = False
     repair: int | None = None  # None: the default
+    refresh: float = 0.0
+    cache: str | None = None  # the cache folder's name (default: the system's)
     session: api.Session | None = field(default=None, repr=False)
     folder: Path | None = None
+    owner: bool = True  # this system opened the session (and closes it)
 
-    def open(self, model_path: Path, root: Path) -> None:
-        self.folder = root / self.name
+    def open(self, model_path: Path, root: Path, opened: dict[Path, api.Session] | None = None) -> None:
+        self.folder = root / (self.cache or self.name)
+        if opened is not None and self.folder in opened:
+            self.session, self.owner = opened[self.folder], False
+            return
         self.session = api.open_session(model_path, cache_dir=self.folder, mode="modular")
+        if opened is not None:
+            opened[self.folder] = self.session
 
     def ask(self, wl: RagWorkload, q: RagQuestion, n_tokens: int, keep_logits: bool = True) -> api.Answer:
         assert self.session is not None
         extra = {"repair": self.repair} if self.repair is not None else {}
         return self.session.ask(wl.request(q, max_tokens=n_tokens, no_cache=self.no_cache, learn=not self.no_cache,
-                                           keep_logits=keep_logits, **extra))
+                                           keep_logits=keep_logits, refresh=self.refresh, **extra))
 
     def bytes(self) -> int | None:
         return None if self.no_cache or self.folder is None else dir_bytes(self.folder)
 
     def close(self) -> None:
-        if self.session is not None:
+        if self.session is not None and self.owner:
             self.session.close()
-            self.session = None
+        self.session = None
 
 
-def in_process_systems() -> list[PcText]:
-    return [PcText("nocache", "pc, no cache", no_cache=True),
-            PcText("pc-r0", "pc, text found and learned, --repair 0", repair=0),
-            PcText("pc", f"pc, text found and learned (default: --repair {api.DEFAULT_REPAIR})")]
+def in_process_systems(repairs: tuple[int, ...] = ()) -> list[PcText]:
+    """--no-cache; pc finding and learning text at --repair 0, at the default, and at ``repairs``
+    (one shared cache: the warm-ups are learned once)."""
+    out = [PcText("nocache", "pc, no cache", no_cache=True),
+           PcText("pc-r0", "pc, text found and learned, --repair 0", repair=0, cache="pc")]
+    if api.DEFAULT_REPAIR:
+        out.append(PcText("pc", f"pc, text found and learned (default: --repair {api.DEFAULT_REPAIR})"))
+    out += [PcText(f"pc-r{n}", f"pc, text found and learned, --repair {n}", repair=n, cache="pc")
+            for n in repairs if n and n != api.DEFAULT_REPAIR]
+    return out
 
 
 def question_start(session: api.Session, wl: RagWorkload, q: RagQuestion) -> int:
@@ -169,15 +185,16 @@ def run_in_process(model_path: Path, root: Path, wl: RagWorkload, *, n_tokens: i
                    systems: list[PcText] | None = None) -> dict:
     """Every in-process system answers the warm-ups, then each question side by side."""
     chosen = systems if systems is not None else in_process_systems()
+    opened: dict[Path, api.Session] = {}
     for s in chosen:
-        s.open(model_path, root)
+        s.open(model_path, root, opened)
     base = next(s for s in chosen if s.no_cache)
     rows: list[dict] = []
     try:
         t = time.perf_counter()
         for w in wl.warmup:
             for s in chosen:
-                if not s.no_cache:
+                if not s.no_cache and s.owner:  # once per cache
                     s.ask(wl, w, 1, keep_logits=False)
         progress(f"rag: warm-ups learned in {time.perf_counter() - t:.0f} s")
         for i, q in enumerate(wl.questions):
@@ -212,7 +229,8 @@ def run_in_process(model_path: Path, root: Path, wl: RagWorkload, *, n_tokens: i
     names = [s.name for s in chosen] + [CONTROL]
     return {"note": wl.note, "questions": len(rows), "generated_tokens": n_tokens, "control": CONTROL,
             "prompt_tokens": float(statistics.median(r["prompt_tokens"] for r in rows)) if rows else None,
-            "systems": {s.name: {"label": s.label, "bytes": sizes[s.name]} for s in chosen},
+            "systems": {s.name: {"label": s.label, "bytes": sizes[s.name], "repair": s.repair, "refresh": s.refresh}
+                        for s in chosen},
             "missing_systems": list(MISSING), "summary": summarize(rows, names, n_tokens), "rows": rows}
 
 
