@@ -19,31 +19,33 @@ from typing import TYPE_CHECKING, Any
 
 _API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "KV_TYPES", "MODES", "Request",
         "Session", "TextRequest",
-        "collect_garbage", "default_cache_dir", "default_model_path", "inspect_schema", "list_cache", "open_session",
-        "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache")
+        "answer_record", "collect_garbage", "default_cache_dir", "default_model_path", "inspect_schema", "list_cache",
+        "open_session", "remove_schema", "request_from_prompt", "request_from_prompt_text", "resolve_model", "select",
+        "verify_cache")
 _ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
-           "InputError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError", "PmlError",
-           "PromptTooLong", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel", "UsageError",
-           "exit_code_for")
+           "InputError", "ListenError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError",
+           "PmlError", "PromptTooLong", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel",
+           "UsageError", "exit_code_for")
 _WHERE = {
     **{name: "api" for name in _API},
     **{name: "errors" for name in _ERRORS},
     "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
     "SpanUse": "core.results",
+    "PromptState": "core.tokens", "Conversation": "prompt.conversation",
     "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
     "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
 }
 
 __all__ = [
     "Answer", "BackendError", "BlobError", "Boundary", "COMPRESSIONS", "CacheFileError", "CacheWriteError",
-    "CompileReport", "ContextFullError", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "EXIT_CODES",
-    "InputError", "KV_TYPES",
-    "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport", "OutputError", "ParameterTooLong", "PcError",
-    "PmlError", "PromptPart", "PromptTooLong", "PromptView", "Request", "Sampler", "Schema", "SchemaLayout",
-    "SelectionError", "Session", "SpanUse", "StateRefused", "TemplateError", "TextRequest", "UnsupportedModel",
-    "UsageError",
-    "collect_garbage", "default_cache_dir", "default_model_path", "exit_code_for", "inspect_schema", "list_cache",
-    "load_schema", "open_session", "remove_schema", "request_from_prompt", "resolve_model", "select", "verify_cache",
+    "CompileReport", "ContextFullError", "Conversation", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS",
+    "EXIT_CODES", "InputError", "KV_TYPES", "ListenError", "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport",
+    "OutputError", "ParameterTooLong", "PcError", "PmlError", "PromptPart", "PromptState", "PromptTooLong",
+    "PromptView", "Request", "Sampler", "Schema", "SchemaLayout", "SelectionError", "Session", "SpanUse",
+    "StateRefused", "TemplateError", "TextRequest", "UnsupportedModel", "UsageError", "answer_record",
+    "collect_garbage", "default_cache_dir",
+    "default_model_path", "exit_code_for", "inspect_schema", "list_cache", "load_schema", "open_session",
+    "remove_schema", "request_from_prompt", "request_from_prompt_text", "resolve_model", "select", "verify_cache",
 ]
 
 
@@ -62,15 +64,17 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, DEFAULT_REPAIR, ENCODINGS, KV_TYPES, MODES, Request, Session,
-                      TextRequest,
-                      collect_garbage, default_cache_dir, default_model_path, inspect_schema, list_cache,
-                      open_session, remove_schema, request_from_prompt, resolve_model, select, verify_cache)
+                      TextRequest, answer_record, collect_garbage, default_cache_dir, default_model_path,
+                      inspect_schema, list_cache, open_session, remove_schema, request_from_prompt,
+                      request_from_prompt_text, resolve_model, select, verify_cache)
     from .core.results import Answer, CompileReport, ModuleReport, SpanUse
+    from .core.tokens import PromptState
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,
-                         InputError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong, PcError, PmlError,
-                         PromptTooLong, SelectionError, StateRefused, TemplateError, UnsupportedModel, UsageError,
-                         exit_code_for)
+                         InputError, ListenError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong,
+                         PcError, PmlError, PromptTooLong, SelectionError, StateRefused, TemplateError,
+                         UnsupportedModel, UsageError, exit_code_for)
     from .llama.sampling import Sampler
     from .pml.schema import Schema, load_schema
     from .prompt.boundaries import Boundary
+    from .prompt.conversation import Conversation

@@ -25,6 +25,8 @@ from .llama.sampling import Sampler
 if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema parser
     from .core.engine import Engine
     from .core.results import Answer, CompileReport, Progress
+    from .core.tokens import PromptState, TokenPrompts
+    from .prompt.conversation import Conversation
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .llama.context import Context, ContextSettings
     from .llama.model import Model
@@ -56,6 +58,9 @@ class Request:
     ``keep_logits``: the answer carries the prompt's last logits (``Answer.first_logits``).
     ``repair``: how many first tokens of each cached part placed after other text than its states
     were computed after are computed afresh (modular mode).
+    ``history``: earlier turns of a conversation, ``(role, text)`` pairs (roles as the model's chat
+    template knows them: ``user``, ``assistant``), the first a user turn; it continues the schema's
+    last user turn and ``question`` is the next user turn.
     """
 
     schema: SchemaRef
@@ -70,6 +75,7 @@ class Request:
     keep_logits: bool = False
     prompt_file: str | None = None  # the <prompt> file ``imports`` came from (named in errors)
     repair: int = DEFAULT_REPAIR
+    history: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         params = self.params
@@ -77,6 +83,13 @@ class Request:
             params = tuple(f"{k}={v}" for k, v in params.items())
         object.__setattr__(self, "params", tuple(params))
         object.__setattr__(self, "modules", tuple(self.modules))
+        object.__setattr__(self, "history", tuple((str(r), str(t)) for r, t in self.history))
+
+    def turns(self) -> str | Conversation:
+        """The question, with the earlier turns when there are any."""
+        from .prompt.conversation import Conversation
+
+        return Conversation(tuple(self.history), self.question) if self.history else self.question
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,7 @@ class Session:
         self.compression = compression
         self.kv_type = kv_type
         self._schemas: dict[str, tuple[tuple[int, int], Schema]] = {}
+        self._tokens: TokenPrompts | None = None
 
     # -- what it is -------------------------------------------------------------------------
     @property
@@ -187,31 +201,99 @@ class Session:
             return answer
         schema = self.schema(request.schema)
         selection = select(schema, request)
-        return self.engine.ask(schema, selection, request.question, max_tokens=request.max_tokens,
+        return self.engine.ask(schema, selection, request.turns(), max_tokens=request.max_tokens,
                                sampler=request.sampler, no_cache=request.no_cache, on_text=on_text,
                                progress=progress, keep_logits=request.keep_logits, refresh=request.refresh,
                                repair=request.repair)
 
-    def stream(self, request: Request | TextRequest, *, progress: Progress | None = None) -> Iterator[str | Answer]:
+    def stream(self, request: Request | TextRequest, *, progress: Progress | None = None,
+               halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
         """:meth:`ask`, yielding the answer's text piece by piece as it is generated, then the
-        :class:`Answer` itself."""
+        :class:`Answer` itself. ``halt`` is asked after each piece whether to end the answer there
+        (a stop string seen, a client gone): the Answer follows, ``finish_reason`` "stop"."""
         import time
 
         from .core.answer import stream
 
         if isinstance(request, TextRequest):
-            yield from self._text_answer(request, progress)
+            yield from self._text_answer(request, progress, halt)
             return
         t0 = time.perf_counter()
         schema = self.schema(request.schema)
         selection = select(schema, request)
-        done = self.engine.prefill(schema, selection, request.question, max_tokens=request.max_tokens,
+        done = self.engine.prefill(schema, selection, request.turns(), max_tokens=request.max_tokens,
                                    no_cache=request.no_cache, progress=progress, refresh=request.refresh,
                                    repair=request.repair)
         yield from stream(self.engine.runtime, done, selection=selection, t0=t0, max_tokens=request.max_tokens,
-                          sampler=request.sampler, keep_logits=request.keep_logits)
+                          sampler=request.sampler, keep_logits=request.keep_logits, halt=halt)
 
-    def _text_answer(self, request: TextRequest, progress: Progress | None) -> Iterator[str | Answer]:
+    # -- prompts given as tokens (no schema) ---------------------------------------------------
+    def chat_tokens(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """A chat's prompt: ``(role, text)`` messages rendered by the model's chat template, up to
+        the generation prompt (texts tokenized as plain text: control tokens in them stay text)."""
+        from .prompt.conversation import chat_tokens
+
+        model = self.engine.model
+        return chat_tokens(messages, model, model.chat_template())
+
+    def text_tokens(self, text: str) -> list[int]:
+        """A raw prompt's tokens: the beginning-of-sequence token where the model wants one, then
+        ``text`` with control tokens (``<|im_start|>``) parsed, as llama.cpp's server does."""
+        model = self.engine.model
+        bos = [model.bos] if model.add_bos and model.bos >= 0 else []
+        return bos + model.tokenize(text, special=True)
+
+    @property
+    def context_length(self) -> int:
+        """Positions the model was trained on: a prompt and its answer fit in these."""
+        return self.engine.model.n_ctx_train
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to ``vocab_size - 1``."""
+        return self.engine.model.n_vocab
+
+    @property
+    def states_can_cut(self) -> bool:
+        """A prompt's state serves any prompt sharing a prefix with it (attention); otherwise only
+        prompts it is a whole prefix of (recurrent, hybrid and sliding-window models)."""
+        return self.engine.model.memory.can_cut
+
+    def _token_prompts(self) -> TokenPrompts:
+        if self._tokens is None:
+            from .core.tokens import TokenPrompts
+
+            self._tokens = TokenPrompts(self.engine.runtime)
+        return self._tokens
+
+    def held_tokens(self) -> tuple[int, ...]:
+        """The tokens the session's context holds from the last :meth:`stream_tokens` (none once a
+        schema's question has used the context since)."""
+        return self._token_prompts().held()
+
+    def save_held(self) -> PromptState | None:
+        """The state of :meth:`held_tokens`, to keep in RAM and resume from later."""
+        return self._token_prompts().save_held()
+
+    def reuse_depth(self, tokens: Sequence[int], state: Sequence[int]) -> int:
+        """How many leading ``tokens`` a state holding the tokens ``state`` can serve."""
+        return self._token_prompts().depth(tokens, state)
+
+    def stream_tokens(self, tokens: Sequence[int], *, max_tokens: int = 128, sampler: Sampler = Sampler(),
+                      resume: PromptState | None = None, checkpoints: Sequence[int] = (),
+                      on_state: Callable[[PromptState], None] | None = None,
+                      halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
+        """Answer a prompt given as tokens (:meth:`chat_tokens`, :meth:`text_tokens`), reusing the
+        longest usable prefix of what the context holds or of ``resume`` (a :class:`PromptState`
+        from :meth:`save_held` or ``on_state``); the states at ``checkpoints`` (positions in the
+        prompt) are handed to ``on_state`` as they are computed. Yields the answer's text piece by
+        piece, then the :class:`Answer` (``cached_tokens``: the prefix reused). ``halt`` is asked
+        between prompt batches (raising :class:`Halted`) and after each piece of the answer."""
+        return self._token_prompts().stream(tokens, max_tokens=max_tokens, sampler=sampler, resume=resume,
+                                            checkpoints=checkpoints, on_state=on_state, halt=halt)
+
+    def _text_answer(self, request: TextRequest, progress: Progress | None,
+                     halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
         import time
         from dataclasses import replace
 
@@ -235,7 +317,7 @@ class Session:
                                    "moved to where a text stands in another prompt (answer with no_cache)")
         answer = None
         for item in stream(engine.runtime, done, selection=None, t0=t0, max_tokens=request.max_tokens,
-                           sampler=request.sampler, keep_logits=request.keep_logits):
+                           sampler=request.sampler, keep_logits=request.keep_logits, halt=halt):
             if isinstance(item, str):
                 yield item
             else:
@@ -269,7 +351,7 @@ class Session:
         """What the request's prompt is made of: cached parts, fresh parameter values, the question."""
         from .core.views import PromptPart, PromptView
         from .prompt.layout import Segment
-        from .prompt.plan import owner_name
+        from .prompt.plan import Uncached, owner_name
 
         schema = self.schema(request.schema)
         engine = self.engine
@@ -283,9 +365,11 @@ class Session:
             if isinstance(p, Segment):
                 file = engine.store.module_path(keys[p.owner]) if p.owner in keys else None
                 parts.append(PromptPart("cached", owner_name(p.owner), at, p.tokens, file))
+            elif isinstance(p, Uncached):
+                parts.append(PromptPart("uncached", owner_name(p.owner), at, p.tokens))
             else:
                 parts.append(PromptPart("fresh", "", at, p.tokens))
-        question = engine.runtime.question_tokens(layout, request.question)
+        question = engine.runtime.question_tokens(layout, request.turns())
         parts.append(PromptPart("question", "", plan.end, tuple(question)))
         return PromptView(tuple(parts), plan.end)
 
@@ -297,15 +381,6 @@ class Session:
             raise ValueError("prefix mode stores states per prompt, not per module")
         keys = self.engine.keys(self.engine.runtime.layout(self.schema(schema)))
         return {owner_name(o): self.engine.store.module_path(k) for o, k in keys.items()}
-
-    def chat_tokens(self, messages: Sequence[tuple[str, str]]) -> list[int]:
-        """A chat's prompt as a :class:`TextRequest` of these messages renders it: ``(role, text)``
-        messages in the model's chat template, up to the generation prompt (texts tokenized as plain
-        text: control tokens in them stay text)."""
-        from .prompt.text import chat_prompt
-
-        model = self.engine.model
-        return list(chat_prompt(messages, model, model.chat_template()).tokens)
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """The model's tokens for ``text`` (``special``: control tokens such as <|im_start|> parsed)."""
@@ -396,13 +471,39 @@ def open_engine(model_path: str | os.PathLike, *, cache_dir: str | os.PathLike, 
 # -- requests -----------------------------------------------------------------------------------
 
 
-def request_from_prompt(prompt_file: str | os.PathLike, *, schema: Schema, **options: Any) -> Request:
+QUESTION_JOIN = "\n\n"  # between a prompt file's question and a question given beside it
+
+
+def request_from_prompt(prompt_file: str | os.PathLike, *, schema: Schema, question: str | None = None,
+                        **options: Any) -> Request:
     """The request a ``<prompt>`` file makes of ``schema`` (its imports, parameter values and
-    question); ``options``: the other :class:`Request` fields (max_tokens, sampler, ...)."""
+    question, which may be empty: the model then answers the prompt as it is). ``question``, given
+    beside the file, is appended to the file's question (after a blank line when it has one).
+    ``options``: the other :class:`Request` fields (max_tokens, sampler, ...)."""
     from .pml.schema import load_prompt
 
     name = os.fspath(prompt_file)
     pr = load_prompt(name)
+    if pr.schema != schema.name:
+        raise InputError(f"{name}: prompt is for schema '{pr.schema}', not '{schema.name}'")
+    return Request(schema, append_question(pr.question, question), imports=tuple(pr.imports), prompt_file=name,
+                   **options)
+
+
+def append_question(question: str, extra: str | None) -> str:
+    """A prompt file's question with a question given beside it appended (after a blank line when
+    the file has one; the file's alone when ``extra`` is None or blank)."""
+    if extra is None or not extra.strip():
+        return question
+    return f"{question}{QUESTION_JOIN}{extra.strip()}" if question else extra.strip()
+
+
+def request_from_prompt_text(text: str, *, schema: Schema, name: str = "<prompt>", **options: Any) -> Request:
+    """:func:`request_from_prompt` for a ``<prompt>`` document given as text (``name``: how
+    errors name it)."""
+    from .pml.schema import parse_prompt
+
+    pr = parse_prompt(text, path=name)
     if pr.schema != schema.name:
         raise InputError(f"{name}: prompt is for schema '{pr.schema}', not '{schema.name}'")
     return Request(schema, pr.question, imports=tuple(pr.imports), prompt_file=name, **options)
@@ -421,6 +522,19 @@ def select(schema: Schema, request: Request) -> Selection:
         where = request.prompt_file or "<prompt>"
         where = f"{where}:{e.line}" if e.line is not None else where
         raise InputError(f"{where}: {e.message}") from None
+
+
+def answer_record(answer: Answer, *, mode: str, no_cache: bool = False) -> dict[str, Any]:
+    """The object `pc ask --json` prints for an answer (also `pc batch`'s lines and the server's
+    ``/v1/pc/ask``): plain JSON types, times rounded to 0.01 ms."""
+    return {
+        "answer": answer.text, "ttft_ms": round(answer.ttft_ms, 2), "total_ms": round(answer.total_ms, 2),
+        "cached_tokens": answer.cached_tokens, "computed_tokens": answer.computed_tokens,
+        "refreshed_tokens": answer.refreshed_tokens,
+        "generated_tokens": len(answer.tokens), "finish_reason": answer.finish_reason,
+        "modules": list(answer.modules), "model": answer.model,
+        "no_cache": no_cache, "mode": mode, "warnings": list(answer.warnings),
+    }
 
 
 def load_schema(path: str | os.PathLike) -> Schema:
@@ -446,7 +560,8 @@ def inspect_schema(schema: SchemaRef, *, model: str | os.PathLike | None = None)
     m = Model(str(resolve_model(os.fspath(model) if model is not None else None)))
     try:
         lo = build(sch, m, m.chat_template())
-        return SchemaLayout(sch.name, m.description, lo.end, tuple(lo.elements))
+        return SchemaLayout(sch.name, m.description, lo.end, tuple(lo.elements), family=m.family,
+                            memory=m.memory.name, mode="prefix" if m.memory.prefers_prefix else "modular")
     finally:
         m.close()
 
@@ -504,8 +619,9 @@ def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
 
 __all__ = [
     "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "KV_TYPES", "MODES", "Request",
-    "TextRequest",
+    "TextRequest", "answer_record",
     "Sampler", "Session", "collect_garbage", "default_cache_dir", "default_model_path",
     "inspect_schema", "list_cache", "load_schema", "open_session", "remove_schema", "request_from_prompt",
+    "request_from_prompt_text",
     "resolve_model", "select", "verify_cache",
 ]

@@ -19,6 +19,8 @@ EXIT_CACHE = 5  # the cache cannot be written or read
 EXIT_TOO_LONG = 6  # the prompt does not fit the model's context
 EXIT_BACKEND = 7  # llama.cpp failed while computing
 EXIT_OUTPUT = 8  # stdout cannot be written (not a closed pipe: that ends quietly with 0)
+EXIT_PARTIAL = 9  # pc batch: one or more lines failed (each reported in its own output line)
+EXIT_LISTEN = 10  # pc serve cannot listen where it was told to
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 EXIT_CODES = {
@@ -32,6 +34,8 @@ EXIT_CODES = {
     EXIT_TOO_LONG: "prompt longer than the model's context",
     EXIT_BACKEND: "llama.cpp failed while computing (or refused a state it had just computed)",
     EXIT_OUTPUT: "stdout cannot be written (a full disk, an I/O error)",
+    EXIT_PARTIAL: "pc batch: one or more lines failed (each reported in its own output line)",
+    EXIT_LISTEN: "pc serve cannot listen on the address (in use, not permitted, or not loopback without a key)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -169,7 +173,18 @@ class OutputError(PcError):
     exit_code = EXIT_OUTPUT
 
 
+class ListenError(PcError):
+    """`pc serve` cannot listen where it was told to (the address in use, a port not permitted,
+    or an address other than loopback without an API key)."""
+
+    exit_code = EXIT_LISTEN
+
+
 # -- signals between our modules: no exit code, never shown as they are -----------------------
+
+
+class Halted(Exception):
+    """A prompt's computation was stopped by its ``halt`` callback (a server's client gone)."""
 
 
 class OverlapLogError(Exception):

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Write a small random-weight GGUF model for tests and benchmarks.
+"""Write a random-weight GGUF model for tests and benchmarks.
 
     scripts/make_test_model.py ARCH OUT.gguf [--layers N] [--width W] [--realistic] [--seed S]
+    scripts/make_test_model.py PRESET OUT.gguf [--layers N] [--seed S]
 
-ARCH is llama (attention), mamba (recurrent) or lfm2 (hybrid: short convolutions plus
-attention). The tokenizer and chat template are copied from the default model (SmolLM2-135M),
-or from --tokenizer-from GGUF. The default shape is tiny (about 8 MB); --realistic gives the
-compute of a 100-200M-parameter model (q8_0 matrices). Prints one line describing the file.
+ARCH is a family at a tiny shape (about 8 MB): llama, qwen2, phi3 (attention), gemma3
+(sliding-window attention), lfm2 (hybrid: short convolutions plus attention), mamba, mamba2
+(recurrent); --realistic gives llama, mamba and lfm2 the compute of a 100-200M-parameter model.
+PRESET is a public model card's shape (q8_0 matrices): llama-3.2-1b, llama-3.2-3b, llama-3.1-8b,
+qwen2.5-0.5b, qwen2.5-1.5b, phi-3.5-mini, gemma-3-1b, lfm2-1.2b, mamba2-1.3b. The tokenizer and
+chat template are copied from the default model (SmolLM2-135M), or from --tokenizer-from GGUF,
+padded with unused tokens to a preset's vocabulary. Prints one line describing the file.
 
 Exit codes: 0 written, 2 bad arguments, 3 a file that cannot be read or written (or the gguf
 package is missing: install the dev extra, pip install -e '.[dev]').
@@ -58,7 +62,8 @@ def _seed(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("arch", metavar="ARCH", help="llama, mamba or lfm2")
+    parser.add_argument("arch", metavar="ARCH", help="a family (llama, qwen2, phi3, gemma3, lfm2, mamba, mamba2) "
+                        "or a preset (llama-3.2-1b, ...)")
     parser.add_argument("out", metavar="OUT.gguf", type=Path, help="the file to write (replaced if it exists)")
     parser.add_argument("--layers", type=_positive, help="number of layers (default: tiny or realistic shape)")
     parser.add_argument("--width", type=_positive, help="model width, a multiple of 16")
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f"cannot write {args.out}: {e.strerror or e}", EXIT_INPUT)
     s = built.shape
     print(
-        f"{built.path}: {s.arch} ({built.kind}), {s.n_layer} layers, width {s.n_embd}, "
+        f"{built.path}: {s.name + ' ' if s.name else ''}{s.arch} ({built.kind}), {s.n_layer} layers, width {s.n_embd}, "
         f"{built.n_params / 1e6:.1f}M parameters, {s.weight_type} matrices, {built.n_bytes / 1e6:.1f} MB"
     )
     return 0

@@ -192,7 +192,7 @@ def test_ls_json_shows_prefix_states(template: Template, cache: Path) -> None:
 
     table = ok(pc("ls"))
     assert "4 module files, 6 prefix states" in table.out  # alpha and its copy share their states
-    for word in ("prefix@", "(partial)", "mamba.gguf · prefix · none", "lfm2.gguf", "gamma"):
+    for word in ("prefix@", "(partial)", "mamba.gguf (mamba, recurrent) · prefix · none", "lfm2.gguf", "gamma"):
         assert word in table.out
 
 

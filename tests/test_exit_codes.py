@@ -3,6 +3,7 @@ and for every failure exactly one line on stderr, never a traceback, nothing on 
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -127,6 +128,11 @@ CASES: dict[str, tuple[int, Callable[[Path], faults.Proc]]] = {
         ["ask", "-", "-s", facts(tmp)], cache=tmp / "cache", stdin=b"why " * 20_000)),
     "llama.cpp fails while computing": (errors.EXIT_BACKEND, backend_failure),
     "stdout on a full disk": (errors.EXIT_OUTPUT, full_stdout),
+    "pc batch: a line failed": (errors.EXIT_PARTIAL, lambda tmp: faults.run(["batch", write(
+        tmp, "in.jsonl", json.dumps({"schema": str(facts(tmp)), "question": "hi", "modules": ["nope"]}) + "\n")],
+        cache=tmp / "cache")),
+    "pc serve cannot listen": (errors.EXIT_LISTEN, lambda tmp: faults.run(["serve", "--host", "0.0.0.0", "--port", "0"],
+                                                                          cache=tmp / "cache")),
     "interrupted": (errors.EXIT_INTERRUPTED, interrupted),
 }
 
@@ -152,7 +158,9 @@ def test_exit_code(name: str, tmp_path: Path) -> None:
     if code == errors.EXIT_OK:
         assert proc.out.strip() and proc.err == ""
         return
-    if name != "damaged cache file (pc verify)":  # verify names each damaged file on stdout
+    if name == "pc batch: a line failed":  # the failed line's own object on stdout
+        assert '"exit_code": 3' in proc.out and proc.out.count("\n") == 1
+    elif name != "damaged cache file (pc verify)":  # verify names each damaged file on stdout
         assert proc.out == "", proc.out
     assert len(proc.err_lines) == 1 and proc.err_lines[0].startswith("pc: "), proc.err
 
@@ -188,6 +196,9 @@ PYTHON_START = 0.03  # seconds: the interpreter's own start-up (measured 8-35 ms
 # callback) and going on, so pc then runs and answers.
 PYTHON_OUTCOMES = ("Fatal Python error", "Could not import runpy module", "Remainder of file ignored",
                    "Exception ignored in")
+# The first three are printed only by CPython's own start-up, so they are accepted at any delay: on
+# a loaded machine that start-up takes well over PYTHON_START (seen at 60-100 ms with load 16).
+STARTUP_ONLY = PYTHON_OUTCOMES[:3]
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.02, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45])
@@ -203,6 +214,10 @@ def test_ctrl_c_at_any_moment_of_the_start(delay: float, tmp_path: Path) -> None
     proc = faults.finish(p, t0)
     if delay < PYTHON_START and (proc.code == -signal.SIGINT or any(o in proc.err for o in PYTHON_OUTCOMES)):
         return
+    if any(o in proc.err for o in STARTUP_ONLY):
+        return  # the signal landed in the interpreter's start-up, however long that took
+    if proc.code == -signal.SIGINT and "promptcache_cli" not in proc.err:
+        return  # in runpy or the import system reading pc's first file: no line of pc had run yet
     assert proc.out == ""
     assert proc.code == errors.EXIT_INTERRUPTED, proc.err
     assert proc.err_lines == ["pc: interrupted"], proc.err

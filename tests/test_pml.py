@@ -298,11 +298,12 @@ def test_union_without_scaffold_at_root():
 
 
 @pytest.mark.parametrize("text", [
-    wrap('<module name="m"><user>x</user></module>'),
     '<schema name="s"><user><system>x</system></user></schema>',
+    '<schema name="s"><user><module name="m"><system>x</system></module></user></schema>',
+    wrap('<module name="m"><user><module name="n"><system>x</system></module></user></module>'),
 ])
-def test_roles_only_directly_in_schema(text):
-    assert "only allowed directly inside <schema>" in schema_error(text).message
+def test_role_tags_do_not_nest(text):
+    assert "role tags cannot be nested: <system> is inside <user>" in schema_error(text).message
 
 
 @pytest.mark.parametrize("outside", ['stray text', '<module name="m">x</module>',

@@ -69,12 +69,14 @@ def test_errors_carry_their_exit_codes():
         pc.CacheWriteError: errors.EXIT_CACHE, pc.CacheFileError: errors.EXIT_CACHE, pc.BlobError: errors.EXIT_CACHE,
         pc.PromptTooLong: errors.EXIT_TOO_LONG, pc.ContextFullError: errors.EXIT_TOO_LONG,
         pc.BackendError: errors.EXIT_BACKEND, pc.StateRefused: errors.EXIT_BACKEND, pc.OutputError: errors.EXIT_OUTPUT,
+        pc.ListenError: errors.EXIT_LISTEN,
     }
     for cls, code in expected.items():
         assert issubclass(cls, pc.PcError) and cls.exit_code == code, cls
         assert pc.exit_code_for(cls("x") if cls is not pc.PmlError else cls("x", file="f")) == code
     assert pc.exit_code_for(ValueError("x")) is None and pc.exit_code_for(errors.DamagedState(3, "x")) is None
-    assert set(pc.EXIT_CODES) == {0, *expected.values(), errors.EXIT_INTERNAL, errors.EXIT_INTERRUPTED}
+    assert set(pc.EXIT_CODES) == {0, *expected.values(), errors.EXIT_INTERNAL, errors.EXIT_INTERRUPTED,
+                                  errors.EXIT_PARTIAL}
 
 
 def test_requests_take_parameters_as_a_mapping_or_as_strings():

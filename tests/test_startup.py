@@ -6,6 +6,7 @@ Each case runs in a fresh interpreter, as `pc` does."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -64,6 +65,24 @@ def test_after_a_full_import_the_backend_uses_it():
         "print(json.dumps([b.C is llama_cpp.llama_cpp, llama_cpp_version() == llama_cpp.__version__]))"
     )
     assert got == [True, True]
+
+
+SERVER_STACK = ("starlette", "uvicorn", "anyio", "h11", "httptools", "uvloop", "fastapi", "pydantic", "openai",
+                "httpx", "promptcache_cli.serve")
+
+
+def test_pc_ask_imports_no_part_of_the_server(tmp_path):
+    """A real `pc ask` process (Python's -X importtime lists every module it imports on stderr)."""
+    schema = tmp_path / "s.xml"
+    schema.write_text('<schema name="s"><user>The sky is blue.</user></schema>', encoding="utf-8")
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "promptcache_cli", "ask", "-n", "1", "-s",
+                          str(schema), "What color?"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PC_CACHE_DIR": str(tmp_path / "cache")}, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "promptcache_cli.cli.ask" in imported and "promptcache_cli.cli.serve" in imported  # the list is real
+    loaded = {m for m in imported for stack in SERVER_STACK if m == stack or m.startswith(stack + ".")}
+    assert loaded == set()
 
 
 def test_greedy_answers_need_no_random_generator():

@@ -39,7 +39,7 @@ class Floor:
         ops: list[tuple[str, object]] = []
         try:
             for part in view.parts[:-1]:
-                if part.kind == "fresh":
+                if part.kind in ("fresh", "uncached"):
                     ops.append(("decode", list(part.tokens)))
                     continue
                 assert part.file is not None
@@ -56,13 +56,16 @@ class Floor:
             self.close()
             self.ctx = Context(session.model, replace(session.settings, n_ctx=need))
 
-    def measure(self) -> float:
-        """Milliseconds from an empty context to the first token's id."""
-        ctx = self.ctx
-        assert ctx is not None
-        t0 = time.perf_counter()
+    @property
+    def ops(self) -> list[tuple[str, object]]:
+        """What comes before the question: ("load", blob) and ("decode", tokens), in order."""
+        return list(self._ops)
+
+    @staticmethod
+    def replay(ctx: Context, ops: list[tuple[str, object]]) -> None:
+        """Empty ``ctx`` and build the prompt before the question in sequence 0, as the engine does."""
         ctx.clear()
-        for kind, obj in self._ops:
+        for kind, obj in ops:
             if kind == "decode":
                 ctx.decode(obj, start=ctx.pos_max(0) + 1)
             elif ctx.pos_max(0) < 0:
@@ -71,6 +74,13 @@ class Floor:
                 ctx.load_state(1, obj)
                 ctx.seq_cp(1, 0)
                 ctx.seq_rm(1)
+
+    def measure(self) -> float:
+        """Milliseconds from an empty context to the first token's id."""
+        ctx = self.ctx
+        assert ctx is not None
+        t0 = time.perf_counter()
+        self.replay(ctx, self._ops)
         ctx.decode(self._question, start=ctx.pos_max(0) + 1, logits=True)
         int(np.argmax(ctx.logits()))
         return (time.perf_counter() - t0) * 1000

@@ -133,10 +133,13 @@ def docqa(folder: Path, tok: corpus.Tokenizer, *, level: int, n_questions: int, 
     return Workload(name, "docqa", level, path, warmup, questions, note)
 
 
-def prefix(folder: Path, tok: corpus.Tokenizer, *, level: int, n_questions: int, seed: int = 0) -> Workload:
-    """One system prompt and one document of about ``level`` tokens; the tails vary."""
-    body = corpus.take_lines(tok, corpus.text(PREFIX_SOURCE), min(level, MAX_PROMPT) - 160)
-    pasted = corpus.take_lines(tok, corpus.text("python:exceptions"), 90)
+def prefix(folder: Path, tok: corpus.Tokenizer, *, level: int, n_questions: int, seed: int = 0,
+           sources: tuple[str, ...] = (PREFIX_SOURCE,), pasted: bool = True, max_prompt: int = MAX_PROMPT) -> Workload:
+    """One system prompt and one document of about ``level`` tokens (``sources`` one after the
+    other); the tails vary (half of them carry a pasted excerpt unless ``pasted`` is off)."""
+    text = "\n\n".join(corpus.text(s) for s in sources)
+    body = corpus.take_lines(tok, text, min(level, max_prompt) - 160)
+    excerpt = corpus.take_lines(tok, corpus.text("python:exceptions"), 90)
     name = f"prefix-{level}"
     xml = (f'<schema name="{name}">\n  <system>{SYSTEM}</system>\n'
            f'  <user>\n    <module name="doc" src="doc.txt"/>\n  </user>\n</schema>\n')
@@ -145,11 +148,12 @@ def prefix(folder: Path, tok: corpus.Tokenizer, *, level: int, n_questions: int,
     tails = []
     for i in range(n_questions + 1):
         q = PREFIX_QUESTIONS[i % len(PREFIX_QUESTIONS)]
-        tails.append(f"Here is a note from a colleague:\n{pasted}\n\n{q}" if i % 2 else q)
+        tails.append(f"Here is a note from a colleague:\n{excerpt}\n\n{q}" if i % 2 and pasted else q)
     rng.shuffle(tails)
     questions = [Question(("doc",), t) for t in tails[1:]]
-    note = (f"system prompt + {PREFIX_SOURCE} ({len(PREFIX_QUESTIONS)} questions; half of the tails carry "
-            "a pasted excerpt of Python's documentation of about 90 tokens); warm-up: one question")
+    note = (f"system prompt + {' + '.join(sources)} ({len(PREFIX_QUESTIONS)} questions"
+            + ("; half of the tails carry a pasted excerpt of Python's documentation of about 90 tokens)"
+               if pasted else ")") + "; warm-up: one question")
     return Workload(name, "prefix", level, path, [Question(("doc",), tails[0])], questions, note)
 
 

@@ -12,11 +12,13 @@ import typer
 
 from .. import errors
 from .ask import ask
+from .batch import batch
 from .bench import bench
 from .cache import gc_cmd, ls_cmd, path_cmd, rm_cmd, verify_cmd
 from .common import ClosedStdoutGuard, StdoutClosed, write_err
 from .compile import compile, inspect
 from .plan import plan
+from .serve import serve
 
 app = typer.Typer(
     add_completion=False,
@@ -28,7 +30,7 @@ app = typer.Typer(
 
 for _name, _command in (("compile", compile), ("ask", ask), ("inspect", inspect), ("path", path_cmd),
                         ("plan", plan), ("bench", bench), ("ls", ls_cmd), ("verify", verify_cmd), ("gc", gc_cmd),
-                        ("rm", rm_cmd)):
+                        ("rm", rm_cmd), ("serve", serve), ("batch", batch)):
     app.command(_name)(_command)
 
 

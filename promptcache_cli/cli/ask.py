@@ -17,7 +17,9 @@ MAX_QUESTION_BYTES = 1 << 20
 
 
 def ask(
-    question: Optional[str] = typer.Argument(None, help="The question; '-' or nothing reads it from stdin."),
+    question: Optional[str] = typer.Argument(
+        None, help="The question; '-' or nothing reads it from stdin. With --prompt: appended to the "
+        "file's question ('-' reads it from stdin; nothing: the file as it is)."),
     schema: Optional[str] = typer.Option(None, "--schema", "-s", help="Schema file (PML)."),
     text: Optional[str] = typer.Option(
         None, "--text", metavar="FILE",
@@ -57,7 +59,15 @@ def ask(
     """Answer a question over the schema's modules (or any text, --text), loading their states from the cache."""
     from dataclasses import replace
 
-    from ..api import Request, Sampler, TextRequest, load_schema, request_from_prompt, select
+    from ..api import (
+        Request,
+        Sampler,
+        TextRequest,
+        append_question,
+        load_schema,
+        request_from_prompt,
+        select,
+    )
 
     if text is not None:
         if schema or module or param or prompt:
@@ -86,17 +96,18 @@ def ask(
     assert schema is not None
     sch = load_schema(schema)
     if prompt:
-        request = request_from_prompt(prompt, schema=sch)
         if module or param:
             raise errors.InputError("--prompt chooses modules and parameters itself; drop --module/--param")
+        request = request_from_prompt(prompt, schema=sch)
         select(sch, request)  # a selection error names the prompt file and line
-        if question is not None and question != "-":
-            raise errors.InputError("--prompt carries the question; drop the QUESTION argument")
+        # a question-less prompt file is answered as it is; a QUESTION beside it is appended
+        if question is not None:
+            request = replace(request, question=append_question(request.question, _read_question(question)))
     else:
         select(sch, Request(sch, "", modules=module, params=param))  # before reading stdin
         request = Request(sch, _read_question(question), modules=module, params=param)
-    if not request.question.strip():
-        raise errors.InputError("empty question")
+        if not request.question.strip():
+            raise errors.InputError("empty question")
     try:
         sampler = Sampler(temperature=temperature, top_p=top_p if top_p > 0 else 1.0, seed=seed)
     except ValueError as e:
@@ -125,13 +136,9 @@ def _answer(request, *, model, cache_dir, encoding, compression, kv_type, mode, 
     if res.ranked:
         write_err(f"measured the recompute scores of {len(res.ranked)} module(s) on demand: {', '.join(res.ranked)}")
     if as_json:
-        record = {
-            "answer": res.text, "ttft_ms": round(res.ttft_ms, 2), "total_ms": round(res.total_ms, 2),
-            "cached_tokens": res.cached_tokens, "computed_tokens": res.computed_tokens,
-            "refreshed_tokens": res.refreshed_tokens,
-            "generated_tokens": len(res.tokens), "modules": list(res.modules), "model": res.model,
-            "no_cache": no_cache, "mode": sess.mode, "warnings": list(res.warnings),
-        }
+        from ..api import answer_record
+
+        record = answer_record(res, mode=sess.mode, no_cache=no_cache)
         if hasattr(request, "messages"):  # a text prompt: what was found, and learned
             record["spans"] = [_span(s) for s in res.spans]
             record["learned"] = [_span(s) for s in res.learned]

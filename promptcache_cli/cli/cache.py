@@ -54,9 +54,11 @@ def _ratio(r: Optional[float]) -> Optional[float]:
 
 
 def _variant_json(v) -> dict:
-    out = {"model": v.model, "mode": v.mode, "encoding": v.encoding, "codec": v.codec, "llama_cpp": v.llama_cpp,
-           "modules": [{"name": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes, "ratio": _ratio(m.ratio),
-                        "last_used": _iso(m.last_used), "present": m.present} for m in v.modules]}
+    out = {"model": v.model, "family": v.family, "memory": v.memory, "mode": v.mode, "encoding": v.encoding,
+           "codec": v.codec, "llama_cpp": v.llama_cpp,
+           "modules": [{"name": m.name, "key": m.key or None, "tokens": m.tokens, "bytes": m.bytes,
+                        "ratio": _ratio(m.ratio), "last_used": _iso(m.last_used), "present": m.present}
+                       | ({} if m.cached else {"cached": False}) for m in v.modules]}
     if v.mode == "prefix":
         out.update(key=v.key, tokens=v.tokens, states=[
             {"position": st.position, "tokens": st.tokens, "bytes": st.bytes, "ratio": _ratio(st.ratio),
@@ -68,9 +70,10 @@ def _ls_rows(listing):
     """(schema, name, tokens, size, ratio, last used, variant) per module file or prefix state."""
     for s in listing.schemas:
         for v in s.variants:
-            how = f"{v.model} · {v.encoding} · {v.codec}"
+            how = f"{v.model}{f' ({v.family}, {v.memory})' if v.family else ''} · {v.encoding} · {v.codec}"
             for m in v.modules:
-                yield (s.schema, m.name, str(m.tokens), _size(m.bytes) if m.present else "missing",
+                size = _size(m.bytes) if m.present else "missing" if m.cached else "uncached"
+                yield (s.schema, m.name, str(m.tokens), size,
                        f"{m.ratio:.2f}x" if m.ratio else "", _when(m.last_used), how)
             for st in v.states:
                 yield (s.schema, f"prefix@{st.position}{' (partial)' if st.partial else ''}",
@@ -112,7 +115,8 @@ def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None
     n_states += sum(f.position is not None for f in listing.orphans)
     t = Table(title=f"{root}: {_count(n_files, 'module file')}, {_count(n_states, 'prefix state')}, "
                     f"{_size(listing.total_bytes)}")
-    for col in ("schema", "module", "tokens", "size", "ratio", "last used", "model · encoding · codec"):
+    columns = ("schema", "module", "tokens", "size", "ratio", "last used", "model (family, memory) · encoding · codec")
+    for col in columns:
         t.add_column(col, justify="right" if col in ("tokens", "size", "ratio") else "left")
     for row in _ls_rows(listing):
         t.add_row(*row)

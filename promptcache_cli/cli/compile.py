@@ -85,17 +85,21 @@ def inspect(
     rows = [
         {"name": e.name or e.kind, "kind": e.kind, "path": "/".join(e.path), "offset": e.offset,
          "length": e.length, "source": e.source, "depth": e.depth}
+        | ({"cached": e.cached} if e.kind == "module" else {})
         for e in lo.elements
     ]
     if as_json:
-        emit_json({"schema": lo.schema, "model": lo.model, "length": lo.length, "elements": rows})
+        emit_json({"schema": lo.schema, "model": lo.model, "family": lo.family, "memory": lo.memory,
+                   "mode": lo.mode, "length": lo.length, "elements": rows})
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"schema '{lo.schema}': {lo.length} positions ({lo.model})")
+    t = Table(title=f"schema '{lo.schema}': {lo.length} positions ({lo.model}: {lo.family}, {lo.memory} memory, "
+                    f"{lo.mode} mode)")
     for col in ("offset", "length", "kind", "name", "source"):
         t.add_column(col, justify="right" if col in ("offset", "length") else "left")
     for r in rows:
-        t.add_row(str(r["offset"]), str(r["length"]), r["kind"], "  " * r["depth"] + r["name"], r["source"])
+        name = r["name"] + (" (uncached)" if r.get("cached") is False else "")
+        t.add_row(str(r["offset"]), str(r["length"]), r["kind"], "  " * r["depth"] + name, r["source"])
     Console().print(t)

@@ -69,7 +69,8 @@ CompressionOpt = typer.Option(
 
 
 def open_session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression,
-                 kv_type: KvType, mode: Mode = Mode.auto, checkpoints: int = 4, checkpoint_bytes: int | None = None):
+                 kv_type: KvType, mode: Mode = Mode.auto, checkpoints: int = 4, checkpoint_bytes: int | None = None,
+                 threads: int = 0):
     """A session for the command's options (the model loaded, a prefix model in prefix mode)."""
     from .. import api
 
@@ -78,7 +79,7 @@ def open_session(model: Optional[str], cache_dir: Optional[str], encoding: Encod
     root = cache_root(cache_dir)
     sess = api.open_session(model, cache_dir=root, mode=mode.value, encoding=encoding.value,
                             compression=compression.value, kv_type=kv_type.value, checkpoints=checkpoints,
-                            checkpoint_bytes=checkpoint_bytes)
+                            checkpoint_bytes=checkpoint_bytes, threads=threads)
     outlive(sess)  # a `pc` process leaves it to the operating system
     return sess
 
@@ -103,6 +104,7 @@ def progress_bar(enabled: bool):
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} tokens"),
         TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        redirect_stdout=False, redirect_stderr=False,  # rich would send stdout (the answer) to the terminal
     )
     task = bar.add_task("compiling", total=None)
 

@@ -51,19 +51,21 @@ def prefill_tokens(runtime: Runtime, tokens: list[int], n_cells: int) -> Prefill
 
 
 def stream(runtime: Runtime, done: Prefilled, *, selection: Selection | None, t0: float, max_tokens: int,
-           sampler: Sampler, keep_logits: bool) -> Iterator[str | Answer]:
-    """The answer's text as it grows, then its :class:`Answer` (``t0``: when the ask began)."""
+           sampler: Sampler, keep_logits: bool, halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
+    """The answer's text as it grows, then its :class:`Answer` (``t0``: when the ask began;
+    ``halt``: asked after each piece whether to end the answer there)."""
     logits = done.ctx.logits()
-    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0)
+    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, halt=halt)
     yield from g
     yield _report(runtime, done, g, selection=selection, t0=t0, logits=logits if keep_logits else None)
 
 
 def finish(runtime: Runtime, done: Prefilled, *, selection: Selection | None, t0: float, max_tokens: int,
-           sampler: Sampler, on_text: Callable[[str], None] | None, keep_logits: bool) -> Answer:
+           sampler: Sampler, on_text: Callable[[str], None] | None, keep_logits: bool,
+           halt: Callable[[], bool] | None = None) -> Answer:
     """The whole answer; ``on_text`` receives its text as it grows."""
     logits = done.ctx.logits()
-    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0)
+    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, halt=halt)
     for piece in g:
         if on_text:
             on_text(piece)
@@ -89,4 +91,5 @@ def _report(runtime: Runtime, done: Prefilled, g: Generation, *, selection: Sele
         refreshed_tokens=done.refreshed,
         ranked=tuple(done.ranked),
         spans=tuple(done.spans),
+        finish_reason=g.finish_reason,
     )

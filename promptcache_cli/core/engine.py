@@ -10,6 +10,7 @@ from ..llama.model import Model
 from ..llama.sampling import Sampler
 from ..pml.schema import Schema
 from ..pml.selection import Selection
+from ..prompt.conversation import Conversation
 from ..store.files import CacheStore
 from .answer import Prefilled
 from .results import Answer, CompileReport, Progress
@@ -32,12 +33,12 @@ class Engine(Protocol):
     def compile(self, schema: Schema, *, force: bool = False, progress: Progress | None = None,
                 ranked: bool = False) -> CompileReport: ...
 
-    def ask(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
             repair: int = 0) -> Answer: ...
 
-    def prefill(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0,
                 repair: int = 0) -> Prefilled: ...
 

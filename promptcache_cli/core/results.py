@@ -63,3 +63,4 @@ class Answer:
     ranked: tuple[str, ...] = ()  # modules whose recompute scores were measured now
     spans: tuple[SpanUse, ...] = ()  # text prompts: the cached runs found in the prompt
     learned: tuple[SpanUse, ...] = ()  # text prompts with ``learn``: the runs stored for next time
+    finish_reason: str = "stop"  # "stop": the model ended the answer (or it was halted); "length": max_tokens

@@ -17,6 +17,7 @@ from ..llama.model import Model
 from ..pml.schema import Schema
 from ..pml.selection import Selection
 from ..prompt import layout as lay
+from ..prompt.conversation import Conversation, turn_tokens
 from ..prompt.plan import PromptPlan, plan_prompt, question_tokens
 from ..store.arena import Arena
 from ..store.cache_file import Pending
@@ -33,10 +34,14 @@ class Runtime:
         """``model``: the file at ``model_path``, already loaded (else it is loaded here)."""
         self.model_path = str(model_path)
         self.model = model if model is not None else Model(self.model_path)
-        self.fingerprint = model_fingerprint(self.model_path)  # its identity, as keys and headers record it
+        # its identity, as keys and headers record it (keys hash only its size and ends), with the
+        # family and memory kind manifests show (`pc ls`)
+        self.fingerprint = {**model_fingerprint(self.model_path), "family": self.model.family,
+                            "memory": self.model.memory.name}
         self.store = CacheStore(Path(cache_dir))
         self.settings = settings
         self.ctx: Context | None = None  # the context the last question was answered in
+        self.uses = 0  # calls of context(): another one means the context may hold something else now
         self.arena = Arena()  # decoded blobs of compressed cache files, reused question to question
         self._reads: list[Pending] = []  # reads started since the arena was last reset
         self._layouts: dict[int, tuple[Schema, lay.Layout]] = {}
@@ -77,9 +82,10 @@ class Runtime:
         self._reads.append(pending)
         return pending
 
-    def context(self, n_cells: int, *, n_seq: int = Context.N_SEQ) -> Context:
+    def context(self, n_cells: int, *, n_seq: int = Context.N_SEQ, clear: bool = True) -> Context:
         """A context with at least ``n_cells`` cells and ``n_seq`` sequences (reused while big
-        enough), cleared."""
+        enough), cleared (``clear=False``: holding what it held, unless it had to be replaced;
+        :attr:`uses` counts the calls that may have changed what it holds)."""
         need = max(256, -(-n_cells // 256) * 256)
         self.check_fits(n_cells)
         need = min(need, self.model.n_ctx_train)
@@ -87,7 +93,9 @@ class Runtime:
             if self.ctx is not None:
                 self.ctx.close()
             self.ctx = Context(self.model, replace(self.settings, n_ctx=need), n_seq=n_seq)
-        self.ctx.clear()
+        elif clear:
+            self.ctx.clear()
+        self.uses += 1
         return self.ctx
 
     def check_fits(self, n_cells: int) -> None:
@@ -107,7 +115,11 @@ class Runtime:
     def plan(self, layout: lay.Layout, selection: Selection, *, static: bool = False) -> PromptPlan:
         return plan_prompt(layout, selection, self.model, static=static)
 
-    def question_tokens(self, layout: lay.Layout, question: str) -> list[int]:
+    def question_tokens(self, layout: lay.Layout, question: str | Conversation) -> list[int]:
+        """The question's tokens after the prompt (and the conversation's earlier turns, if any),
+        up to the generation prompt."""
+        if isinstance(question, Conversation):
+            return turn_tokens(layout, question, self.model, self.model.chat_template())
         return question_tokens(layout, question, self.model)
 
     # -- cache files ----------------------------------------------------------------------------

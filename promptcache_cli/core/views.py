@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 class PromptPart:
     """One part of a prompt, as :meth:`Session.prompt` shows it."""
 
-    kind: str  # "cached" (a module's states from the cache), "fresh" (a parameter value) or "question"
+    kind: str  # "cached" (a module's states from the cache), "fresh" (a parameter value), "uncached"
+    # (a cache="false" module's text, computed for each request) or "question"
     module: str  # the owning module (``(schema)`` for the schema's own text), "" for the others
     offset: int  # its first position (a fresh part follows the prompt so far)
     tokens: tuple[int, ...]
@@ -53,3 +54,6 @@ class SchemaLayout:
     model: str
     length: int  # positions the schema takes
     elements: tuple[Element, ...]
+    family: str = "?"  # the model's GGUF architecture (llama, qwen2, gemma3, lfm2, mamba2...)
+    memory: str = "?"  # its memory kind (attention, swa, recurrent, hybrid)
+    mode: str = "?"  # the mode `--mode auto` serves it in (modular or prefix)

@@ -14,6 +14,10 @@ A session asks these questions instead of comparing kind names:
   RoPE): a module's states load at any position. Plain attention can; the live context confirms it
   (``llama_memory_can_shift``, :attr:`.context.Context.can_shift`), which some architectures deny.
 
+``state_sections`` says what a state blob of the kind holds, section by section, for the strict
+reader (:func:`.state_blob.parse_state`): "kv" a full KV cache, "swa" a sliding-window KV cache,
+"rs" a recurrent state; a partial state (llama.cpp's PARTIAL_ONLY) leaves out what can be cut back.
+
 ``name`` is what cache keys and file headers record; it never changes for a kind.
 """
 
@@ -30,6 +34,11 @@ class Memory:
     partial_checkpoints: ClassVar[bool] = False
     plain_kv: ClassVar[bool] = False
     can_shift: ClassVar[bool] = False
+
+    def state_sections(self, *, partial: bool = False, swa: bool = False) -> tuple[str, ...]:
+        """The sections of this memory's state blobs, in order (``swa``: the model also has
+        sliding-window layers, as a hybrid may)."""
+        raise NotImplementedError
 
     @property
     def prefers_prefix(self) -> bool:
@@ -50,6 +59,9 @@ class Attention(Memory):
     plain_kv = True
     can_shift = True
 
+    def state_sections(self, *, partial: bool = False, swa: bool = False) -> tuple[str, ...]:
+        return ("kv",)
+
 
 class SlidingWindow(Memory):
     """Sliding-window attention: the window cache keeps only the last cells, so a state can
@@ -58,12 +70,19 @@ class SlidingWindow(Memory):
     name = "swa"
     label = "sliding-window attention"
 
+    def state_sections(self, *, partial: bool = False, swa: bool = True) -> tuple[str, ...]:
+        """The full-attention layers' cache, then the window layers' (a partial state: only that)."""
+        return ("swa",) if partial else ("kv", "swa")
+
 
 class Recurrent(Memory):
     """A recurrent state (Mamba, RWKV): one fixed-size summary of every token so far."""
 
     name = "recurrent"
     label = "recurrent"
+
+    def state_sections(self, *, partial: bool = False, swa: bool = False) -> tuple[str, ...]:
+        return ("rs",)
 
 
 class Hybrid(Memory):
@@ -73,6 +92,12 @@ class Hybrid(Memory):
     name = "hybrid"
     label = "hybrid"
     partial_checkpoints = True
+
+    def state_sections(self, *, partial: bool = False, swa: bool = False) -> tuple[str, ...]:
+        """The attention layers' cache (two with sliding-window layers), then the recurrent state;
+        a partial state leaves out what can be cut back (the full-attention cache)."""
+        attention = ("kv", "swa") if swa else ("kv",)
+        return (*attention[1:], "rs") if partial else (*attention, "rs")
 
 
 KINDS: dict[str, Memory] = {m.name: m for m in (Attention(), SlidingWindow(), Recurrent(), Hybrid())}

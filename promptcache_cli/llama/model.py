@@ -32,10 +32,11 @@ class Model:
         self.bos = C.llama_vocab_bos(self._vocab)
         self.eos = C.llama_vocab_eos(self._vocab)
         self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
+        self.n_swa = C.llama_model_n_swa(self._ptr)  # the sliding window, 0 without one
         # what the model's states allow (stitching, cutting back, partial checkpoints)
         self.memory: Memory = memory(recurrent=bool(C.llama_model_is_recurrent(self._ptr)),
                                      hybrid=bool(C.llama_model_is_hybrid(self._ptr)),
-                                     n_swa=C.llama_model_n_swa(self._ptr))
+                                     n_swa=self.n_swa)
 
     @property
     def kind(self) -> str:
@@ -51,6 +52,11 @@ class Model:
             buf = ctypes.create_string_buffer(n + 1)
             C.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
+
+    @property
+    def family(self) -> str:
+        """The GGUF architecture llama.cpp runs it as (``general.architecture``: llama, qwen2, gemma3, lfm2...)."""
+        return self.meta("general.architecture") or "?"
 
     @property
     def description(self) -> str:

@@ -54,16 +54,21 @@ class Sampler:
 class Generation:
     """An answer being generated: iterating picks up to ``max_tokens`` tokens, the first from
     ``logits`` (the prompt's last), decoding each chosen token in ``ctx`` for the next, and yields
-    the answer's text as it grows (never splitting a UTF-8 character). Afterwards: :attr:`tokens`,
-    :attr:`text` and :attr:`ttft` (seconds from ``t0`` to the first token's id)."""
+    the answer's text as it grows (never splitting a UTF-8 character). ``halt``, when given, is
+    asked after each piece of text whether to end the answer there (a stop string seen, a client
+    gone). Afterwards: :attr:`tokens`, :attr:`text`, :attr:`ttft` (seconds from ``t0`` to the first
+    token's id) and :attr:`finish_reason`: ``"stop"`` (an end-of-generation token, or halted) or
+    ``"length"`` (``max_tokens`` reached, or the context full)."""
 
     def __init__(self, model: Model, ctx: Context, logits: np.ndarray, *, max_tokens: int, sampler: Sampler,
-                 t0: float) -> None:
+                 t0: float, halt: Callable[[], bool] | None = None) -> None:
         self._model, self._ctx, self._logits = model, ctx, logits
         self._max_tokens, self._sampler, self._t0 = max_tokens, sampler, t0
+        self._halt = halt
         self.tokens: list[int] = []
         self._parts: list[str] = []
         self.ttft: float | None = None
+        self.finish_reason = "length"
 
     @property
     def text(self) -> str:
@@ -75,17 +80,22 @@ class Generation:
         dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
         out = self.tokens
         pos = ctx.pos_max(0) + 1
+        halt = self._halt
         for _ in range(self._max_tokens):
             tok = sampler.pick(logits, rng)
             if self.ttft is None:
                 self.ttft = time.perf_counter() - self._t0
             if model.is_eog(tok):
+                self.finish_reason = "stop"
                 break
             out.append(tok)
             text = dec.decode(model.token_bytes(tok))
             if text:
                 self._parts.append(text)
                 yield text
+                if halt is not None and halt():
+                    self.finish_reason = "stop"
+                    break
             if len(out) == self._max_tokens or pos >= ctx.n_ctx:
                 break
             ctx.decode([tok], start=pos, logits=True)

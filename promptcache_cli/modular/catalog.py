@@ -85,7 +85,9 @@ class Catalog:
     def record(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> None:
         """Add or replace this variant's entry in the schema's manifest."""
         store = self.runtime.store
-        modules = [{"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)} for o in layout.owners()]
+        modules = [manifest.uncached_module(owner_name(o), layout.tokens_of(o)) if o in layout.uncached else
+                   {"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)}
+                   for o in dict.fromkeys(s.owner for s in layout.segments)]  # document order
         try:
             manifest.record(store, schema_name=schema.name, schema_path=schema.path, variant=self.variant,
                             codec=self.codec, modules=modules)

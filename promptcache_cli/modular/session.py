@@ -24,6 +24,7 @@ from ..llama.sampling import Sampler
 from ..pml.schema import Schema
 from ..pml.selection import Selection
 from ..prompt.contexts import ENCODINGS
+from ..prompt.conversation import Conversation
 from ..prompt.layout import Layout, Path as ModPath
 from ..prompt.plan import PromptPlan, owner_name
 from .catalog import Catalog
@@ -116,7 +117,7 @@ class ModularSession:
     def prompt_plan(self, layout: Layout, selection: Selection) -> PromptPlan:
         return self.runtime.plan(layout, selection, static=self.catalog.static)
 
-    def question_tokens(self, layout: Layout, question: str) -> list[int]:
+    def question_tokens(self, layout: Layout, question: str | Conversation) -> list[int]:
         return self.runtime.question_tokens(layout, question)
 
     def _check_rankable(self) -> None:
@@ -160,7 +161,7 @@ class ModularSession:
                              tuple(owner_name(o) for o in measured), tuple(warnings))
 
     # -- ask --------------------------------------------------------------------------------
-    def ask(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
             repair: int = 0) -> Answer:
@@ -172,7 +173,7 @@ class ModularSession:
         return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
                       on_text=on_text, keep_logits=keep_logits)
 
-    def prefill(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0,
                 repair: int = 0) -> Prefilled:
         """A context holding the prompt and the question, with room for ``max_tokens``. ``repair``:

@@ -31,8 +31,8 @@ def fill(ctx: Context, plan: PromptPlan, blobs: Blobs, stored_at: Mapping[tuple[
     """Put the plan into sequence 0 of an empty context, each part right after the one before:
     cached segments loaded from where they are stored (``stored_at``, by owner and layout offset)
     and moved to their place (the first ``recompute_first[offset]`` tokens of a segment computed
-    afresh instead), fresh parts decoded. Returns (cached tokens, computed tokens); raises
-    ModuleDamaged or ModuleStateRefused."""
+    afresh instead), fresh parts (parameter values, cache="false" modules) decoded. Returns
+    (cached tokens, computed tokens); raises ModuleDamaged or ModuleStateRefused."""
     cached = computed = 0
     for part, at in zip(plan, plan.positions(), strict=True):
         if not isinstance(part, Segment):

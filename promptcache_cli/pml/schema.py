@@ -47,6 +47,7 @@ class Module:
     children: tuple[Node, ...]
     src: str | None
     line: int
+    cache: bool = True  # False: cache="false" on it or on a module around it (computed for each request)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Union:
 
 @dataclass(frozen=True)
 class Role:
+    """A role tag: directly inside <schema>, or inside a module (its markers are then the module's)."""
+
     role: str  # "system" | "user" | "assistant"
     children: tuple[Node, ...]
     line: int
@@ -162,11 +165,26 @@ def _parse_xml(data: bytes | str, file: str | None, what: str) -> _Raw:
         parser.feed(text)
         return parser.close()  # expat guarantees a root element once parsing succeeds
     except ParseError as e:
-        raise PmlError(f"XML syntax error: {expat.ErrorString(e.code)}", file=file,
-                       line=e.position[0]) from None
+        raise PmlError(f"XML syntax error: {expat.ErrorString(e.code)}{_cdata_hint(builder, e.code)}",
+                       file=file, line=e.position[0]) from None
     except DefusedXmlException:
         raise PmlError("DOCTYPE and entity declarations are not allowed", file=file,
                        line=builder.expat.CurrentLineNumber) from None
+
+
+_TEXT_ERRORS = {expat.errors.codes[m] for m in (
+    expat.errors.XML_ERROR_INVALID_TOKEN, expat.errors.XML_ERROR_TAG_MISMATCH, expat.errors.XML_ERROR_UNCLOSED_TOKEN,
+    expat.errors.XML_ERROR_UNDEFINED_ENTITY, expat.errors.XML_ERROR_SYNTAX, expat.errors.XML_ERROR_BAD_CHAR_REF,
+    expat.errors.XML_ERROR_PARTIAL_CHAR, expat.errors.XML_ERROR_UNCLOSED_CDATA_SECTION)}
+
+
+def _cdata_hint(builder: _Builder, code: int) -> str:
+    """What to do when the error is in a module's text: code or markup (``<``, ``&``) in it."""
+    module = next((el for el in reversed(builder.stack) if el.tag == "module"), None)
+    if module is None or code not in _TEXT_ERRORS:
+        return ""
+    return (f" in the text of {module.describe()} (opened on line {module.line}); if it holds code or "
+            "markup, wrap that text in <![CDATA[ ... ]]> (or write < as &lt; and & as &amp;)")
 
 
 def _read_limited(path: str) -> bytes:
@@ -269,6 +287,8 @@ class _SchemaParser(_Checker):
     def __init__(self, file: str | None, base_dir: str | None):
         super().__init__(file)
         self.base_dir = base_dir
+        self.role: _Raw | None = None  # the role tag being read (role tags do not nest)
+        self.uncached: _Raw | None = None  # the cache="false" module being read
 
     def schema(self, root: _Raw) -> Schema:
         if root.tag != "schema":
@@ -282,13 +302,13 @@ class _SchemaParser(_Checker):
                 raise self.error(root, "content outside a role tag", _text_line(child))
             if has_roles and isinstance(child, _Raw) and child.tag in ("module", "union"):
                 raise self.error(child, "content outside a role tag")
-            items.append(self.node(child, scope, None, at_root=True))
+            items.append(self.node(child, scope, None))
         children = _normalize(items, drop_blank=has_roles)
         if not _has_content(children):
             raise self.error(root, "empty schema")
         return Schema(name, children, self.file)
 
-    def node(self, child: _Raw | Text, scope: dict, params: set | None, at_root: bool = False):
+    def node(self, child: _Raw | Text, scope: dict, params: set | None):
         """Convert one child of a schema/role/module; params is the enclosing module's names."""
         if isinstance(child, Text):
             return child
@@ -302,34 +322,62 @@ class _SchemaParser(_Checker):
                 raise self.error(child, "parameters must be inside a module")
             return self.parameter(child, params)
         if tag in ROLES:
-            if not at_root:
-                raise self.error(child, "role tags are only allowed directly inside <schema>")
-            self.attrs(child, ())
-            items = [self.node(c, scope, None) for c in child.children]
-            return Role(tag, _normalize(items, drop_blank=False), child.line)
+            return self.role_tag(child, scope, params)
         if tag == "schema":
             raise self.error(child, "<schema> cannot be nested")
         raise self.error(child, f"unknown element <{tag}> (allowed: module, union, parameter, "
                                 f"{', '.join(ROLES)})")
 
+    def role_tag(self, el: _Raw, scope: dict, params: set | None) -> Role:
+        """A role tag directly inside <schema> or inside a module: what it holds belongs to the
+        module around it (its modules to that module's scope, its parameters to that module)."""
+        if self.role is not None:
+            raise self.error(el, f"role tags cannot be nested: <{el.tag}> is inside <{self.role.tag}> "
+                                 f"(line {self.role.line})")
+        self.attrs(el, ())
+        self.role = el
+        try:
+            items = [self.node(c, scope, params) for c in el.children]
+        finally:
+            self.role = None
+        return Role(el.tag, _normalize(items, drop_blank=False), el.line)
+
     def module(self, el: _Raw, scope: dict) -> Module:
-        attrs = self.attrs(el, ("name",), ("src",))
+        attrs = self.attrs(el, ("name",), ("src", "cache"))
         name = self.name(el, attrs["name"])
         if name in scope:
             raise self.error(el, f"duplicate module name {name!r} (first defined on line "
                                  f"{scope[name]})")
         scope[name] = el.line
+        cache = self.cache_attr(el, attrs.get("cache"))
         src = attrs.get("src")
         if src is not None:
             if not all(_is_blank(c) for c in el.children):
                 raise self.error(el, "a module with src must be empty")
             text = self.read_src(el, src)
             children = (Text(text, el.line),) if text else ()
-            return Module(name, children, src, el.line)
+            return Module(name, children, src, el.line, cache)
         inner_scope: dict = {}
         params: set = set()
-        items = [self.node(c, inner_scope, params) for c in el.children]
-        return Module(name, _normalize(items, drop_blank=False), None, el.line)
+        outer = self.uncached
+        self.uncached = outer if cache else (outer or el)
+        try:
+            items = [self.node(c, inner_scope, params) for c in el.children]
+        finally:
+            self.uncached = outer
+        return Module(name, _normalize(items, drop_blank=False), None, el.line, cache)
+
+    def cache_attr(self, el: _Raw, value: str | None) -> bool:
+        """cache="false": the module (and everything in it) is computed for each request, never
+        stored; "true" is the default, refused inside a cache="false" module."""
+        if value not in (None, "true", "false"):
+            raise self.error(el, f"cache must be \"true\" or \"false\", got {value!r}")
+        if self.uncached is not None:
+            if value == "true":
+                raise self.error(el, f"cache=\"true\" inside {self.uncached.describe()} (line "
+                                     f"{self.uncached.line}), which is not cached: nothing inside it is")
+            return False
+        return value != "false"
 
     def union(self, el: _Raw, scope: dict) -> Union:
         scaffold = self.attrs(el, (), ("scaffold",)).get("scaffold")
@@ -409,13 +457,43 @@ class _PromptParser(_Checker):
         if root.tag != "prompt":
             raise self.error(root, "the root element must be <prompt schema=\"...\">")
         name = self.name(root, self.attrs(root, ("schema",))["schema"])
-        last = max((i for i, c in enumerate(root.children) if isinstance(c, _Raw)), default=-1)
-        for child in root.children[:last]:
+        children = list(root.children)
+        turn = self.question_turn(root, children)
+        last = max((i for i, c in enumerate(children) if isinstance(c, _Raw)), default=-1)
+        for child in children[:last]:
             if isinstance(child, Text) and child.text.strip():
                 raise self.error(root, "text must follow the last import", _text_line(child))
-        imports = tuple(self.module_import(c) for c in root.children if isinstance(c, _Raw))
-        question = "".join(c.text for c in root.children[last + 1:] if isinstance(c, Text))
+        imports = tuple(self.module_import(c) for c in children if isinstance(c, _Raw))
+        question = "".join(c.text for c in children[last + 1:] if isinstance(c, Text))
+        if turn is not None:
+            if question.strip():
+                raise self.error(root, f"text beside <{turn.tag}>: the question goes inside it",
+                                 _text_line(next(c for c in children[last + 1:] if c.text.strip())))
+            question = "".join(c.text for c in turn.children)
         return Prompt(name, imports, question.strip())
+
+    def question_turn(self, root: _Raw, children: list) -> _Raw | None:
+        """The reference's ``<user>question</user>`` after the imports: taken out of ``children``
+        and returned. A role tag with text is a turn, not an import (an import holds no text);
+        pc takes one question per prompt, so only one <user> turn, last."""
+        turns = [c for c in children if isinstance(c, _Raw) and c.tag in ROLES
+                 and any(isinstance(t, Text) and t.text.strip() for t in c.children)]
+        if not turns:
+            return None
+        turn = turns[0]
+        if turn.tag != "user" or len(turns) > 1:
+            other = turn if turn.tag != "user" else turns[1]
+            raise self.error(other, f"<{other.tag}> turns in a prompt are not supported: a prompt holds one "
+                                    "question, as text after the imports or in one <user> tag")
+        if any(isinstance(c, _Raw) for c in children[children.index(turn) + 1:]):
+            raise self.error(turn, "the <user> question must come after the last import")
+        self.attrs(turn, ())
+        for c in turn.children:
+            if isinstance(c, _Raw):
+                raise self.error(c, f"markup inside the question: <{c.tag}> (wrap code or markup in "
+                                    "<![CDATA[ ... ]]>)")
+        children.remove(turn)
+        return turn
 
     def module_import(self, el: _Raw) -> ModuleImport:
         self.name(el, el.tag)

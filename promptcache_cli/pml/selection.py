@@ -45,7 +45,9 @@ def _index(children: tuple[Node, ...], prefix: Path = ()) -> dict[Path, Module]:
 
 
 def _parameters(module: Module) -> dict[str, Parameter]:
-    return {n.name: n for n in module.children if isinstance(n, Parameter)}
+    """A module's parameters, those inside its role tags included."""
+    nodes = [n for c in module.children for n in (c.children if isinstance(c, Role) else (c,))]
+    return {n.name: n for n in nodes if isinstance(n, Parameter)}
 
 
 def _where(schema: Schema, prefix: Path) -> str:

@@ -35,7 +35,8 @@ from ..llama.sampling import Sampler
 from ..pml.schema import Schema
 from ..pml.selection import Selection, default_selection
 from ..prompt.layout import Layout
-from ..prompt.plan import PromptPlan
+from ..prompt.conversation import Conversation
+from ..prompt.plan import PromptPlan, owner_name
 from ..store import manifest
 from ..store.overlap_log import OverlapLog, history_dir
 from .restore import ResumePlan, Restorer, common_prefix
@@ -89,11 +90,16 @@ class PrefixSession:
     def prompt_plan(self, layout: Layout, selection: Selection) -> PromptPlan:
         return self.runtime.plan(layout, selection)
 
-    def question_tokens(self, layout: Layout, question: str) -> list[int]:
+    def question_tokens(self, layout: Layout, question: str | Conversation) -> list[int]:
         return self.runtime.question_tokens(layout, question)
 
     def prompt_tokens(self, schema: Schema, selection: Selection) -> list[int]:
         return self.prompt_plan(self.layout(schema), selection).tokens()
+
+    def cached_prompt(self, schema: Schema) -> list[int]:
+        """The prompt whose states are stored: the default prompt up to its first cache="false"
+        module (whose states, and so every state after them, are computed for each request)."""
+        return self.prompt_plan(self.layout(schema), default_selection(schema)).storable()[0]
 
     def prompt_key(self, tokens: list[int]) -> str:
         return self.states.key(tokens)
@@ -147,17 +153,18 @@ class PrefixSession:
     # -- compile ----------------------------------------------------------------------------
     def compile(self, schema: Schema, *, owners=None, force: bool = False,
                 progress: Progress | None = None, ranked: bool = False) -> CompileReport:
-        """Prefill the default prompt and store its end state and checkpoints. States already
+        """Prefill the default prompt (up to its first cache="false" module: see
+        :meth:`cached_prompt`) and store its end state and checkpoints. States already
         stored are reused; the prefill starts from the deepest one below the first missing.
         (``ranked``: prefix states are exact, there is nothing to rank.)"""
         _no_refresh(ranked)
         t0 = time.perf_counter()
-        plan = self.prompt_plan(self.layout(schema), default_selection(schema))
-        tokens = plan.tokens()
+        layout = self.layout(schema)
+        tokens, starts = self.prompt_plan(layout, default_selection(schema)).storable()
         if not tokens:
             return CompileReport(schema.name, "prefix", (), 0.0)
         key = self.prompt_key(tokens)
-        want = sorted(set(self.plan_positions(schema, len(tokens), plan.starts())) | {len(tokens)})
+        want = sorted(set(self.plan_positions(schema, len(tokens), starts)) | {len(tokens)})
         with self.store.locked(key):
             have = self.stored(key)
             for pos, ck in have.items():  # a re-plan drops checkpoints it no longer wants
@@ -171,7 +178,9 @@ class PrefixSession:
         rt = self.runtime
         variant = manifest.Variant(rt.fingerprint, llama_cpp_version(), rt.settings.state_layout(), manifest.PREFIX)
         manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=variant,
-                        codec=self.codec, modules=[], prefix={"key": key, "tokens": len(tokens)})
+                        codec=self.codec, modules=[manifest.uncached_module(owner_name(o), layout.tokens_of(o))
+                                                    for o in layout.uncached_owners()],
+                        prefix={"key": key, "tokens": len(tokens)})
         reports.sort(key=lambda r: int(r.name.rsplit("@", 1)[1]))
         return CompileReport(schema.name, "prefix", tuple(reports), time.perf_counter() - t0)
 
@@ -239,7 +248,7 @@ class PrefixSession:
                  only: Collection[int] | None = None) -> ResumePlan:
         return self.restorer.restore(ctx, key, cached, request, only=only)
 
-    def ask(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
             repair: int = 0) -> Answer:
@@ -250,7 +259,7 @@ class PrefixSession:
         return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
                       on_text=on_text, keep_logits=keep_logits)
 
-    def prefill(self, schema: Schema, selection: Selection, question: str, *, max_tokens: int = 128,
+    def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0,
                 repair: int = 0) -> Prefilled:
         """A context holding the prompt and the question, resumed from the deepest usable stored
@@ -266,11 +275,11 @@ class PrefixSession:
             return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens)
         return self._resume_request(schema, layout, selection, question, max_tokens, progress)
 
-    def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str,
+    def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str | Conversation,
                         max_tokens: int, progress: Progress | None) -> Prefilled:
         self.runtime.arena.reset()  # the previous question's blobs are dead
         request = self.prompt_plan(layout, selection).tokens() + self.question_tokens(layout, question)
-        cached = self.prompt_tokens(schema, default_selection(schema))
+        cached = self.cached_prompt(schema)
         key = self.prompt_key(cached)
         warnings: list[str] = []
         compiled: list[ModuleReport] = []

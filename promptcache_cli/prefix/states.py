@@ -3,7 +3,8 @@
 ``<cache>/prefix/<key[:2]>/<key>/<s>.pcm`` is the cache-file format with one segment holding
 tokens ``0..s``; ``key`` hashes the model, llama.cpp version, settings, the model's memory kind and
 the prompt's tokens. A state is checked before use: its header (key, model, settings, mode,
-partial), its tokens and, for a plain KV cache, every cell's position.
+partial), its tokens and its blob by the strict reader (llama/state_blob.py): every section the
+model's memory writes, every cell's position, the layers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..core.results import ModuleReport
 from ..core.runtime import Runtime
-from ..errors import BlobError, CacheFileError, CacheWriteError
+from ..errors import CacheFileError, CacheWriteError
 from ..llama import state_blob
 from ..llama.bindings import llama_cpp_version
 from ..store import cache_file
@@ -89,13 +90,11 @@ class PrefixStates:
                 raise CacheFileError("its tokens differ from the prompt's")
             rec = f.segments[0]
             blob = f.blob(0, None if rec.mapped else rt.arena.take(rec.raw_size))
-            if rt.model.memory.plain_kv:  # a plain KV state: its whole structure is checked
-                info = state_blob.parse(blob)
-                if info.n_layer != rt.model.n_layer or not np.array_equal(
-                        np.sort(info.positions), np.arange(len(tokens))):
-                    raise BlobError("its cells differ from the prompt's")
-            elif len(blob) < 8 or int(np.frombuffer(blob[:4], "<u4")[0]) != state_blob.MAGIC:
-                raise BlobError("not a llama.cpp sequence state (bad magic)")
+            model = rt.model  # every section's structure, cells and layers checked
+            sections = model.memory.state_sections(partial=partial, swa=model.n_swa > 0)
+            info = state_blob.parse_state(blob, sections)
+            state_blob.check_prefix_state(info, sections, n_tokens=len(tokens), n_layer=model.n_layer,
+                                          window=model.n_swa, partial=partial)
             return blob
         finally:
             f.close()  # a memory map stays alive while a view of it does

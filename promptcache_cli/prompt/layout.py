@@ -29,6 +29,8 @@ class Tokenizer(Protocol):
 
     def token_text(self, token: int) -> str: ...
 
+    def is_eog(self, token: int) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -58,6 +60,7 @@ class ModuleInfo:
     union: int | None  # id of the union it is a member of
     scaffold: bool  # it is its union's scaffold member
     source: str
+    cached: bool = True  # False: cache="false", its states are computed for each request
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Element:
     length: int
     source: str
     depth: int
+    cached: bool = True  # a module row: False for a cache="false" module
 
 
 @dataclass
@@ -84,13 +88,21 @@ class Layout:
     tail: str  # template glue after the question: computed fresh with it
     tail_joins: bool  # the question continues the schema's last user turn (after a blank line)
     default_modules: frozenset[Path] = field(default=frozenset())
+    uncached: frozenset[Path] = field(default=frozenset())  # cache="false" modules: never stored
+    roles: tuple[str, ...] = ("user",)  # the turns the template rendered, the last the user turn the question joins
 
     def owners(self) -> list[Path]:
-        """Every segment owner, root first, then modules in document order."""
+        """Every segment owner whose states are stored, root first, then modules in document
+        order (cache="false" modules are not: see :attr:`uncached`)."""
         seen: dict[Path, None] = {}
         for seg in self.segments:
-            seen.setdefault(seg.owner, None)
+            if seg.owner not in self.uncached:
+                seen.setdefault(seg.owner, None)
         return list(seen)
+
+    def uncached_owners(self) -> list[Path]:
+        """The cache="false" modules that hold tokens, in document order."""
+        return list(dict.fromkeys(s.owner for s in self.segments if s.owner in self.uncached))
 
     def segments_of(self, owner: Path) -> list[Segment]:
         return [s for s in self.segments if s.owner == owner]
@@ -116,34 +128,34 @@ class _Builder:
         self.modules: dict[Path, ModuleInfo] = {}
         self.elements: list[Element] = []
         self.n_unions = 0
+        self.uncached: set[Path] = set()
+        self.in_role = False
 
     def build(self) -> Layout:
-        roles = [c for c in self.schema.children if isinstance(c, Role)]
-        contents: list[tuple[Node, ...]] = (
-            [r.children for r in roles] if roles else [self.schema.children]
-        )
-        role_names = [r.role for r in roles] if roles else ["user"]
-        joins = role_names[-1] == "user"
-        if not joins:
-            role_names = role_names + ["user"]
+        turns = _turns(self.schema.children, ROOT)
+        self.nested = any(owner != ROOT for _, owner in turns)
+        body = self.schema.children
+        self.implicit = not turns
+        if self.implicit:  # no role tag: the whole schema is the user turn
+            body, turns = (Role("user", body, 0),), [("user", ROOT)]
+        joins = turns[-1] == ("user", ROOT)  # the question continues the schema's last turn
+        role_names = [r for r, _ in turns] + ([] if joins else ["user"])
         bos_text = self.tok.token_text(self.tok.bos) if self.tok.bos >= 0 else ""
-        rendered = chat_template.render(self.template, role_names, bos_token=bos_text)
-        glue = list(rendered.glue)
+        glue = chat_template.render(self.template, role_names, bos_token=bos_text).glue
+        # a template that writes bos_token itself starts with it (SmolLM2's starts every turn with
+        # the token its BOS also is, without writing bos_token: that token opens the first turn)
+        self.template_bos = bool(self.nested and bos_text and self.template) and glue[0] != chat_template.render(
+            self.template, role_names, bos_token="").glue[0]
+        self.turn = 0
+        # glue[i] ends turn i-1 (its "close" part, the owner of that turn's role tag) and opens
+        # turn i (its "open" part, the owner of turn i's tag); glue[0]'s close part is the root's
+        self.glue_parts = [self._split(glue[i], i) for i in range(len(turns) + (0 if joins else 1))]
         if self.tok.add_bos and self.tok.bos >= 0 and not glue[0].startswith(bos_text or "\0"):
             self._emit(ROOT, [self.tok.bos], kind="template", name="bos")
-        for i, children in enumerate(contents):
-            self._glue(glue[i])
-            if roles:
-                start = self.offset
-                self._walk(children, ROOT, depth=1)
-                r = roles[i]
-                self.elements.append(
-                    Element("role", r.role, ROOT, start, self.offset - start, self._src(r.line), 0)
-                )
-            else:
-                self._walk(children, ROOT, depth=0)
-        if not joins:
-            self._glue(glue[len(contents)])
+        self._template(ROOT, self.glue_parts[0][0], depth=0)
+        self._walk(body, ROOT, depth=0)
+        if not joins:  # the question's own user turn, opened after the whole schema
+            self._template(ROOT, self.glue_parts[-1][1], depth=0)
         self.elements.sort(key=lambda e: (e.offset, e.depth))
         return Layout(
             schema_name=self.schema.name,
@@ -155,21 +167,58 @@ class _Builder:
             tail=glue[-1],
             tail_joins=joins,
             default_modules=frozenset(self._defaults()),
+            uncached=frozenset(self.uncached),
+            roles=tuple(role_names),
         )
+
+    def _split(self, text: str, i: int) -> tuple[list[int], list[int]]:
+        """Template glue ``text`` before turn ``i``, as (close part, open part). With role tags only
+        directly in the schema, all of it is the root's (the close part). With role tags inside
+        modules: the close part runs through the first end-of-turn token (the last one before
+        turn 0: a default system turn is the root's) and the line break after it; before turn 0
+        without one, only the BOS token the template writes is the root's."""
+        tokens = self.tok.tokenize(text, special=True) if text else []
+        if not self.nested:
+            return tokens, []
+        ends = [k for k, t in enumerate(tokens) if self.tok.is_eog(t)]
+        if not ends:
+            cut = 1 if i == 0 and self.template_bos and tokens[:1] == [self.tok.bos] else 0
+            return tokens[:cut], tokens[cut:]
+        cut = (ends[-1] if i == 0 else ends[0]) + 1
+        while cut < len(tokens) and not self.tok.token_text(tokens[cut]).strip():
+            cut += 1
+        return tokens[:cut], tokens[cut:]
+
+    def _turn(self, role: Role, owner: Path, depth: int) -> None:
+        """A role tag: its turn's markers (from the chat template) around its content, all owned by
+        the module the tag stands in (or the root)."""
+        i = self.turn
+        self.turn += 1
+        inner = depth if self.implicit else depth + 1
+        self._template(owner, self.glue_parts[i][1], depth=depth)
+        start = self.offset
+        self.in_role = True
+        self._walk(role.children, owner, depth=inner)
+        self.in_role = False
+        if not self.implicit:
+            self.elements.append(
+                Element("role", role.role, owner, start, self.offset - start, self._src(role.line), depth)
+            )
+        if i + 1 < len(self.glue_parts):
+            self._template(owner, self.glue_parts[i + 1][0], depth=depth)
 
     # -- walking ------------------------------------------------------------------------------
     def _src(self, line: int) -> str:
         return f"{self.file}:{line}"
 
-    def _glue(self, text: str) -> None:
-        if text:
-            self._emit(ROOT, self.tok.tokenize(text, special=True), kind="template", name="")
+    def _template(self, owner: Path, tokens: list[int], *, depth: int) -> None:
+        self._emit(owner, tokens, kind="template", name="", depth=depth if owner != ROOT else 0)
 
-    def _emit(self, owner: Path, tokens: list[int], *, kind: str, name: str, source: str = "") -> None:
+    def _emit(self, owner: Path, tokens: list[int], *, kind: str, name: str, depth: int = 0) -> None:
         if not tokens:
             return
         if kind == "template":
-            self.elements.append(Element(kind, name, owner, self.offset, len(tokens), "chat template", 0))
+            self.elements.append(Element(kind, name, owner, self.offset, len(tokens), "chat template", depth))
         last = self.segments[-1] if self.segments else None
         if last is not None and last.owner == owner and last.end == self.offset:
             self.segments[-1] = Segment(owner, last.offset, last.tokens + tuple(tokens))
@@ -179,7 +228,11 @@ class _Builder:
 
     def _walk(self, children: Iterable, owner: Path, *, depth: int, union: int | None = None,
               scaffold_name: str | None = None) -> None:
-        for node in children:
+        children = list(children)
+        for i, node in enumerate(children):
+            if (isinstance(node, Text) and self.nested and not self.in_role and not node.text.strip()
+                    and _touches_turn(children[i - 1:i], -1) | _touches_turn(children[i + 1:i + 2], 0)):
+                continue  # the chat template separates turns: blank text beside one goes
             if isinstance(node, Text):
                 start = self.offset
                 self._emit(owner, self.tok.tokenize(node.text, special=False), kind="text", name="")
@@ -193,6 +246,8 @@ class _Builder:
                 self._union(node, owner, depth=depth)
             elif isinstance(node, Parameter):
                 self._parameter(node, owner, depth=depth)
+            elif isinstance(node, Role):
+                self._turn(node, owner, depth)
             else:  # pragma: no cover - the parser only allows the above inside contents
                 raise TypeError(f"unexpected node {node!r}")
 
@@ -203,9 +258,11 @@ class _Builder:
         self._walk(m.children, path, depth=depth + 1)
         source = f"{self.file}:{m.line}" + (f" (src={m.src})" if m.src else "")
         is_scaffold = union is not None and scaffold_name == m.name
-        self.modules[path] = ModuleInfo(path, start, self.offset - start, union, is_scaffold, source)
+        self.modules[path] = ModuleInfo(path, start, self.offset - start, union, is_scaffold, source, m.cache)
+        if not m.cache:
+            self.uncached.add(path)
         self.elements.append(
-            Element("module", m.name, path, start, self.offset - start, source, depth)
+            Element("module", m.name, path, start, self.offset - start, source, depth, m.cache)
         )
 
     def _union(self, u: Union, owner: Path, *, depth: int) -> None:
@@ -224,7 +281,8 @@ class _Builder:
         scaffold = tuple(self.tok.tokenize(p.scaffold, special=False)) if p.scaffold else ()
         if len(scaffold) > p.length:
             raise PmlError(
-                f"scaffold of parameter '{p.name}' is {len(scaffold)} tokens, longer than its length {p.length}",
+                f"scaffold of parameter '{p.name}' is {len(scaffold)} tokens, longer than its length {p.length} "
+                f"(in this model's tokens): raise its length or shorten the scaffold",
                 file=self.schema.path, line=p.line, element=f'<parameter name="{p.name}">',
             )
         self.slots.append(Slot(owner, p.name, self.offset, p.length, scaffold))
@@ -242,3 +300,33 @@ class _Builder:
 
 
 Node = object  # the pml node union; kept loose here to avoid a circular alias
+
+
+def _touches_turn(nodes: list, end: int) -> bool:
+    """Whether the node in ``nodes`` (none or one) starts (``end`` 0) or ends (-1) with a role
+    tag's turn, through the modules and unions it starts or ends with."""
+    if not nodes:
+        return False
+    node = nodes[0]
+    if isinstance(node, Role):
+        return True
+    if isinstance(node, Module):
+        return bool(node.children) and _touches_turn([node.children[end]], end)
+    if isinstance(node, Union):
+        return any(_touches_turn([m], end) for m in node.members)
+    return False
+
+
+def _turns(children: Iterable, owner: Path) -> list[tuple[str, Path]]:
+    """Every role tag in document order (union members included), with the module it stands
+    in: (role, owner path)."""
+    out: list[tuple[str, Path]] = []
+    for node in children:
+        if isinstance(node, Role):
+            out.append((node.role, owner))
+            out += _turns(node.children, owner)
+        elif isinstance(node, Module):
+            out += _turns(node.children, owner + (node.name,))
+        elif isinstance(node, Union):
+            out += _turns(node.members, owner)
+    return out

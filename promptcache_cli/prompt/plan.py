@@ -1,13 +1,13 @@
 """A prompt's plan: what a question's prompt is made of, in prompt order, typed.
 
 Cached parts are the layout's :class:`Segment` objects (their states come from the cache, moved to
-where the plan puts them); fresh parts are parameter values (:class:`Fresh`), computed when the
-question is asked. Parts follow each other without gaps from position 0: a segment's ``offset`` is
-its place in the schema's static layout (which names it), not where the prompt puts it
-(:meth:`PromptPlan.positions`). The modules a request names are placed in the order it names them
-(within one chat turn), the schema's own text stays where the schema has it. The question and the
-template's tail follow the plan (:func:`question_tokens`). Where each cached part meets the text
-before it is boundaries.py.
+where the plan puts them); fresh parts are parameter values (:class:`Fresh`) and the text of
+cache="false" modules (:class:`Uncached`), computed when the question is asked. Parts follow each
+other without gaps from position 0: a segment's ``offset`` is its place in the schema's static
+layout (which names it), not where the prompt puts it (:meth:`PromptPlan.positions`). The modules a
+request names are placed in the order it names them (within one chat turn), the schema's own text
+stays where the schema has it. The question and the template's tail follow the plan
+(:func:`question_tokens`). Where each cached part meets the text before it is boundaries.py.
 """
 
 from __future__ import annotations
@@ -35,7 +35,21 @@ class Fresh:
     owner: Path = ROOT  # the module holding the parameter
 
 
-Part = Union[Segment, Fresh]
+@dataclass(frozen=True)
+class Uncached:
+    """A segment of a cache="false" module: never stored, computed for each request right after
+    the prompt so far (at its own positions when nothing before it was left out)."""
+
+    owner: Path
+    offset: int  # where it starts in the layout
+    tokens: tuple[int, ...]
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.tokens)
+
+
+Part = Union[Segment, Fresh, Uncached]
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,13 @@ class PromptPlan:
     def tokens(self) -> list[int]:
         """Every part's tokens one after another, as a cold prefill from position 0 sees them."""
         return [t for p in self.parts for t in p.tokens]
+
+    def storable(self) -> tuple[list[int], list[int]]:
+        """What prefix mode may store: the tokens before the first cache="false" module's, and
+        where each part before it after the first starts (see :meth:`tokens`, :meth:`starts`)."""
+        n = next((i for i, p in enumerate(self.parts) if isinstance(p, Uncached)), len(self.parts))
+        head = PromptPlan(self.parts[:n])
+        return head.tokens(), head.starts()
 
     def starts(self) -> list[int]:
         """Where each part after the first starts in :meth:`tokens`."""
@@ -98,7 +119,10 @@ def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer, *, static:
     modules the request names in the order it names them (:func:`_in_request_order`). ``static``:
     in layout order, at layout offsets (the layout of pc 0.1, kept as an experiment)."""
     included = {ROOT} | set(selection.modules)
-    items: list[tuple[int, Part]] = [(s.offset, s) for s in layout.segments if s.owner in included]
+    items: list[tuple[int, Part]] = [
+        (s.offset, Uncached(s.owner, s.offset, s.tokens) if s.owner in layout.uncached else s)
+        for s in layout.segments if s.owner in included
+    ]
     for slot in layout.slots:
         if slot.owner not in included:
             continue

@@ -60,6 +60,7 @@ class ModuleEntry:
     ratio: float | None  # raw state bytes / bytes on disk; None when missing or unreadable
     last_used: float | None
     present: bool
+    cached: bool = True  # False: a cache="false" module, computed for each request (no key, no file)
 
 
 @dataclass
@@ -73,6 +74,8 @@ class VariantEntry:
     key: str | None = None  # prefix mode: the prompt's key (its states' folder)
     tokens: int | None = None  # prefix mode: the default prompt's length
     states: list[StateEntry] = field(default_factory=list)  # prefix mode, by position
+    family: str | None = None  # the model's GGUF architecture, as compiled (None: an older manifest)
+    memory: str | None = None  # its memory kind (attention, swa, recurrent, hybrid)
 
 
 @dataclass
@@ -171,6 +174,22 @@ def _refs(variants) -> list[tuple[str, str, int]]:
             for m in v.get("modules") or [] if isinstance(m, dict) and isinstance(m.get("key"), str)]
 
 
+def _modules(v: dict, files: dict[str, FileInfo], raw: dict[str, int | None]) -> list[ModuleEntry]:
+    """A manifest variant's modules in its order: module files, and cache="false" modules (no key,
+    no file); malformed entries skipped."""
+    out = []
+    for m in v.get("modules") or []:
+        if not isinstance(m, dict):
+            continue
+        if isinstance(m.get("key"), str):
+            key = m["key"]
+            out.append(_entry(str(m.get("name", "?")), key, int(m.get("tokens") or 0), files.get(key), raw.get(key)))
+        elif m.get("cache") is False:
+            tokens = m.get("tokens") if isinstance(m.get("tokens"), int) else 0
+            out.append(ModuleEntry(str(m.get("name", "?")), "", tokens, 0, None, None, False, cached=False))
+    return out
+
+
 def _prefix_key(variant) -> str | None:
     """The prompt key of a prefix-mode manifest variant; None for others and malformed entries."""
     ref = variant.get("prefix") if isinstance(variant, dict) else None
@@ -227,7 +246,10 @@ def _variant(v: dict, files: dict[str, FileInfo], raw: dict[str, int | None],
              states: dict[str, list[StateEntry]]) -> VariantEntry:
     entry = VariantEntry(str((v.get("model") or {}).get("name", "?")), str(v.get("encoding")), str(v.get("codec")),
                          str(v.get("llama_cpp")),
-                         [_entry(name, key, tokens, files.get(key), raw.get(key)) for name, key, tokens in _refs([v])])
+                         _modules(v, files, raw))
+    model = v.get("model") if isinstance(v.get("model"), dict) else {}
+    entry.family = model.get("family") if isinstance(model.get("family"), str) else None
+    entry.memory = model.get("memory") if isinstance(model.get("memory"), str) else None
     key = _prefix_key(v)
     if key is not None:
         tokens = v["prefix"].get("tokens")

@@ -11,7 +11,10 @@ model, llama.cpp build, setting or encoding).
                          "compiled": 1795357344.7,
                          "modules": [{"name": "gpl2", "key": "...", "tokens": 4038}]}}}
 
-A prefix-mode variant (``"mode": "prefix"``, encoding ``"prefix"``) has no modules: its
+A module marked cache="false" is listed without a key (``{"name": ..., "tokens": ...,
+"cache": false}``): it has no file, its states are computed for each request.
+
+A prefix-mode variant (``"mode": "prefix"``, encoding ``"prefix"``) has no module files: its
 ``"prefix": {"key": "...", "tokens": 5120}`` names the folder of states ``prefix/<key[:2]>/<key>/``
 and the length of the default prompt they were prefilled from. Which states exist is read from
 that folder (checkpoints are re-planned, `pc gc` may evict some).
@@ -57,6 +60,11 @@ class Variant:
         if other.get("encoding") != self.encoding:
             out.append("prefix mode" if other.get("encoding") == PREFIX else f"the {other.get('encoding')} encoding")
         return out
+
+
+def uncached_module(name: str, tokens: int) -> dict:
+    """A cache="false" module's entry: listed, with no key and no file."""
+    return {"name": name, "tokens": tokens, "cache": False}
 
 
 def manifest_path(root: Path, schema_name: str, schema_path: str | None) -> Path:

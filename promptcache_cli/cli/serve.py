@@ -1,0 +1,81 @@
+"""`pc serve`: an OpenAI-compatible server answering from the cache. The options are read here;
+the server itself (serve/, Starlette and uvicorn) is imported only when the command runs, so no
+other command pays for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .. import errors
+from .common import CacheOpt, ModelOpt, option_parser, parse_size, write_err
+from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
+                      ModeOpt, open_session, progress_bar)
+
+
+def serve(
+    schemas: list[str] = typer.Argument(None, metavar="[SCHEMA]...", show_default=False,
+                                        help="Schemas to serve (each as a model named by its PML name)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless told otherwise)."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: any free one, printed at start)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PC_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every request but /health."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Allow an address other than loopback without a key."),
+    parallel: int = typer.Option(1, "--parallel", min=1, max=64,
+                                 help="Workers, each answering one request at a time with its own context "
+                                 "(the cores are shared among them)."),
+    cache_ram: int = typer.Option("2GiB", "--cache-ram", metavar="SIZE", parser=option_parser(parse_size),
+                                  help="RAM for the states of recent plain prompts (the bare model), least recently "
+                                  "used dropped first; 0 keeps none."),
+    queue: int = typer.Option(64, "--queue", min=1, help="Requests waiting for a worker before the server "
+                              "answers 503 (with Retry-After)."),
+    max_tokens_limit: int = typer.Option(2048, "--max-tokens-limit", min=1,
+                                         help="The most tokens a request may ask for (also the budget of one "
+                                         "that gives no max_tokens)."),
+    max_body: int = typer.Option("4MiB", "--max-body", metavar="SIZE", parser=option_parser(parse_size),
+                                 help="The largest request body accepted (413 beyond)."),
+    model: Optional[str] = ModelOpt,
+    cache_dir: Optional[str] = CacheOpt,
+    encoding: Encoding = EncodingOpt,
+    compression: Compression = CompressionOpt,
+    kv_type: KvType = KvTypeOpt,
+    mode: Mode = ModeOpt,
+    checkpoints: int = CheckpointsOpt,
+) -> None:
+    """Serve the OpenAI API (chat and completions, streaming or not) from the cache: each schema is a
+    model, the bare model answers plain chats reusing the states of recent prompts."""
+    from ..api import load_schema
+    from ..serve.server import Limits, listen, run
+
+    if max_body < 1024:
+        raise errors.UsageError("--max-body must be at least 1KiB")
+    sock = listen(host, port, api_key=api_key, no_auth=no_auth)
+    loaded = {}
+    for path in schemas or []:
+        sch = load_schema(path)
+        if sch.name in loaded:
+            raise errors.UsageError(f"two schemas are named '{sch.name}' ({loaded[sch.name].path} and {path}): "
+                                    "the name is the model id")
+        loaded[sch.name] = sch
+    threads = 0 if parallel == 1 else max(1, (os.cpu_count() or 1) // parallel)
+    sessions = [open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads)
+                for _ in range(parallel)]
+    bar, update = progress_bar(True)
+    with bar:
+        for sch in loaded.values():
+            report = sessions[0].compile(sch, progress=update)
+            computed = sum(1 for m in report.modules if m.status == "computed")
+            if computed:
+                write_err(f"compiled {sch.name}: {computed} of {len(report.modules)} state(s) computed "
+                          f"in {report.seconds:.1f} s")
+    bare = Path(sessions[0].model_path).name.removesuffix(".gguf")
+    name, port = sock.getsockname()[:2]
+    shown = f"[{name}]" if ":" in name else name
+    write_err(f"pc serve: listening on http://{shown}:{port}/v1 (models: {', '.join([*loaded, bare])}; "
+              f"{parallel} worker{'s' if parallel > 1 else ''}; {sessions[0].mode} mode)")
+    run(sock, sessions, schemas=loaded, bare=bare, api_key=api_key,
+        limits=Limits(max_body=max_body, max_tokens=max_tokens_limit, queue=queue, cache_ram=cache_ram))
+    write_err("pc serve: stopped")
