@@ -183,3 +183,25 @@ def test_the_cli_repair_default_is_the_library_default():
     from promptcache_cli.cli.options import REPAIR_DEFAULT
 
     assert REPAIR_DEFAULT == pc.DEFAULT_REPAIR
+
+
+def test_pc_serve_learn_finds_text_pasted_into_chats_through_the_openai_client(tmp_path):
+    """`pc serve --learn`: a document pasted into one chat is learned; pasted into another chat after
+    other text, its states are found and moved there (the usage's cached tokens say how many)."""
+    from .support import server as srv
+
+    s = srv.start("--learn", "--max-tokens-limit", "64", cache_dir=tmp_path / "c")
+    try:
+        client = s.client()
+        model = client.models.list().data[-1].id  # the bare model
+        first = client.chat.completions.create(model=model, max_tokens=4, messages=[
+            {"role": "system", "content": "You answer questions about licenses."},
+            {"role": "user", "content": _message(ARTISTIC, question="What is this?")}])
+        assert first.usage.prompt_tokens_details.cached_tokens == 0
+        second = client.chat.completions.create(model=model, max_tokens=4, messages=[
+            {"role": "user", "content": "A different start, then the same text.\n\n" + ARTISTIC + "\n\nWho wrote it?"}])
+        cached = second.usage.prompt_tokens_details.cached_tokens
+        assert 200 < cached < second.usage.prompt_tokens and second.choices[0].message.content
+        assert list((tmp_path / "c" / "modules").rglob("*.pcm"))  # learned on disk, where pc gc sees it
+    finally:
+        assert s.stop() == 0

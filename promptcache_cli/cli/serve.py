@@ -30,6 +30,10 @@ def serve(
     cache_ram: int = typer.Option("2GiB", "--cache-ram", metavar="SIZE", parser=option_parser(parse_size),
                                   help="RAM for the states of recent plain prompts (the bare model), least recently "
                                   "used dropped first; 0 keeps none."),
+    learn: bool = typer.Option(False, "--learn",
+                               help="Bare model, modular mode: find cached text (compiled modules, text learned "
+                               "from earlier chats) anywhere in a chat, and store each chat's long new text on "
+                               "disk for next time (pc gc bounds it)."),
     queue: int = typer.Option(64, "--queue", min=1, help="Requests waiting for a worker before the server "
                               "answers 503 (with Retry-After)."),
     max_tokens_limit: int = typer.Option(2048, "--max-tokens-limit", min=1,
@@ -63,6 +67,9 @@ def serve(
     threads = 0 if parallel == 1 else max(1, (os.cpu_count() or 1) // parallel)
     sessions = [open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads)
                 for _ in range(parallel)]
+    if learn and sessions[0].mode != "modular":
+        raise errors.UsageError(f"--learn moves cached states to where a text stands, which needs modular mode; "
+                                f"this model runs in {sessions[0].mode} mode")
     bar, update = progress_bar(True)
     with bar:
         for sch in loaded.values():
@@ -77,5 +84,6 @@ def serve(
     write_err(f"pc serve: listening on http://{shown}:{port}/v1 (models: {', '.join([*loaded, bare])}; "
               f"{parallel} worker{'s' if parallel > 1 else ''}; {sessions[0].mode} mode)")
     run(sock, sessions, schemas=loaded, bare=bare, api_key=api_key,
-        limits=Limits(max_body=max_body, max_tokens=max_tokens_limit, queue=queue, cache_ram=cache_ram))
+        limits=Limits(max_body=max_body, max_tokens=max_tokens_limit, queue=queue, cache_ram=cache_ram,
+                      learn=learn))
     write_err("pc serve: stopped")
