@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("--doc-tokens", type=int, default=300)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--repairs", type=lambda s: tuple(int(x) for x in s.split(",")), default=(16, 64))
+    ap.add_argument("--servers", action="store_true",
+                    help="also pc serve --learn, llama-server ($PC_LLAMA_SERVER) and llama-cpp-python's server")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -38,8 +41,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pc-rag-") as tmp, pc.open_session(mode="modular") as renderer:
         wl = rag.build(renderer.model, n_questions=args.questions, n_docs=args.docs, doc_tokens=args.doc_tokens)
+        specs, missing = [], None
+        if args.servers:
+            venv = Path(sys.prefix)
+            binary = Path(os.environ.get("PC_LLAMA_SERVER") or venv / "llama.cpp/build/bin/llama-server")
+            specs, missing = rag.server_specs(pc.resolve_model(), Path(tmp), llama_server=binary,
+                                              peers_python=venv / "peers/bin/python", threads=os.cpu_count() or 1)
         res = rag.run_in_process(pc.resolve_model(), Path(tmp), wl, n_tokens=args.tokens, progress=progress,
-                                 systems=rag.in_process_systems(args.repairs))
+                                 systems=rag.in_process_systems(args.repairs), servers=specs, missing=missing)
     res["seconds"] = time.perf_counter() - t0
     print("\n".join(report._rag(res)))
     if args.out:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -181,9 +181,66 @@ def control(session: api.Session, tokens_before: int, n_prompt: int, prompt: lis
     return {"answer": answer, "tokens": tokens, "ttft_ms": ttft * 1000, "first_logits": logits}
 
 
+def server_specs(model_path: Path, root: Path, *, llama_server: Path | None, peers_python: Path | None,
+                 threads: int) -> tuple[list, list[str]]:
+    """The servers compared (through the OpenAI client, streaming): `pc serve --learn`, and the peers
+    found; and a note for each peer not found."""
+    from . import servers
+
+    pc = servers.pc_spec([], model=model_path, cache_dir=root / "pc-serve", cache_ram=0)
+    specs = [replace(pc, argv=[*pc.argv, "--learn"], label="pc serve --learn (OpenAI client)")]
+    missing = []
+    if llama_server is not None and llama_server.exists():
+        specs.append(servers.llama_server_spec(llama_server, model=model_path, threads=threads))
+    else:
+        missing.append(f"llama.cpp's llama-server --cache-reuse 256 (no binary at {llama_server}; PC_LLAMA_SERVER)")
+    if peers_python is not None and peers_python.exists():
+        specs.append(servers.llama_cpp_python_spec(peers_python, model=model_path, cache_ram=2 << 30,
+                                                   threads=threads))
+    else:
+        missing.append(f"llama-cpp-python's server (no environment at {peers_python}; make installs it)")
+    return specs, missing
+
+
+def run_servers(specs: list, root: Path, wl: RagWorkload, rows: list[dict], tokenize: Callable[[str], list[int]], *,
+                n_tokens: int, progress: Progress) -> dict[str, dict]:
+    """Each server, one at a time: the warm-ups (untimed), then every question, streamed; its answers
+    are added to ``rows`` under its name. Returns each server's label and what it reports keeping."""
+    from . import servers, serving
+
+    logs = root / "server-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for spec in specs:
+        running = servers.start(spec, logs)
+        try:
+            for w in wl.warmup:
+                serving.chat(running, serving.Turn(_openai(wl.messages(w))), 1)
+            answers = []
+            for q in wl.questions:
+                r = serving.chat(running, serving.Turn(_openai(wl.messages(q))), n_tokens)
+                answers.append({"answer": r.text, "tokens": tokenize(r.text)[:n_tokens], "ttft_ms": r.ttft_ms,
+                                "cached_tokens": r.cached_tokens, "computed_tokens": None})
+            memory = running.memory()
+        finally:
+            running.stop()
+        name = "serve-" + spec.name
+        with_peer(rows, name, answers, n_tokens)
+        out[name] = {"label": spec.label, "bytes": dir_bytes(root / "pc-serve") if spec.name == "pc" else None,
+                     "peak_rss_bytes": memory.get("peak_rss_bytes")}
+        progress(f"rag: {spec.label} answered {len(answers)} questions")
+    return out
+
+
+def _openai(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"role": r, "content": t} for r, t in messages]
+
+
 def run_in_process(model_path: Path, root: Path, wl: RagWorkload, *, n_tokens: int, progress: Progress,
-                   systems: list[PcText] | None = None) -> dict:
-    """Every in-process system answers the warm-ups, then each question side by side."""
+                   systems: list[PcText] | None = None, servers: list | None = None,
+                   missing: list[str] | None = None) -> dict:
+    """Every in-process system answers the warm-ups, then each question side by side; then each of
+    ``servers`` (:func:`server_specs`) answers them all through the OpenAI client."""
     chosen = systems if systems is not None else in_process_systems()
     opened: dict[Path, api.Session] = {}
     for s in chosen:
@@ -223,21 +280,23 @@ def run_in_process(model_path: Path, root: Path, wl: RagWorkload, *, n_tokens: i
             rows.append(row)
             progress(f"rag: question {i + 1}/{len(wl.questions)}")
         sizes = {s.name: s.bytes() for s in chosen}
+        tokenize = base.session.tokenize if base.session is not None else None
+        served = run_servers(servers or [], root, wl, rows, lambda t: tokenize(t) if tokenize else [],
+                             n_tokens=n_tokens, progress=progress)
     finally:
         for s in chosen:
             s.close()
-    names = [s.name for s in chosen] + [CONTROL]
+    names = [s.name for s in chosen] + list(served) + [CONTROL]
     return {"note": wl.note, "questions": len(rows), "generated_tokens": n_tokens, "control": CONTROL,
             "prompt_tokens": float(statistics.median(r["prompt_tokens"] for r in rows)) if rows else None,
-            "systems": {s.name: {"label": s.label, "bytes": sizes[s.name], "repair": s.repair, "refresh": s.refresh}
-                        for s in chosen},
-            "missing_systems": list(MISSING), "summary": summarize(rows, names, n_tokens), "rows": rows}
+            "systems": {**{s.name: {"label": s.label, "bytes": sizes[s.name], "repair": s.repair,
+                                    "refresh": s.refresh} for s in chosen}, **served},
+            "missing_systems": list(missing if missing is not None else MISSING),
+            "summary": summarize(rows, names, n_tokens), "rows": rows}
 
 
-# The servers the issue compares against, not run by this in-process benchmark yet: they need
-# `pc serve` (issue 22) and its benchmark's server drivers.
-MISSING = ("pc serve through the OpenAI client", "llama.cpp's llama-server --cache-reuse 256 with its RAM prompt cache",
-           "llama-cpp-python's server")
+MISSING = ("the servers (pc serve --learn, llama-server --cache-reuse 256, llama-cpp-python's server): "
+           "not asked for in this run",)
 
 
 def summarize(rows: list[dict], names: list[str], n_tokens: int = 32) -> dict:
@@ -253,16 +312,22 @@ def summarize(rows: list[dict], names: list[str], n_tokens: int = 32) -> dict:
             "needle_accuracy": sum(bool(r[name]["correct"]) for r in have) / len(have),
             **_discordance([bool(r[name]["correct"]) for r in have], [bool(r["nocache"]["correct"]) for r in have]),
             "agreement": {str(k): v for k, v in agree.items()},
-            "median_kl": float(statistics.median(r[name]["kl"] for r in have)),
-            "mean_cached_tokens": float(np.mean([r[name].get("cached_tokens", 0) for r in have])),
+            "median_kl": _median_or_none([r[name]["kl"] for r in have]),
+            "mean_cached_tokens": float(np.mean([r[name].get("cached_tokens") or 0 for r in have])),
             "answers": len(have),
         }
     return out
 
 
-def with_peer(rows: list[dict], name: str, answers: list[dict]) -> None:
-    """Add a server's answers (text, tokens as this model tokenizes them, TTFT) to the rows."""
+def with_peer(rows: list[dict], name: str, answers: list[dict], n_tokens: int = 32) -> None:
+    """Add a server's answers (text, tokens as this model tokenizes them, TTFT) to the rows (no
+    first-token distribution: its KL is None)."""
     for row, a in zip(rows, answers, strict=True):
         row[name] = dict(a, correct=found(row["expected"], a["answer"]),
-                         exact_match=a["tokens"][:32] == row["nocache"]["tokens"][:32],
-                         common_prefix=common_prefix(a["tokens"], row["nocache"]["tokens"]), kl=float("nan"))
+                         exact_match=a["tokens"][:n_tokens] == row["nocache"]["tokens"][:n_tokens],
+                         common_prefix=common_prefix(a["tokens"], row["nocache"]["tokens"]), kl=None)
+
+
+def _median_or_none(xs: list) -> float | None:
+    have = [x for x in xs if x is not None]
+    return float(statistics.median(have)) if have else None

@@ -413,7 +413,8 @@ def _rag(r: dict) -> list[str]:
         p = "-" if name == "nocache" else f"{m['needle_mcnemar_p']:.2f}"
         out.append(f"| {labels.get(name, name)} | {_ms(m['median_ttft_ms'])} | {_x(base, m['median_ttft_ms'])} | "
                    f"{m['mean_cached_tokens']:.0f} | {same} | {_pct(m['needle_accuracy'])} | {p} | "
-                   f"{m['median_kl']:.4f} | {_bytes(sysinfo.get('bytes'))} |")
+                   f"{'-' if m['median_kl'] is None else format(m['median_kl'], '.4f')} | "
+                   f"{_bytes(sysinfo.get('bytes'))} |")
     missing = r.get("missing_systems")
     if missing:
         out += ["", "Not measured in this run: " + "; ".join(missing) + "."]

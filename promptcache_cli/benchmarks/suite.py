@@ -56,6 +56,7 @@ class BenchConfig:
     rag_docs: int = 8
     rag_doc_tokens: int = 1000
     rag_tokens: int = 32
+    rag_servers: bool = True  # also through the OpenAI client: pc serve --learn, llama-server, llama-cpp-python's
 
 
 QUICK = BenchConfig(quick=True, levels=(512, 1024), slots=2, pool=3, rounds=1, fast_repeats=2, process_rounds=1,
@@ -186,8 +187,15 @@ def run(cfg: BenchConfig, *, model_path: Path, work: Path, progress: Progress) -
             progress(f"[{(time.perf_counter() - t0) / 60:.1f} min] RAG workload (no schema)")
             wl_rag = rag.build(renderer.model, n_questions=cfg.rag_questions, n_docs=cfg.rag_docs,
                                doc_tokens=cfg.rag_doc_tokens)
+            import sys
+
+            venv = Path(sys.prefix)  # where `make` builds llama-server and installs the peers' server
+            binary = Path(os.environ.get("PC_LLAMA_SERVER") or venv / "llama.cpp/build/bin/llama-server")
+            specs, missing = rag.server_specs(Path(model_path), work / "rag", threads=os.cpu_count() or 1,
+                                              llama_server=binary, peers_python=venv / "peers/bin/python") \
+                if cfg.rag_servers else ([], None)
             res["rag"] = rag.run_in_process(Path(model_path), work / "rag", wl_rag, n_tokens=cfg.rag_tokens,
-                                            progress=progress)
+                                            progress=progress, servers=specs, missing=missing)
     finally:
         floor.close()
         renderer.close()
