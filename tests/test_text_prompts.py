@@ -162,6 +162,8 @@ def test_a_model_whose_states_cannot_move_refuses_text_recognition(tmp_path):
     assert "no_cache" in err or "--no-cache" in err
     out = ok(run_pc("ask", "--text", prompt, "--model", GEMMA, "--max-tokens", "2", "--no-cache", "--json")).json()
     assert out["cached_tokens"] == 0 and out["answer"]
+    err = one_line_error(run_pc("serve", "--learn", "--model", GEMMA, "--host", "127.0.0.1", "--port", "0"), 2)
+    assert "modular mode" in err
 
 
 def test_text_of_damaged_index_is_ignored(model_path, compiled, tmp_path):
