@@ -120,7 +120,8 @@ def test_modules_come_in_the_order_the_request_names_them(model_path, tmp_path):
           </user>
         </schema>""", DOCS)
     schema = pml.load_schema(path)
-    with ModularSession(model_path, cache_dir=tmp_path / "c") as sess:
+    sess = ModularSession(model_path, cache_dir=tmp_path / "c")
+    try:
         layout = sess.layout(schema)
         plan = sess.prompt_plan(layout, select_cli(schema, modules=["art", "bsd"], params=[]))
         owners = [p.owner for p in plan.cached]
@@ -133,6 +134,8 @@ def test_modules_come_in_the_order_the_request_names_them(model_path, tmp_path):
                        max_tokens=4, keep_logits=True, no_cache=True)
         assert got.cached_tokens + got.computed_tokens == ref.computed_tokens  # the same prompt, packed
         assert int(np.argmax(got.first_logits)) == int(np.argmax(ref.first_logits))
+    finally:
+        sess.close()
 
 
 def test_files_of_the_old_key_format_are_not_used(model_path, tmp_path, monkeypatch):
