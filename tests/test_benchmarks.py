@@ -114,7 +114,7 @@ def test_quality_compares_every_variant_with_no_cache(outputs):
         assert s["needles_only_nocache"] == sum(r["nocache"]["correct"] and not r[name]["correct"] for r in q["rows"])
         assert 0 < s["needle_mcnemar_p"] <= 1
     assert 0 <= q["summary"]["scaffold-q8_0"]["same_as_f16_rate"] <= 1
-    met = [t["met"] for t in res["targets"]]
+    met = [t["met"] for t in res["targets"] if "RAG" not in t["target"]]
     assert met[:3] == [None, None, None]  # no 4k workload in this run
     assert met.count(None) == 6  # the six 4k targets; the quality ones are measured
 
