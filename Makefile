@@ -63,6 +63,7 @@ bench: install $(PEERS) $(LLAMA_SERVER)  # `make bench BENCH_ARGS=--quick` for t
 	$(BIN)/python scripts/bench_prefix.py $(filter --quick,$(BENCH_ARGS))
 	$(BIN)/python scripts/bench_serve.py $(filter --quick,$(BENCH_ARGS)) --llama-server $(LLAMA_SERVER) \
 		--peers-python $(VENV)/peers/bin/python
+	$(BIN)/python scripts/bench_remote.py $(filter --quick,$(BENCH_ARGS))
 
 bench-serve: install $(PEERS) $(LLAMA_SERVER)  # the serving benchmark alone
 	$(BIN)/python scripts/bench_serve.py $(filter --quick,$(BENCH_ARGS)) --llama-server $(LLAMA_SERVER) \

@@ -14,23 +14,23 @@ Names are imported on first use (PEP 562): `pc` imports this package on every st
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not typing's: this file runs before pc's Ctrl-C guard (__main__), so it imports nothing
 
 _API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "KV_TYPES", "MODES", "Request",
         "Session", "TextRequest",
-        "answer_record", "collect_garbage", "default_cache_dir", "default_model_path", "inspect_schema", "list_cache",
-        "open_session", "remove_schema", "request_from_prompt", "request_from_prompt_text", "resolve_model", "select",
-        "verify_cache")
+        "answer_record", "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path",
+        "inspect_schema", "list_cache", "list_remote", "open_session", "remove_schema", "request_from_prompt",
+        "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote")
 _ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
            "InputError", "ListenError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError",
-           "PmlError", "PromptTooLong", "SelectionError", "StateRefused", "TemplateError", "UnsupportedModel",
-           "UsageError", "exit_code_for")
+           "PmlError", "PromptTooLong", "RemoteError", "SelectionError", "StateRefused", "TemplateError",
+           "UnsupportedModel", "UsageError", "exit_code_for")
 _WHERE = {
     **{name: "api" for name in _API},
     **{name: "errors" for name in _ERRORS},
     "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
     "SpanUse": "core.results",
+    "Transfer": "core.results", "TransferReport": "core.results",
     "PromptState": "core.tokens", "Conversation": "prompt.conversation",
     "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
     "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
@@ -41,11 +41,12 @@ __all__ = [
     "CompileReport", "ContextFullError", "Conversation", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS",
     "EXIT_CODES", "InputError", "KV_TYPES", "ListenError", "MODES", "ModelLoadError", "ModelNotFound", "ModuleReport",
     "OutputError", "ParameterTooLong", "PcError", "PmlError", "PromptPart", "PromptState", "PromptTooLong",
-    "PromptView", "Request", "Sampler", "Schema", "SchemaLayout", "SelectionError", "Session", "SpanUse",
-    "StateRefused", "TemplateError", "TextRequest", "UnsupportedModel", "UsageError", "answer_record",
-    "collect_garbage", "default_cache_dir",
-    "default_model_path", "exit_code_for", "inspect_schema", "list_cache", "load_schema", "open_session",
-    "remove_schema", "request_from_prompt", "request_from_prompt_text", "resolve_model", "select", "verify_cache",
+    "PromptView", "RemoteError", "Request", "Sampler", "Schema", "SchemaLayout", "SelectionError", "Session",
+    "SpanUse", "StateRefused", "TemplateError", "TextRequest", "Transfer", "TransferReport", "UnsupportedModel",
+    "UsageError", "answer_record", "collect_garbage", "collect_remote_garbage", "default_cache_dir",
+    "default_model_path", "exit_code_for", "inspect_schema", "list_cache", "list_remote", "load_schema",
+    "open_session", "remove_schema", "request_from_prompt", "request_from_prompt_text", "resolve_model", "select",
+    "verify_cache", "verify_remote",
 ]
 
 
@@ -53,6 +54,8 @@ def __getattr__(name: str) -> Any:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
     globals()[name] = value  # once
     return value
@@ -63,16 +66,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
+    from typing import Any
+
     from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, DEFAULT_REPAIR, ENCODINGS, KV_TYPES, MODES, Request, Session,
-                      TextRequest, answer_record, collect_garbage, default_cache_dir, default_model_path,
-                      inspect_schema, list_cache, open_session, remove_schema, request_from_prompt,
-                      request_from_prompt_text, resolve_model, select, verify_cache)
-    from .core.results import Answer, CompileReport, ModuleReport, SpanUse
+                      TextRequest, answer_record, collect_garbage, collect_remote_garbage, default_cache_dir,
+                      default_model_path, inspect_schema, list_cache, list_remote, open_session, remove_schema,
+                      request_from_prompt, request_from_prompt_text, resolve_model, select, verify_cache,
+                      verify_remote)
+    from .core.results import Answer, CompileReport, ModuleReport, SpanUse, Transfer, TransferReport
     from .core.tokens import PromptState
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,
                          InputError, ListenError, ModelLoadError, ModelNotFound, OutputError, ParameterTooLong,
-                         PcError, PmlError, PromptTooLong, SelectionError, StateRefused, TemplateError,
+                         PcError, PmlError, PromptTooLong, RemoteError, SelectionError, StateRefused, TemplateError,
                          UnsupportedModel, UsageError, exit_code_for)
     from .llama.sampling import Sampler
     from .pml.schema import Schema, load_schema

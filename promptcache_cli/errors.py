@@ -21,6 +21,7 @@ EXIT_BACKEND = 7  # llama.cpp failed while computing
 EXIT_OUTPUT = 8  # stdout cannot be written (not a closed pipe: that ends quietly with 0)
 EXIT_PARTIAL = 9  # pc batch: one or more lines failed (each reported in its own output line)
 EXIT_LISTEN = 10  # pc serve cannot listen where it was told to
+EXIT_REMOTE = 11  # the remote store (--remote) cannot be reached, or refused the request
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 EXIT_CODES = {
@@ -30,12 +31,13 @@ EXIT_CODES = {
     EXIT_INPUT: "bad schema, prompt, module, parameter or question",
     EXIT_MODEL: "model missing, unreadable, not a GGUF, or unsupported for this mode",
     EXIT_CACHE: "cache unusable: pc compile cannot write it, a freshly written file reads back damaged, "
-                "or pc verify found a damaged file",
+                "or pc verify (push, pull) found a damaged (or missing) file",
     EXIT_TOO_LONG: "prompt longer than the model's context",
     EXIT_BACKEND: "llama.cpp failed while computing (or refused a state it had just computed)",
     EXIT_OUTPUT: "stdout cannot be written (a full disk, an I/O error)",
     EXIT_PARTIAL: "pc batch: one or more lines failed (each reported in its own output line)",
     EXIT_LISTEN: "pc serve cannot listen on the address (in use, not permitted, or not loopback without a key)",
+    EXIT_REMOTE: "remote store (--remote) unreachable or refusing the request (pc push, pull, ls/verify/gc --remote)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -178,6 +180,11 @@ class ListenError(PcError):
     or an address other than loopback without an API key)."""
 
     exit_code = EXIT_LISTEN
+class RemoteError(PcError):
+    """The remote store cannot be reached, timed out or refused a request. The message names the
+    store (``s3://bucket/prefix``) and the reason, never a credential."""
+
+    exit_code = EXIT_REMOTE
 
 
 # -- signals between our modules: no exit code, never shown as they are -----------------------

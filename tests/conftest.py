@@ -19,6 +19,8 @@ def _isolated_cache(tmp_path, monkeypatch):
     """No test touches the user's cache directory."""
     monkeypatch.setenv("PC_CACHE_DIR", str(tmp_path / "pc-cache"))
     monkeypatch.delenv("PC_MODEL", raising=False)
+    monkeypatch.delenv("PC_REMOTE", raising=False)  # no test reaches a store it did not start
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # nor the instance metadata service
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +51,31 @@ def cache(template, tmp_path: Path) -> Path:
     assert dst.is_relative_to(tmp_path)
     shutil.copytree(template.cache, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS `weed mini`) on loopback for the whole session, stopped at its end."""
+    from .support import s3_server as weed
+
+    server = weed.start(tmp_path_factory.mktemp("weed"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def remote(s3_server, request, monkeypatch, tmp_path) -> str:
+    """A fresh prefix in the test bucket, ``s3://bucket/<test>``, with the AWS variables pointing
+    at the server (for this process and the `pc` processes it starts); no AWS file of the user's
+    is read."""
+    import re
+    import uuid
+
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60]
+    return f"s3://{s3_server.bucket}/{slug}-{uuid.uuid4().hex[:8]}"

@@ -106,6 +106,18 @@ def full_stdout(tmp: Path) -> faults.Proc:
     return faults.Proc(p.returncode, "", p.stderr.decode("utf-8", "replace"), time.perf_counter() - t0, 0)
 
 
+def unreachable_store(tmp: Path) -> faults.Proc:
+    """`pc ls --remote` when nothing listens at the store's endpoint (a free loopback port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return faults.run(["ls", "--remote", "s3://pc-nowhere/x"], cache=tmp / "cache",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
+                      AWS_CONFIG_FILE=str(tmp / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"))
+
+
 def not_a_dir(tmp: Path) -> Path:
     return write(tmp, "file", "not a folder\n")
 
@@ -133,6 +145,7 @@ CASES: dict[str, tuple[int, Callable[[Path], faults.Proc]]] = {
         cache=tmp / "cache")),
     "pc serve cannot listen": (errors.EXIT_LISTEN, lambda tmp: faults.run(["serve", "--host", "0.0.0.0", "--port", "0"],
                                                                           cache=tmp / "cache")),
+    "remote store unreachable": (errors.EXIT_REMOTE, unreachable_store),
     "interrupted": (errors.EXIT_INTERRUPTED, interrupted),
 }
 
@@ -216,8 +229,14 @@ def test_ctrl_c_at_any_moment_of_the_start(delay: float, tmp_path: Path) -> None
         return
     if any(o in proc.err for o in STARTUP_ONLY):
         return  # the signal landed in the interpreter's start-up, however long that took
-    if proc.code == -signal.SIGINT and "promptcache_cli" not in proc.err:
-        return  # in runpy or the import system reading pc's first file: no line of pc had run yet
+    if proc.code == -signal.SIGINT and not re.search(r"promptcache_cli/(?!__init__\.py)", proc.err):
+        return  # in runpy, the import system or the package's import-free __init__: before the guard
     assert proc.out == ""
     assert proc.code == errors.EXIT_INTERRUPTED, proc.err
     assert proc.err_lines == ["pc: interrupted"], proc.err
+
+
+def test_the_start_guard_exits_with_the_documented_code() -> None:
+    from promptcache_cli import __main__
+
+    assert __main__.INTERRUPTED == errors.EXIT_INTERRUPTED

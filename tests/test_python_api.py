@@ -70,6 +70,7 @@ def test_errors_carry_their_exit_codes():
         pc.PromptTooLong: errors.EXIT_TOO_LONG, pc.ContextFullError: errors.EXIT_TOO_LONG,
         pc.BackendError: errors.EXIT_BACKEND, pc.StateRefused: errors.EXIT_BACKEND, pc.OutputError: errors.EXIT_OUTPUT,
         pc.ListenError: errors.EXIT_LISTEN,
+        pc.RemoteError: errors.EXIT_REMOTE,
     }
     for cls, code in expected.items():
         assert issubclass(cls, pc.PcError) and cls.exit_code == code, cls

@@ -15,9 +15,10 @@ from .ask import ask
 from .batch import batch
 from .bench import bench
 from .cache import gc_cmd, ls_cmd, path_cmd, rm_cmd, verify_cmd
-from .common import ClosedStdoutGuard, StdoutClosed, write_err
+from .common import ClosedStdoutGuard, StdoutClosed, remote_flag, write_err
 from .compile import compile, inspect
 from .plan import plan
+from .remote import pull, push
 from .serve import serve
 
 app = typer.Typer(
@@ -30,7 +31,7 @@ app = typer.Typer(
 
 for _name, _command in (("compile", compile), ("ask", ask), ("inspect", inspect), ("path", path_cmd),
                         ("plan", plan), ("bench", bench), ("ls", ls_cmd), ("verify", verify_cmd), ("gc", gc_cmd),
-                        ("rm", rm_cmd), ("serve", serve), ("batch", batch)):
+                        ("rm", rm_cmd), ("serve", serve), ("batch", batch), ("push", push), ("pull", pull)):
     app.command(_name)(_command)
 
 
@@ -39,7 +40,7 @@ def main() -> None:
     if not isinstance(sys.stdout, ClosedStdoutGuard):
         sys.stdout = ClosedStdoutGuard(sys.stdout)
     try:
-        rv = app(standalone_mode=False)
+        rv = app(args=remote_flag(sys.argv[1:]), standalone_mode=False)
         if rv == errors.EXIT_INTERRUPTED:  # Typer turns Ctrl-C into this exit code
             write_err("pc: interrupted")
         if isinstance(rv, int) and rv:

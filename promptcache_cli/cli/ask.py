@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, JsonOpt, ModelOpt, emit_json, write_err, write_out
+from .common import CacheOpt, JsonOpt, ModelOpt, RemoteOpt, emit_json, write_err, write_out
 from .options import (REPAIR_DEFAULT, CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType,
                       KvTypeOpt, Mode, ModeOpt, check_refresh, open_session, progress_bar)
 
@@ -52,6 +52,7 @@ def ask(
     kv_type: KvType = KvTypeOpt,
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
+    remote: Optional[str] = RemoteOpt,
     timings: Optional[bool] = typer.Option(
         None, "--timings/--no-timings", help="Timing line on stderr (default: on a terminal)."
     ),
@@ -89,7 +90,7 @@ def ask(
             raise errors.InputError(f"{text}: the prompt is empty")
         request_t = TextRequest.from_text(body, max_tokens=max_tokens, sampler=sampler, no_cache=no_cache, learn=learn,
                                           refresh=refresh / 100, **({"repair": repair} if repair is not None else {}))
-        _answer(request_t, model=model, cache_dir=cache_dir, encoding=encoding, compression=compression,
+        _answer(request_t, model=model, cache_dir=cache_dir, remote=remote, encoding=encoding, compression=compression,
                 kv_type=kv_type, mode=mode, checkpoints=checkpoints, as_json=as_json, timings=timings,
                 no_cache=no_cache, refresh=refresh)
         return
@@ -114,16 +115,17 @@ def ask(
         raise errors.InputError(str(e)) from None
     request = replace(request, max_tokens=max_tokens, sampler=sampler, no_cache=no_cache, refresh=refresh / 100,
                       **({"repair": repair} if repair is not None else {}))
-    _answer(request, model=model, cache_dir=cache_dir, encoding=encoding, compression=compression, kv_type=kv_type,
+    _answer(request, model=model, cache_dir=cache_dir, remote=remote, encoding=encoding, compression=compression,
+            kv_type=kv_type,
             mode=mode, checkpoints=checkpoints, as_json=as_json, timings=timings, no_cache=no_cache, refresh=refresh)
 
 
-def _answer(request, *, model, cache_dir, encoding, compression, kv_type, mode, checkpoints, as_json: bool,
+def _answer(request, *, model, cache_dir, remote, encoding, compression, kv_type, mode, checkpoints, as_json: bool,
             timings: Optional[bool], no_cache: bool, refresh: float) -> None:
     if refresh and no_cache:
         raise errors.UsageError("--refresh recomputes cached tokens; --no-cache computes them all already")
     check_refresh(bool(refresh), "--refresh", kv_type, mode)
-    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
+    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, remote=remote)
     check_refresh(bool(refresh), "--refresh", kv_type, Mode(sess.mode))
     on_text = None if as_json else write_out
     bar, update = progress_bar(not as_json)
@@ -131,6 +133,9 @@ def _answer(request, *, model, cache_dir, encoding, compression, kv_type, mode, 
         res = sess.ask(request, on_text=on_text, progress=update)
     for w in res.warnings:
         write_err(f"warning: {w}")
+    if res.downloaded:
+        write_err(f"downloaded {len(res.downloaded)} module(s) from {sess.remote}: "
+                  f"{', '.join(m.name for m in res.downloaded)} ({sum(m.bytes for m in res.downloaded) / 1e6:.1f} MB)")
     if res.compiled:
         write_err(f"compiled {len(res.compiled)} module(s) on demand: {', '.join(m.name for m in res.compiled)}")
     if res.ranked:
@@ -138,7 +143,7 @@ def _answer(request, *, model, cache_dir, encoding, compression, kv_type, mode, 
     if as_json:
         from ..api import answer_record
 
-        record = answer_record(res, mode=sess.mode, no_cache=no_cache)
+        record = answer_record(res, mode=sess.mode, no_cache=no_cache, remote=sess.remote)
         if hasattr(request, "messages"):  # a text prompt: what was found, and learned
             record["spans"] = [_span(s) for s in res.spans]
             record["learned"] = [_span(s) for s in res.learned]

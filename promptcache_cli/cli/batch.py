@@ -12,7 +12,7 @@ from typing import IO, Any, Iterator, Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, ModelOpt, emit_json, write_err
+from .common import CacheOpt, ModelOpt, RemoteOpt, emit_json, write_err
 from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
                       ModeOpt, open_session)
 
@@ -30,13 +30,14 @@ def batch(
     kv_type: KvType = KvTypeOpt,
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
+    remote: Optional[str] = RemoteOpt,
 ) -> None:
     """Answer JSON lines of questions with one model load: each line an object with "schema" (a
     path), "question", and optionally "modules", "params", "prompt" (a <prompt> file), "max_tokens",
     "temperature", "top_p", "seed", "no_cache"; each output line what `pc ask --json` prints."""
     source = _open(file)
     total = _count(file) if file != "-" else None
-    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints)
+    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, remote=remote)
     done = failed = 0
     bar, task = _progress(total)
     with bar:
@@ -141,7 +142,7 @@ def _answer(sess, line: bytes | str) -> dict[str, Any]:
     no_cache = bool(_field(obj, "no_cache", bool))
     request = replace(request, max_tokens=max_tokens or 128, sampler=sampler, no_cache=no_cache)
     res = sess.ask(request)
-    return answer_record(res, mode=sess.mode, no_cache=no_cache)
+    return answer_record(res, mode=sess.mode, no_cache=no_cache, remote=sess.remote)
 
 
 def _field(obj: dict, key: str, kind, *, required: bool = False):

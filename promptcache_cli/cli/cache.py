@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, JsonOpt, cache_root, emit_json, option_parser, parse_age, parse_size, write_err, write_out
+from .common import (CacheOpt, JsonOpt, RemoteSideOpt, cache_root, emit_json, option_parser, parse_age, parse_size,
+                     resolve_remote, write_err, write_out)
 
 
 def _iso(ts: Optional[float]) -> Optional[str]:
@@ -86,10 +87,15 @@ def _ls_rows(listing):
         yield "(no schema)", name, "", _size(f.bytes), "", _when(f.last_used), ""
 
 
-def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
+def ls_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = RemoteSideOpt, as_json: bool = JsonOpt) -> None:
     """List the cached schemas and their module files or prefix states.
 
-    Per file: tokens, size on disk, compression ratio, last use."""
+    Per file: tokens, size on disk, compression ratio, last use. With --remote: the store's files and the
+    schemas its manifests name, with upload times."""
+    if remote is not None:
+        from .remote_cache import ls_remote
+
+        return ls_remote(resolve_remote(remote, required=True), as_json)
     from ..api import list_cache
 
     root = cache_root(cache_dir)
@@ -126,8 +132,16 @@ def ls_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None
     console.print(t)
 
 
-def verify_cmd(cache_dir: Optional[str] = CacheOpt, as_json: bool = JsonOpt) -> None:
-    """Read every cache file whole and check every checksum; exit 5 if any is damaged."""
+def verify_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = RemoteSideOpt,
+               as_json: bool = JsonOpt) -> None:
+    """Read every cache file whole and check every checksum; exit 5 if any is damaged.
+
+    With --remote: download each of the store's files into a temporary file in the cache directory and check
+    it the same way."""
+    if remote is not None:
+        from .remote_cache import verify_remote
+
+        return verify_remote(resolve_remote(remote, required=True), cache_dir, as_json)
     from ..api import verify_cache
 
     root = cache_root(cache_dir)
@@ -164,14 +178,22 @@ def gc_cmd(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
     cache_dir: Optional[str] = CacheOpt,
+    remote: Optional[str] = RemoteSideOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Evict module files and prefix states by last use; also remove stale temporary and lock files."""
+    """Evict module files and prefix states by last use; also remove stale temporary and lock files.
+
+    With --remote: delete the store's files by upload time (the store keeps no last use), then manifests
+    naming none left."""
     from ..api import collect_garbage
 
     if max_size is None and older_than is None:
         write_err("pc: gc needs --max-size SIZE or --older-than AGE, or both (see `pc gc --help`)")
         raise typer.Exit(errors.EXIT_USAGE)
+    if remote is not None:
+        from .remote_cache import gc_remote
+
+        return gc_remote(resolve_remote(remote, required=True), max_size, older_than, dry_run, as_json)
     root = cache_root(cache_dir)
     report = collect_garbage(root, max_size=max_size, older_than=older_than, dry_run=dry_run)
     if as_json:

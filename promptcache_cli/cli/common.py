@@ -14,6 +14,43 @@ import typer
 ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file (default: SmolLM2-135M-Instruct).")
 CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", help="Cache directory (default: user cache dir).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+RemoteOpt = typer.Option(
+    None, "--remote", envvar="PC_REMOTE", metavar="URL",
+    help="Shared store behind the cache: s3://bucket/prefix (endpoint and credentials from the AWS variables "
+    "and files; see docs/fleet.md). Missing states are downloaded before anything is computed; computed ones "
+    "are uploaded. --remote alone: $PC_REMOTE.")
+RemoteSideOpt = typer.Option(
+    None, "--remote", metavar="[URL]",
+    help="Work on the remote store instead of the cache directory: s3://bucket/prefix, or $PC_REMOTE when "
+    "--remote has no URL.")
+
+
+def remote_flag(args: list[str]) -> list[str]:
+    """``--remote`` without a URL after it (the next word is not ``scheme://...``) becomes
+    ``--remote=``: the store in $PC_REMOTE (:func:`resolve_remote`)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == "--remote" and (i + 1 == len(out) or "://" not in out[i + 1]):
+            out[i] = "--remote="
+    return out
+
+
+def resolve_remote(value: Optional[str], *, required: bool = False) -> Optional[str]:
+    """The remote store a command uses: its --remote URL; ``--remote`` alone means $PC_REMOTE."""
+    from .. import errors
+
+    if value == "":
+        import os
+
+        value = os.environ.get("PC_REMOTE", "").strip()
+        if not value:
+            raise errors.UsageError("--remote without a URL uses $PC_REMOTE, which is not set "
+                                    "(give --remote s3://bucket/prefix)")
+    if not value and required:
+        raise errors.UsageError("no remote store: give --remote s3://bucket/prefix or set PC_REMOTE")
+    return value or None
 
 
 class StdoutClosed(Exception):

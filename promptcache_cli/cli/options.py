@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import cache_root, outlive
+from .common import cache_root, outlive, resolve_remote
 
 
 REPAIR_DEFAULT = 0  # api.DEFAULT_REPAIR (not imported: `pc` starts without the library; a test keeps them equal)
@@ -70,16 +70,18 @@ CompressionOpt = typer.Option(
 
 def open_session(model: Optional[str], cache_dir: Optional[str], encoding: Encoding, compression: Compression,
                  kv_type: KvType, mode: Mode = Mode.auto, checkpoints: int = 4, checkpoint_bytes: int | None = None,
-                 threads: int = 0):
-    """A session for the command's options (the model loaded, a prefix model in prefix mode)."""
+                 threads: int = 0, remote: Optional[str] = None, remote_required: bool = False):
+    """A session for the command's options (the model loaded, a prefix model in prefix mode);
+    ``remote``: the --remote option's value (``""``: $PC_REMOTE)."""
     from .. import api
 
     if encoding == Encoding.average and kv_type != KvType.f16:
         raise errors.UsageError(f"--encoding average needs f16 KV states, not --kv-type {kv_type.value}")
     root = cache_root(cache_dir)
+    url = resolve_remote(remote, required=remote_required)
     sess = api.open_session(model, cache_dir=root, mode=mode.value, encoding=encoding.value,
                             compression=compression.value, kv_type=kv_type.value, checkpoints=checkpoints,
-                            checkpoint_bytes=checkpoint_bytes, threads=threads)
+                            checkpoint_bytes=checkpoint_bytes, threads=threads, remote=url or "")
     outlive(sess)  # a `pc` process leaves it to the operating system
     return sess
 

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, ModelOpt, option_parser, parse_size, write_err
+from .common import CacheOpt, ModelOpt, RemoteOpt, option_parser, parse_size, write_err
 from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
                       ModeOpt, open_session, progress_bar)
 
@@ -48,6 +48,7 @@ def serve(
     kv_type: KvType = KvTypeOpt,
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
+    remote: Optional[str] = RemoteOpt,
 ) -> None:
     """Serve the OpenAI API (chat and completions, streaming or not) from the cache: each schema is a
     model, the bare model answers plain chats reusing the states of recent prompts."""
@@ -65,8 +66,8 @@ def serve(
                                     "the name is the model id")
         loaded[sch.name] = sch
     threads = 0 if parallel == 1 else max(1, (os.cpu_count() or 1) // parallel)
-    sessions = [open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads)
-                for _ in range(parallel)]
+    sessions = [open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads,
+                             remote=remote) for _ in range(parallel)]
     if learn and sessions[0].mode != "modular":
         raise errors.UsageError(f"--learn moves cached states to where a text stands, which needs modular mode; "
                                 f"this model runs in {sessions[0].mode} mode")
@@ -74,6 +75,8 @@ def serve(
     with bar:
         for sch in loaded.values():
             report = sessions[0].compile(sch, progress=update)
+            for w in report.warnings:
+                write_err(f"warning: {w}")
             computed = sum(1 for m in report.modules if m.status == "computed")
             if computed:
                 write_err(f"compiled {sch.name}: {computed} of {len(report.modules)} state(s) computed "

@@ -30,6 +30,7 @@ class Prefilled:
     warnings: list[str] = field(default_factory=list)
     compiled: list[ModuleReport] = field(default_factory=list)
     ranked: list[str] = field(default_factory=list)
+    downloaded: list[ModuleReport] = field(default_factory=list)
     spans: list[SpanUse] = field(default_factory=list)  # text prompts: the cached runs found
 
 
@@ -90,6 +91,7 @@ def _report(runtime: Runtime, done: Prefilled, g: Generation, *, selection: Sele
         first_logits=logits,
         refreshed_tokens=done.refreshed,
         ranked=tuple(done.ranked),
+        downloaded=tuple(done.downloaded),
         spans=tuple(done.spans),
         finish_reason=g.finish_reason,
     )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..llama.context import ContextSettings
 from ..llama.model import Model
@@ -15,6 +15,9 @@ from ..store.files import CacheStore
 from .answer import Prefilled
 from .results import Answer, CompileReport, Progress
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from ..store.remote_tier import CacheObject
 
 
 class Engine(Protocol):
@@ -31,7 +34,12 @@ class Engine(Protocol):
     def settings(self) -> ContextSettings: ...
 
     def compile(self, schema: Schema, *, force: bool = False, progress: Progress | None = None,
-                ranked: bool = False) -> CompileReport: ...
+                ranked: bool = False, shard: tuple[int, int] | None = None,
+                skip_in_store: bool = True) -> CompileReport: ...
+
+    def cache_objects(self, schema: Schema, *, in_store: bool = False) -> list[CacheObject]: ...
+
+    def record(self, schema: Schema, *, remote: bool = False) -> None: ...
 
     def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,

@@ -18,10 +18,11 @@ class ModuleReport:
 
     name: str
     key: str
-    status: str  # reused | computed
+    status: str  # reused | computed | downloaded; a compile also: remote (in the store) | other shard
     tokens: int
     bytes: int
     seconds: float
+    uploaded: bool = False  # sent to the remote store now
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class CompileReport:
     seconds: float
     ranked: tuple[str, ...] = ()  # modules whose recompute scores were measured now
     warnings: tuple[str, ...] = ()
+    remote: str | None = None  # the remote store (s3://bucket/prefix), when one is in use
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,30 @@ class Answer:
     spans: tuple[SpanUse, ...] = ()  # text prompts: the cached runs found in the prompt
     learned: tuple[SpanUse, ...] = ()  # text prompts with ``learn``: the runs stored for next time
     finish_reason: str = "stop"  # "stop": the model ended the answer (or it was halted); "length": max_tokens
+    downloaded: tuple[ModuleReport, ...] = ()  # modules (or prefix states) fetched from the remote store
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One cache file `pc push` or `pc pull` moved, or why not."""
+
+    name: str  # module name, or prefix@<position>
+    key: str
+    status: str  # uploaded | downloaded | present (already there) | missing | damaged
+    bytes: int  # moved (0 unless uploaded or downloaded)
+    seconds: float
+    reason: str = ""  # for damaged: why
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    schema: str
+    remote: str
+    direction: str  # push | pull
+    files: tuple[Transfer, ...]
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)

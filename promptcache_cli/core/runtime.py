@@ -25,13 +25,15 @@ from ..store.files import CacheStore
 from ..store.keys import model_fingerprint
 
 if TYPE_CHECKING:
+    from ..store.remote_tier import Tier  # imported only where a remote is in use
     from ..store.span_index import SpanIndex
 
 
 class Runtime:
     def __init__(self, model_path: str | Path, *, cache_dir: str | Path, settings: ContextSettings,
-                 model: Model | None = None) -> None:
-        """``model``: the file at ``model_path``, already loaded (else it is loaded here)."""
+                 model: Model | None = None, remote: Tier | None = None) -> None:
+        """``model``: the file at ``model_path``, already loaded (else it is loaded here);
+        ``remote``: the shared store behind the cache directory (store/remote.py), if any."""
         self.model_path = str(model_path)
         self.model = model if model is not None else Model(self.model_path)
         # its identity, as keys and headers record it (keys hash only its size and ends), with the
@@ -39,6 +41,7 @@ class Runtime:
         self.fingerprint = {**model_fingerprint(self.model_path), "family": self.model.family,
                             "memory": self.model.memory.name}
         self.store = CacheStore(Path(cache_dir))
+        self.remote = remote
         self.settings = settings
         self.ctx: Context | None = None  # the context the last question was answered in
         self.uses = 0  # calls of context(): another one means the context may hold something else now

@@ -85,14 +85,25 @@ class Catalog:
     def record(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> None:
         """Add or replace this variant's entry in the schema's manifest."""
         store = self.runtime.store
-        modules = [manifest.uncached_module(owner_name(o), layout.tokens_of(o)) if o in layout.uncached else
-                   {"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)}
-                   for o in dict.fromkeys(s.owner for s in layout.segments)]  # document order
+        modules = self.manifest_modules(layout, keys)
         try:
             manifest.record(store, schema_name=schema.name, schema_path=schema.path, variant=self.variant,
                             codec=self.codec, modules=modules)
         except OSError as e:  # its folder or lock file cannot be created (write_atomic raises CacheWriteError)
             raise CacheWriteError(f"cannot write to the cache at {store.root}: {e.strerror}") from None
+
+    def manifest_modules(self, layout: Layout, keys: dict[ModPath, str]) -> list[dict]:
+        """The schema's modules as a manifest lists them, in document order (a cache="false" one
+        without a key)."""
+        return [manifest.uncached_module(owner_name(o), layout.tokens_of(o)) if o in layout.uncached else
+                {"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)}
+                for o in dict.fromkeys(s.owner for s in layout.segments)]  # document order
+
+    def remote_manifest(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> tuple[str, dict]:
+        """The schema's manifest in the remote store: (relative path, content)."""
+        from ..core.sharing import manifest_entry
+
+        return manifest_entry(schema.name, self.variant, self.codec, self.manifest_modules(layout, keys))
 
     def why_missing(self, schema: Schema) -> str | None:
         """When a schema's cache exists only for other models or settings, say how it differs."""

@@ -15,7 +15,7 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Callable, Collection, Iterator
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from ..prompt.plan import owner_name
 from ..store import cache_file
 from ..store.span_index import context_record
 from .catalog import Catalog
+
+if TYPE_CHECKING:
+    from ..store.remote_tier import CacheObject
 
 Job = tuple[Segment, tuple[tuple[int, ...], ...]]  # a segment and the contexts it is computed after
 
@@ -47,6 +50,8 @@ class Compiler:
     def __init__(self, runtime: Runtime, catalog: Catalog) -> None:
         self.runtime = runtime
         self.catalog = catalog
+        # an owner's file as the remote store knows it, with its check (set by the session: loader.py)
+        self.cache_object: Callable[[Layout, dict[ModPath, str], ModPath], CacheObject] | None = None
 
     @property
     def _split_planes(self) -> bool:
@@ -88,17 +93,21 @@ class Compiler:
             first: dict[str, ModPath] = {}
             for o in todo:
                 first.setdefault(keys[o], o)
-            jobs = sorted(
-                ((seg, contexts(layout, seg, self.catalog.encoding)) for o in first.values()
-                 for seg in layout.segments_of(o)),
-                key=lambda job: job[0].offset,
-            )
-            if jobs:
-                reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored))
-            for o in todo:  # an owner sharing its file with one computed just now: that file serves it
-                src = first[keys[o]]
-                if o == src:
+            todo = list(first.values())  # owners sharing a file (one text after one context): computed once
+            theirs: list[ModPath] = []
+            if self.runtime.remote is not None and todo and (unstored is None or unstored.reason is None):
+                todo, theirs = self._claim(keys, todo, redo)
+            try:  # ours first; then what other machines compute meanwhile (never waiting while holding a lease)
+                self._compute_owners(layout, keys, todo, progress, unstored, reports)
+            finally:
+                self._release(keys, todo)
+            for o in theirs:
+                self._wait_for(layout, keys, o, reports)
+            self._compute_owners(layout, keys, [o for o in theirs if o not in reports], progress, unstored, reports)
+            for o in owners:  # an owner sharing its file with one computed just now: that file serves it
+                if o in reports:
                     continue
+                src = first[keys[o]]
                 if unstored is not None and src in unstored.blobs:
                     got = unstored.blobs[src]
                     unstored.blobs[o] = {s.offset: got[t.offset] for s, t in
@@ -109,9 +118,55 @@ class Compiler:
                     reports[o] = ModuleReport(owner_name(o), keys[o], "computed", layout.tokens_of(o), 0, 0.0)
         return [reports[o] for o in owners]
 
+    def _compute_owners(self, layout: Layout, keys: dict[ModPath, str], todo: list[ModPath],
+                        progress: Progress | None, unstored: Unstored | None,
+                        reports: dict[ModPath, ModuleReport]) -> None:
+        jobs = sorted(
+            ((seg, contexts(layout, seg, self.catalog.encoding)) for o in todo for seg in layout.segments_of(o)),
+            key=lambda job: job[0].offset,
+        )
+        if jobs:
+            reports.update(self._compute_jobs(layout, keys, jobs, progress, unstored))
+
+    def _claim(self, keys: dict[ModPath, str], todo: list[ModPath],
+               redo: Collection[ModPath]) -> tuple[list[ModPath], list[ModPath]]:
+        """Take the remote store's lease on computing each owner: (the owners this session
+        computes, those another machine is computing now)."""
+        from ..store.remote import module_rel
+
+        tier = self.runtime.remote
+        assert tier is not None
+        ours, theirs = [], []
+        for o in todo:
+            (ours if o in redo or tier.claim(module_rel(keys[o])) else theirs).append(o)
+        return ours, theirs
+
+    def _wait_for(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath,
+                  reports: dict[ModPath, ModuleReport]) -> None:
+        """Wait for another machine's upload of ``owner`` and download it (into ``reports`` as
+        ``downloaded``); left out when its lease ends without an upload."""
+        from ..store.remote import module_rel
+
+        tier = self.runtime.remote
+        assert tier is not None
+        t = time.perf_counter()
+        if tier.wait_for(module_rel(keys[owner])) and self.cache_object is not None:
+            obj = self.cache_object(layout, keys, owner)
+            if tier.fetch(obj, self.runtime.store) == "downloaded":
+                reports[owner] = ModuleReport(owner_name(owner), keys[owner], "downloaded", layout.tokens_of(owner),
+                                              obj.path.stat().st_size, time.perf_counter() - t)
+
+    def _release(self, keys: dict[ModPath, str], owners: list[ModPath]) -> None:
+        if owners and self.runtime.remote is not None:
+            from ..store.remote import module_rel
+
+            for o in owners:
+                self.runtime.remote.release(module_rel(keys[o]))
+
     def _store(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, blobs: list[np.ndarray],
-               unstored: Unstored | None) -> int:
-        """Write an owner's file; returns its size, or 0 when the states went to ``unstored``."""
+               unstored: Unstored | None) -> tuple[int, bool]:
+        """Write an owner's file, and upload it when there is a remote store; returns its size
+        (0 when the states went to ``unstored``) and whether it was uploaded."""
         segs = layout.segments_of(owner)
         store = self.runtime.store
         at = self.catalog.stored_at(layout)
@@ -120,8 +175,9 @@ class Compiler:
             header["segment_contexts"] = [_context_record(contexts(layout, s, self.catalog.encoding)) for s in segs]
             chunks = cache_file.encode(header, blobs, [s.tokens for s in segs], [at[owner, s.offset] for s in segs],
                                        codec=self.catalog.codec, split_planes=self._split_planes)
+            path = store.module_path(keys[owner])
             try:
-                n = store.write_atomic(store.module_path(keys[owner]), chunks)
+                n = store.write_atomic(path, chunks)
             except CacheWriteError as e:
                 if unstored is None:
                     raise
@@ -131,10 +187,26 @@ class Compiler:
                     self.runtime.span_index.add(keys[owner], [s.tokens for s in segs])
                 except CacheWriteError:
                     pass
-                return n
+                return n, self.publish(keys[owner], path)
         assert unstored is not None
         unstored.blobs[owner] = {s.offset: b for s, b in zip(segs, blobs, strict=True)}
-        return 0
+        return 0, False
+
+    def publish(self, key: str, path) -> bool:
+        """Upload a module file to the remote store, if there is one (failures are the store's
+        warnings); whether it was uploaded now."""
+        tier = self.runtime.remote
+        if tier is None:
+            return False
+        from ..store.remote import module_rel
+
+        return tier.publish(module_rel(key), path) == "uploaded"
+
+    def publish_manifest(self, schema, layout: Layout, keys: dict[ModPath, str]) -> None:
+        """The schema's manifest in the remote store (what `pc ls --remote` lists)."""
+        tier = self.runtime.remote
+        if tier is not None:
+            tier.publish_manifest(*self.catalog.remote_manifest(schema, layout, keys))
 
     def _compute_jobs(self, layout: Layout, keys: dict[ModPath, str], jobs: list[Job], progress: Progress | None,
                       unstored: Unstored | None = None) -> dict[ModPath, ModuleReport]:
@@ -146,15 +218,15 @@ class Compiler:
         for seg, blob in self.module_states(layout, jobs, progress):
             blobs[seg.owner][seg.offset] = blob
             left[seg.owner] -= 1
-            nbytes = 0
-            if left[seg.owner] == 0:  # the owner's last segment: write its file now
+            nbytes, uploaded = 0, False
+            if left[seg.owner] == 0:  # the owner's last segment: write its file now (and upload it)
                 done = blobs.pop(seg.owner)
-                nbytes = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored)
+                nbytes, uploaded = self._store(layout, keys, seg.owner, [done[at] for at in sorted(done)], unstored)
             seconds[seg.owner] += time.perf_counter() - t
             t = time.perf_counter()
             if left[seg.owner] == 0:
                 reports[seg.owner] = ModuleReport(owner_name(seg.owner), keys[seg.owner], "computed",
-                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner])
+                                                  layout.tokens_of(seg.owner), nbytes, seconds[seg.owner], uploaded)
         return reports
 
     def module_states(self, layout: Layout, jobs: list[Job],

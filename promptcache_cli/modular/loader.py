@@ -9,8 +9,9 @@ decoded ones live in the runtime's arena until the next question.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 import numpy as np
 
@@ -26,6 +27,11 @@ from ..store import cache_file
 from ..store.files import touch
 from .catalog import Catalog
 from .compiler import Compiler, Unstored
+
+if TYPE_CHECKING:
+    from ..store.remote_tier import CacheObject
+
+FETCH_THREADS = 4  # downloads at once when an ask needs several modules from the remote store
 
 
 class StateRead:
@@ -59,15 +65,23 @@ class Loader:
 
     def gather(self, schema: Schema, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath],
                warnings: list[str], progress: Progress | None, *, redo: bool = False, wait: bool = False,
-               ) -> tuple[Blobs, list[ModuleReport], set[ModPath]]:
+               downloaded: list[ModuleReport] | None = None) -> tuple[Blobs, list[ModuleReport], set[ModPath]]:
         """The owners' state blobs by segment offset, the modules compiled for them and which
-        owners' blobs were computed now. Missing files and files found damaged (every one, with
-        ``redo``) are computed first and stored when the cache can be written. Stored blobs are
-        still being read and checked when this returns (a :class:`StateRead`), unless ``wait``
-        (then every blob is an array)."""
+        owners' blobs were computed now. Missing files are downloaded from the remote store when
+        there is one (checked before they are put in place; reported in ``downloaded``); files
+        still missing and files found damaged (every one, with ``redo``) are computed first and
+        stored (and uploaded) when the cache can be written. Stored blobs are still being read and
+        checked when this returns (a :class:`StateRead`), unless ``wait`` (then every blob is an
+        array)."""
         blobs: Blobs = {}
         to_compile: list[ModPath] = []
         broken: list[ModPath] = []
+        if self.runtime.remote is not None and not redo:
+            missing = [o for o in owners if not self.catalog.path(keys[o]).exists()]
+            if missing:
+                got = self.fetch(schema, layout, keys, missing, warnings)
+                if downloaded is not None:
+                    downloaded += got
         for owner in owners:
             path = self.catalog.path(keys[owner])
             if redo or not path.exists():
@@ -88,6 +102,11 @@ class Loader:
                             f"{self.runtime.model.description} with these settings")
         unstored = Unstored()
         reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress, unstored=unstored)
+        if downloaded is not None:  # computed meanwhile by another machine, and downloaded
+            downloaded += [r for r in reports if r.status == "downloaded"]
+        if self.runtime.remote is not None:
+            self.compiler.publish_manifest(schema, layout, keys)
+            warnings += self.runtime.remote.take_warnings()
         stored = [o for o in to_compile if o not in unstored.blobs]
         compiled = [r for o, r in zip(to_compile, reports, strict=True) if r.status == "computed" and o in stored]
         if unstored.reason is None:
@@ -102,6 +121,77 @@ class Loader:
             path = self.catalog.path(keys[owner])
             blobs[owner] = self.load(path, keys[owner], layout, owner, wait=wait)
         return blobs, compiled, set(to_compile)
+
+    # -- the remote store ----------------------------------------------------------------
+    def cache_object(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath) -> CacheObject:
+        """An owner's module file as both tiers know it, with the check a download must pass."""
+        from ..store.remote import module_rel
+        from ..store.remote_tier import CacheObject
+
+        key = keys[owner]
+        return CacheObject(owner_name(owner), key, module_rel(key), self.catalog.path(key), layout.tokens_of(owner),
+                           lambda path: self.check_file(path, key, layout, owner))
+
+    def check_file(self, path: Path, key: str, layout: Layout, owner: ModPath) -> None:
+        """What a module file must be before it is used (a download before it is put in place):
+        intact (every checksum), made for this key, model and settings, holding the owner's
+        segments, each state one llama.cpp can take. Raises CacheFileError or BlobError."""
+        f = cache_file.read(path)
+        try:
+            self.runtime.check_header(f.header, key)
+            expected = [(s.offset, s.tokens) for s in layout.segments_of(owner)]
+            if [(r.offset, r.tokens) for r in f.segments] != expected:
+                raise CacheFileError("its tokens differ from the schema's")
+            for i, rec in enumerate(f.segments):
+                self.check_blob(f.blob(i), rec)
+        finally:
+            f.close()
+
+    def fetch(self, schema: Schema, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath],
+              warnings: list[str]) -> list[ModuleReport]:
+        """Download the owners' files from the remote store (several at once), each checked before
+        it is put in place; what the store lacks, holds damaged, or cannot give stays missing (and
+        is computed by the caller). The store's warnings (one per outage) join ``warnings``."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        tier = self.runtime.remote
+        assert tier is not None
+
+        def one(owner: ModPath) -> tuple[ModPath, str, float]:
+            t = time.perf_counter()
+            return owner, tier.fetch(self.cache_object(layout, keys, owner), self.runtime.store), \
+                time.perf_counter() - t
+
+        if len(owners) == 1:
+            results = [one(owners[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(owners)),
+                                    thread_name_prefix="pc-fetch") as pool:
+                results = list(pool.map(one, owners))
+        got = []
+        for owner, status, seconds in results:
+            if status == "downloaded":
+                path = self.catalog.path(keys[owner])
+                got.append(ModuleReport(owner_name(owner), keys[owner], "downloaded", layout.tokens_of(owner),
+                                        path.stat().st_size, seconds))
+                try:  # text prompts find its text too (a hint: the file is in place either way)
+                    self.runtime.span_index.add(keys[owner], [s.tokens for s in layout.segments_of(owner)])
+                except CacheWriteError:
+                    pass
+        if any(status == "missing" for _, status, _ in results):
+            from ..core.sharing import remote_mismatch
+
+            rel, _ = self.catalog.remote_manifest(schema, layout, keys)
+            why = remote_mismatch(tier, schema.name, self.catalog.variant, rel)
+            if why:
+                warnings.append(f"remote {tier} holds schema '{schema.name}' only with {why}; computing it here")
+        if got:
+            try:
+                self.catalog.record(schema, layout, keys)
+            except CacheWriteError:
+                pass
+        warnings += tier.take_warnings()
+        return got
 
     def load(self, path: Path, key: str, layout: Layout, owner: ModPath, *, wait: bool = False) -> dict[int, Blob]:
         """A module file's state blobs by segment offset in the layout, being read on all cores (every one read

@@ -34,7 +34,9 @@ from .refresh import RECOMPUTE_SEQUENCES, choose, stale as refresh_stale
 from .stitch import fill
 
 if TYPE_CHECKING:
+    from ..core.sharing import Shard
     from ..prompt.boundaries import Boundary
+    from ..store.remote_tier import CacheObject, Tier
     from .text import TextEngine
 
 BoundaryHook = Callable[[Sequence["Boundary"]], Mapping[int, int]]
@@ -45,15 +47,18 @@ class ModularSession:
 
     def __init__(self, model_path: str | Path, *, cache_dir: str | Path, settings: ContextSettings = ContextSettings(),
                  encoding: str = ENCODINGS[0], codec: str = "none", model: Model | None = None,
-                 boundary_hook: BoundaryHook | None = None, cache_ram: int = 0, positions: str = "packed") -> None:
+                 boundary_hook: BoundaryHook | None = None, remote: Tier | None = None, cache_ram: int = 0,
+                 positions: str = "packed") -> None:
         """``model``: the file at ``model_path``, already loaded. ``boundary_hook``: an experiment's
         choice of cached tokens to compute afresh at module boundaries (segment offset -> how many
         of its first tokens), given every cached part's :class:`..prompt.boundaries.Boundary`; none by
-        default. ``cache_ram``: bytes of RAM for spans learned from text prompts (0: learned spans go
-        to disk at once). ``positions``: ``packed`` (parts in request order, without gaps, states
-        moved where they go) or ``static`` (every segment stored and loaded at its layout offset,
-        gaps where unselected members would sit: the layout of pc 0.1, kept as an experiment the
-        benchmark compares against; no repair or refresh)."""
+        default (the benchmarks' boundary repair uses it). ``remote``: the shared store behind the
+        cache directory (modules missing locally are downloaded from it, computed ones uploaded).
+        ``cache_ram``: bytes of RAM for spans learned from text prompts (0: learned spans go to disk
+        at once). ``positions``: ``packed`` (parts in request order, without gaps, states moved where
+        they go) or ``static`` (every segment stored and loaded at its layout offset, gaps where
+        unselected members would sit: the layout of pc 0.1, kept as an experiment the benchmark
+        compares against; no repair or refresh)."""
         if positions not in ("packed", "static"):
             raise ValueError(f"unknown positions {positions!r}")
         if encoding not in ENCODINGS:
@@ -67,10 +72,11 @@ class ModularSession:
                 f"{model_path} is a {model.memory.label} model: its state cannot be cut back or stitched from modules; "
                 "use prefix mode (--mode prefix, the default for such models)"
             )
-        self.runtime = Runtime(model_path, cache_dir=cache_dir, settings=settings, model=model)
+        self.runtime = Runtime(model_path, cache_dir=cache_dir, settings=settings, model=model, remote=remote)
         self.catalog = Catalog(self.runtime, encoding=encoding, codec=codec, static=positions == "static")
         self.compiler = Compiler(self.runtime, self.catalog)
         self.loader = Loader(self.runtime, self.catalog, self.compiler)
+        self.compiler.cache_object = self.loader.cache_object
         self.boundary_hook = boundary_hook
         self.cache_ram = cache_ram
         self._text: TextEngine | None = None
@@ -126,18 +132,38 @@ class ModularSession:
 
     # -- compile ----------------------------------------------------------------------------
     def compile(self, schema: Schema, *, owners: list[ModPath] | None = None, force: bool = False,
-                progress: Progress | None = None, ranked: bool = False) -> CompileReport:
+                progress: Progress | None = None, ranked: bool = False, shard: Shard | None = None,
+                skip_in_store: bool = True) -> CompileReport:
         """Compute and store every module's states that are not cached yet (or ``owners``);
-        ``ranked``: also their selective-recompute scores (refresh.py) where missing."""
+        ``ranked``: also their selective-recompute scores (refresh.py) where missing. ``shard``
+        (K, N): only the modules whose key is in share K of N (the others are reported as
+        ``other shard``). With a remote store, modules it holds are not computed (``remote``),
+        computed ones are uploaded, and cached ones it lacks too (``skip_in_store`` False: modules
+        are computed whatever the store holds)."""
+        from dataclasses import replace
+
         t0 = time.perf_counter()
         layout = self.layout(schema)
         keys = self.keys(layout)
+        tier = self.runtime.remote
         todo = owners if owners is not None else layout.owners()
         reports: list[ModuleReport] = []
         pending = []
+        if shard is not None:
+            from ..core.sharing import in_shard
+
+            reports += [ModuleReport(owner_name(o), keys[o], "other shard", layout.tokens_of(o), 0, 0.0)
+                        for o in todo if not in_shard(keys[o], shard)]
+            todo = [o for o in todo if in_shard(keys[o], shard)]
         for owner in todo:
-            if not force and self.catalog.path(keys[owner]).exists():
-                reports.append(self.catalog.reused(layout, keys, owner))
+            path = self.catalog.path(keys[owner])
+            if not force and path.exists():
+                report = self.catalog.reused(layout, keys, owner)
+                if tier is not None and self.compiler.publish(keys[owner], path):
+                    report = replace(report, uploaded=True)
+                reports.append(report)
+            elif not force and skip_in_store and tier is not None and self._in_store(keys[owner]):
+                reports.append(ModuleReport(owner_name(owner), keys[owner], "remote", layout.tokens_of(owner), 0, 0.0))
             else:
                 pending.append(owner)
         if pending:
@@ -145,6 +171,8 @@ class ModularSession:
         order = {owner_name(o): i for i, o in enumerate(layout.owners())}
         reports.sort(key=lambda r: order[r.name])
         self.catalog.record(schema, layout, keys)
+        if tier is not None:
+            self.compiler.publish_manifest(schema, layout, keys)
         measured: list[ModPath] = []
         warnings: list[str] = []
         if ranked:  # every file is read whole: a damaged one is recomputed first (with a warning)
@@ -157,8 +185,33 @@ class ModularSession:
             reports = [redone.get(r.name, r) for r in reports]
             ranking.scores(self.compiler, layout, keys, list(todo), blobs.__getitem__, measured,
                            warnings, progress)
+        if tier is not None:
+            warnings += tier.take_warnings()
         return CompileReport(schema.name, self.encoding, tuple(reports), time.perf_counter() - t0,
-                             tuple(owner_name(o) for o in measured), tuple(warnings))
+                             tuple(owner_name(o) for o in measured), tuple(warnings),
+                             str(tier) if tier is not None else None)
+
+    def _in_store(self, key: str) -> bool:
+        from ..store.remote import module_rel
+
+        tier = self.runtime.remote
+        return tier is not None and tier.has(module_rel(key)) is True
+
+    # -- the remote store -------------------------------------------------------------------
+    def cache_objects(self, schema: Schema, *, in_store: bool = False) -> list[CacheObject]:
+        """The schema's module files as both tiers know them (``in_store``: the same here)."""
+        layout = self.layout(schema)
+        keys = self.keys(layout)
+        return [self.loader.cache_object(layout, keys, o) for o in layout.owners()]
+
+    def record(self, schema: Schema, *, remote: bool = False) -> None:
+        """Write the schema's manifest: in the cache directory, or (``remote``) in the store."""
+        layout = self.layout(schema)
+        keys = self.keys(layout)
+        if remote:
+            self.compiler.publish_manifest(schema, layout, keys)
+        else:
+            self.catalog.record(schema, layout, keys)
 
     # -- ask --------------------------------------------------------------------------------
     def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
@@ -207,9 +260,10 @@ class ModularSession:
         stored_at = self.catalog.stored_at(layout)
         warnings: list[str] = []
         ranked: list[ModPath] = []
+        downloaded: list[ModuleReport] = []
         self.runtime.reset_arena()
         blobs, compiled, fresh = self.loader.gather(schema, layout, keys, plan.owners, warnings, progress,
-                                                    wait=bool(refresh))
+                                                    wait=bool(refresh), downloaded=downloaded)
         bounds = []
         if refresh or repair or self.boundary_hook:  # (imported here: a plain answer needs none)
             from ..prompt.boundaries import boundaries
@@ -259,7 +313,7 @@ class ModularSession:
         ctx.decode(q, start=plan.end, logits=True)
         repaired = sum(fix.values())
         return Prefilled(ctx, cached - refreshed, computed + refreshed + len(q), refreshed + repaired, warnings,
-                         compiled, [owner_name(o) for o in ranked])
+                         compiled, [owner_name(o) for o in ranked], downloaded)
 
     # -- text prompts (no schema) -------------------------------------------------------------
     def prefill_text(self, tokens: list[int], contents: list[tuple[int, int]], *, max_tokens: int = 128,

@@ -20,9 +20,9 @@ What a "state at position s" is depends on the model's memory (llama/memory.py):
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Collection
-
+from typing import TYPE_CHECKING, Callable, Collection
 
 from ..core.answer import Prefilled, finish, prefill_uncached
 from ..core.results import Answer, CompileReport, ModuleReport, Progress
@@ -42,6 +42,10 @@ from ..store.overlap_log import OverlapLog, history_dir
 from .restore import ResumePlan, Restorer, common_prefix
 from .states import Checkpoint, PrefixStates
 
+if TYPE_CHECKING:
+    from ..core.sharing import Shard
+    from ..store.remote_tier import CacheObject, Tier
+
 DEFAULT_CHECKPOINTS = 4
 
 
@@ -52,11 +56,12 @@ class PrefixSession:
 
     def __init__(self, model_path: str | Path, *, cache_dir: str | Path, settings: ContextSettings = ContextSettings(),
                  checkpoints: int = DEFAULT_CHECKPOINTS, checkpoint_bytes: int | None = None,
-                 codec: str = "none", model: Model | None = None) -> None:
+                 codec: str = "none", model: Model | None = None, remote: Tier | None = None) -> None:
         """``checkpoints``: states kept inside the prompt besides its end; ``checkpoint_bytes``, when
         given, caps them further to what fits in that many bytes. ``model``: the file at
-        ``model_path``, already loaded."""
-        self.runtime = Runtime(model_path, cache_dir=cache_dir, settings=settings, model=model)
+        ``model_path``, already loaded. ``remote``: the shared store behind the cache directory
+        (states missing locally are downloaded from it, computed ones uploaded)."""
+        self.runtime = Runtime(model_path, cache_dir=cache_dir, settings=settings, model=model, remote=remote)
         if checkpoints < 0:
             raise ValueError("the checkpoint budget cannot be negative")
         self.states = PrefixStates(self.runtime, codec=codec)
@@ -152,37 +157,167 @@ class PrefixSession:
 
     # -- compile ----------------------------------------------------------------------------
     def compile(self, schema: Schema, *, owners=None, force: bool = False,
-                progress: Progress | None = None, ranked: bool = False) -> CompileReport:
+                progress: Progress | None = None, ranked: bool = False, shard: Shard | None = None,
+                skip_in_store: bool = True) -> CompileReport:
         """Prefill the default prompt (up to its first cache="false" module: see
         :meth:`cached_prompt`) and store its end state and checkpoints. States already
         stored are reused; the prefill starts from the deepest one below the first missing.
-        (``ranked``: prefix states are exact, there is nothing to rank.)"""
+        (``ranked``: prefix states are exact, there is nothing to rank.) ``shard`` (K, N): only
+        when the prompt's key is in share K of N. With a remote store, a prompt whose end state
+        the store holds is not computed (``remote``), computed states are uploaded, and cached
+        ones the store lacks too (``skip_in_store`` False: computed whatever the store holds)."""
         _no_refresh(ranked)
         t0 = time.perf_counter()
-        layout = self.layout(schema)
-        tokens, starts = self.prompt_plan(layout, default_selection(schema)).storable()
+        tokens, starts = self.prompt_plan(self.layout(schema), default_selection(schema)).storable()
+        tier = self.runtime.remote
         if not tokens:
             return CompileReport(schema.name, "prefix", (), 0.0)
         key = self.prompt_key(tokens)
+        if shard is not None:
+            from ..core.sharing import in_shard
+
+            if not in_shard(key, shard):
+                report = ModuleReport(f"prefix@{len(tokens)}", key, "other shard", len(tokens), 0, 0.0)
+                return CompileReport(schema.name, "prefix", (report,), time.perf_counter() - t0,
+                                     remote=str(tier) if tier is not None else None)
         want = sorted(set(self.plan_positions(schema, len(tokens), starts)) | {len(tokens)})
-        with self.store.locked(key):
-            have = self.stored(key)
-            for pos, ck in have.items():  # a re-plan drops checkpoints it no longer wants
-                if pos not in want:
-                    ck.path.unlink(missing_ok=True)
-            todo = [p for p in want if force or p not in have]
-            reports = [self.states.report(key, have[p], "reused", 0.0) for p in want if p not in todo]
-            if todo:
-                reports += self._prefill(key, tokens, todo, have={} if force else have, progress=progress)
-        # the schema's entry: what `pc ls` lists and `pc rm` removes
+        # the store first, before the local lock: a wait for another machine's upload never holds it
+        elsewhere = (tier is not None and skip_in_store and not force and len(tokens) not in self.stored(key)
+                     and (self._in_store(key, len(tokens)) or self._computed_elsewhere(key, len(tokens))))
+        try:
+            with self.store.locked(key):
+                have = self.stored(key)
+                for pos, ck in have.items():  # a re-plan drops checkpoints it no longer wants
+                    if pos not in want:
+                        ck.path.unlink(missing_ok=True)
+                todo = [p for p in want if force or p not in have]
+                reports = [self._published(key, tokens, self.states.report(key, have[p], "reused", 0.0))
+                           for p in want if p not in todo]
+                if todo and elsewhere and len(tokens) not in have:
+                    reports.append(ModuleReport(f"prefix@{len(tokens)}", key, "remote", len(tokens), 0, 0.0))
+                    todo = []
+                if todo:
+                    reports += self._prefill(key, tokens, todo, have={} if force else have, progress=progress)
+        finally:
+            if tier is not None and skip_in_store:
+                from ..store.remote import prefix_rel
+
+                tier.release(prefix_rel(key))
+        self.record(schema)
+        if tier is not None:
+            self.record(schema, remote=True)
+        reports.sort(key=lambda r: int(r.name.rsplit("@", 1)[1]))
+        return CompileReport(schema.name, "prefix", tuple(reports), time.perf_counter() - t0,
+                             warnings=tuple(tier.take_warnings()) if tier is not None else (),
+                             remote=str(tier) if tier is not None else None)
+
+    # -- the remote store -------------------------------------------------------------------
+    def _manifest(self, schema: Schema) -> tuple[manifest.Variant, dict, list[dict]]:
+        """The schema's entry: its variant, its stored prompt, and its cache="false" modules."""
+        layout = self.layout(schema)
+        tokens = self.prompt_plan(layout, default_selection(schema)).storable()[0]
         rt = self.runtime
         variant = manifest.Variant(rt.fingerprint, llama_cpp_version(), rt.settings.state_layout(), manifest.PREFIX)
-        manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=variant,
-                        codec=self.codec, modules=[manifest.uncached_module(owner_name(o), layout.tokens_of(o))
-                                                    for o in layout.uncached_owners()],
-                        prefix={"key": key, "tokens": len(tokens)})
-        reports.sort(key=lambda r: int(r.name.rsplit("@", 1)[1]))
-        return CompileReport(schema.name, "prefix", tuple(reports), time.perf_counter() - t0)
+        modules = [manifest.uncached_module(owner_name(o), layout.tokens_of(o)) for o in layout.uncached_owners()]
+        return variant, {"key": self.prompt_key(tokens), "tokens": len(tokens)}, modules
+
+    def record(self, schema: Schema, *, remote: bool = False) -> None:
+        """Write the schema's manifest: in the cache directory (what `pc ls` lists and `pc rm`
+        removes), or (``remote``) in the store."""
+        variant, prefix, modules = self._manifest(schema)
+        if not remote:
+            manifest.record(self.store, schema_name=schema.name, schema_path=schema.path, variant=variant,
+                            codec=self.codec, modules=modules, prefix=prefix)
+        elif self.runtime.remote is not None:
+            from ..core.sharing import manifest_entry
+
+            self.runtime.remote.publish_manifest(*manifest_entry(schema.name, variant, self.codec, modules, prefix))
+
+    def _computed_elsewhere(self, key: str, position: int) -> bool:
+        """Whether another machine holds the lease on the prompt's states and uploads them while
+        this one waits (else this session takes the lease and computes them)."""
+        from ..store.remote import prefix_rel
+
+        tier = self.runtime.remote
+        if tier is None or tier.claim(prefix_rel(key), prefix_rel(key, position)):
+            return False
+        return tier.wait_for(prefix_rel(key, position))
+
+    def _in_store(self, key: str, position: int) -> bool:
+        from ..store.remote import prefix_rel
+
+        tier = self.runtime.remote
+        return tier is not None and tier.has(prefix_rel(key, position)) is True
+
+    def _published(self, key: str, tokens: list[int], report: ModuleReport) -> ModuleReport:
+        """Upload a state to the remote store (when there is one); the report says whether it was."""
+        tier = self.runtime.remote
+        if tier is None:
+            return report
+        obj = self.states.cache_object(key, tokens, report.tokens)
+        return replace(report, uploaded=tier.publish(obj.rel, obj.path) == "uploaded")
+
+    def cache_objects(self, schema: Schema, *, in_store: bool = False) -> list[CacheObject]:
+        """The default prompt's states as both tiers know them: those in the cache directory, or
+        (``in_store``) those the remote store holds."""
+        tokens = self.cached_prompt(schema)
+        key = self.prompt_key(tokens)
+        if not in_store:
+            positions = sorted(self.stored(key))
+        else:
+            from ..store.remote import prefix_rel
+
+            tier = self.runtime.remote
+            assert tier is not None
+            positions = sorted(_positions(tier.remote.list(prefix_rel(key)), len(tokens)))
+        return [self.states.cache_object(key, tokens, p) for p in positions]
+
+    def _from_store(self, schema: Schema, key: str, cached: list[int], warnings: list[str],
+                    downloaded: list[ModuleReport]) -> str | None:
+        """Before an ask computes a missing end state: download the prompt's states from the
+        remote store, or, when another machine is computing them now (its lease), wait for its
+        upload. Returns the lease this session took (it computes them), to release afterwards."""
+        tier = self.runtime.remote
+        if tier is None or not cached or len(cached) in self.stored(key):
+            return None
+        from ..store.remote import prefix_rel
+
+        self._fetch(key, cached, warnings, downloaded)
+        lease = None
+        if len(cached) not in self.stored(key):
+            if tier.claim(prefix_rel(key), prefix_rel(key, len(cached))):
+                lease = prefix_rel(key)
+            elif tier.wait_for(prefix_rel(key, len(cached))):
+                self._fetch(key, cached, warnings, downloaded)
+            warnings += tier.take_warnings()
+        if downloaded:
+            try:
+                self.record(schema)
+            except CacheWriteError:
+                pass
+        return lease
+
+    def _fetch(self, key: str, cached: list[int], warnings: list[str], downloaded: list[ModuleReport]) -> None:
+        """Download the states of prompt ``key`` the store holds and the cache directory lacks,
+        each checked before it is put in place."""
+        from ..store.remote import prefix_rel
+
+        tier = self.runtime.remote
+        assert tier is not None
+        listing = tier.list(prefix_rel(key))
+        have = self.stored(key)
+        for pos in sorted(_positions(listing or [], len(cached)), reverse=True):  # the end state first
+            if pos in have:
+                continue
+            t = time.perf_counter()
+            obj = self.states.cache_object(key, cached, pos)
+            status = tier.fetch(obj, self.store)
+            if status == "downloaded":
+                downloaded.append(ModuleReport(obj.name, key, "downloaded", pos, obj.path.stat().st_size,
+                                               time.perf_counter() - t))
+            elif status in ("offline", "unwritable"):
+                break
+        warnings += tier.take_warnings()
 
     def store_states(self, tokens: list[int], positions: list[int], *,
                      progress: Progress | None = None) -> list[ModuleReport]:
@@ -236,7 +371,8 @@ class PrefixSession:
             start = pos
             partial = self._partial(pos, len(tokens))
             path = self.states.write(key, tokens[:pos], ctx.save_state(0, partial=partial), partial=partial)
-            reports.append(self.states.report(key, Checkpoint(pos, path), "computed", time.perf_counter() - t))
+            report = self.states.report(key, Checkpoint(pos, path), "computed", time.perf_counter() - t)
+            reports.append(self._published(key, tokens, report))
         ctx.clear()
         return reports
 
@@ -283,11 +419,17 @@ class PrefixSession:
         key = self.prompt_key(cached)
         warnings: list[str] = []
         compiled: list[ModuleReport] = []
-        ctx, plan = self._prepare(schema, key, cached, request, max_tokens, warnings, compiled, progress)
+        downloaded: list[ModuleReport] = []
+        lease = self._from_store(schema, key, cached, warnings, downloaded)
+        try:
+            ctx, plan = self._prepare(schema, key, cached, request, max_tokens, warnings, compiled, progress)
+        finally:
+            if lease is not None:
+                self.runtime.remote.release(lease)
         ctx.decode(request[plan.restore_at:], start=plan.restore_at, logits=True)
         # a request always decodes at least its last token, so a state deeper than that serves it not
         self._record_overlap(schema, tokens=len(request), overlap=min(plan.overlap, len(request) - 1))
-        return Prefilled(ctx, plan.restore_at, plan.recomputed, 0, warnings, compiled)
+        return Prefilled(ctx, plan.restore_at, plan.recomputed, 0, warnings, compiled, downloaded=downloaded)
 
     def _prepare(self, schema: Schema, key: str, cached: list[int], request: list[int], max_tokens: int,
                  warnings: list[str], compiled: list[ModuleReport], progress: Progress | None):
@@ -298,8 +440,9 @@ class PrefixSession:
             for attempt in range(2):
                 try:
                     if attempt or (cached and len(cached) not in self.stored(key)):
-                        compiled += [r for r in self.compile(schema, progress=progress).modules
-                                     if r.status == "computed"]
+                        report = self.compile(schema, progress=progress, skip_in_store=False)
+                        compiled += [r for r in report.modules if r.status == "computed"]
+                        warnings += report.warnings
                     ctx = self.runtime.context(max(len(request), len(cached)) + max_tokens)
                     return ctx, self._restore(ctx, key, cached, request)
                 except DamagedState as e:
@@ -312,6 +455,18 @@ class PrefixSession:
             warnings.append(f"cannot use the prefix cache ({why}); answering without it")
         ctx = self.runtime.context(len(request) + max_tokens)
         return ctx, ResumePlan(common_prefix(cached, request), 0, len(request))
+
+def _positions(listing, length: int) -> set[int]:
+    """The positions of the states a listing of a prompt's folder in the store names (names that
+    are not ``<position>.pcm`` with 0 < position <= length are ignored: never a local path)."""
+    out = set()
+    for o in listing:
+        name = o.rel.rsplit("/", 1)[-1]
+        stem = name[:-4] if name.endswith(".pcm") else ""
+        if stem.isdigit() and stem == str(int(stem)) and 0 < int(stem) <= length:
+            out.add(int(stem))
+    return out
+
 
 def _discard(path: Path) -> None:
     try:

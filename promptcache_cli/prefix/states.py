@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from ..llama.bindings import llama_cpp_version
 from ..store import cache_file
 from ..store.files import touch
 from ..store.keys import module_key
+
+if TYPE_CHECKING:
+    from ..store.remote_tier import CacheObject
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,26 @@ class PrefixStates:
     def load(self, path: Path, key: str, tokens: list[int], *, partial: bool) -> np.ndarray:
         """A stored state, checked to be the one this request needs (a view of the memory-mapped
         file when stored raw, else decoded into the runtime's arena)."""
+        touch(path)
+        return self._read(path, key, tokens, partial=partial, arena=True)
+
+    def check(self, path: Path, key: str, tokens: list[int], *, partial: bool) -> None:
+        """What a state file must be before it is used (a download before it is put in place):
+        :meth:`load`'s checks, every checksum included. Raises CacheFileError or BlobError."""
+        self._read(path, key, tokens, partial=partial, arena=False)
+
+    def cache_object(self, key: str, tokens: list[int], position: int) -> CacheObject:
+        """The state at ``position`` of the prompt ``tokens`` as both tiers know it."""
+        from ..store.remote import prefix_rel
+        from ..store.remote_tier import CacheObject
+
+        partial = self.runtime.model.memory.partial_checkpoints and position < len(tokens)
+        return CacheObject(f"prefix@{position}", key, prefix_rel(key, position), self.folder(key) / f"{position}.pcm",
+                           position, lambda path: self.check(path, key, tokens[:position], partial=partial))
+
+    def _read(self, path: Path, key: str, tokens: list[int], *, partial: bool, arena: bool) -> np.ndarray:
         rt = self.runtime
         f = cache_file.read(path)
-        touch(path)
         try:
             rt.check_header(f.header, key)
             if f.header.get("mode") != "prefix":
@@ -89,7 +110,7 @@ class PrefixStates:
             if len(f.segments) != 1 or list(f.segments[0].tokens) != tokens:
                 raise CacheFileError("its tokens differ from the prompt's")
             rec = f.segments[0]
-            blob = f.blob(0, None if rec.mapped else rt.arena.take(rec.raw_size))
+            blob = f.blob(0, None if rec.mapped or not arena else rt.arena.take(rec.raw_size))
             model = rt.model  # every section's structure, cells and layers checked
             sections = model.memory.state_sections(partial=partial, swa=model.n_swa > 0)
             info = state_blob.parse_state(blob, sections)

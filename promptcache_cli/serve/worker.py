@@ -138,7 +138,8 @@ class Worker(threading.Thread):
         record = None
         if work.record:
             assert work.request is not None
-            record = answer_record(answer, mode=self.session.mode, no_cache=work.request.no_cache)
+            record = answer_record(answer, mode=self.session.mode, no_cache=work.request.no_cache,
+                                   remote=self.session.remote)
         job.emit("done", Done("".join(parts), answer.finish_reason, usage, record))
 
     def _sampler(self, work: Work) -> Sampler:

@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import CacheWriteError
 
@@ -68,8 +68,11 @@ class CacheStore:
         finally:
             lock.release()
 
-    def write_atomic(self, path: Path, chunks: list) -> int:
-        """Write ``chunks`` to ``path`` via a synced temporary file and a rename."""
+    def write_atomic(self, path: Path, chunks: Iterable, *, check: Callable[[Path], None] | None = None) -> int:
+        """Write ``chunks`` to ``path`` via a synced temporary file and a rename. ``chunks`` may
+        be a stream (a download): an error it raises removes the temporary file and propagates.
+        ``check(temporary path)``, when given, runs on the whole synced file before the rename;
+        whatever it raises removes the temporary file and propagates (nothing is put in place)."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -83,6 +86,8 @@ class CacheStore:
                     n += len(c)
                 f.flush()
                 os.fsync(f.fileno())
+            if check is not None:
+                check(Path(tmp))
             os.replace(tmp, path)
         except BaseException as e:  # also Ctrl-C: never leave a temporary file behind
             try:
@@ -101,3 +106,27 @@ class CacheStore:
         except OSError:
             pass
         return n
+
+    @contextlib.contextmanager
+    def scratch(self, near: Path, chunks: Iterable) -> Iterator[Path]:
+        """``chunks`` written to a temporary file in ``near``'s folder (where a crashed writer's
+        leftovers are found by `pc gc`), removed on leaving: a file only looked at (`pc verify
+        --remote`), never put in place."""
+        try:
+            near.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=near.parent)
+        except OSError as e:
+            raise CacheWriteError(f"cannot write to the cache at {near.parent}: {e.strerror}") from None
+        try:
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for c in chunks:
+                        f.write(c)
+            except OSError as e:
+                raise CacheWriteError(f"cannot write to the cache at {near.parent}: {e.strerror}") from None
+            yield Path(tmp)
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
