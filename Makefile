@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GEMMA := $(VENV)/models/gemma-3-270m-q4_k_m.gguf
 SCHEMA ?= schemas/gpl-manual.xml
-QUESTION ?= What does the license say about distributing modified versions?
+QUESTION ?= What is the program in the example called?
 
 .PHONY: install test bench bench-serve bench-models demo lint clean
 

@@ -18,6 +18,7 @@ it piece by piece: about 40 ms of a cached `pc ask` at ~4k tokens (cli/common.py
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -25,12 +26,57 @@ import sys
 INTERRUPTED = 130  # errors.EXIT_INTERRUPTED, which is imported only once the guard is up
 
 
+class _ClosedStdout:
+    """stdout when `pc` started with it closed (``>&-``): the first write fails, and `pc` exits 8
+    (cli.common.ClosedStdoutGuard); a command that writes nothing there is not affected."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return 1
+
+
+def _standard_streams() -> None:
+    """Give a standard stream closed at start (``<&-``, ``>&-``, ``2>&-``) /dev/null as its
+    descriptor, before anything is opened: otherwise the next file `pc` opens (a model, a lock
+    file, a cache file) would get descriptor 0, 1 or 2, and an answer could be written into it.
+    A closed stdout then fails its first write (exit 8), a closed stderr loses the messages (the
+    exit code still tells), a closed stdin reads as empty."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            closed.append(fd)
+    if 0 in closed or sys.stdin is None:
+        sys.stdin = open(0, encoding="utf-8", closefd=False)
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = _ClosedStdout()
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
 def main() -> None:
+    _standard_streams()
     guarded = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # an ignored SIGINT stays ignored
     if guarded:
         signal.signal(signal.SIGINT, _interrupted)
-    from .llama import preload
+    from .llama import preload, threads
 
+    threads.set_wait_policy()  # before llama.cpp's libraries (and libgomp with them) load
     path = preload.wanted(sys.argv[1:])
     if path:
         preload.start(path)

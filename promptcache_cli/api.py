@@ -24,12 +24,13 @@ from .llama.sampling import Sampler
 
 if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema parser
     from .core.engine import Engine
-    from .core.results import Answer, CompileReport, Progress, TransferReport
+    from .core.results import Answer, CompileReport, Progress, Staleness, TransferReport
     from .core.tokens import PromptState, TokenPrompts
     from .prompt.conversation import Conversation
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .llama.context import Context, ContextSettings
     from .llama.model import Model
+    from .pml.documents import Document
     from .pml.schema import ModuleImport, Schema
     from .pml.selection import Selection
     from .prompt.boundaries import Boundary
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # imported where used: `pc path` or `pc ls` need no schema pa
 
 MODES = ("auto", "modular", "prefix")
 DEFAULT_REPAIR = 0  # first tokens of each cached part placed after other text, recomputed (docs/design.md)
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # a document's (and a schema file's) largest size: pml.schema.MAX_SCHEMA_BYTES
 ENCODINGS = ("scaffold", "independent", "average")  # the first is the default (prompt/contexts.py)
 COMPRESSIONS = ("none", "zstd")
 KV_TYPES = ("f16", "q8_0")
@@ -61,6 +63,8 @@ class Request:
     ``keep_logits``: the answer carries the prompt's last logits (``Answer.first_logits``).
     ``repair``: how many first tokens of each cached part placed after other text than its states
     were computed after are computed afresh (modular mode).
+    ``stop``: strings that end the answer where the first of them appears (it is left out;
+    ``Answer.finish_reason`` is then ``"stop"``).
     ``history``: earlier turns of a conversation, ``(role, text)`` pairs (roles as the model's chat
     template knows them: ``user``, ``assistant``), the first a user turn; it continues the schema's
     last user turn and ``question`` is the next user turn.
@@ -78,6 +82,7 @@ class Request:
     keep_logits: bool = False
     prompt_file: str | None = None  # the <prompt> file ``imports`` came from (named in errors)
     repair: int = DEFAULT_REPAIR
+    stop: Sequence[str] = ()
     history: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
@@ -86,6 +91,10 @@ class Request:
             params = tuple(f"{k}={v}" for k, v in params.items())
         object.__setattr__(self, "params", tuple(params))
         object.__setattr__(self, "modules", tuple(self.modules))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise ValueError("stop strings must be non-empty strings")
+        object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "history", tuple((str(r), str(t)) for r, t in self.history))
 
     def turns(self) -> str | Conversation:
@@ -101,9 +110,10 @@ class TextRequest:
     template knows: ``system``, ``user``, ``assistant``), answered after the last one. Any text the
     cache holds (a compiled module's, a span learned from an earlier prompt) is found wherever it
     stands and its states reused; the rest is computed. ``learn``: store the long runs of message
-    text computed now, for their next appearance. ``repair``, ``refresh``: as in :class:`Request`
-    (``refresh`` uses the stored recompute scores where every cached run has them, else the first
-    tokens of each run). :meth:`from_text` makes the one-message prompt of `pc ask --text FILE`."""
+    text computed now, for their next appearance. ``repair``, ``refresh``, ``stop``: as in
+    :class:`Request` (``refresh`` uses the stored recompute scores where every cached run has them,
+    else the first tokens of each run). :meth:`from_text` makes the one-message prompt of
+    `pc ask --text FILE`."""
 
     messages: Sequence[tuple[str, str]]
     max_tokens: int = 128
@@ -113,9 +123,11 @@ class TextRequest:
     repair: int = DEFAULT_REPAIR
     refresh: float = 0.0
     keep_logits: bool = False
+    stop: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", tuple((str(r), str(t)) for r, t in self.messages))
+        object.__setattr__(self, "stop", tuple(self.stop))
 
     @classmethod
     def from_text(cls, text: str, **options: Any) -> TextRequest:
@@ -216,7 +228,7 @@ class Session:
         from .core.sharing import push
 
         tier, sch, t0 = self._tier(), self.schema(schema), time.perf_counter()
-        files = push(tier, self.engine.cache_objects(sch), force=force, progress=progress)
+        files = push(tier, self.engine.store, self.engine.cache_objects(sch), force=force, progress=progress)
         if any(f.status in ("uploaded", "present") for f in files):
             self.engine.record(sch, remote=True)
         return TransferReport(sch.name, str(tier), "push", tuple(files), time.perf_counter() - t0,
@@ -264,7 +276,7 @@ class Session:
         return self.engine.ask(schema, selection, request.turns(), max_tokens=request.max_tokens,
                                sampler=request.sampler, no_cache=request.no_cache, on_text=on_text,
                                progress=progress, keep_logits=request.keep_logits, refresh=request.refresh,
-                               repair=request.repair)
+                               repair=request.repair, stop=request.stop)
 
     def stream(self, request: Request | TextRequest, *, progress: Progress | None = None,
                halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
@@ -285,7 +297,17 @@ class Session:
                                    no_cache=request.no_cache, progress=progress, refresh=request.refresh,
                                    repair=request.repair)
         yield from stream(self.engine.runtime, done, selection=selection, t0=t0, max_tokens=request.max_tokens,
-                          sampler=request.sampler, keep_logits=request.keep_logits, halt=halt)
+                          sampler=request.sampler, keep_logits=request.keep_logits, stop=request.stop,
+                          halt=halt)
+
+    def stale(self, schema: SchemaRef | Request) -> Staleness:
+        """What :meth:`compile` of a schema (or :meth:`ask` of a request, with the cache) would
+        compute first, and why: ``reason`` is one line such as "python/return changed: recompiling
+        it and 1 module after it", None when everything is cached. Computes nothing."""
+        if isinstance(schema, Request):
+            sch = self.schema(schema.schema)
+            return self.engine.stale(sch, select(sch, schema))
+        return self.engine.stale(self.schema(schema))
 
     # -- prompts given as tokens (no schema) ---------------------------------------------------
     def chat_tokens(self, messages: Sequence[tuple[str, str]]) -> list[int]:
@@ -377,7 +399,7 @@ class Session:
                                    "moved to where a text stands in another prompt (answer with no_cache)")
         answer = None
         for item in stream(engine.runtime, done, selection=None, t0=t0, max_tokens=request.max_tokens,
-                           sampler=request.sampler, keep_logits=request.keep_logits, halt=halt):
+                           sampler=request.sampler, keep_logits=request.keep_logits, stop=request.stop, halt=halt):
             if isinstance(item, str):
                 yield item
             else:
@@ -637,6 +659,33 @@ def load_schema(path: str | os.PathLike) -> Schema:
     return load_schema(path)
 
 
+def documents_schema(documents: Sequence[str | os.PathLike | Document], *, system: str | None = None) -> Schema:
+    """A schema made in memory from plain text files (paths) or :class:`Document` objects: one
+    module per document in the user's turn, after ``system`` (default: a careful assistant's
+    prompt), named after the files (`pc ask -f FILE`). A document's cached states depend on its
+    text and what precedes it, not on its file's name or folder. Raises InputError for a file that
+    is missing, binary, not UTF-8, larger than 4 MiB or empty."""
+    from .pml.documents import Document, documents_schema, read_document
+
+    docs = [d if isinstance(d, Document) else read_document(d) for d in documents]
+    return documents_schema(docs, system=system)
+
+
+def read_document(path: str | os.PathLike) -> Document:
+    """A text file as a :class:`Document` (its name and text), checked as :func:`documents_schema` does."""
+    from .pml.documents import read_document
+
+    return read_document(path)
+
+
+def document_from_bytes(data: bytes, *, name: str = "stdin") -> Document:
+    """Bytes (a request's body, stdin) as a :class:`Document` named ``name``: UTF-8 text of at most
+    ``MAX_DOCUMENT_BYTES``, not binary, not empty (else InputError)."""
+    from .pml.documents import document_from_bytes
+
+    return document_from_bytes(data, name=name)
+
+
 # -- looking at schemas and the cache -------------------------------------------------------------
 
 
@@ -695,12 +744,22 @@ def verify_cache(cache_dir: str | os.PathLike) -> VerifyReport:
 
 
 def collect_garbage(cache_dir: str | os.PathLike, *, max_size: int | None = None, older_than: float | None = None,
-                    dry_run: bool = False) -> GcReport:
-    """Evict least recently used files until they take ``max_size`` bytes, and files unused for
-    ``older_than`` seconds (`pc gc`)."""
+                    dry_run: bool = False, orphans: bool = False, grace: float | None = None) -> GcReport:
+    """Evict least recently used files until they take ``max_size`` bytes, files unused for
+    ``older_than`` seconds, and (``orphans``) files no schema references any more (`pc gc`);
+    files used in the last ``grace`` seconds (default 60) stay: an ask may be about to read them."""
     from .store import admin
 
-    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run)
+    return admin.gc(Path(cache_dir), max_size=max_size, older_than=older_than, dry_run=dry_run, orphans=orphans,
+                    grace=admin.GRACE_SECONDS if grace is None else grace)
+
+
+def cache_names(cache_dir: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+    """What each cache file holds, by its key: ``schema/module`` (``schema/prefix``), as the
+    manifests say (`pc verify` and `pc gc` name files so)."""
+    from .store import admin
+
+    return admin.names_by_key(Path(cache_dir))
 
 
 def list_remote(remote: str | None = None) -> RemoteListing:
@@ -722,13 +781,15 @@ def verify_remote(remote: str | None = None, *, cache_dir: str | os.PathLike | N
 
 
 def collect_remote_garbage(remote: str | None = None, *, max_size: int | None = None, older_than: float | None = None,
-                           dry_run: bool = False) -> RemoteGcReport:
+                           dry_run: bool = False, grace: float | None = None) -> RemoteGcReport:
     """Delete the remote store's oldest cache files (by upload time: the store keeps no access
     time) until they take ``max_size`` bytes, and those uploaded more than ``older_than``
-    seconds ago, then the manifests left naming none (`pc gc --remote`)."""
+    seconds ago, then the manifests left naming none (`pc gc --remote`). Files uploaded in the
+    last ``grace`` seconds (default none: a download that loses its object recomputes) stay."""
     from .store import remote_admin
 
-    return remote_admin.gc_remote(_remote(remote), max_size=max_size, older_than=older_than, dry_run=dry_run)
+    return remote_admin.gc_remote(_remote(remote), max_size=max_size, older_than=older_than, dry_run=dry_run,
+                                  grace=grace or 0.0)
 
 
 def _remote(remote: str | None) -> Remote:
@@ -750,9 +811,9 @@ def remove_schema(cache_dir: str | os.PathLike, schema: str) -> RmReport:
 
 
 __all__ = [
-    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "KV_TYPES", "MODES", "Request",
-    "TextRequest", "answer_record",
-    "Sampler", "Session", "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path",
-    "inspect_schema", "list_cache", "list_remote", "load_schema", "open_session", "remove_schema",
+    "COMPRESSIONS", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "KV_TYPES", "MAX_DOCUMENT_BYTES", "MODES",
+    "Request", "TextRequest", "Sampler", "Session", "answer_record", "cache_names", "collect_garbage",
+    "collect_remote_garbage", "default_cache_dir", "default_model_path", "document_from_bytes", "documents_schema",
+    "inspect_schema", "list_cache", "list_remote", "load_schema", "open_session", "read_document", "remove_schema",
     "request_from_prompt", "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote",
 ]

@@ -8,7 +8,7 @@ at the end are signals between our own modules: they carry no exit code and neve
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Iterable
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: one line on stderr, PC_DEBUG=1 shows the traceback
@@ -51,6 +51,15 @@ class PcError(Exception):
 def exit_code_for(exc: BaseException) -> int | None:
     """The documented exit code for one of our errors, None for anything else (a bug)."""
     return exc.exit_code if isinstance(exc, PcError) else None
+
+
+def did_you_mean(word: str, choices: Iterable[object]) -> str:
+    """``"; did you mean 'x'?"`` naming the choices closest to a mistyped ``word`` (difflib's
+    ratio of at least 0.6; up to two), or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 # -- what the user typed (exit 2 and 3) -------------------------------------------------------
@@ -157,10 +166,24 @@ class CacheWriteError(PcError):
     exit_code = EXIT_CACHE
 
 
+class OutsideCache(CacheWriteError):
+    """A path `pc` was about to write, lock or delete is not inside the cache folder."""
+
+
+class CacheLinkError(CacheWriteError):
+    """A symbolic link inside the cache folder where `pc` would write, lock, delete or read: links
+    there are never followed and never removed (store/boundary.py)."""
+
+
 class CacheFileError(PcError):
     """The file is not a complete, intact cache file of this format (docs/cache-format.md)."""
 
     exit_code = EXIT_CACHE
+
+
+class CacheFileMissing(CacheFileError):
+    """The cache file is not there (never written, or removed meanwhile by `pc gc`, `pc rm` or
+    another host): it is computed like any missing file, not reported as damaged."""
 
 
 class BlobError(PcError):

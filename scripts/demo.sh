@@ -3,7 +3,7 @@
 # without it, and show the time saved. Uses a demo cache folder inside the checkout.
 set -euo pipefail
 schema=${1:-schemas/gpl-manual.xml}
-question=${2:-What does the license say about distributing modified versions?}
+question=${2:-What is the program in the example called?}
 export PC_CACHE_DIR=${PC_CACHE_DIR:-$PWD/.demo-cache}
 echo "== pc compile $schema   (cache: $PC_CACHE_DIR)" >&2
 pc compile "$schema"

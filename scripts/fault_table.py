@@ -6,7 +6,8 @@ correct answers and each `pc ask`'s peak memory against its bound.
 
 Progress goes to stderr, the markdown table to stdout (and to --out). Run it on a quiet machine:
 times are printed for information (the issue asks for "within a second"), never judged here.
-The cases are the tests' own: tests/hostile_inputs.py and tests/faults.py.
+The cases are the tests' own: tests/support/hostile_inputs.py, tests/support/faults.py and
+tests/test_cache_boundary.py (links inside the cache, sentinel files outside it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import faults, hostile_inputs  # noqa: E402
+from tests.support import faults, hostile_inputs  # noqa: E402
 from tests.test_load import (  # noqa: E402
     MEMORY_ALLOWANCE, N_ASKS, REQUESTS, STATE_COPIES, THREADS, file_sizes, states_by_module,
 )
@@ -263,6 +264,43 @@ def closed_stdout(table: Table, docs: Docs, work: Path, tries: int) -> None:
     table.add("closed stdout: `pc ask ... | head -c 20`", tries, outcomes, 0, [])
 
 
+def closed_streams(table: Table, docs: Docs, work: Path, tries: int) -> None:
+    """Standard streams closed before pc starts, and a compile whose stderr reader is gone."""
+    import os
+    import subprocess
+
+    from tests.test_faults import _shell
+
+    cache = work / "streams"
+    faults.run(["compile", docs.v1], cache=cache)
+    for label, redirects, want in (("closed stdout: `pc ask ... >&-`", ">&- 2>err.txt", "exit 8"),
+                                   ("closed stderr: `pc ask ... 2>&-`", "2>&- >out.txt", "answer"),
+                                   ("closed stdin: `pc ask QUESTION ... <&-`", "<&- >out.txt 2>err.txt", "answer")):
+        outcomes, lost = Counter(), 0
+        for _ in range(tries):
+            code, out, err = _shell(ask_args(docs.v1), redirects, cache, work)
+            if want == "exit 8":
+                ok = code == 8 and err.count("\n") == 1 and err.startswith("pc: ")
+                outcomes["exit 8, one line" if ok else f"UNEXPECTED exit {code}: {err[-120:]!r}"] += 1
+            else:
+                got = json.loads(out)["answer"] if code == 0 and out else None
+                outcomes["answer printed, exit 0" if got == docs.ref[docs.v1] else f"UNEXPECTED exit {code}"] += 1
+            lost += bool(faults.damaged_files(cache))
+        table.add(label, tries, outcomes, lost, [])
+    outcomes, lost = Counter(), 0
+    for i in range(tries):
+        fresh = work / f"epipe-{i}"
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        proc = subprocess.run(faults.PC + ["compile", str(docs.v1)], stdout=subprocess.PIPE, stderr=write_end,
+                              env=faults.env_for(fresh), check=False)
+        os.close(write_end)
+        whole = len(faults.module_files(fresh)) == 4 and not faults.damaged_files(fresh)
+        outcomes[f"exit {proc.returncode}, files {'kept whole' if whole else 'MISSING'}"] += 1
+        lost += not whole
+    table.add("EPIPE on stderr during `pc compile`", tries, outcomes, lost, [])
+
+
 def damaged(table: Table, docs: Docs, work: Path, tries: int) -> None:
     rnd = random.Random(5)
     cache = work / "damaged"
@@ -279,6 +317,81 @@ def damaged(table: Table, docs: Docs, work: Path, tries: int) -> None:
             outcomes[seen + answered(proc, docs.ref[docs.v1])] += 1
             lost += bool(faults.damaged_files(cache))
         table.add(f"damaged cache file: {kind}", tries, outcomes, lost, [])
+
+
+# -- the cache's boundary (issue 20) -------------------------------------------------------------
+
+
+def boundary(table: Table, docs: Docs, work: Path, tries: int) -> None:
+    """Links inside the cache to folders of sentinel files outside it (tests/test_cache_boundary.py):
+    each command runs on a fresh copy; "lost" counts tries where anything outside changed."""
+    from tests.test_cache_boundary import link_everywhere, sentinels, state
+
+    schema = docs.v1
+    template = work / "template"
+    faults.run(["compile", schema], cache=template)
+    prefix_ref = answer_of(faults.run(ask_args(schema, "--mode", "prefix"), cache=template))
+    cases = (
+        ("`pc gc --max-size 1 --grace 0s`", ["gc", "--max-size", "1", "--grace", "0s"], "exit 0"),
+        ("`pc gc --older-than 0s --grace 0s`", ["gc", "--older-than", "0s", "--grace", "0s"], "exit 0"),
+        ("`pc rm SCHEMA`", ["rm", schema], "exit 0"),
+        ("`pc ask` (modular)", ask_args(schema), docs.ref[schema]),
+        ("`pc ask --mode prefix`", ask_args(schema, "--mode", "prefix"), prefix_ref),
+        ("`pc compile --force`", ["compile", schema, "--force"], "exit 0"),
+        ("`pc compile --mode prefix --force`", ["compile", schema, "--mode", "prefix", "--force"], "exit 0"),
+        ("`pc verify`", ["verify"], "exit 0"),
+    )
+    for n, (label, args, want) in enumerate(cases):
+        outcomes, lost, seconds = Counter(), 0, []
+        for i in range(tries):
+            cache = work / f"b-{n}-{i}"
+            shutil.copytree(template, cache, symlinks=True)
+            outside = sentinels(work / f"outside-{n}-{i}")
+            links = link_everywhere(cache, outside)
+            before = state(outside)
+            proc = faults.run(args, cache=cache)
+            seconds.append(proc.seconds)
+            if want == "exit 0":
+                ok = proc.code == 0 and "Traceback" not in proc.err
+                outcomes["exit 0" if ok else f"UNEXPECTED exit {proc.code}: {proc.err[-120:]!r}"] += 1
+            else:
+                outcomes[answered(proc, want)] += 1
+            lost += state(outside) != before or not all(p.is_symlink() for p in links)
+        table.add(f"links to sentinel folders inside the cache: {label}", tries, outcomes, lost, seconds)
+
+
+def race(work: Path, rounds: int) -> str:
+    """The gc-beside-asks load test (tests/test_gc_beside_asks.py), ``rounds`` times."""
+    from tests.test_gc_beside_asks import QUESTION as Q, REQUESTS as R, THREADS as T
+
+    log("race")
+    work.mkdir(parents=True)
+    schema = faults.write_docs(work / "docs", 1)
+    refs = {r: answer_of(faults.run(["ask", Q, "-s", schema, "-n", "8", "--json", *r], cache=work / "ref", **T))
+            for r in set(R)}
+    passed, evicted, failures = 0, 0, Counter()
+    for i in range(rounds):
+        cache = work / f"race-{i}"
+        if i % 2:
+            faults.run(["compile", schema], cache=cache, **T)
+        got = faults.gc_beside_asks(Q, schema, cache, R, **T)
+        right = sum(answer_of(p) == refs[r] for r, p in got.asks)
+        for r, p in got.asks:
+            if answer_of(p) != refs[r]:
+                why = (f"exit {p.code}: {p.err_lines[-1][:100] if p.err_lines else ''}" if answer_of(p) is None
+                       else f"another answer ({' '.join(r) or 'default'}): {answer_of(p)!r}")
+                failures[why] += 1
+                log(f"    {why}")
+        passed += right == len(got.asks) and all(g.code == 0 for g in got.gcs)
+        evicted += got.evicted
+        log(f"  round {i + 1}: {right}/{len(got.asks)} right, {len(got.gcs)} gc runs, {got.evicted} files evicted")
+        shutil.rmtree(cache, ignore_errors=True)
+    text = (f"gc beside asks (`pc gc --max-size 1 --grace 0s` in a loop beside eight concurrent asks, "
+            f"modular and prefix mode, empty and compiled caches): {passed}/{rounds} rounds with every ask right "
+            f"and every gc clean; {evicted} files evicted while asks ran.")
+    if failures:
+        text += " Failures: " + "; ".join(f"{n}x {w}" for w, n in failures.items())
+    return text
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -325,7 +438,9 @@ def load(work: Path, rounds: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tries", type=int, default=3, help="how many times each case runs")
-    ap.add_argument("--only", choices=["hostile", "faults", "load"], help="run one part only")
+    ap.add_argument("--only", choices=["hostile", "faults", "streams", "boundary", "race", "load"],
+                    help="run one part only")
+    ap.add_argument("--race-rounds", type=int, default=20, help="rounds of the gc-beside-asks race")
     ap.add_argument("--out", type=Path, help="also write the markdown here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pc-fault-table-"))
@@ -336,12 +451,23 @@ def main() -> None:
         if args.only in (None, "faults"):
             log("faults")
             docs = Docs(work)
-            for part in (read_only, full_disk, kill_9, ctrl_c, closed_stdout, damaged):
+            for part in (read_only, full_disk, kill_9, ctrl_c, closed_stdout, closed_streams, damaged):
                 folder = work / part.__name__
                 folder.mkdir()
                 part(table, docs, folder, args.tries if part is not kill_9 else max(args.tries, 6))
+        if args.only == "streams":
+            folder = work / "streams"
+            folder.mkdir()
+            closed_streams(table, Docs(folder), folder, args.tries)
+        if args.only in (None, "boundary"):
+            log("boundary")
+            folder = work / "boundary"
+            folder.mkdir()
+            boundary(table, Docs(folder), folder, args.tries)
         if table.rows:
             parts.append(table.markdown())
+        if args.only in (None, "race"):
+            parts.append(race(work / "race", args.race_rounds))
         if args.only in (None, "load"):
             parts.append(load(work, max(1, args.tries // 3)))
     finally:

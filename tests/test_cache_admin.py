@@ -222,7 +222,7 @@ def test_ls_and_verify_leave_access_times_alone(cache: Path, tmp_path: Path) -> 
 def test_verify_passes_on_a_fresh_cache(cache: Path) -> None:
     obj = ok(pc("verify", "--json")).json()
     assert obj == {"cache_dir": str(cache), "checked": len(pcm_files(cache)), "ok": True, "damaged": [],
-                   "stale_temporary": []}
+                   "stale_temporary": [], "links": []}
     run = ok(pc("verify"))
     assert run.out == ""
     assert f"{len(pcm_files(cache))} cache files intact" in run.err
@@ -347,7 +347,8 @@ def test_gc_dry_run_removes_nothing_and_lists_what_would_go(cache: Path) -> None
     assert dry["dry_run"] is True
     human = ok(pc("gc", "--max-size", str(limit), "--dry-run"))
     assert snapshot(cache) == before
-    assert human.out == "" and f"would remove  {order[0]}" in human.err
+    assert human.out == "" and f"  {order[0].relative_to(cache)}  " in human.err
+    assert human.err.startswith("would remove  ") and "(least recently used, over the size limit)" in human.err
 
     real = ok(pc("gc", "--max-size", str(limit), "--json")).json()
     assert [(r["kind"], r["path"]) for r in dry["removed"]] == [(r["kind"], r["path"]) for r in real["removed"]]
@@ -371,7 +372,9 @@ def test_gc_cleans_temporary_and_lock_files_and_skips_a_locked_module(cache: Pat
         obj = ok(pc("gc", "--max-size", "0", "--json")).json()
     assert locked.exists()
     assert obj["skipped"] == [{"kind": "module", "path": str(locked), "key": locked.stem, "bytes": locked.stat().st_size,
-                               "last_used": obj["skipped"][0]["last_used"], "reason": "locked: being written"}]
+                               "last_used": obj["skipped"][0]["last_used"], "reason": "locked: being written",
+                               "holds": obj["skipped"][0]["holds"]}]
+    assert obj["skipped"][0]["holds"] and all("/" in h for h in obj["skipped"][0]["holds"])  # schema/module
     removed = {r["path"]: r["kind"] for r in obj["removed"]}
     assert removed == {**{str(p): "module" for p in order[1:]}, str(stale_tmp): "temporary", str(orphan_lock): "lock"}
     assert fresh_tmp.exists() and not stale_tmp.exists() and not orphan_lock.exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -43,11 +44,22 @@ def warnings_in(proc: faults.Proc) -> list[str]:
     return [line for line in proc.err_lines if line.startswith("warning:")]
 
 
+WHY = re.compile(r"^(not compiled yet|.+ not in the cache \(removed since\)|.+ (changed|is new)): "
+                 r"(computing|recompiling) ")
+
+
+def said(proc: faults.Proc) -> list[str]:
+    """stderr's lines without the one saying why modules are computed (printed as computing
+    starts, before whatever ends it)."""
+    lines = proc.err_lines
+    return lines[1:] if lines and WHY.match(lines[0]) else lines
+
+
 def assert_one_line_error(proc: faults.Proc, code: int) -> None:
     assert "Traceback" not in proc.err, proc.err
     assert proc.code == code, f"exit {proc.code}, stderr: {proc.err}"
     assert proc.out == ""
-    assert len(proc.err_lines) == 1 and proc.err_lines[0].startswith("pc: "), proc.err
+    assert len(said(proc)) == 1 and said(proc)[0].startswith("pc: "), proc.err
 
 
 @dataclass
@@ -94,7 +106,7 @@ def test_read_only_empty_cache_answers_by_computing_and_warns_once(docs: Docs, t
     faults.make_read_only(cache)
     proc = faults.run(ask_args(docs.v1), cache=cache, preexec=faults.drop_root_write_bypass)
     assert answer(proc) == docs.ref_v1
-    assert proc.err_lines == warnings_in(proc), proc.err  # the warning is all stderr says
+    assert said(proc) == warnings_in(proc), proc.err  # the warning is all stderr says, beside why it computes
     assert len(warnings_in(proc)) == 1, proc.err
     assert "Permission denied" in proc.err and str(cache) in proc.err
     assert faults.snapshot(cache) == {} and not any(cache.iterdir())
@@ -113,7 +125,7 @@ def test_read_only_warm_cache_answers_from_it_and_computes_what_it_lacks(docs: D
 
     other = faults.run(ask_args(docs.v2), cache=cache, preexec=faults.drop_root_write_bypass)
     assert answer(other) == docs.ref_v2  # every module of v2 computed in memory
-    assert len(warnings_in(other)) == 1 and other.err_lines == warnings_in(other), other.err
+    assert len(warnings_in(other)) == 1 and said(other) == warnings_in(other), other.err
     assert faults.snapshot(cache) == before
     faults.make_writable(cache)
 
@@ -217,7 +229,7 @@ def test_ctrl_c_at_random_points_during_ask(docs: Docs, tmp_path: Path) -> None:
         p.send_signal(signal.SIGINT)
         proc = faults.finish(p, t0)
         if proc.code == errors.EXIT_INTERRUPTED:
-            assert proc.err_lines == ["pc: interrupted"] and proc.out == "", proc.err
+            assert said(proc) == ["pc: interrupted"] and proc.out == "", proc.err
         else:
             assert answer(proc) == docs.ref_v1
         assert faults.temporary_files(cache) == [], i
@@ -265,3 +277,61 @@ def test_pipe_into_head_ends_quietly(docs: Docs, tmp_path: Path) -> None:
     assert len((tmp_path / "head.txt").read_bytes()) == 20
     assert (tmp_path / "status.txt").read_text().strip() == "0"  # pipefail: pc's own status
     assert (tmp_path / "err.txt").read_text() == ""
+
+
+# -- closed standard streams (issue 20) ----------------------------------------------------------
+
+
+def _shell(cmd: list, redirects: str, cache: Path, cwd: Path) -> tuple[int, str, str]:
+    """Run pc in a real shell with ``redirects`` (``>&-`` closes stdout before pc starts), its
+    stdout and stderr captured in files unless closed."""
+    line = " ".join(f"'{a}'" for a in faults.PC + [str(a) for a in cmd])
+    script = f"{line} {redirects}; echo $? > status.txt"
+    for name in ("out.txt", "err.txt"):
+        (cwd / name).write_text("")
+    subprocess.run(["bash", "-c", script], cwd=cwd, env=faults.env_for(cache), timeout=faults.TIMEOUT, check=True)
+    return (int((cwd / "status.txt").read_text()), (cwd / "out.txt").read_text(), (cwd / "err.txt").read_text())
+
+
+def test_closed_stdout_exits_8_with_one_line(docs: Docs, tmp_path: Path) -> None:
+    """`pc ask ... >&-`: stdout is not there to write to (not a reader gone away): exit 8, one
+    line; the cache it wrote is whole (no file of it was given descriptor 1)."""
+    cache = tmp_path / "cache"
+    code, _, err = _shell(ask_args(docs.v1), ">&- 2>err.txt", cache, tmp_path)
+    assert code == errors.EXIT_OUTPUT and "compiled 4 module(s) on demand" in err, err
+    code, _, err = _shell(ask_args(docs.v1), ">&- 2>err.txt", cache, tmp_path)  # from the cache: no report
+    assert code == errors.EXIT_OUTPUT, err
+    assert err.count("\n") == 1 and err.startswith("pc: cannot write to stdout"), err
+    assert faults.damaged_files(cache) == [] and faults.module_files(cache)
+    assert answer(faults.run(ask_args(docs.v1), cache=cache)) == docs.ref_v1
+
+
+def test_closed_stderr_and_stdin_still_answer(docs: Docs, tmp_path: Path) -> None:
+    """`2>&-`: the answer is printed, exit 0 (the messages are lost; the exit code still tells);
+    `<&-`: a question given as an argument needs no stdin."""
+    cache = tmp_path / "cache"
+    code, out, _ = _shell(ask_args(docs.v1, "--timings"), "2>&- >out.txt", cache, tmp_path)
+    assert code == 0 and json.loads(out)["answer"] == docs.ref_v1
+    code, out, err = _shell(ask_args(docs.v1), "<&- >out.txt 2>err.txt", cache, tmp_path)
+    assert code == 0 and json.loads(out)["answer"] == docs.ref_v1 and err == "", err
+    code, out, err = _shell(["ask", "-", "-s", docs.v1], "<&- >out.txt 2>err.txt", cache, tmp_path)
+    assert code == errors.EXIT_INPUT and out == "" and err.count("\n") == 1, err  # an empty question
+    assert faults.damaged_files(cache) == []
+
+
+def test_compile_whose_stderr_reader_went_away_keeps_its_files(docs: Docs, tmp_path: Path) -> None:
+    """A compile whose report meets EPIPE on stderr: exit 0, every file written and whole."""
+    import os
+
+    cache = tmp_path / "cache"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before pc writes a byte
+    try:
+        proc = subprocess.run(faults.PC + ["compile", str(docs.v1)], stdout=subprocess.PIPE, stderr=write_end,
+                              env=faults.env_for(cache), timeout=faults.TIMEOUT, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and proc.stdout == b""
+    assert len(faults.module_files(cache)) == 4 and faults.damaged_files(cache) == []  # the schema's and 3 modules
+    again = faults.run(ask_args(docs.v1), cache=cache)
+    assert answer(again) == docs.ref_v1 and again.err == ""  # all from the cache

@@ -5,11 +5,14 @@ asserted here."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from .support import hostile_inputs
+
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 @pytest.fixture(scope="module")
@@ -32,4 +35,7 @@ def test_hostile_input_ends_in_one_clean_line(name: str, table: dict, tmp_path: 
     assert len(proc.err_lines) == 1 and proc.err_lines[0].startswith("pc: "), proc.err
     for words in case.says:
         assert words in proc.err, (words, proc.err)
+    line = proc.err_lines[0]
+    assert len(line) <= hostile_inputs.MAX_LINE, len(line)  # length-capped
+    assert not UNSAFE.search(line), line  # control, bidi and invisible characters escaped
     assert not cache.exists() or not any(cache.rglob("*")), sorted(cache.rglob("*"))  # nothing written

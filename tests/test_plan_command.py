@@ -141,7 +141,7 @@ def test_a_bad_trace_is_one_line_and_exit_3(tmp_path):
 
 def test_bad_options_are_usage_errors(tmp_path):
     trace = write_trace(tmp_path, TRACE)
-    assert "give one of --trace FILE or --history SCHEMA|DIR" in failed(pc_plan(), errors.EXIT_USAGE)
+    assert "give one of -s SCHEMA, --trace FILE or --history SCHEMA|DIR" in failed(pc_plan(), errors.EXIT_USAGE)
     failed(pc_plan("--trace", trace, "--history", tmp_path), errors.EXIT_USAGE)
     err = failed(pc_plan("--trace", trace, "--length", "4000"), errors.EXIT_USAGE)
     assert "--length 4000 is shorter than the deepest overlap" in err

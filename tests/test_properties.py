@@ -281,3 +281,38 @@ def test_default_plan_reads_the_schema_default_text(case) -> None:
     words = {i: w for w, i in tok.vocab.items()}
     got = [words[t] for t in plan.tokens()]
     assert got == [w for node in body for w in default_words(node)]
+
+
+@SETTINGS
+@given(schemas())
+def test_context_arithmetic_matches_the_plain_reading_token_for_token(case) -> None:
+    """The linear context arithmetic (prompt/contexts.py) gives exactly the contexts of the plain
+    quadratic reading it replaced (tests/support/reference_contexts.py), for every segment and
+    encoding: cache keys hash them, so one token of difference would orphan every cache."""
+    from promptcache_cli.prompt import contexts as fast
+
+    from .support import reference_contexts as ref
+
+    xml, _, roles = case
+    _, layout, _ = build(xml, roles)
+    for seg in layout.segments:
+        for encoding in fast.ENCODINGS:
+            assert fast.contexts(layout, seg, encoding) == ref.contexts(layout, seg, encoding), (seg, encoding)
+        for encoding in ("independent", "scaffold"):
+            assert fast.context_tokens(layout, seg, encoding) == ref.context_tokens(layout, seg, encoding)
+        assert fast.scaffold_selection(layout, seg.owner) == ref.scaffold_selection(layout, seg.owner)
+
+
+@SETTINGS
+@given(schemas())
+def test_context_bytes_are_the_contexts_as_keys_hash_them(case) -> None:
+    import numpy as np
+
+    from promptcache_cli.prompt import contexts as fast
+
+    xml, _, roles = case
+    _, layout, _ = build(xml, roles)
+    for seg in layout.segments:
+        for encoding in fast.ENCODINGS:
+            want = tuple(np.asarray(c, dtype="<i4").tobytes() for c in fast.contexts(layout, seg, encoding))
+            assert fast.context_bytes(layout, seg, encoding) == want, (seg, encoding)

@@ -12,6 +12,7 @@ import numpy as np
 from promptcache_cli.prompt import recognize
 from promptcache_cli.prompt.text import learn_cuts
 from promptcache_cli.store import span_index as si
+from promptcache_cli.store.boundary import Boundary
 
 
 def _doc(seed: int, n: int) -> list[int]:
@@ -20,7 +21,7 @@ def _doc(seed: int, n: int) -> list[int]:
 
 
 def _index(tmp_path, files: dict[str, list[list[int]]]) -> si.SpanIndex:
-    idx = si.SpanIndex(tmp_path, "v")
+    idx = si.SpanIndex(Boundary(tmp_path), "v")
     for key, segments in files.items():
         idx.add(key, [tuple(s) for s in segments])
     return idx
@@ -86,18 +87,18 @@ def test_index_records_survive_torn_writes_and_are_compacted(tmp_path):
     assert n == 100 // si.CHUNK
     with open(idx.path, "ab") as f:  # a writer killed mid-record
         f.write(b"\x01" * 17)
-    assert len(si.SpanIndex(tmp_path, "v")) == n  # the torn tail is ignored
+    assert len(si.SpanIndex(Boundary(tmp_path), "v")) == n  # the torn tail is ignored
     idx.add(KEY_B, [tuple(b)])  # the next writer cuts it off first
     assert os.path.getsize(idx.path) % si.RECORD == 0
-    fresh = si.SpanIndex(tmp_path, "v")
+    fresh = si.SpanIndex(Boundary(tmp_path), "v")
     assert len(fresh) == 2 * n
     raw = bytearray(idx.path.read_bytes())
     raw[3] ^= 0xFF  # a damaged record: its check fails, it is skipped
     idx.path.write_bytes(bytes(raw))
-    assert len(si.SpanIndex(tmp_path, "v")) == 2 * n - 1
-    dropped = si.compact(tmp_path, lambda key: key == KEY_B)
+    assert len(si.SpanIndex(Boundary(tmp_path), "v")) == 2 * n - 1
+    dropped = si.compact(Boundary(tmp_path), lambda key: key == KEY_B)
     assert dropped == n  # KEY_A's records (the damaged one too) are gone
-    assert {e.key for _, e in si.SpanIndex(tmp_path, "v").lookup(si.window_hashes(a + b))} == {KEY_B}
+    assert {e.key for _, e in si.SpanIndex(Boundary(tmp_path), "v").lookup(si.window_hashes(a + b))} == {KEY_B}
 
 
 def test_window_hashes_equal_chunk_hashes():

@@ -198,7 +198,8 @@ def test_the_store_going_away_mid_ask_is_answered_locally_with_one_warning(tmp_p
         got = run.json()
         assert got["answer"] == answer
         fetched, computed = ({m["module"] for m in got[k]} for k in ("downloaded", "compiled"))
-        assert computed and fetched | computed == {"(schema)", "color", "license"}  # each whole, or computed
+        # each whole, or computed (animal, computed on the way to license, is stored too: a bystander)
+        assert computed and (fetched | computed) - {"animal"} == {"(schema)", "color", "license"}
         assert len(got["warnings"]) == 1 and "working from the local cache" in got["warnings"][0], got["warnings"]
         assert run.err.count("warning:") == 1  # and once on stderr
         assert temporary_files(b) == []
@@ -467,7 +468,7 @@ def test_a_killed_machines_lease_is_taken_over(tmp_path, remote):
     schema = facts_schema(tmp_path / "s")
     alone = ok(ask(schema, tmp_path / "alone", None)).json()
     keys = {m["module"]: m["key"] for m in alone["compiled"]}
-    assert set(keys) == {"(schema)", "color", "license"}
+    assert set(keys) == {"(schema)", "color", "license", "animal"}  # animal: computed on the way, stored too
     _lease(remote, f"modules/{keys['license'][:2]}/{keys['license']}.pcm", -5.0)  # expired
     _lease(remote, f"modules/{keys['color'][:2]}/{keys['color']}.pcm", 20.0)  # its holder was killed just now
 
@@ -491,7 +492,7 @@ def test_a_killed_machines_lease_is_taken_over(tmp_path, remote):
     removed = {n.file.rel for n in report.removed}
     assert {n.kind for n in report.removed} == {"lease"} and "leases/modules/00/dead.pcm.json" in removed
     assert [o.rel for o in Remote(remote).list("leases/")] == ["leases/modules/00/live.pcm.json"]
-    assert len(stored(remote)) == 3
+    assert len(stored(remote)) == len(keys)
 
 
 def test_pc_serve_and_pc_batch_download_from_the_store(tmp_path, remote):
@@ -522,3 +523,39 @@ def test_pc_serve_and_pc_batch_download_from_the_store(tmp_path, remote):
     got = json.loads(line)
     assert got["answer"] == want["answer"] and got["compiled"] == []
     assert {m["module"] for m in got["downloaded"]} == {"(schema)", "color", "license"}
+
+
+def test_downloads_and_uploads_never_follow_a_link_in_the_cache(tmp_path, remote):
+    """The remote tier goes through the cache's boundary (issue 20): a download never writes
+    through a symbolic link planted in the cache, and an upload never sends what a link planted
+    under a cache file's name points to."""
+    schema = facts_schema(tmp_path / "s")
+    a = tmp_path / "a"
+    ok(pc("compile", schema, "--remote", remote, cache_dir=a))
+    reference = ok(ask(schema, a, None)).json()["answer"]
+    name = max(faults.module_files(a), key=lambda p: p.stat().st_size).name  # the license module's file
+
+    outside = tmp_path / "outside"  # someone's folder, reached from b's cache by a link
+    outside.mkdir()
+    (outside / "notes.txt").write_bytes(b"mine\n")
+    b = tmp_path / "b"
+    (b / "modules").mkdir(parents=True)
+    (b / "modules" / name[:2]).symlink_to(outside, target_is_directory=True)
+    got = ok(ask(schema, b, remote)).json()
+    assert got["answer"] == reference
+    downloaded = {m["module"] for m in got["downloaded"]}
+    assert "license" not in downloaded and downloaded and downloaded <= {"(schema)", "color"}
+    assert sorted(p.name for p in outside.iterdir()) == ["notes.txt"]  # nothing written, locked or left there
+    assert (b / "modules" / name[:2]).is_symlink() and temporary_files(b) == []
+
+    secret = tmp_path / "secret.pcm"  # a file outside the cache, planted under a module file's name
+    secret.write_bytes(b"not for the store\n")
+    victim = a / "modules" / name[:2] / name
+    victim.unlink()
+    victim.symlink_to(secret)
+    rel = f"modules/{name[:2]}/{name}"
+    Remote(remote).delete(rel)
+    run = pc("push", schema, "--remote", remote, "--json", cache_dir=a)
+    assert run.code == 5 and "Traceback" not in run.err
+    assert {f["status"] for f in run.json()["files"]} == {"present", "missing"}
+    assert rel not in stored(remote) and victim.is_symlink() and secret.read_bytes() == b"not for the store\n"

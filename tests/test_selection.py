@@ -205,6 +205,8 @@ def test_cli_bare_name_ambiguous_and_unknown():
     e = cli_error(TRAVEL, modules=["trip-plan/overseas/paris"])
     assert e.message == ("unknown module 'paris' in module 'trip-plan/overseas' "
                          "(known: maldives, tokyo)")
+    e = cli_error(TRAVEL, modules=["trip-plan/overseas/tokio"])  # a typo in a path: its siblings
+    assert e.message.endswith("(known: maldives, tokyo); did you mean 'trip-plan/overseas/tokyo'?")
     assert select_cli(MIXED, modules=["y/shared"], params=[]).modules == {("y",), ("y", "shared")}
 
 

@@ -14,6 +14,7 @@ import pytest
 import promptcache_cli as pc
 from promptcache_cli.benchmarks.quality import kl
 from promptcache_cli.store import span_index
+from promptcache_cli.store.boundary import Boundary
 
 from .conftest import license_excerpt, write_schema
 from .support.pc_process import ok, one_line_error
@@ -95,11 +96,11 @@ def test_learned_text_is_found_in_another_prompt_then_damaged_then_evicted(model
         assert c.cached_tokens + c.computed_tokens == ref.computed_tokens
         if not c.spans:  # everything computed: the very answer --no-cache gives
             assert c.text == ref.text
-    index = span_index.SpanIndex(cache, next((cache / "spans").glob("*.idx")).stem)
+    index = span_index.SpanIndex(Boundary(cache), next((cache / "spans").glob("*.idx")).stem)
     assert len(index) > 0
     pc.collect_garbage(cache, max_size=0)
     assert not any(f.exists() for f in files)
-    assert len(span_index.SpanIndex(cache, index.path.stem)) == 0  # gc dropped the records of evicted files
+    assert len(span_index.SpanIndex(Boundary(cache), index.path.stem)) == 0  # gc dropped the records of evicted files
     with pc.open_session(model_path, cache_dir=cache, mode="modular") as s:
         d = s.ask(pc.TextRequest.from_text(other, max_tokens=2))
         assert d.cached_tokens == 0 and not d.spans and not d.warnings

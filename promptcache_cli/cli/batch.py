@@ -14,7 +14,7 @@ import typer
 from .. import errors
 from .common import CacheOpt, ModelOpt, RemoteOpt, emit_json, write_err
 from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
-                      ModeOpt, open_session)
+                      ModeOpt, ThreadsOpt, open_session)
 
 MAX_LINE_BYTES = 1 << 20
 FIELDS = {"schema", "question", "modules", "params", "prompt", "max_tokens", "temperature", "top_p", "seed",
@@ -30,6 +30,7 @@ def batch(
     kv_type: KvType = KvTypeOpt,
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
+    threads: int = ThreadsOpt,
     remote: Optional[str] = RemoteOpt,
 ) -> None:
     """Answer JSON lines of questions with one model load: each line an object with "schema" (a
@@ -37,7 +38,8 @@ def batch(
     "temperature", "top_p", "seed", "no_cache"; each output line what `pc ask --json` prints."""
     source = _open(file)
     total = _count(file) if file != "-" else None
-    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, remote=remote)
+    sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads,
+                        remote=remote)
     done = failed = 0
     bar, task = _progress(total)
     with bar:

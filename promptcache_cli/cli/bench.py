@@ -14,6 +14,16 @@ from typing import Optional
 import typer
 
 from .. import errors
+from .common import within
+
+
+HELP = """Benchmark pc against --no-cache and llama-cpp-python's caches; measure answer quality.
+
+\b
+  pc bench --quick
+  pc bench --only speed --threads 1
+
+Writes JSON, a Markdown table and plots under --out. More: docs/benchmarks.md"""
 
 
 def bench(
@@ -22,8 +32,11 @@ def bench(
                                    "rag; repeatable."),
     out: str = typer.Option("bench/results", "--out", help="Folder for <date>.json, .md and the PNG plots."),
     model: Optional[str] = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file."),
+    threads: int = typer.Option(0, "--threads", callback=within(0, 1024), metavar="N", show_default=False,
+                                help="Threads per system measured (default: $PC_THREADS, else each core)."),
 ) -> None:
-    """Benchmark pc against --no-cache and llama-cpp-python's caches; measure answer quality."""
+    import os
+
     from ..benchmarks import suite
     from ..api import resolve_model
 
@@ -31,6 +44,8 @@ def bench(
         cfg = suite.config_for(quick=quick, only=only or None)
     except ValueError as e:
         raise errors.InputError(str(e)) from None
+    if threads:  # every system measured (and every child process) reads it
+        os.environ["PC_THREADS"] = str(threads)
     t0 = time.perf_counter()
 
     def progress(msg: str) -> None:

@@ -10,8 +10,53 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import (CacheOpt, JsonOpt, RemoteSideOpt, cache_root, emit_json, option_parser, parse_age, parse_size,
-                     resolve_remote, write_err, write_out)
+from .common import (CacheOpt, JsonOpt, RemoteSideOpt, cache_root, emit_json, one_line, option_parser,
+                     parse_age, parse_size, resolve_remote, write_err, write_out)
+from .options import SchemaOpt, schema_path
+
+LS_HELP = """List the cached schemas and files: per module, tokens, size, last use.
+
+\b
+  pc ls
+  pc ls --json
+
+Modules a schema declares but no compile or question needed yet show as "not built".
+--remote: the remote store's files instead. More: docs/usage.md#managing-the-cache"""
+
+VERIFY_HELP = """Read every cache file whole and check every checksum; exit 5 if any is damaged.
+
+\b
+  pc verify
+
+Damaged files are named with the schema and module they hold; `pc ask` recomputes them when it
+needs them. --remote: the remote store's files (each downloaded to a temporary file).
+More: docs/usage.md#managing-the-cache"""
+
+GC_HELP = """Remove cache files: unused ones (--orphans), old ones, least recently used ones.
+
+\b
+  pc gc --orphans            # files no schema uses any more (after edits)
+  pc gc --max-size 2G --dry-run
+
+Also removes stale temporary and lock files. --remote: the remote store's files, by upload
+time. More: docs/usage.md#managing-the-cache"""
+
+RM_HELP = """Remove a schema from the cache, with the files no other schema uses. SCHEMA (or
+-s SCHEMA): its file, or its name as `pc ls` shows it.
+
+\b
+  pc rm schemas/licenses.xml
+  pc rm -s licenses
+
+More: docs/usage.md#managing-the-cache"""
+
+PATH_HELP = """Print the cache folder ($PC_CACHE_DIR, else the user's cache folder).
+
+\b
+  pc path
+  du -sh "$(pc path)"
+
+More: docs/usage.md#managing-the-cache"""
 
 
 def _iso(ts: Optional[float]) -> Optional[str]:
@@ -67,31 +112,62 @@ def _variant_json(v) -> dict:
     return out
 
 
-def _ls_rows(listing):
-    """(schema, name, tokens, size, ratio, last used, variant) per module file or prefix state."""
+NAME_WIDTH = 30  # the module column of `pc ls`: the table fits 80 columns
+
+
+def _where(path: Optional[str]) -> str:
+    """A schema file's path as `pc ls` shows it: relative to the working folder when inside it."""
+    import os
+
+    if not path:
+        return "no schema file: pc ask -f or the Python API"
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+
+
+def _ls_lines(listing) -> list[str]:
+    """`pc ls` as text lines of at most 80 columns: per schema, its file and, per variant (model,
+    encoding, codec: once), one row per module file or prefix state."""
+    head = f"  {'module':<{NAME_WIDTH}} {'tokens':>7} {'size':>9} {'ratio':>6}  last used"
+    out: list[str] = []
     for s in listing.schemas:
+        out += ["", _fit(f"{s.schema}  ({_where(s.path)})", 80)]
         for v in s.variants:
-            how = f"{v.model}{f' ({v.family}, {v.memory})' if v.family else ''} · {v.encoding} · {v.codec}"
+            codec = "no compression" if v.codec == "none" else f"{v.codec} compression"
+            kind = "prefix mode" if v.mode == "prefix" else f"{v.encoding} encoding"
+            model = f"{v.model}{f' ({v.family}, {v.memory})' if v.family else ''}"
+            line = f"  {model}, {kind}, {codec}"
+            out += [line, head] if len(line) <= 80 else [_fit(f"  {model}", 80), f"  {kind}, {codec}", head]
             for m in v.modules:
-                size = _size(m.bytes) if m.present else "missing" if m.cached else "uncached"
-                yield (s.schema, m.name, str(m.tokens), size,
-                       f"{m.ratio:.2f}x" if m.ratio else "", _when(m.last_used), how)
+                size = _size(m.bytes) if m.present else "not built" if m.cached else "uncached"
+                ratio = f"{m.ratio:.2f}x" if m.ratio else ""
+                out.append(f"  {_fit(m.name, NAME_WIDTH):<{NAME_WIDTH}} {m.tokens:>7} {size:>9} {ratio:>6}  "
+                           f"{_when(m.last_used)}".rstrip())
             for st in v.states:
-                yield (s.schema, f"prefix@{st.position}{' (partial)' if st.partial else ''}",
-                       str(st.tokens if st.tokens is not None else st.position), _size(st.bytes),
-                       f"{st.ratio:.2f}x" if st.ratio else "", _when(st.last_used), how)
+                name = f"prefix@{st.position}{' (partial)' if st.partial else ''}"
+                tokens = st.tokens if st.tokens is not None else st.position
+                ratio = f"{st.ratio:.2f}x" if st.ratio else ""
+                out.append(f"  {_fit(name, NAME_WIDTH):<{NAME_WIDTH}} {tokens:>7} {_size(st.bytes):>9} {ratio:>6}  "
+                           f"{_when(st.last_used)}".rstrip())
             if v.mode == "prefix" and not v.states:
-                yield s.schema, "prefix", str(v.tokens or ""), "missing", "", "", how
-    for f in listing.orphans:
-        name = f.key[:16] if f.position is None else f"{f.key[:16]}@{f.position}"
-        yield "(no schema)", name, "", _size(f.bytes), "", _when(f.last_used), ""
+                out.append(f"  {'prefix':<{NAME_WIDTH}} {v.tokens or '':>7} {'not built':>9}")
+    if listing.orphans:
+        size = _size(sum(f.bytes for f in listing.orphans))
+        out += ["", f"no schema uses these ({size}; `pc gc --orphans` removes them)", head]
+        for f in listing.orphans:
+            name = f.key[:16] if f.position is None else f"{f.key[:16]}@{f.position}"
+            out.append(f"  {name:<{NAME_WIDTH}} {'':>7} {_size(f.bytes):>9} {'':>6}  {_when(f.last_used)}".rstrip())
+    return out
 
 
 def ls_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = RemoteSideOpt, as_json: bool = JsonOpt) -> None:
-    """List the cached schemas and their module files or prefix states.
-
-    Per file: tokens, size on disk, compression ratio, last use. With --remote: the store's files and the
-    schemas its manifests name, with upload times."""
     if remote is not None:
         from .remote_cache import ls_remote
 
@@ -112,32 +188,44 @@ def ls_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = RemoteSi
     if not listing.schemas and not listing.orphans:
         write_err(f"the cache {root} holds no cache files")
         return
-    from rich.console import Console
-    from rich.table import Table
-
     n_files = len({m.key for s in listing.schemas for v in s.variants for m in v.modules if m.present})
     n_files += sum(f.position is None for f in listing.orphans)
     n_states = len({st.path for s in listing.schemas for v in s.variants for st in v.states})
     n_states += sum(f.position is not None for f in listing.orphans)
-    t = Table(title=f"{root}: {_count(n_files, 'module file')}, {_count(n_states, 'prefix state')}, "
-                    f"{_size(listing.total_bytes)}")
-    columns = ("schema", "module", "tokens", "size", "ratio", "last used", "model (family, memory) · encoding · codec")
-    for col in columns:
-        t.add_column(col, justify="right" if col in ("tokens", "size", "ratio") else "left")
-    for row in _ls_rows(listing):
-        t.add_row(*row)
-    console = Console(markup=False, highlight=False)  # names and paths are shown as they are
-    if not console.is_terminal:
-        console = Console(markup=False, highlight=False, width=200)
-    console.print(t)
+    states = f", {_count(n_states, 'prefix state')}" if n_states else ""
+    head = f"{root}: {_count(n_files, 'module file')}{states}, {_size(listing.total_bytes)}"
+    lines = [_fit(head, 80)] + _ls_lines(listing)  # a long cache path is cut at its start
+    write_out("\n".join(lines) + "\n")
+
+
+def _names(root) -> dict:
+    from ..api import cache_names
+
+    try:
+        return cache_names(root)
+    except OSError:
+        return {}
+
+
+def _label(f, names: dict) -> str:
+    """What a cache file holds (``schema/module``), else what it is."""
+    got = names.get(f.key)
+    if got:
+        return ", ".join(got[:2]) + (f" (+{len(got) - 2})" if len(got) > 2 else "")
+    return "prefix state of no schema" if f.position is not None else "module of no schema"
+
+
+def _rel(path, root) -> str:
+    from pathlib import Path
+
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def verify_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = RemoteSideOpt,
                as_json: bool = JsonOpt) -> None:
-    """Read every cache file whole and check every checksum; exit 5 if any is damaged.
-
-    With --remote: download each of the store's files into a temporary file in the cache directory and check
-    it the same way."""
     if remote is not None:
         from .remote_cache import verify_remote
 
@@ -146,18 +234,24 @@ def verify_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = Remo
 
     root = cache_root(cache_dir)
     report = verify_cache(root)
+    names = _names(root) if report.damaged else {}
     if as_json:
         emit_json({
             "cache_dir": str(root), "checked": report.checked, "ok": not report.damaged,
-            "damaged": [{"kind": d.kind, **_file_json(d.file), "reason": d.reason} for d in report.damaged],
+            "damaged": [{"kind": d.kind, **_file_json(d.file), "reason": d.reason,
+                         "holds": list(names.get(d.file.key, ()))} for d in report.damaged],
             "stale_temporary": [{"path": str(f.path), "bytes": f.bytes} for f in report.stale_temporary],
+            "links": [str(p) for p in report.links],
         })
     else:
         for d in report.damaged:
-            write_out(f"damaged   {d.file.path}: {d.reason}\n")
+            write_out(f"damaged   {_label(d.file, names)}  {d.file.path}: {d.reason}\n")
         for f in report.stale_temporary:
             write_out(f"leftover  {f.path} ({_size(f.bytes)}, a temporary file older than an hour; "
                       "`pc gc` removes it)\n")
+        for p in report.links:
+            write_out(f"link      {one_line(str(p))}: a symbolic link inside the cache; pc never follows it "
+                      "nor removes it\n")
     if report.damaged:
         write_err(f"pc: {len(report.damaged)} of {_count(report.checked, 'cache file')} damaged "
                   "(`pc ask` recomputes a damaged module or prefix state when it needs it)")
@@ -167,64 +261,70 @@ def verify_cmd(cache_dir: Optional[str] = CacheOpt, remote: Optional[str] = Remo
 
 
 def gc_cmd(
+    orphans: bool = typer.Option(False, "--orphans", help="Remove the files no schema uses any more."),
     max_size: Optional[int] = typer.Option(
         None, "--max-size", parser=option_parser(parse_size), metavar="SIZE",
-        help="Remove least recently used module files and prefix states until they take at most SIZE "
-        "(500M, 2G, 1.5GB, bytes).",
+        help="Remove least recently used files down to SIZE (500M, 2G).",
     ),
     older_than: Optional[float] = typer.Option(
         None, "--older-than", parser=option_parser(parse_age), metavar="AGE",
-        help="Remove module files and prefix states not used for longer than AGE (30d, 12h, 90m, 2w).",
+        help="Remove files unused for longer than AGE (30d, 12h, 90m).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    grace: Optional[float] = typer.Option(
+        None, "--grace", parser=option_parser(parse_age), metavar="AGE",
+        help="Leave files used in the last AGE alone (default 60s): an ask may be about to read them. "
+        "With --remote: files uploaded in the last AGE (default none).",
+    ),
     cache_dir: Optional[str] = CacheOpt,
     remote: Optional[str] = RemoteSideOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Evict module files and prefix states by last use; also remove stale temporary and lock files.
-
-    With --remote: delete the store's files by upload time (the store keeps no last use), then manifests
-    naming none left."""
     from ..api import collect_garbage
 
-    if max_size is None and older_than is None:
-        write_err("pc: gc needs --max-size SIZE or --older-than AGE, or both (see `pc gc --help`)")
+    if max_size is None and older_than is None and not orphans:
+        write_err("pc: gc needs --orphans, --max-size SIZE or --older-than AGE (see `pc gc --help`)")
         raise typer.Exit(errors.EXIT_USAGE)
     if remote is not None:
+        if orphans:
+            raise errors.UsageError("--orphans works on the cache directory; with --remote, use --max-size or "
+                                    "--older-than")
         from .remote_cache import gc_remote
 
-        return gc_remote(resolve_remote(remote, required=True), max_size, older_than, dry_run, as_json)
+        return gc_remote(resolve_remote(remote, required=True), max_size, older_than, dry_run, as_json, grace)
     root = cache_root(cache_dir)
-    report = collect_garbage(root, max_size=max_size, older_than=older_than, dry_run=dry_run)
+    names = _names(root)  # before removing: what each file held
+    report = collect_garbage(root, max_size=max_size, older_than=older_than, dry_run=dry_run, orphans=orphans,
+                             grace=grace)
     if as_json:
         emit_json({
-            "cache_dir": str(root), "dry_run": dry_run, "removed": [_note_json(n) for n in report.removed],
-            "skipped": [_note_json(n) for n in report.skipped], "bytes_freed": _freed(report),
-            "total_before": report.total_before, "total_after": report.total_after,
+            "cache_dir": str(root), "dry_run": dry_run,
+            "removed": [{**_note_json(n), "holds": list(names.get(n.file.key, ()))} for n in report.removed],
+            "skipped": [{**_note_json(n), "holds": list(names.get(n.file.key, ()))} for n in report.skipped],
+            "bytes_freed": _freed(report), "total_before": report.total_before, "total_after": report.total_after,
         })
         return
     verb = "would remove" if dry_run else "removed"
     for n in report.removed:
-        write_err(f"{verb}  {n.file.path}  {_size(n.file.bytes)}  ({n.reason})")
+        what = _label(n.file, names) if n.kind in ("module", "prefix") else n.kind + " file"
+        write_err(f"{verb}  {what}  {_rel(n.file.path, root)}  {_size(n.file.bytes)}  ({n.reason})")
     for n in report.skipped:
-        write_err(f"kept  {n.file.path}  ({n.reason})")
+        write_err(f"kept  {_label(n.file, names)}  {_rel(n.file.path, root)}  ({n.reason})")
     write_err(f"{'would free' if dry_run else 'freed'} {_size(_freed(report))} "
               f"in {_count(len(report.removed), 'file')}; "
               f"cache files {'would ' if dry_run else ''}take {_size(report.total_after)}")
 
 
 def rm_cmd(
-    schema: str = typer.Argument(..., help="The schema: its file's path, or its name as `pc ls` shows it."),
+    schema_arg: Optional[str] = typer.Argument(None, metavar="[SCHEMA]", show_default=False, hidden=True),
+    schema: Optional[str] = SchemaOpt,
     cache_dir: Optional[str] = CacheOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Remove a schema from the cache, with the files no other schema uses.
-
-    That is its manifest, its overlap record, and its module files and prefix states."""
     from ..api import remove_schema
 
     root = cache_root(cache_dir)
-    report = remove_schema(root, schema)
+    report = remove_schema(root, schema_path(schema_arg, schema, "rm"))
     if as_json:
         emit_json({
             "cache_dir": str(root), "schema": report.schema, "path": report.path, "manifest": str(report.manifest),
@@ -241,5 +341,4 @@ def rm_cmd(
 
 
 def path_cmd(cache_dir: Optional[str] = CacheOpt) -> None:
-    """Print the cache directory."""
     write_out(f"{cache_root(cache_dir)}\n")

@@ -1,24 +1,26 @@
-"""What the `pc` command modules share: the common options, writing to stdout and stderr, and
-option parsers for sizes and ages. Imports only Typer (rich when an error is written), so `pc`
-starts fast."""
+"""What the `pc` command modules share: the common options, writing to stdout and stderr (every
+line on stderr one safe line: :func:`one_line`), and option parsers for sizes, ages and finite
+numbers. Imports only Typer, so `pc` starts fast."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file (default: SmolLM2-135M-Instruct).")
-CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", help="Cache directory (default: user cache dir).")
+ModelOpt = typer.Option(None, "--model", envvar="PC_MODEL", metavar="FILE", show_envvar=False, hidden=True,
+                        help="GGUF model file (default: $PC_MODEL, else SmolLM2-135M-Instruct).")
+CacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", metavar="DIR", show_envvar=False,
+                        help="Cache folder (default: $PC_CACHE_DIR or the user's).")
+HiddenCacheOpt = typer.Option(None, "--cache-dir", envvar="PC_CACHE_DIR", metavar="DIR", hidden=True)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
-RemoteOpt = typer.Option(
-    None, "--remote", envvar="PC_REMOTE", metavar="URL",
-    help="Shared store behind the cache: s3://bucket/prefix (endpoint and credentials from the AWS variables "
-    "and files; see docs/fleet.md). Missing states are downloaded before anything is computed; computed ones "
-    "are uploaded. --remote alone: $PC_REMOTE.")
+RemoteOpt = typer.Option(  # short: `pc ask --help` fits a screen; docs/usage.md and docs/fleet.md say more
+    None, "--remote", envvar="PC_REMOTE", show_envvar=False, metavar="URL",
+    help="Shared store behind the cache, s3://bucket/prefix (default: $PC_REMOTE; docs/fleet.md).")
 RemoteSideOpt = typer.Option(
     None, "--remote", metavar="[URL]",
     help="Work on the remote store instead of the cache directory: s3://bucket/prefix, or $PC_REMOTE when "
@@ -120,15 +122,59 @@ def emit_json(obj: dict) -> None:
     write_out(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
-def write_err(message: str) -> None:
-    """One message on stderr. A stderr that cannot be written (closed, a full disk) loses it:
-    the exit code still tells."""
-    from rich.console import Console
+MAX_LINE = 1000  # characters of one message on stderr; longer ones keep their start and end
 
+# what never reaches a terminal raw: C0 and C1 controls (newlines, ESC, CSI U+009B), bidirectional
+# overrides and isolates (U+202E ...), other invisible format characters, line and paragraph
+# separators, and lone surrogates (undecodable bytes of a file name)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+                     "\ufeff\ufff9-\ufffb\ud800-\udfff\U000e0000-\U000e007f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(text: str) -> str:
+    def one(m: re.Match) -> str:
+        ch = m.group()
+        n = ord(ch)
+        return _NAMED.get(ch) or (f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+
+    return _UNSAFE.sub(one, text)
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` as one safe line: control, bidirectional and invisible characters escaped
+    (``\\n``, ``\\x9b``, ``\\u202e``), and at most about ``limit`` characters (a longer text keeps its
+    start and its end, and says how long it was)."""
+    if len(text) <= limit:
+        safe = _escape(text)
+        if len(safe) <= limit:
+            return safe
+    head = _escape(text[:limit])[: limit * 3 // 4]
+    tail = _escape(text[-limit:])[-(limit // 5):]
+    return f"{head} ...[{len(text)} characters, cut]... {tail}"
+
+
+def write_err(message: str) -> None:
+    """One message on stderr, as one line (:func:`one_line`: every message `pc` writes there goes
+    through this). A stderr that cannot be written (closed, a full disk, a reader gone) loses it:
+    the exit code still tells."""
+    stream = sys.stderr
+    if stream is None:
+        return
     try:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
-    except OSError:
+        stream.write(one_line(message) + "\n")
+        stream.flush()
+    except (OSError, ValueError):  # ValueError: closed
         pass
+
+
+def finite(value: Optional[float]) -> Optional[float]:
+    """A Typer callback: NaN and infinity are usage errors (they pass min/max checks)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30,
@@ -165,6 +211,18 @@ def option_parser(parse):
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
     return parser
+
+
+def within(low: float, high: float | None = None):
+    """A Typer option callback refusing values outside [low, high] (exit 2, as Typer's own ``min``
+    and ``max`` do, without their range notes, which would crowd ``--help``)."""
+    def check(value):
+        finite(value)  # NaN passes both comparisons
+        if value is not None and (value < low or (high is not None and value > high)):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise typer.BadParameter(f"{value} is not {bound}")
+        return value
+    return check
 
 
 def cache_root(cache_dir: Optional[str]) -> Path:

@@ -6,9 +6,33 @@ from typing import Optional
 
 import typer
 
+from .. import errors
 from .common import CacheOpt, JsonOpt, ModelOpt, RemoteOpt, emit_json, option_parser, parse_size, write_err
-from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
-                      ModeOpt, check_refresh, open_session, progress_bar)
+from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, FileOpt, KvType, KvTypeOpt,
+                      Mode, ModeOpt, SchemaOpt, SystemOpt, ThreadsOpt, check_refresh, open_session, progress_bar,
+                      read_stdin, schema_for, schema_path)
+
+COMPILE_HELP = """Compute and store the states of a schema's modules (or of text files, -f) not
+cached yet; then `pc ask` answers from the cache.
+
+\b
+  pc compile schemas/gpl-manual.xml       (or -s schemas/gpl-manual.xml)
+  pc compile -f notes.txt
+  pc compile schemas/ --remote s3://team/pc   (every *.xml, shared)
+
+More options (--model, --encoding, --compression, --kv-type, --mode, --checkpoints):
+docs/usage.md#pc-compile"""
+
+INSPECT_HELP = """Show a schema's layout: every element's offset and token length; computes nothing.
+
+\b
+  pc inspect schemas/licenses.xml
+  pc inspect -f notes.txt --json
+
+More: docs/usage.md#pc-inspect"""
+
+SchemaArg = typer.Argument(None, metavar="[SCHEMA]", show_default=False, hidden=True)  # as -s SCHEMA
+SchemasArg = typer.Argument(None, metavar="[SCHEMA...]", show_default=False, hidden=True)  # files or folders
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -22,7 +46,20 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def compile(
-    schemas: list[str] = typer.Argument(..., metavar="SCHEMA...", help="Schema files (PML), or folders of *.xml."),
+    schemas: Optional[list[str]] = SchemasArg,
+    schema: Optional[str] = SchemaOpt,
+    files: list[str] = FileOpt,
+    system: Optional[str] = SystemOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute what is cached too."),
+    ranked: bool = typer.Option(
+        False, "--ranked", help="Also store recompute scores (for pc ask --refresh)."),
+    shard_text: Optional[str] = typer.Option(
+        None, "--shard", metavar="K/N", hidden=True,
+        help="Compute only share K of N (0 <= K < N) of the modules, split by their keys: N jobs with "
+        "K = 0 ... N-1 over the same schemas and --remote compute every module once between them."),
+    remote: Optional[str] = RemoteOpt,
+    threads: int = ThreadsOpt,
+    as_json: bool = JsonOpt,
     model: Optional[str] = ModelOpt,
     cache_dir: Optional[str] = CacheOpt,
     encoding: Encoding = EncodingOpt,
@@ -31,43 +68,51 @@ def compile(
     mode: Mode = ModeOpt,
     checkpoints: int = CheckpointsOpt,
     checkpoint_bytes: Optional[int] = typer.Option(
-        None, "--checkpoint-bytes", parser=option_parser(parse_size), metavar="SIZE",
+        None, "--checkpoint-bytes", parser=option_parser(parse_size), metavar="SIZE", hidden=True,
         help="Prefix mode: keep no more checkpoints than fit in SIZE (500M, 2G, bytes).",
     ),
-    force: bool = typer.Option(False, "--force", help="Recompute even the modules already cached."),
-    ranked: bool = typer.Option(
-        False, "--ranked", help="Also store each module's recompute scores for `pc ask --refresh` "
-        "(one more prefill of every module)."),
-    shard_text: Optional[str] = typer.Option(
-        None, "--shard", metavar="K/N",
-        help="Compute only share K of N (0 <= K < N) of the modules, split by their keys: N jobs with "
-        "K = 0 ... N-1 over the same schemas and --remote compute every module once between them."),
-    remote: Optional[str] = RemoteOpt,
-    as_json: bool = JsonOpt,
 ) -> None:
-    """Precompute every module's attention states (or the default prompt's prefix states) and store them.
-
-    With --remote, modules the store holds are skipped and computed ones are uploaded."""
     import time
 
     from ..api import load_schema
 
     t0 = time.perf_counter()
     shard = option_parser(parse_shard)(shard_text) if shard_text is not None else None
-    files = _schema_files(schemas)
-    loaded = [load_schema(f) for f in files]  # every schema is checked before any work
+    named = list(schemas or []) + ([schema] if schema else [])
+    if files:  # -f FILE: one schema made of the files
+        if named:
+            raise errors.UsageError("-f FILE and -s SCHEMA are two ways to give the context: use one")
+        loaded = [schema_for(None, files, system, "compile", read_stdin)]
+        paths = named = ["-f"]
+    else:
+        if system is not None:
+            raise errors.UsageError("--system goes with -f FILE (a schema has its own system prompt)")
+        if not named:
+            raise errors.UsageError("pc compile needs -f FILE (a text file) or -s SCHEMA (see `pc compile --help`)")
+        paths = _schema_files(named)
+        loaded = [load_schema(f) for f in paths]  # every schema is checked before any work
     check_refresh(ranked, "--ranked", kv_type, mode)
     sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, checkpoint_bytes,
-                        remote=remote)
+                        threads=threads, remote=remote)
     check_refresh(ranked, "--ranked", kv_type, Mode(sess.mode))
     out = []
     for sch in loaded:
-        bar, update = progress_bar(not as_json)
-        with bar:
-            report = sess.compile(sch, force=force, progress=update, ranked=ranked, shard=shard)
+        # why states are computed: said when computing starts (an error before that is one line)
+        reasons = [] if force else [r for r in (sess.stale(sch).reason,) if r]
+        with progress_bar(not as_json) as bar:
+
+            def progress(done: int, total: int, name: str, bar=bar, reasons=reasons) -> None:
+                while reasons:
+                    write_err(reasons.pop())
+                if bar.update is not None:
+                    bar.update(done, total, name)
+
+            report = sess.compile(sch, force=force, progress=progress, ranked=ranked, shard=shard)
+        if reasons and any(m.status == "computed" for m in report.modules):  # computed without a progress report
+            write_err(reasons.pop())
         out.append(_report(sess, report, as_json=as_json, ranked=ranked))
     if as_json:
-        if len(schemas) == 1 and len(files) == 1 and files[0] == schemas[0]:
+        if len(named) == 1 and paths == named:
             emit_json(out[0])
         else:
             down, up = sess.remote_bytes
@@ -81,8 +126,6 @@ def _schema_files(args: list[str]) -> list[str]:
     """The schema files named, a folder standing for its *.xml files (sorted)."""
     import os
     from pathlib import Path
-
-    from .. import errors
 
     files: list[str] = []
     for arg in args:
@@ -115,9 +158,10 @@ def _report(sess, report, *, as_json: bool, ranked: bool) -> dict:
         return obj
     computed = [r for r in rows if r["status"] == "computed"]
     reused = [r for r in rows if r["status"] == "reused"]
+    width = max([8] + [len(r["status"]) for r in rows])  # "other shard" and "remote" rows widen it
     for r in rows:
         mark = "  uploaded" if r.get("uploaded") else ""
-        write_err(f"{r['status']:>11}  {r['module']:<32} {r['tokens']:>6} tokens  {r['bytes'] / 1e6:8.2f} MB{mark}")
+        write_err(f"{r['status']:>{width}}  {r['module']:<32} {r['tokens']:>6} tokens {r['bytes'] / 1e6:8.2f} MB{mark}")
     elsewhere = ""
     if report.remote or any(r["status"] == "other shard" for r in rows):
         n_store = sum(r["status"] == "remote" for r in rows)
@@ -126,9 +170,9 @@ def _report(sess, report, *, as_json: bool, ranked: bool) -> dict:
         elsewhere = (f", {n_store} in the store, {n_other} in other shards" if n_other else
                      f", {n_store} in the store") + (f"; {n_up} uploaded to {report.remote}" if report.remote else "")
     write_err(
-        f"compiled '{report.schema}': {len(computed)} computed, {len(reused)} reused{elsewhere}, "
-        f"{_tokens_total(report, rows)} tokens in {report.seconds:.2f} s "
-        f"({'prefix mode' if report.encoding == 'prefix' else report.encoding + ' encoding'})"
+        f"compiled '{report.schema}': {len(computed)} computed, {len(reused)} reused{elsewhere}; "
+        f"{_tokens_total(report, rows):,} tokens, {report.seconds:.1f} s, "
+        f"{'prefix mode' if report.encoding == 'prefix' else report.encoding}"
     )
     if ranked:
         write_err(f"recompute scores: {len(report.ranked)} module(s) measured now, the others already had them")
@@ -144,14 +188,17 @@ def _tokens_total(report, rows: list[dict]) -> int:
 
 
 def inspect(
-    schema: str = typer.Argument(..., help="Schema file (PML)."),
-    model: Optional[str] = ModelOpt,
+    schema_arg: Optional[str] = SchemaArg,
+    schema: Optional[str] = SchemaOpt,
+    files: list[str] = FileOpt,
+    system: Optional[str] = SystemOpt,
     as_json: bool = JsonOpt,
+    model: Optional[str] = ModelOpt,
 ) -> None:
-    """Print the schema's layout: every element's offset and token length. Computes no states."""
-    from ..api import inspect_schema, load_schema
+    from ..api import inspect_schema
 
-    sch = load_schema(schema)
+    path = schema_path(schema_arg, schema, "inspect", required=not files)
+    sch = schema_for(path, files, system, "inspect", read_stdin)
     lo = inspect_schema(sch, model=model)
     rows = [
         {"name": e.name or e.kind, "kind": e.kind, "path": "/".join(e.path), "offset": e.offset,

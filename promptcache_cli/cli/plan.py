@@ -28,6 +28,7 @@ from typing import Optional
 import typer
 
 from .. import errors
+from .common import CacheOpt, within
 
 DECAY = 0.99  # checkpoint_plan.DECAY (numpy is imported only when planning: fast `pc` start)
 WEIGHTING = ("exponential decay in trace order: of N requests, the i-th (0-based, oldest first) weighs "
@@ -41,40 +42,50 @@ UNITS = {"positions": "tokens from the start of the cached prompt", "length": "t
          "resolution_tokens": "tokens: the DP may place a checkpoint at any token"}
 
 
+HELP = """Prefix mode: where to keep checkpoints, the optimal plan against the baselines.
+
+\b
+  pc plan -s schemas/travel.xml           # from the questions asked so far
+  pc plan --trace requests.jsonl --checkpoints 8
+
+Shows the shared tokens each plan recomputes per request (the exact weighted mean over the
+requests). More: docs/usage.md#pc-plan"""
+
+
 def plan(
+    schema: Optional[Path] = typer.Option(
+        None, "--schema", "-s", metavar="FILE", show_default=False,
+        help="Plan from the questions asked about this schema.",
+    ),
     trace: Optional[Path] = typer.Option(
         None, "--trace", metavar="FILE",
-        help='Requests as JSON lines {"tokens": N, "overlap": D}: prompt length, tokens shared with the cached prompt.',
+        help='Plan from requests: JSON lines {"tokens": N, "overlap": D}.',
     ),
     history: Optional[Path] = typer.Option(
         None, "--history", metavar="SCHEMA|DIR",
-        help="The overlap depths recorded by prefix-mode `pc ask`: a schema file (looked up in the cache "
-        "directory), or the folder holding overlap.jsonl.",
+        help="A schema file (as -s), or a folder holding overlap.jsonl.",
     ),
-    cache_dir: Optional[str] = typer.Option(
-        None, "--cache-dir", envvar="PC_CACHE_DIR", help="Cache directory (default: user cache dir).",
-    ),
+    cache_dir: Optional[str] = CacheOpt,
     checkpoints: int = typer.Option(
-        4, "--checkpoints", min=0, max=1024, metavar="M",
-        help="Checkpoints to place; the state at the end of the cached prompt is kept besides them.",
+        4, "--checkpoints", callback=within(0, 1024), metavar="M", show_default=False,
+        help="Checkpoints to place (4), besides the prompt's end.",
     ),
     length: Optional[int] = typer.Option(
-        None, "--length", min=1, metavar="L",
-        help="The cached prompt's length in tokens (default: the deepest overlap among the requests).",
+        None, "--length", callback=within(1), metavar="L",
+        help="The cached prompt's tokens (default: the deepest overlap).",
     ),
     decay: float = typer.Option(
-        DECAY, "--decay", help="Each newer request multiplies the weight of older ones by this, in trace "
-        "order (1: all equal). The plan and every reported cost use these weights.",
+        DECAY, "--decay", metavar="D", show_default=False,
+        help="Weight of a request against the next one (0.99; 1: equal).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields documented in it)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout (fields documented in it)."),
 ) -> None:
-    """Where to keep prefix checkpoints: the optimal plan against the baselines.
-
-    Shows the shared tokens each plan recomputes per request: the exact weighted mean over the
-    requests of (depth - deepest checkpoint at or below it), the state at the end of the cached
-    prompt kept besides the checkpoints. The optimal plan is computed at token resolution."""
+    if schema is not None:
+        if history is not None and history != schema:
+            _usage("-s SCHEMA and --history name the same thing: give one")
+        history = schema
     if (trace is None) == (history is None):
-        _usage("give one of --trace FILE or --history SCHEMA|DIR")
+        _usage("give one of -s SCHEMA, --trace FILE or --history SCHEMA|DIR")
     if not 0.0 < decay <= 1.0:
         _usage(f"--decay must be in (0, 1], not {decay}")
     if history is not None and history.is_file():
@@ -134,9 +145,9 @@ def _requests(trace: Optional[Path], history: Optional[Path]) -> tuple[str, list
 
 
 def _note(message: str) -> None:
-    from rich.console import Console
+    from .common import write_err
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"pc: {message}", markup=False)
+    write_err(f"pc: {message}")
 
 
 def _usage(message: str) -> None:

@@ -106,10 +106,11 @@ def verify_remote(url: str, cache_dir: Optional[str], as_json: bool) -> None:
         write_err(f"{report.checked} object(s) intact in {report.remote}")
 
 
-def gc_remote(url: str, max_size: Optional[int], older_than: Optional[float], dry_run: bool, as_json: bool) -> None:
+def gc_remote(url: str, max_size: Optional[int], older_than: Optional[float], dry_run: bool, as_json: bool,
+              grace: Optional[float] = None) -> None:
     from ..api import collect_remote_garbage
 
-    report = collect_remote_garbage(url, max_size=max_size, older_than=older_than, dry_run=dry_run)
+    report = collect_remote_garbage(url, max_size=max_size, older_than=older_than, dry_run=dry_run, grace=grace)
     freed = sum(n.file.bytes for n in report.removed)
     if as_json:
         emit_json({"remote": report.remote, "dry_run": dry_run, "removed": [_note_json(n) for n in report.removed],

@@ -71,10 +71,10 @@ def serve(
     if learn and sessions[0].mode != "modular":
         raise errors.UsageError(f"--learn moves cached states to where a text stands, which needs modular mode; "
                                 f"this model runs in {sessions[0].mode} mode")
-    bar, update = progress_bar(True)
+    bar = progress_bar(True)
     with bar:
         for sch in loaded.values():
-            report = sessions[0].compile(sch, progress=update)
+            report = sessions[0].compile(sch, progress=bar.update)
             for w in report.warnings:
                 write_err(f"warning: {w}")
             computed = sum(1 for m in report.modules if m.status == "computed")

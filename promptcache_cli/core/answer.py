@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from ..llama.context import Context
 from ..llama.sampling import Generation, Sampler
 from ..pml.selection import Selection
 from ..prompt.plan import PromptPlan, owner_name
-from .results import Answer, ModuleReport, SpanUse
+from .results import Answer, ModuleReport, Progress, SpanUse
 from .runtime import Runtime
 
 
@@ -34,11 +34,23 @@ class Prefilled:
     spans: list[SpanUse] = field(default_factory=list)  # text prompts: the cached runs found
 
 
-def prefill_uncached(runtime: Runtime, plan: PromptPlan, question: list[int], n_cells: int) -> Prefilled:
-    """The plan's tokens and the question decoded from position 0 in a context of ``n_cells``."""
+def prefill_uncached(runtime: Runtime, plan: PromptPlan, question: list[int], n_cells: int,
+                     progress: Progress | None = None) -> Prefilled:
+    """The plan's tokens and the question decoded from position 0 in a context of ``n_cells``
+    (``progress`` reports the tokens, as "the prompt")."""
     ctx = runtime.context(n_cells)
     tokens = plan.tokens() + question
-    ctx.decode(tokens, start=0, logits=True)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, len(tokens), "the prompt")
+
+    if progress is not None:
+        progress(0, len(tokens), "the prompt")
+    ctx.decode(tokens, start=0, logits=True, progress=tick)
     return Prefilled(ctx, 0, len(tokens))
 
 
@@ -52,21 +64,25 @@ def prefill_tokens(runtime: Runtime, tokens: list[int], n_cells: int) -> Prefill
 
 
 def stream(runtime: Runtime, done: Prefilled, *, selection: Selection | None, t0: float, max_tokens: int,
-           sampler: Sampler, keep_logits: bool, halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
+           sampler: Sampler, keep_logits: bool, stop: Sequence[str] = (),
+           halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
     """The answer's text as it grows, then its :class:`Answer` (``t0``: when the ask began;
-    ``halt``: asked after each piece whether to end the answer there)."""
+    ``stop``: strings that end it, left out; ``halt``: asked after each piece whether to end the
+    answer there)."""
     logits = done.ctx.logits()
-    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, halt=halt)
+    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, stop=stop,
+                   halt=halt)
     yield from g
     yield _report(runtime, done, g, selection=selection, t0=t0, logits=logits if keep_logits else None)
 
 
 def finish(runtime: Runtime, done: Prefilled, *, selection: Selection | None, t0: float, max_tokens: int,
            sampler: Sampler, on_text: Callable[[str], None] | None, keep_logits: bool,
-           halt: Callable[[], bool] | None = None) -> Answer:
+           stop: Sequence[str] = (), halt: Callable[[], bool] | None = None) -> Answer:
     """The whole answer; ``on_text`` receives its text as it grows."""
     logits = done.ctx.logits()
-    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, halt=halt)
+    g = Generation(runtime.model, done.ctx, logits, max_tokens=max_tokens, sampler=sampler, t0=t0, stop=stop,
+                   halt=halt)
     for piece in g:
         if on_text:
             on_text(piece)

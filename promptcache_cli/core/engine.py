@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from ..llama.context import ContextSettings
 from ..llama.model import Model
@@ -13,7 +13,7 @@ from ..pml.selection import Selection
 from ..prompt.conversation import Conversation
 from ..store.files import CacheStore
 from .answer import Prefilled
-from .results import Answer, CompileReport, Progress
+from .results import Answer, CompileReport, Progress, Staleness
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -44,7 +44,9 @@ class Engine(Protocol):
     def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
-            repair: int = 0) -> Answer: ...
+            repair: int = 0, stop: Sequence[str] = ()) -> Answer: ...
+
+    def stale(self, schema: Schema, selection: Selection | None = None) -> Staleness: ...
 
     def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0,

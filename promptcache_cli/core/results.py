@@ -49,6 +49,17 @@ class SpanUse:
 
 
 @dataclass(frozen=True)
+class Staleness:
+    """What a compile or an ask would compute before answering, and why, in one line for a
+    person (``reason``; None when nothing is to be computed)."""
+
+    missing: tuple[str, ...]  # modules (or "prefix") whose states are not cached, in prompt order
+    changed: tuple[str, ...]  # of those, the modules whose own text changed (or is new) since the last compile
+    tokens: int  # the tokens of the missing modules
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class Answer:
     text: str
     tokens: tuple[int, ...]  # the answer's token ids
@@ -65,7 +76,7 @@ class Answer:
     ranked: tuple[str, ...] = ()  # modules whose recompute scores were measured now
     spans: tuple[SpanUse, ...] = ()  # text prompts: the cached runs found in the prompt
     learned: tuple[SpanUse, ...] = ()  # text prompts with ``learn``: the runs stored for next time
-    finish_reason: str = "stop"  # "stop": the model ended the answer (or it was halted); "length": max_tokens
+    finish_reason: str = "stop"  # "stop": end of turn, a stop string, or halted; "length": max_tokens (or the context)
     downloaded: tuple[ModuleReport, ...] = ()  # modules (or prefix states) fetched from the remote store
 
 

@@ -68,7 +68,7 @@ class Runtime:
             from ..store.span_index import SpanIndex, variant_id
 
             variant = variant_id(self.fingerprint, llama_cpp_version(), self.settings.state_layout(), FORMAT_TAG)
-            self._span_index = SpanIndex(self.store.root, variant)
+            self._span_index = SpanIndex(self.store.boundary, variant)
         return self._span_index
 
     # -- memory ---------------------------------------------------------------------------------
@@ -112,6 +112,10 @@ class Runtime:
     def layout(self, schema: Schema) -> lay.Layout:
         hit = self._layouts.get(id(schema))
         if hit is None or hit[0] is not schema:  # ids are reused once a schema is freed
+            at_least = lay.min_positions(schema) + 1  # and a token of answer
+            if at_least > self.model.n_ctx_train:  # refused before the slow part: tokenizing every text
+                raise PromptTooLong(f"the schema takes at least {at_least - 1} positions, "
+                                    f"the model's context is {self.model.n_ctx_train}")
             hit = self._layouts[id(schema)] = (schema, lay.build(schema, self.model, self.model.chat_template()))
         return hit[1]
 

@@ -5,10 +5,11 @@ the store holds nothing for this machine, and pick a compile shard's share of th
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Callable
 
-from ..errors import BlobError, CacheFileError, RemoteError
+from ..errors import BlobError, CacheFileError, CacheFileMissing, CacheWriteError, RemoteError
 from ..store import manifest
 from ..store.files import CacheStore
 from ..store.remote import Missing, manifest_digest, manifest_rel
@@ -43,27 +44,32 @@ def _bytes_progress(progress: Progress | None, done: list[int], total: int, name
     return tick
 
 
-def push(tier: Tier, objects: list[CacheObject], *, force: bool = False,
+def push(tier: Tier, store: CacheStore, objects: list[CacheObject], *, force: bool = False,
          progress: Progress | None = None) -> list[Transfer]:
     """Upload the local files of ``objects``, each checked whole first (a damaged local file is
-    reported, never uploaded); one already in the store is left as it is unless ``force``.
+    reported, never uploaded); one already in the store is left as it is unless ``force``. Files
+    are read through ``store``'s boundary (a link is never followed: it counts as missing).
     Raises RemoteError when the store cannot be reached."""
     out: list[Transfer] = []
     remote = tier.remote
-    total = sum(o.path.stat().st_size for o in objects if o.path.exists())
+    total = sum(store.size(o.path) or 0 for o in objects)
     done = [0]
     for obj in objects:
         t = time.perf_counter()
-        if not obj.path.exists():
+        if not store.exists(obj.path):
             out.append(Transfer(obj.name, obj.key, "missing", 0, 0.0, "not in the local cache"))
             continue
         try:
             obj.check(obj.path)
-        except (CacheFileError, BlobError, OSError) as e:
+            with store.open(obj.path) as f:
+                size = os.fstat(f.fileno()).st_size
+                uploaded = remote.upload(obj.rel, f, replace=force)
+        except (CacheFileMissing, OSError, CacheWriteError) as e:  # removed meanwhile, or a link planted
+            out.append(Transfer(obj.name, obj.key, "missing", 0, 0.0, f"not in the local cache ({e})"))
+            continue
+        except (CacheFileError, BlobError) as e:
             out.append(Transfer(obj.name, obj.key, "damaged", 0, 0.0, str(e)))
             continue
-        size = obj.path.stat().st_size
-        uploaded = remote.upload(obj.rel, obj.path, replace=force)
         if uploaded:
             tier.bytes_up += size
         done[0] += size
@@ -83,17 +89,18 @@ def pull(tier: Tier, store: CacheStore, objects: list[CacheObject], *,
     done = [0]
     total = 0
     for obj in objects:
-        if not obj.path.exists():
+        if not store.exists(obj.path):
             info = remote.head(obj.rel)
             total += info.bytes if info else 0
     for obj in objects:
         t = time.perf_counter()
-        if obj.path.exists():
+        if store.exists(obj.path):
             out.append(Transfer(obj.name, obj.key, "present", 0, 0.0))
             continue
         try:
-            n = remote.download(obj.rel, store, obj.path, obj.check, progress=_bytes_progress(progress, done, total,
-                                                                                             obj.name))
+            with store.locked(obj.key):  # through the boundary, under the key's lock
+                n = remote.download(obj.rel, store, obj.path, obj.check,
+                                    progress=_bytes_progress(progress, done, total, obj.name))
         except Missing:
             out.append(Transfer(obj.name, obj.key, "missing", 0, 0.0, "not in the store"))
             continue

@@ -11,6 +11,8 @@ import os
 import re
 import sys
 
+from .threads import set_wait_policy
+
 
 def _bindings():
     """llama-cpp-python's ctypes bindings (``llama_cpp.llama_cpp``) and the package's version.
@@ -45,6 +47,7 @@ def _bindings():
     return sys.modules["llama_cpp.llama_cpp"], llama_cpp.__version__
 
 
+set_wait_policy()  # before libgomp loads with llama.cpp's libraries: it reads its settings then
 C, VERSION = _bindings()
 
 
@@ -71,14 +74,26 @@ def init_backend() -> None:
 
 
 def gguf_problem(path: str) -> str | None:
-    """Why ``path`` cannot be a model file (missing, unreadable, not GGUF), or None."""
-    if not os.path.isfile(path):
-        return f"model file not found: {path}"
+    """Why ``path`` cannot be a model file (missing, not a regular file, unreadable, not GGUF),
+    or None. Opened without waiting: a FIFO or a device is named, never read from."""
+    import stat
+
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return f"model file not found: {path}"
+    except IsADirectoryError:
+        return f"model file {path} is not a regular file (a folder)"
     except OSError as e:
         return f"cannot read model file {path}: {e.strerror}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"model file {path} is not a regular file"
+        magic = os.read(fd, 4)
+    except OSError as e:
+        return f"cannot read model file {path}: {e.strerror}"
+    finally:
+        os.close(fd)
     if magic != b"GGUF":
         return f"not a GGUF model file: {path}"
     return None

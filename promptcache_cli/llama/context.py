@@ -6,15 +6,15 @@ remove cells, and save or load one sequence's state blob. Every failure raises
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..errors import BackendError, ContextFullError, StateRefused, UnsupportedModel, UsageError
+from ..errors import BackendError, ContextFullError, StateRefused, UnsupportedModel
 from .bindings import C
 from .model import Model
+from .threads import threads as resolve_threads
 
 GGML_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0, "f32": C.GGML_TYPE_F32}
 
@@ -25,7 +25,7 @@ class ContextSettings:
 
     n_ctx: int = 4096
     n_batch: int = 512
-    n_threads: int = 0  # 0: $PC_THREADS, else every core
+    n_threads: int = 0  # 0: $PC_THREADS, else every core (threads.py)
     type_k: str = "f16"
     type_v: str = "f16"
     flash_attn: bool = False
@@ -47,19 +47,6 @@ class ContextSettings:
         return layout
 
 
-ENV_THREADS = "PC_THREADS"
-
-
-def _env_threads() -> int | None:
-    """Threads from $PC_THREADS (a positive integer), None when unset."""
-    raw = os.environ.get(ENV_THREADS, "").strip()
-    if not raw:
-        return None
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= 1024:
-        raise UsageError(f"{ENV_THREADS} must be a number of threads from 1 to 1024, not {raw!r}")
-    return int(raw)
-
-
 class Context:
     """A llama.cpp context with a unified KV cache and two sequences: 0 (the prompt being
     built) and 1 (scratch, for loading a blob before copying its cells into 0); more with
@@ -79,7 +66,7 @@ class Context:
         p.n_batch = settings.n_batch
         p.n_ubatch = settings.n_batch
         p.n_seq_max = self.N_SEQ
-        threads = settings.n_threads or _env_threads() or os.cpu_count() or 1
+        threads = resolve_threads(settings.n_threads)
         p.n_threads = threads
         p.n_threads_batch = threads
         p.type_k = GGML_TYPES[settings.type_k]

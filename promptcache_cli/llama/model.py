@@ -60,7 +60,10 @@ class Model:
 
     @property
     def description(self) -> str:
-        return self.meta("general.name") or os.path.basename(self.path)
+        """The model's name as `pc` shows it everywhere (answers, `pc ls`, `pc inspect`, messages):
+        its file's name, as the cache's manifests record it (store/keys.py). The GGUF's own
+        ``general.name`` is often a training run's ("Smollm2 135M 8k Lc100K Mix1 Ep2")."""
+        return os.path.basename(self.path)
 
     def chat_template(self) -> str | None:
         return self.meta("tokenizer.chat_template")

@@ -20,11 +20,11 @@ _job: tuple[str, threading.Thread, dict] | None = None
 
 def wanted(args: list[str]) -> str | None:
     """The model file a `pc` command line will load, when it is worth loading early: `pc ask`
-    only (the other commands are long anyway or load no model), not with PC_PRELOAD=0 or
-    PC_THREADS=1 (one core per `pc`: start-up stays on one thread too)."""
+    only (the other commands are long anyway or load no model), not with PC_PRELOAD=0 or one
+    thread (PC_THREADS=1 or --threads 1: one core per `pc`, start-up stays on one thread too)."""
     if not args or args[0] != "ask" or os.environ.get(ENV_SWITCH, "").strip() == "0":
         return None
-    if os.environ.get("PC_THREADS", "").strip() == "1":
+    if os.environ.get("PC_THREADS", "").strip() == "1" and not any(a.startswith("--threads") for a in args):
         return None
     from .model_file import resolve_model
 
@@ -36,6 +36,8 @@ def wanted(args: list[str]) -> str | None:
             option = args[i + 1]
         elif arg.startswith("--model="):
             option = arg[len("--model="):]
+        elif (arg == "--threads" and args[i + 1:i + 2] == ["1"]) or arg == "--threads=1":
+            return None
     try:
         return str(resolve_model(option))
     except Exception:  # noqa: BLE001 - no model to be found: the command says so itself

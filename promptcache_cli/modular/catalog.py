@@ -4,15 +4,18 @@ made with other settings does not apply)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
-from ..core.results import ModuleReport
+import numpy as np
+
+from ..core.results import ModuleReport, Staleness
 from ..core.runtime import Runtime
 from ..errors import CacheWriteError
 from ..llama.bindings import llama_cpp_version
 from ..pml.schema import Schema
-from ..prompt.contexts import computed_at, contexts
+from ..prompt.contexts import computed_at, context_bytes
 from ..prompt.layout import Layout, Path as ModPath
 from ..prompt.plan import owner_name
 from ..store import manifest
@@ -54,7 +57,7 @@ class Catalog:
         for owner in layout.owners():
             segs = []
             for s in layout.segments_of(owner):
-                cs = contexts(layout, s, self.encoding)
+                cs = context_bytes(layout, s, self.encoding)
                 at[owner, s.offset] = s.offset if self.static else computed_at(cs)
                 segs.append((at[owner, s.offset], s.tokens, cs))
             keys[owner] = module_key(model=rt.fingerprint, llama_cpp=llama_cpp_version(),
@@ -78,8 +81,8 @@ class Catalog:
             "created": time.time(),
         }
 
-    def reused(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath) -> ModuleReport:
-        size = self.path(keys[owner]).stat().st_size
+    def reused(self, layout: Layout, keys: dict[ModPath, str], owner: ModPath, size: int) -> ModuleReport:
+        """The report of a module found in the cache (``size``: its file's)."""
         return ModuleReport(owner_name(owner), keys[owner], "reused", layout.tokens_of(owner), size, 0.0)
 
     def record(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> None:
@@ -96,7 +99,8 @@ class Catalog:
         """The schema's modules as a manifest lists them, in document order (a cache="false" one
         without a key)."""
         return [manifest.uncached_module(owner_name(o), layout.tokens_of(o)) if o in layout.uncached else
-                {"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o)}
+                {"name": owner_name(o), "key": keys[o], "tokens": layout.tokens_of(o),
+                 "text": text_digest(layout, o)}
                 for o in dict.fromkeys(s.owner for s in layout.segments)]  # document order
 
     def remote_manifest(self, schema: Schema, layout: Layout, keys: dict[ModPath, str]) -> tuple[str, dict]:
@@ -107,8 +111,58 @@ class Catalog:
 
     def why_missing(self, schema: Schema) -> str | None:
         """When a schema's cache exists only for other models or settings, say how it differs."""
-        data = manifest.load(manifest.manifest_path(self.runtime.store.root, schema.name, schema.path))
+        store = self.runtime.store
+        data = manifest.load(manifest.manifest_path(store.root, schema.name, schema.path), store.boundary)
         if not data or self.variant.id in data["variants"]:
             return None
         diffs = sorted({d for v in data["variants"].values() for d in self.variant.differences(v)})
         return ", ".join(diffs) if diffs else None
+
+    def stale(self, schema: Schema, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath]) -> Staleness:
+        """Which of ``owners`` are not cached, and why, from the schema's manifest: their own text
+        changed (or they are new) since the last compile with these settings, or they come after
+        one that did, or they were removed, or nothing was compiled yet."""
+        missing = [o for o in owners if not self.runtime.store.exists(self.path(keys[o]))]
+        tokens = sum(layout.tokens_of(o) for o in missing)
+        if not missing:
+            return Staleness((), (), 0, None)
+        names = tuple(owner_name(o) for o in missing)
+        data = manifest.load(manifest.manifest_path(self.runtime.store.root, schema.name, schema.path),
+                             self.runtime.store.boundary)
+        entry = (data or {}).get("variants", {}).get(self.variant.id)
+        if not isinstance(entry, dict):
+            return Staleness(names, (), tokens, f"not compiled yet{' with these settings' if data else ''}: "
+                                                f"computing {_count(len(missing), 'module')} ({tokens} tokens)")
+        before = {m.get("name"): m.get("text") for m in entry.get("modules") or [] if isinstance(m, dict)}
+        changed = [o for o in missing if before.get(owner_name(o)) != text_digest(layout, o)]
+        rest = len(missing) - len(changed)
+        if not changed:
+            return Staleness(names, (), tokens, f"{_listed(names)} not in the cache (removed since): "
+                                                f"computing {'it' if len(missing) == 1 else 'them'}")
+        what = ", ".join(_label(o) + (" changed" if owner_name(o) in before else " is new") for o in changed)
+        it = "it" if len(changed) == 1 else "them"
+        tail = f" and {_count(rest, 'module')} after {it}" if rest else ""
+        verb = "recompiling" if any(owner_name(o) in before for o in changed) else "computing"
+        return Staleness(names, tuple(owner_name(o) for o in changed), tokens, f"{what}: {verb} {it}{tail}")
+
+
+def text_digest(layout: Layout, owner: ModPath) -> str:
+    """A module's own text (its tokens, wherever they sit), as the manifest records it: a module
+    whose key changed but whose text did not was recomputed for what comes before it."""
+    h = hashlib.sha256()
+    for seg in layout.segments_of(owner):
+        h.update(np.asarray(seg.tokens, dtype="<i4").tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def _label(owner: ModPath) -> str:
+    return "/".join(owner) if owner else "the schema's own text"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _listed(names) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} and {len(names) - 3} more"

@@ -17,16 +17,15 @@ import numpy as np
 
 from ..core.results import ModuleReport, Progress
 from ..core.runtime import Runtime
-from ..errors import BlobError, CacheFileError, CacheWriteError
+from ..errors import BlobError, CacheFileError, CacheFileMissing, CacheWriteError
 from ..llama import state_blob
 from ..llama.context import GGML_TYPES
 from ..pml.schema import Schema
 from ..prompt.layout import Layout, Path as ModPath
 from ..prompt.plan import owner_name
 from ..store import cache_file
-from ..store.files import touch
 from .catalog import Catalog
-from .compiler import Compiler, Unstored
+from .compiler import Compiler, Opened, Unstored
 
 if TYPE_CHECKING:
     from ..store.remote_tier import CacheObject
@@ -77,19 +76,20 @@ class Loader:
         to_compile: list[ModPath] = []
         broken: list[ModPath] = []
         if self.runtime.remote is not None and not redo:
-            missing = [o for o in owners if not self.catalog.path(keys[o]).exists()]
+            missing = [o for o in owners if not self.runtime.store.exists(self.catalog.path(keys[o]))]
             if missing:
                 got = self.fetch(schema, layout, keys, missing, warnings)
                 if downloaded is not None:
                     downloaded += got
         for owner in owners:
-            path = self.catalog.path(keys[owner])
-            if redo or not path.exists():
+            if redo:
                 to_compile.append(owner)
-                broken += [owner] if redo else []
+                broken.append(owner)
                 continue
             try:
-                blobs[owner] = self.load(path, keys[owner], layout, owner, wait=wait)
+                blobs[owner] = self.load(self.catalog.path(keys[owner]), keys[owner], layout, owner, wait=wait)
+            except CacheFileMissing:  # never written, or removed since (gc, rm, another host): compute it
+                to_compile.append(owner)
             except (CacheFileError, BlobError) as e:
                 warnings.append(damaged(owner, e))
                 to_compile.append(owner)
@@ -101,25 +101,32 @@ class Loader:
             warnings.append(f"the cache of schema '{schema.name}' was made with {why}; recomputing it for "
                             f"{self.runtime.model.description} with these settings")
         unstored = Unstored()
-        reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress, unstored=unstored)
-        if downloaded is not None:  # computed meanwhile by another machine, and downloaded
-            downloaded += [r for r in reports if r.status == "downloaded"]
-        if self.runtime.remote is not None:
-            self.compiler.publish_manifest(schema, layout, keys)
-            warnings += self.runtime.remote.take_warnings()
-        stored = [o for o in to_compile if o not in unstored.blobs]
-        compiled = [r for o, r in zip(to_compile, reports, strict=True) if r.status == "computed" and o in stored]
-        if unstored.reason is None:
-            try:
-                self.catalog.record(schema, layout, keys)
-            except CacheWriteError as e:
-                unstored.reason = str(e)
-        if unstored.reason is not None:  # one warning, however many writes failed
-            warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
-        blobs.update(unstored.blobs)
-        for owner in stored:  # a fresh file found damaged is an error (EXIT_CACHE), not recomputed again
-            path = self.catalog.path(keys[owner])
-            blobs[owner] = self.load(path, keys[owner], layout, owner, wait=wait)
+        opened: Opened = {}  # the files stored (or found stored) now, opened under their locks: gc may unlink them
+        try:
+            reports = self.compiler.compute(layout, keys, to_compile, redo=broken, progress=progress,
+                                            unstored=unstored, opened=opened, bystanders=True)
+            if downloaded is not None:  # computed meanwhile by another machine, and downloaded
+                downloaded += [r for r in reports if r.status == "downloaded"]
+            if self.runtime.remote is not None:
+                self.compiler.publish_manifest(schema, layout, keys)
+                warnings += self.runtime.remote.take_warnings()
+            stored = [o for o in to_compile if o not in unstored.blobs]
+            # modules computed on the way (bystanders) are stored too, and reported after the ones asked for
+            compiled = [r for o, r in zip(to_compile, reports, strict=False) if r.status == "computed" and o in stored]
+            compiled += [r for r in reports[len(to_compile):] if r.status == "computed" and r.bytes]
+            if unstored.reason is None:
+                try:
+                    self.catalog.record(schema, layout, keys)
+                except CacheWriteError as e:
+                    unstored.reason = str(e)
+            if unstored.reason is not None:  # one warning, however many writes failed
+                warnings.append(f"{unstored.reason}; answering from states computed now, not stored")
+            blobs.update(unstored.blobs)
+            for owner in stored:  # a fresh file found damaged is an error (EXIT_CACHE), not recomputed again
+                blobs[owner] = self.load_file(opened.pop(owner), keys[owner], layout, owner, wait=wait)
+        finally:
+            for f in opened.values():
+                f.close()
         return blobs, compiled, set(to_compile)
 
     # -- the remote store ----------------------------------------------------------------
@@ -136,7 +143,7 @@ class Loader:
         """What a module file must be before it is used (a download before it is put in place):
         intact (every checksum), made for this key, model and settings, holding the owner's
         segments, each state one llama.cpp can take. Raises CacheFileError or BlobError."""
-        f = cache_file.read(path)
+        f = self.runtime.store.read(path)  # through the cache's boundary: a link is not followed
         try:
             self.runtime.check_header(f.header, key)
             expected = [(s.offset, s.tokens) for s in layout.segments_of(owner)]
@@ -157,10 +164,17 @@ class Loader:
         tier = self.runtime.remote
         assert tier is not None
 
+        store = self.runtime.store
+
         def one(owner: ModPath) -> tuple[ModPath, str, float]:
             t = time.perf_counter()
-            return owner, tier.fetch(self.cache_object(layout, keys, owner), self.runtime.store), \
-                time.perf_counter() - t
+            obj = self.cache_object(layout, keys, owner)
+            try:
+                with store.locked(obj.key):  # written through the boundary, under the key's lock
+                    status = "present" if store.exists(obj.path) else tier.fetch(obj, store)
+            except CacheWriteError:  # no lock file can be made: a read-only cache
+                status = "unwritable"
+            return owner, status, time.perf_counter() - t
 
         if len(owners) == 1:
             results = [one(owners[0])]
@@ -171,13 +185,14 @@ class Loader:
         got = []
         for owner, status, seconds in results:
             if status == "downloaded":
-                path = self.catalog.path(keys[owner])
-                got.append(ModuleReport(owner_name(owner), keys[owner], "downloaded", layout.tokens_of(owner),
-                                        path.stat().st_size, seconds))
-                try:  # text prompts find its text too (a hint: the file is in place either way)
-                    self.runtime.span_index.add(keys[owner], [s.tokens for s in layout.segments_of(owner)])
-                except CacheWriteError:
-                    pass
+                size = self.runtime.store.size(self.catalog.path(keys[owner]))
+                if size is not None:  # not removed meanwhile (else it is computed)
+                    got.append(ModuleReport(owner_name(owner), keys[owner], "downloaded", layout.tokens_of(owner),
+                                            size, seconds))
+                    try:  # text prompts find its text too (a hint: the file is in place either way)
+                        self.runtime.span_index.add(keys[owner], [s.tokens for s in layout.segments_of(owner)])
+                    except CacheWriteError:
+                        pass
         if any(status == "missing" for _, status, _ in results):
             from ..core.sharing import remote_mismatch
 
@@ -194,10 +209,16 @@ class Loader:
         return got
 
     def load(self, path: Path, key: str, layout: Layout, owner: ModPath, *, wait: bool = False) -> dict[int, Blob]:
-        """A module file's state blobs by segment offset in the layout, being read on all cores (every one read
-        and checked before this returns, with ``wait``)."""
-        f = cache_file.read(path)
-        touch(path)
+        """A module file's state blobs by segment offset in the layout, being read on all cores
+        (every one read and checked before this returns, with ``wait``). Raises CacheFileMissing
+        when the file is not there."""
+        store = self.runtime.store
+        store.touch(path)  # first: a gc that listed it sees the use and leaves it (admin.remove_file)
+        return self.load_file(store.read(path), key, layout, owner, wait=wait)
+
+    def load_file(self, f: cache_file.CacheFile, key: str, layout: Layout, owner: ModPath, *,
+                  wait: bool = False) -> dict[int, Blob]:
+        """:meth:`load` of a file opened already (closed here)."""
         try:
             self.runtime.check_header(f.header, key)
             segs = layout.segments_of(owner)

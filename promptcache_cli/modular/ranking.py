@@ -34,7 +34,7 @@ def scores(compiler: Compiler, layout: Layout, keys: dict[ModPath, str], owners:
     at = compiler.catalog.stored_at(layout)
     for owner in owners:
         want = {s.offset: refresh.against(layout, s, encoding, at[owner, s.offset]) for s in layout.segments_of(owner)}
-        got = ranks.stored(store.module_path(keys[owner]))  # by the position each segment is stored at
+        got = ranks.stored(store.module_path(keys[owner]), store)  # by the position each segment is stored at
         if all(got.get(at[owner, off], ("", ()))[0] == w for off, w in want.items()):
             out.update({(owner, off): got[at[owner, off]][1] for off in want})
         else:

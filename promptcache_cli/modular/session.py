@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from ..core.answer import Prefilled, finish, prefill_tokens, prefill_uncached
-from ..core.results import Answer, CompileReport, ModuleReport, Progress
+from ..core.results import Answer, CompileReport, ModuleReport, Progress, Staleness
 from ..core.runtime import Runtime
 from ..errors import ModuleDamaged, ModuleStateRefused, UnsupportedModel
 from ..llama.context import Context, ContextSettings
@@ -130,6 +130,12 @@ class ModularSession:
         if not self.settings.type_k == self.settings.type_v == "f16":
             raise ValueError("selective recompute ranks f16 KV states only")
 
+    def stale(self, schema: Schema, selection: Selection | None = None) -> Staleness:
+        """What compiling ``schema`` (asking about ``selection``) would compute first, and why."""
+        layout = self.layout(schema)
+        owners = layout.owners() if selection is None else self.prompt_plan(layout, selection).owners
+        return self.catalog.stale(schema, layout, self.keys(layout), owners)
+
     # -- compile ----------------------------------------------------------------------------
     def compile(self, schema: Schema, *, owners: list[ModPath] | None = None, force: bool = False,
                 progress: Progress | None = None, ranked: bool = False, shard: Shard | None = None,
@@ -144,6 +150,7 @@ class ModularSession:
 
         t0 = time.perf_counter()
         layout = self.layout(schema)
+        self.runtime.check_fits(layout.end + 1)  # before any key is computed
         keys = self.keys(layout)
         tier = self.runtime.remote
         todo = owners if owners is not None else layout.owners()
@@ -157,8 +164,9 @@ class ModularSession:
             todo = [o for o in todo if in_shard(keys[o], shard)]
         for owner in todo:
             path = self.catalog.path(keys[owner])
-            if not force and path.exists():
-                report = self.catalog.reused(layout, keys, owner)
+            size = None if force else self.store.size(path)
+            if size is not None:
+                report = self.catalog.reused(layout, keys, owner, size)
                 if tier is not None and self.compiler.publish(keys[owner], path):
                     report = replace(report, uploaded=True)
                 reports.append(report)
@@ -217,14 +225,14 @@ class ModularSession:
     def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
-            repair: int = 0) -> Answer:
+            repair: int = 0, stop: Sequence[str] = ()) -> Answer:
         """Answer ``question`` over the selected modules (:meth:`prefill`, then generate); ``on_text``
         receives the answer's text as it grows."""
         t0 = time.perf_counter()
         done = self.prefill(schema, selection, question, max_tokens=max_tokens, no_cache=no_cache,
                             progress=progress, refresh=refresh, repair=repair)
         return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
-                      on_text=on_text, keep_logits=keep_logits)
+                      on_text=on_text, keep_logits=keep_logits, stop=stop)
 
     def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0,
@@ -247,7 +255,7 @@ class ModularSession:
         n_prompt = plan.end + len(q)
         self.runtime.check_fits(n_prompt + max_tokens)  # before compiling anything on demand
         if no_cache:
-            return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens)
+            return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens, progress)
         return self._stitch(schema, layout, plan, q, max_tokens, progress, refresh, repair)
 
     def _stitch(self, schema: Schema, layout: Layout, plan: PromptPlan, q: list[int], max_tokens: int,

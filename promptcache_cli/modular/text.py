@@ -37,7 +37,6 @@ from ..prompt import recognize
 from ..prompt.text import learn_cuts
 from ..store import cache_file, span_index
 from ..store.span_index import context_record
-from ..store.files import touch
 from ..store.keys import module_key
 from .loader import Blob, StateRead, check_blob
 from .refresh import RECOMPUTE_SEQUENCES, choose
@@ -169,8 +168,8 @@ class TextEngine:
         if key not in self._headers:
             path = self.runtime.store.module_path(key)
             try:
-                f = cache_file.read(path)
-            except (CacheFileError, OSError):
+                f = self.runtime.store.read(path)
+            except (CacheFileError, CacheWriteError, OSError):  # CacheWriteError: a link in its place
                 return None  # (not remembered: it may be written later)
             try:
                 self.runtime.check_header(f.header, key)
@@ -340,7 +339,7 @@ class TextEngine:
             if p.source is not None and p.source.key in self.ram:
                 pass
             elif p.source is not None:
-                touch(rt.store.module_path(p.source.key))
+                rt.store.touch(rt.store.module_path(p.source.key))
         fresh = sum(p.end - p.start for p in plan.parts if p.match is None)
         spans = [SpanUse(p.source.name, p.source.key, p.start, p.end - p.start, p.exact)
                  for p in cached_parts if p.source is not None]
@@ -361,9 +360,9 @@ class TextEngine:
                 if (m.key, m.segment) not in reads:
                     if m.key not in opened:
                         try:
-                            f = cache_file.read(rt.store.module_path(m.key))
+                            f = rt.store.read(rt.store.module_path(m.key))
                             rt.check_header(f.header, m.key)
-                        except (CacheFileError, OSError) as e:
+                        except (CacheFileError, CacheWriteError, OSError) as e:
                             raise _Unusable(m.key, f"cache file {m.key} ({src.name}) cannot be read ({e}); "
                                                    "computing its text afresh") from None
                         opened[m.key] = f
@@ -405,7 +404,7 @@ class TextEngine:
             seg = tuple(tokens[a:b])
             key = module_key(model=rt.fingerprint, llama_cpp=llama_cpp_version(),
                              state_layout=rt.settings.state_layout(), segments=[(a, seg, (tuple(tokens[:a]),))])
-            if key in self.ram or rt.store.module_path(key).exists():
+            if key in self.ram or rt.store.exists(rt.store.module_path(key)):
                 continue
             ctx.seq_cp(0, 1, a, b)
             blob = ctx.save_state(1)
@@ -430,12 +429,12 @@ class TextEngine:
             return True
         rt, src = self.runtime, span.source
         path = rt.store.module_path(src.key)
-        if path.exists():
+        if rt.store.exists(path):
             return True
         s = rt.settings
         try:
             with rt.store.locked(src.key):
-                if not path.exists():
+                if not rt.store.exists(path):
                     chunks = cache_file.encode(span.header, [span.blob], [src.tokens], [src.stored], codec=self.codec,
                                                split_planes=self.codec == "zstd" and s.type_k == s.type_v == "f16")
                     rt.store.write_atomic(path, chunks)

@@ -21,6 +21,7 @@ MAX_SCHEMA_BYTES = 4 * 1024 * 1024  # schema file, prompt file and each src file
 MAX_PARAMETER_LENGTH = 4096  # tokens
 MAX_NAME_LENGTH = 128
 MAX_DEPTH = 100  # element nesting; keeps the recursive tree walks far from the recursion limit
+MAX_MODULES = 10_000  # <module> elements in a schema (imports in a prompt): refused as they are read
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _LENGTH_RE = re.compile(r"[0-9]+")
@@ -112,17 +113,25 @@ class _Raw:
 class _Builder:
     """Target for DefusedXMLParser: builds _Raw elements, merging adjacent text runs."""
 
-    def __init__(self, file: str | None) -> None:
+    def __init__(self, file: str | None, what: str = "schema") -> None:
         self.file = file
+        self.what = what
         self.expat = None  # the pyexpat parser, set once it exists
         self.stack: list[_Raw] = []
         self.root: _Raw | None = None
+        self.modules = 0
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         element = _Raw(tag, dict(attrs), self.expat.CurrentLineNumber, [])
         if len(self.stack) >= MAX_DEPTH:
             raise PmlError(f"elements nested deeper than {MAX_DEPTH} levels", file=self.file,
                            line=element.line, element=element.describe())
+        if self.stack and (tag == "module" or self.what == "prompt"):
+            self.modules += 1
+            if self.modules > MAX_MODULES:
+                kind = "modules" if self.what == "schema" else "imports"
+                raise PmlError(f"more than {MAX_MODULES} {kind} in one {self.what}", file=self.file,
+                               line=element.line, element=element.describe())
         if self.stack:
             self.stack[-1].children.append(element)
         else:
@@ -156,7 +165,7 @@ def _decode(data: bytes | str, file: str | None, what: str) -> str:
 
 def _parse_xml(data: bytes | str, file: str | None, what: str) -> _Raw:
     text = _decode(data, file, what)
-    builder = _Builder(file)
+    builder = _Builder(file, what)
     parser = DefusedXMLParser(target=builder, forbid_dtd=True, forbid_entities=True,
                               forbid_external=True)
     builder.expat = parser.parser

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from ..errors import SelectionError
+from ..errors import SelectionError, did_you_mean
 from .schema import Module, ModuleImport, Node, Parameter, Role, Schema, Union
 
 Path = tuple[str, ...]
@@ -81,7 +81,7 @@ class _Resolver:
             line = imp.line or None
             if imp.name not in available:
                 raise SelectionError(f"unknown module {imp.name!r} in {_where(self.schema, prefix)}"
-                                     f" (known: {_known(available)})", line)
+                                     f" (known: {_known(available)}){did_you_mean(imp.name, available)}", line)
             if imp.name in picked:
                 raise SelectionError(f"module {'/'.join(prefix + (imp.name,))!r} is imported "
                                      "twice", line)
@@ -109,7 +109,7 @@ class _Resolver:
         known = _parameters(module)
         if name not in known:
             raise SelectionError(f"module {'/'.join(path)!r} has no parameter {name!r} "
-                                 f"(known: {_known(known)})", line)
+                                 f"(known: {_known(known)}){did_you_mean(name, known)}", line)
         if (path, name) in self.params:
             raise SelectionError(f"parameter {'/'.join(path + (name,))!r} is given twice", line)
         self.params[path, name] = value
@@ -153,7 +153,28 @@ def _resolve_path(schema: Schema, spec: str, index: dict[Path, Module]) -> Path:
     prefix = names[:depth]
     known = [path[-1] for path in index if path[:-1] == prefix]
     raise SelectionError(f"unknown module {names[depth]!r} in {_where(schema, prefix)} "
-                         f"(known: {_known(known)})")
+                         f"(known: {_known(known)}){_closest_module(spec, index, prefix, names[depth], known)}")
+
+
+def _closest_module(spec: str, index: dict[Path, Module], prefix: Path, word: str, known: list[str]) -> str:
+    """A did-you-mean for a mistyped module: in a path, the siblings whose name is close to the
+    unknown part ('a/globl' -> 'a/global'); for a bare name, the closest full paths, or nested
+    modules whose own name is close ('globl' -> 'python/global')."""
+    import difflib
+
+    if "/" in spec:
+        close = difflib.get_close_matches(word, known, n=2, cutoff=0.6)
+        paths = ["/".join((*prefix, c)) for c in close]
+        return f"; did you mean {' or '.join(repr(q) for q in paths)}?" if paths else ""
+    hint = did_you_mean(spec, ["/".join(p) for p in index])
+    if hint:
+        return hint
+    by_name: dict[str, list[str]] = {}
+    for p in index:
+        by_name.setdefault(p[-1], []).append("/".join(p))
+    close = difflib.get_close_matches(spec, list(by_name), n=2, cutoff=0.6)
+    paths = [q for name in close for q in by_name[name]][:2]
+    return f"; did you mean {' or '.join(repr(q) for q in paths)}?" if paths else ""
 
 
 def select_cli(schema: Schema, *, modules: Sequence[str], params: Sequence[str]) -> Selection:
@@ -188,7 +209,13 @@ def select_cli(schema: Schema, *, modules: Sequence[str], params: Sequence[str])
         else:
             owners = [p for p in sorted(resolver.modules) if name in _parameters(index[p])]
             if not owners:
-                raise SelectionError(f"unknown parameter {name!r}: no selected module has it")
+                selected = {n for p in resolver.modules for n in _parameters(index[p])}
+                anywhere = {f"{'/'.join(p)}/{n}" for p in index for n in _parameters(index[p])}
+                where = [q for q in sorted(anywhere) if q.rpartition("/")[2] == name]
+                also = f" (module {where[0].rpartition('/')[0]!r} has it: import it with -m)" if where else ""
+                hint = "" if where else (did_you_mean(name, selected)
+                                         or did_you_mean(name, {q.rpartition("/")[2] for q in anywhere}))
+                raise SelectionError(f"unknown parameter {name!r}: no selected module has it{also}{hint}")
             if len(owners) > 1:
                 raise SelectionError(f"parameter {name!r} is ambiguous, qualify it as "
                                      f"module/param ({', '.join('/'.join(p) for p in owners)})")

@@ -10,7 +10,7 @@ from typing import Collection
 import numpy as np
 
 from ..core.runtime import Runtime
-from ..errors import BackendError, BlobError, CacheFileError, DamagedState
+from ..errors import BackendError, BlobError, CacheFileError, CacheFileMissing, DamagedState
 from ..llama.context import Context
 from .states import Checkpoint, PrefixStates
 
@@ -44,11 +44,16 @@ class Restorer:
         stored = self.states.stored(key)
         if only is not None:
             stored = {p: ck for p, ck in stored.items() if p in only}
-        plan = self.plan(cached, request, list(stored))
-        ctx.clear()
-        if plan.restore_at:
-            self._load_at(ctx, key, cached, plan.restore_at, stored)
-        return plan
+        while True:
+            plan = self.plan(cached, request, list(stored))
+            ctx.clear()
+            if not plan.restore_at:
+                return plan
+            try:
+                self._load_at(ctx, key, cached, plan.restore_at, stored)
+                return plan
+            except _Vanished as e:  # removed since it was listed (gc, rm, another host): plan without it
+                del stored[e.position]
 
     def _load_at(self, ctx: Context, key: str, cached: list[int], at: int, stored: dict[int, Checkpoint]) -> None:
         n = len(cached)
@@ -70,8 +75,18 @@ class Restorer:
             raise DamagedState(pos, "it is missing")
         try:
             return self.states.load(stored[pos].path, key, tokens, partial=partial)
+        except CacheFileMissing:
+            raise _Vanished(pos) from None
         except (CacheFileError, BlobError, OSError) as e:
             raise DamagedState(pos, str(e)) from None
+
+
+class _Vanished(Exception):
+    """A stored state listed for a request is not there any more."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(position)
+        self.position = position
 
 
 def _load(ctx: Context, blob: np.ndarray, position: int, *, partial: bool = False) -> None:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
+
 
 from ..core.answer import Prefilled, finish, prefill_uncached
-from ..core.results import Answer, CompileReport, ModuleReport, Progress
+from ..core.results import Answer, CompileReport, ModuleReport, Progress, Staleness
 from ..core.runtime import Runtime
 from ..errors import (BlobError, CacheFileError, CacheWriteError, DamagedState, OverlapLogError)
 from ..llama.bindings import llama_cpp_version
@@ -134,7 +135,7 @@ class PrefixSession:
             if budget == 0:
                 return []
         try:
-            depths = [o.overlap for o in OverlapLog(self.history_dir(schema)).read()]
+            depths = [o.overlap for o in self._overlap_log(schema).read()]
         except OverlapLogError:
             depths = []
         return list(checkpoint_plan.plan_for(depths, length=tokens, checkpoints=budget,
@@ -148,12 +149,23 @@ class PrefixSession:
         ctx.clear()
         return size
 
+    def _overlap_log(self, schema: Schema) -> OverlapLog:
+        return OverlapLog(self.history_dir(schema), boundary=self.store.boundary)
+
     def _record_overlap(self, schema: Schema, *, tokens: int, overlap: int) -> None:
         """Remember how deep this request's prompt followed the cached one (steers placement)."""
         try:
-            OverlapLog(self.history_dir(schema)).append(tokens=tokens, overlap=overlap)
+            self._overlap_log(schema).append(tokens=tokens, overlap=overlap)
         except OverlapLogError:  # e.g. a read-only cache: the answer does not depend on it
             pass
+
+    def stale(self, schema: Schema, selection: Selection | None = None) -> Staleness:
+        """Whether the default prompt's end state must be computed first (not stored yet)."""
+        cached = self.prompt_tokens(schema, default_selection(schema))
+        if not cached or len(cached) in self.stored(self.prompt_key(cached)):
+            return Staleness((), (), 0, None)
+        return Staleness(("prefix",), (), len(cached), f"the prompt's prefix states are not stored yet: "
+                                                       f"computing {len(cached)} tokens")
 
     # -- compile ----------------------------------------------------------------------------
     def compile(self, schema: Schema, *, owners=None, force: bool = False,
@@ -189,7 +201,7 @@ class PrefixSession:
                 have = self.stored(key)
                 for pos, ck in have.items():  # a re-plan drops checkpoints it no longer wants
                     if pos not in want:
-                        ck.path.unlink(missing_ok=True)
+                        self.store.unlink(ck.path)
                 todo = [p for p in want if force or p not in have]
                 reports = [self._published(key, tokens, self.states.report(key, have[p], "reused", 0.0))
                            for p in want if p not in todo]
@@ -255,7 +267,7 @@ class PrefixSession:
         if tier is None:
             return report
         obj = self.states.cache_object(key, tokens, report.tokens)
-        return replace(report, uploaded=tier.publish(obj.rel, obj.path) == "uploaded")
+        return replace(report, uploaded=tier.publish(obj.rel, obj.path, self.store) == "uploaded")
 
     def cache_objects(self, schema: Schema, *, in_store: bool = False) -> list[CacheObject]:
         """The default prompt's states as both tiers know them: those in the cache directory, or
@@ -305,18 +317,22 @@ class PrefixSession:
         tier = self.runtime.remote
         assert tier is not None
         listing = tier.list(prefix_rel(key))
-        have = self.stored(key)
-        for pos in sorted(_positions(listing or [], len(cached)), reverse=True):  # the end state first
-            if pos in have:
-                continue
-            t = time.perf_counter()
-            obj = self.states.cache_object(key, cached, pos)
-            status = tier.fetch(obj, self.store)
-            if status == "downloaded":
-                downloaded.append(ModuleReport(obj.name, key, "downloaded", pos, obj.path.stat().st_size,
-                                               time.perf_counter() - t))
-            elif status in ("offline", "unwritable"):
-                break
+        try:
+            with self.store.locked(key):  # written through the boundary, under the prompt's lock
+                have = self.stored(key)
+                for pos in sorted(_positions(listing or [], len(cached)), reverse=True):  # the end state first
+                    if pos in have:
+                        continue
+                    t = time.perf_counter()
+                    obj = self.states.cache_object(key, cached, pos)
+                    status = tier.fetch(obj, self.store)
+                    if status == "downloaded":
+                        downloaded.append(ModuleReport(obj.name, key, "downloaded", pos,
+                                                       self.store.size(obj.path) or 0, time.perf_counter() - t))
+                    elif status in ("offline", "unwritable"):
+                        break
+        except CacheWriteError:  # no lock file can be made (a read-only cache): nothing can be downloaded
+            pass
         warnings += tier.take_warnings()
 
     def store_states(self, tokens: list[int], positions: list[int], *,
@@ -326,7 +342,7 @@ class PrefixSession:
         key = self.prompt_key(tokens)
         with self.store.locked(key):
             for ck in self.stored(key).values():
-                ck.path.unlink(missing_ok=True)
+                self.store.unlink(ck.path)
             want = sorted({p for p in positions if 0 < p < len(tokens)} | {len(tokens)})
             return self._prefill(key, tokens, want, have={}, progress=progress)
 
@@ -357,7 +373,9 @@ class PrefixSession:
             except (CacheFileError, BlobError, OSError):
                 ctx.clear()
                 start = 0
-        reports, done, total = [], start, len(tokens)
+        reports, done, total = [], start, max(todo)
+        if progress:
+            progress(done, total, "prefix")
         for pos in todo:
             t = time.perf_counter()
 
@@ -387,13 +405,13 @@ class PrefixSession:
     def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
-            repair: int = 0) -> Answer:
+            repair: int = 0, stop: Sequence[str] = ()) -> Answer:
         """Answer ``question`` (:meth:`prefill`, then generate): the `--no-cache` answer, sooner."""
         t0 = time.perf_counter()
         done = self.prefill(schema, selection, question, max_tokens=max_tokens, no_cache=no_cache,
                             progress=progress, refresh=refresh)
         return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
-                      on_text=on_text, keep_logits=keep_logits)
+                      on_text=on_text, keep_logits=keep_logits, stop=stop)
 
     def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
                 no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0,
@@ -408,7 +426,7 @@ class PrefixSession:
             q = self.question_tokens(layout, question)
             n_prompt = plan.end + len(q)
             self.runtime.check_fits(n_prompt + max_tokens)
-            return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens)
+            return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens, progress)
         return self._resume_request(schema, layout, selection, question, max_tokens, progress)
 
     def _resume_request(self, schema: Schema, layout: Layout, selection: Selection, question: str | Conversation,
@@ -449,12 +467,19 @@ class PrefixSession:
                     if attempt:
                         raise
                     warnings.append(f"{e}; recomputing it")
-                    _discard(self.state_dir(key) / f"{e.position}.pcm")
+                    self._discard(self.state_dir(key) / f"{e.position}.pcm")
         except (DamagedState, CacheWriteError, OSError) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             warnings.append(f"cannot use the prefix cache ({why}); answering without it")
         ctx = self.runtime.context(len(request) + max_tokens)
         return ctx, ResumePlan(common_prefix(cached, request), 0, len(request))
+
+    def _discard(self, path: Path) -> None:
+        try:
+            self.store.unlink(path)
+        except CacheWriteError:  # a read-only cache, or a link: it stays, and is skipped again next time
+            pass
+
 
 def _positions(listing, length: int) -> set[int]:
     """The positions of the states a listing of a prompt's folder in the store names (names that
@@ -466,13 +491,6 @@ def _positions(listing, length: int) -> set[int]:
         if stem.isdigit() and stem == str(int(stem)) and 0 < int(stem) <= length:
             out.add(int(stem))
     return out
-
-
-def _discard(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:  # a read-only cache: the damaged file stays, and is skipped again next time
-        pass
 
 
 def _no_refresh(asked) -> None:

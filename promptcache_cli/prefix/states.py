@@ -18,11 +18,10 @@ import numpy as np
 
 from ..core.results import ModuleReport
 from ..core.runtime import Runtime
-from ..errors import CacheFileError, CacheWriteError
+from ..errors import CacheFileError
 from ..llama import state_blob
 from ..llama.bindings import llama_cpp_version
 from ..store import cache_file
-from ..store.files import touch
 from ..store.keys import module_key
 
 if TYPE_CHECKING:
@@ -51,16 +50,18 @@ class PrefixStates:
         return self.runtime.store.root / "prefix" / key[:2] / key
 
     def stored(self, key: str) -> dict[int, Checkpoint]:
-        folder = self.folder(key)
-        out = {}
-        if folder.is_dir():
-            for path in folder.glob("*.pcm"):
-                if path.stem.isdigit():
-                    out[int(path.stem)] = Checkpoint(int(path.stem), path)
-        return out
+        """The states stored for a prompt, by position (none when its folder is missing; a folder
+        that is a link raises CacheLinkError: links in the cache are never followed)."""
+        try:
+            entries = self.runtime.store.boundary.entries(self.folder(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        return {int(e.path.stem): Checkpoint(int(e.path.stem), e.path) for e in entries
+                if e.kind == "file" and e.path.suffix == ".pcm" and e.path.stem.isdigit()}
 
     def report(self, key: str, ck: Checkpoint, status: str, seconds: float) -> ModuleReport:
-        return ModuleReport(f"prefix@{ck.position}", key, status, ck.position, ck.path.stat().st_size, seconds)
+        size = self.runtime.store.size(ck.path)  # None: removed meanwhile
+        return ModuleReport(f"prefix@{ck.position}", key, status, ck.position, size or 0, seconds)
 
     def write(self, key: str, tokens: list[int], blob: np.ndarray, *, partial: bool) -> Path:
         """Store the state of the prompt's first ``len(tokens)`` tokens."""
@@ -71,17 +72,13 @@ class PrefixStates:
                   "mode": "prefix", "kind": rt.model.memory.name, "partial": partial, "created": time.time()}
         chunks = cache_file.encode(header, [blob], [tuple(tokens)], [0], codec=self.codec, split_planes=False)
         path = self.folder(key) / f"{pos}.pcm"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CacheWriteError(f"cannot write to the cache at {path.parent}: {e.strerror}") from None
-        rt.store.write_atomic(path, chunks)
+        rt.store.write_atomic(path, chunks)  # makes its folder
         return path
 
     def load(self, path: Path, key: str, tokens: list[int], *, partial: bool) -> np.ndarray:
         """A stored state, checked to be the one this request needs (a view of the memory-mapped
         file when stored raw, else decoded into the runtime's arena)."""
-        touch(path)
+        self.runtime.store.touch(path)  # first: a gc that listed it sees the use and leaves it
         return self._read(path, key, tokens, partial=partial, arena=True)
 
     def check(self, path: Path, key: str, tokens: list[int], *, partial: bool) -> None:
@@ -100,7 +97,7 @@ class PrefixStates:
 
     def _read(self, path: Path, key: str, tokens: list[int], *, partial: bool, arena: bool) -> np.ndarray:
         rt = self.runtime
-        f = cache_file.read(path)
+        f = rt.store.read(path)
         try:
             rt.check_header(f.header, key)
             if f.header.get("mode") != "prefix":

@@ -10,6 +10,7 @@ union's offset; the union takes as many positions as its longest member.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Protocol
 
 from ..errors import PmlError
@@ -105,15 +106,45 @@ class Layout:
         return list(dict.fromkeys(s.owner for s in self.segments if s.owner in self.uncached))
 
     def segments_of(self, owner: Path) -> list[Segment]:
-        return [s for s in self.segments if s.owner == owner]
+        return list(self._by_owner.get(owner, ()))
 
     def tokens_of(self, owner: Path) -> int:
         """How many tokens the owner's segments hold (what its cache file stores)."""
-        return sum(len(s.tokens) for s in self.segments_of(owner))
+        return sum(len(s.tokens) for s in self._by_owner.get(owner, ()))
+
+    @cached_property
+    def _by_owner(self) -> dict[Path, tuple[Segment, ...]]:
+        """Each owner's segments in position order (once per layout: asking owner by owner
+        must not cost a pass over every segment each time)."""
+        out: dict[Path, list[Segment]] = {}
+        for s in self.segments:
+            out.setdefault(s.owner, []).append(s)
+        return {owner: tuple(segs) for owner, segs in out.items()}
 
 
 def build(schema: Schema, tok: Tokenizer, template: str | None) -> Layout:
     return _Builder(schema, tok, template).build()
+
+
+def min_positions(schema: Schema) -> int:
+    """A lower bound on the positions the schema's layout takes, without tokenizing: a text with
+    anything but whitespace in it is at least one token, a parameter its length, a union its
+    longest member. Tokenizing is the slow part of a layout (a llama.cpp call per text): a schema
+    of thousands of small modules that cannot fit the model's context is refused on this count."""
+    def size(nodes) -> int:
+        total = 0
+        for node in nodes:
+            if isinstance(node, Text):
+                total += 1 if node.text.strip() else 0
+            elif isinstance(node, Parameter):
+                total += node.length
+            elif isinstance(node, Union):
+                total += max(size([m]) for m in node.members)
+            elif isinstance(node, (Module, Role)):
+                total += size(node.children)
+        return total
+
+    return size(schema.children)
 
 
 class _Builder:

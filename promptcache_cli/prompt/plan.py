@@ -129,10 +129,7 @@ def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer, *, static:
         value = param_value(selection, slot.owner, slot.name)
         toks = tuple(tok.tokenize(value, special=False)) if value is not None else slot.scaffold
         if len(toks) > slot.length:
-            raise ParameterTooLong(
-                f"parameter '{owner_name(slot.owner)}/{slot.name}' is {len(toks)} tokens, "
-                f"longer than its length {slot.length}"
-            )
+            raise ParameterTooLong(too_long(slot.owner, slot.name, value, len(toks), slot.length))
         if toks:
             items.append((slot.offset, Fresh(toks, slot.offset, slot.owner)))
     items.sort(key=lambda it: it[0])
@@ -170,6 +167,20 @@ def _in_request_order(layout: Layout, parts: list[Part], order: tuple[Path, ...]
         for place, run in zip(places, sorted((runs[i] for i in places), key=lambda r: rank[r[0]]), strict=True):
             placed[place] = run
     return [part for _, run in placed for part in run]
+
+
+def too_long(owner: Path, name: str, value: str | None, n_tokens: int, length: int) -> str:
+    """What to do about a parameter value longer than its slot: shorten it (by how much) or raise
+    the schema's ``length`` attribute (to what)."""
+    over = n_tokens - length
+    where = f"parameter '{owner_name(owner)}/{name}'"
+    if value is None:  # its scaffold text
+        return (f"{where}: its scaffold is {n_tokens} tokens, {over} more than its length {length}: "
+                f'raise length="{length}" to at least {n_tokens} in the schema, or shorten the scaffold')
+    chars = max(1, round(over * len(value) / n_tokens))
+    return (f"{where} is {n_tokens} tokens, {over} more than its length {length}: shorten the value by "
+            f"{over} token{'s' if over > 1 else ''} (about {chars} character{'s' if chars > 1 else ''}), "
+            f'or raise length="{length}" to at least {n_tokens} in the schema\'s <parameter name="{name}">')
 
 
 def question_tokens(layout: Layout, question: str, tok: Tokenizer) -> list[int]:

@@ -203,16 +203,21 @@ def _submit(request: Request, state: State, work: prompts.Work) -> Job:
 async def _events(job: Job, request: Request | None) -> AsyncIterator[tuple[str, Any]]:
     """The job's events up to its end; an error event raises its ApiError. With ``request``, the
     client is watched while waiting (ClientGone, the job cancelled, once it has left)."""
+    loop = asyncio.get_running_loop()
+    checked = loop.time()
     while True:
         getter = asyncio.ensure_future(job.events.get())
         try:
             while True:
                 done, _ = await asyncio.wait({getter}, timeout=POLL_SECONDS)
+                # checked every POLL_SECONDS, also while pieces arrive faster than that
+                if request is not None and loop.time() - checked >= POLL_SECONDS:
+                    checked = loop.time()
+                    if await request.is_disconnected():
+                        job.cancel()
+                        raise ClientGone()
                 if done:
                     break
-                if request is not None and await request.is_disconnected():
-                    job.cancel()
-                    raise ClientGone()
         finally:
             if not getter.done():
                 getter.cancel()

@@ -7,6 +7,11 @@ which schema uses which. A cache file's access time is its last use (the engines
 load): files read here get theirs back. A file is removed only under its key's lock, the lock its
 writer holds (``CacheStore.lock``). A schema's prefix-mode overlap record
 (``prefix/history/<manifest name>/``) goes with the schema.
+
+Every walk, read and removal goes through the cache folder's boundary (boundary.py): symbolic
+links inside the cache are never followed and never removed (`pc verify` lists them). Removals
+live in small helpers (:func:`remove_file`, :func:`remove_history`, :func:`remove_manifest`,
+:func:`remove_temporary`) for any command that evicts.
 """
 
 from __future__ import annotations
@@ -18,15 +23,19 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from typing import Callable, Union
 
 from . import cache_file, manifest
+from .boundary import TEMPORARY_PREFIX, Boundary, Entry, LockTimeout
 from .files import CacheStore
-from ..errors import CacheWriteError, InputError
+from ..errors import CacheLinkError, CacheWriteError, InputError, did_you_mean
 from .overlap_log import LOG_NAME
 
 STALE_TMP_SECONDS = 3600  # a temporary file this old belongs to a writer that died
+ORPHAN_GRACE_SECONDS = 60  # a cache file written since may belong to a compile about to record it
 LOCK_TIMEOUT = 0.2  # seconds to wait for a module's lock before leaving the file alone
+GRACE_SECONDS = 60.0  # gc leaves files used this recently alone (docs/design.md, "Housekeeping beside asks")
+LINK_LEFT = "a symbolic link: left alone"
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,7 @@ class VerifyReport:
     checked: int
     damaged: list[Note]
     stale_temporary: list[FileInfo]  # reported, not damage
+    links: list[Path] = field(default_factory=list)  # symbolic links inside the cache: never followed, left alone
 
 
 @dataclass(frozen=True)
@@ -129,20 +139,60 @@ class RmReport:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def _stat_all(root: Path, *patterns: str):
-    for p in sorted(p for pattern in patterns for p in Path(root).glob(pattern)):
-        with suppress(FileNotFoundError):  # removed meanwhile
-            yield p, p.stat()
+Match = Union[str, Callable[[str], bool]]  # a folder or file name, or a test of one
+
+
+def _select(root: Path, *pattern: Match, kind: str = "file") -> list[Entry]:
+    """The entries ``root/<pattern...>`` of ``kind`` (the last name's test; the others are
+    folders), sorted by path; links are neither followed nor returned (:func:`links` lists them)."""
+    b = Boundary(root)
+    found: list[Entry] = []
+
+    def walk(folder: tuple[str, ...], rest: tuple[Match, ...]) -> None:
+        try:
+            entries = b.entries(folder)
+        except (OSError, CacheWriteError):  # missing, unreadable, or a link: nothing of ours there
+            return
+        for e in entries:
+            name, test = e.path.name, rest[0]
+            if not (name == test if isinstance(test, str) else test(name)):
+                continue
+            if len(rest) == 1:
+                if e.kind == kind:
+                    found.append(e)
+            elif e.kind == "dir":
+                walk(folder + (name,), rest[1:])
+
+    walk((), pattern)
+    return found
+
+
+def _any(name: str) -> bool:
+    return True
+
+
+def _suffix(suffix: str) -> Callable[[str], bool]:
+    return lambda name: name.endswith(suffix) and not name.startswith(TEMPORARY_PREFIX)
+
+
+def _temporary(name: str) -> bool:
+    return name.startswith(TEMPORARY_PREFIX)
 
 
 def module_files(root: Path) -> list[FileInfo]:
-    return [FileInfo(p, p.stem, st.st_size, st.st_atime) for p, st in _stat_all(root, "modules/*/*.pcm")]
+    return [FileInfo(e.path, e.path.stem, e.stat.st_size, e.stat.st_atime)
+            for e in _select(root, "modules", _any, _suffix(".pcm"))]
 
 
 def prefix_files(root: Path) -> list[FileInfo]:
     """Prefix-mode states, ``prefix/<key[:2]>/<key>/<position>.pcm`` (not the overlap records)."""
-    return [FileInfo(p, p.parent.name, st.st_size, st.st_atime, int(p.stem))
-            for p, st in _stat_all(root, "prefix/??/*/*.pcm") if p.stem.isdigit()]
+    return [FileInfo(e.path, e.path.parent.name, e.stat.st_size, e.stat.st_atime, int(e.path.stem))
+            for e in _select(root, "prefix", lambda n: len(n) == 2, _any, _suffix(".pcm")) if e.path.stem.isdigit()]
+
+
+def links(root: Path) -> list[Path]:
+    """Every symbolic link inside the cache folder: `pc` never follows one, nor removes it."""
+    return Boundary(root).links()
 
 
 def _kind(f: FileInfo) -> str:
@@ -162,9 +212,10 @@ def _prefix_dir(root: Path, key: str) -> Path:
 
 def stale_temporary_files(root: Path, now: float) -> list[FileInfo]:
     """Temporary files of atomic writes (cache files, manifests, overlap records) older than an hour."""
-    patterns = ("modules/*/.tmp-*", "schemas/.tmp-*", "prefix/*/*/.tmp-*")  # prefix/history/<schema>/ too
-    return [FileInfo(p, "", st.st_size, None) for p, st in _stat_all(root, *patterns)
-            if now - st.st_mtime >= STALE_TMP_SECONDS]
+    found = (_select(root, "modules", _any, _temporary) + _select(root, "schemas", _temporary)
+             + _select(root, "prefix", _any, _any, _temporary))  # prefix/history/<schema>/ too
+    return [FileInfo(e.path, "", e.stat.st_size, None) for e in sorted(found, key=lambda e: e.path)
+            if now - e.stat.st_mtime >= STALE_TMP_SECONDS]
 
 
 def _refs(variants) -> list[tuple[str, str, int]]:
@@ -201,30 +252,31 @@ def _prefix_keys(variants) -> set[str]:
 
 
 @contextmanager
-def _atime_kept(path: Path):
+def _atime_kept(path: Path, b: Boundary):
     """Reading a file may set its access time (relatime); put it back: it records the last use."""
-    st = path.stat()
+    st = b.stat(path)
     try:
         yield
     finally:
-        with suppress(OSError):
-            if path.stat().st_atime_ns != st.st_atime_ns:
-                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with suppress(OSError, CacheWriteError):
+            if b.stat(path).st_atime_ns != st.st_atime_ns:
+                b.utime(path, (st.st_atime_ns, st.st_mtime_ns))
 
 
-def _read_header(path: Path) -> cache_file.CacheFile | None:
-    """A cache file's header and segment records (its payload unread); None when unreadable."""
+def _read_header(path: Path, b: Boundary) -> cache_file.CacheFile | None:
+    """A cache file's header and segment records (its payload unread); None when unreadable.
+    ``b``: the cache folder's boundary."""
     try:
-        with _atime_kept(path):
-            f = cache_file.read(path)
-    except (OSError, cache_file.CacheFileError):
+        with _atime_kept(path, b):
+            f = cache_file.read(path, opener=b.opener)
+    except (OSError, CacheWriteError, cache_file.CacheFileError):
         return None
     f.close()
     return f
 
 
-def _raw_bytes(path: Path) -> int | None:
-    f = _read_header(path)
+def _raw_bytes(path: Path, b: Boundary) -> int | None:
+    f = _read_header(path, b)
     return None if f is None else sum(s.raw_size for s in f.segments)
 
 
@@ -233,8 +285,8 @@ def _entry(name: str, key: str, tokens: int, f: FileInfo | None, raw: int | None
     return ModuleEntry(name, key, tokens, f.bytes if f else 0, ratio, f.last_used if f else None, f is not None)
 
 
-def _state(f: FileInfo) -> StateEntry:
-    cf = _read_header(f.path)
+def _state(f: FileInfo, b: Boundary) -> StateEntry:
+    cf = _read_header(f.path, b)
     if cf is None:
         return StateEntry(f.path, f.position, None, f.bytes, None, f.last_used, None)
     raw = sum(s.raw_size for s in cf.segments)
@@ -262,9 +314,10 @@ def list_cache(root: Path) -> Listing:
     """Every schema's variants: modules, or prefix states, with their files' sizes, ratios and
     last use; then the cache files no manifest references."""
     files = {f.key: f for f in module_files(root)}
-    raw = {key: _raw_bytes(f.path) for key, f in files.items()}
+    b = Boundary(root)
+    raw = {key: _raw_bytes(f.path, b) for key, f in files.items()}
     prefix = _by_key(prefix_files(root))
-    states = {key: [_state(f) for f in group] for key, group in prefix.items()}
+    states = {key: [_state(f, b) for f in group] for key, group in prefix.items()}
     schemas = []
     for mpath, data in manifest.load_all(root):
         variants = [_variant(v, files, raw, states)
@@ -279,33 +332,25 @@ def list_cache(root: Path) -> Listing:
     return Listing(schemas, orphans, total)
 
 
-def _mismatch(cf: cache_file.CacheFile, f: FileInfo) -> str | None:
-    """How a whole, intact file contradicts its name, if it does."""
-    if cf.header.get("key") != f.key:
-        return f"its header names another key ({cf.header.get('key')})"
-    if f.position is not None:
-        held = sum(len(s.tokens) for s in cf.segments)
-        if held != f.position or cf.header.get("mode") != "prefix":
-            return f"its header describes another state ({cf.header.get('module')}, {held} tokens)"
-    return None
-
-
 def verify_cache(root: Path, *, now: float | None = None) -> VerifyReport:
     """Read every module file and prefix state whole, checking every checksum. Leftover
-    temporary files are listed too; they are not damage."""
+    temporary files and symbolic links inside the cache are listed too; they are not damage
+    (links are never followed: a file behind one is neither read nor counted)."""
     files, damaged = module_files(root) + prefix_files(root), []
+    b = Boundary(root)
     for f in files:
         try:
-            with _atime_kept(f.path):
-                cf = cache_file.verify(f.path)
-        except (OSError, cache_file.CacheFileError) as e:
-            if f.path.exists():  # not removed since the scan
+            with _atime_kept(f.path, b):
+                cf = cache_file.verify(f.path, opener=b.opener)
+        except (OSError, CacheWriteError, cache_file.CacheFileError) as e:
+            if not isinstance(e, (FileNotFoundError, cache_file.CacheFileMissing)):  # not removed since the scan
                 damaged.append(Note(f, str(e), _kind(f)))
             continue
         cf.close()
-        if why := _mismatch(cf, f):
+        if why := cache_file.mismatch(cf, f.key, f.position):
             damaged.append(Note(f, why, _kind(f)))
-    return VerifyReport(len(files), damaged, stale_temporary_files(root, time.time() if now is None else now))
+    return VerifyReport(len(files), damaged, stale_temporary_files(root, time.time() if now is None else now),
+                        links(root))
 
 
 # -- removing ------------------------------------------------------------------------------------
@@ -324,102 +369,150 @@ def _cache_errors(fn):
 
 def _in_use(store: CacheStore, key: str) -> bool:
     """Whether ``key`` still has a module file or prefix states (then its lock file stays)."""
-    return store.module_path(key).exists() or any(_prefix_dir(store.root, key).glob("*.pcm"))
+    if store.exists(store.module_path(key)):
+        return True
+    try:
+        states = store.boundary.entries(_prefix_dir(store.root, key))
+        return any(e.kind == "file" and e.path.suffix == ".pcm" for e in states)
+    except (OSError, CacheWriteError):
+        return False
 
 
-def _remove(store: CacheStore, key: str, timeout: float, f: FileInfo | None = None, *,
-            unless_used: bool = False) -> str | None:
+def remove_file(store: CacheStore, key: str, timeout: float, f: FileInfo | None = None, *,
+                unless_used: bool = False) -> str | None:
     """Under the key's lock (waiting at most ``timeout``) unlink cache file ``f`` (a module file
     or a prefix state), or with ``f`` None nothing; then, when the key has no file left, its
-    prefix folder and lock file. Returns why not, or None."""
+    prefix folder and lock file. ``unless_used``: leave ``f`` if it was used since it was listed.
+    Returns why not, or None. Never follows a link, never removes one (store/boundary.py)."""
     lock = store.lock(key)
     try:
         lock.acquire(timeout=timeout)
-    except Timeout:
+    except LockTimeout:
         return "locked: being written"
+    except CacheLinkError:
+        return LINK_LEFT
     try:
         if f is None and _in_use(store, key):
             return "its cache files were written meanwhile"
-        if f is not None and unless_used and f.path.stat().st_atime != f.last_used:
+        if f is not None and unless_used and store.boundary.stat(f.path).st_atime != f.last_used:
             return "used since the scan"
         if f is not None:
-            f.path.unlink()
+            store.boundary.unlink(f.path, missing_ok=False)
         if not _in_use(store, key):
-            with suppress(OSError):  # absent, or holding a temporary file
-                _prefix_dir(store.root, key).rmdir()
-            Path(lock.lock_file).unlink(missing_ok=True)  # a process waiting on it sees the unlinked inode, retries
+            store.boundary.rmdir(_prefix_dir(store.root, key))  # absent, or holding a temporary file: stays
+            lock.remove()  # a process waiting on it opens the lock file anew
         return None
     except FileNotFoundError:
         return "already gone"
+    except CacheLinkError:
+        return LINK_LEFT
     finally:
         lock.release()
 
 
-def _remove_history(folder: Path, timeout: float) -> tuple[FileInfo, str | None] | None:
-    """Remove a schema's overlap record folder under the record's lock (``overlap_log``).
-    Returns (the record, why not or None), or None when there is no record."""
-    if not folder.is_dir():
-        return None
-    lock = FileLock(str(folder / LOG_NAME) + ".lock")
+def remove_history(root: Path, folder: Path, timeout: float) -> tuple[list[Note], list[Note]]:
+    """Remove a schema's overlap record folder under the record's lock (``overlap_log``):
+    (removed, left in place), as notes of kind ``history``. Links in it, or the folder being a
+    link, are left alone."""
+    b = Boundary(root)
+    record = FileInfo(folder / LOG_NAME, "", 0, None)
+    try:
+        b.entries(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return [], []
+    except CacheLinkError:
+        return [], [Note(record, LINK_LEFT, "history")]
+    lock = b.lock(f"{folder / LOG_NAME}.lock")
     try:
         lock.acquire(timeout=timeout)
-    except Timeout:
-        return FileInfo(folder / LOG_NAME, "", 0, None), "locked: being written"
+    except LockTimeout:
+        return [], [Note(record, "locked: being written", "history")]
     try:
-        files = [p for p in folder.iterdir() if p.is_file() and p.name != Path(lock.lock_file).name]
-        info = FileInfo(folder / LOG_NAME, "", sum(p.stat().st_size for p in files), None)
-        for p in files:
-            p.unlink()
-        Path(lock.lock_file).unlink(missing_ok=True)
+        entries = [e for e in b.entries(folder) if e.path.name != Path(lock.lock_file).name]
+        files = [e for e in entries if e.kind == "file"]
+        left = [Note(FileInfo(e.path, "", 0, None), LINK_LEFT, "history") for e in entries if e.kind == "link"]
+        for e in files:
+            b.unlink(e.path)
+        lock.remove()
     finally:
         lock.release()
-    with suppress(OSError):  # not empty: a request was recorded meanwhile
-        folder.rmdir()
-    return info, None
+    b.rmdir(folder)  # stays when not empty: a request was recorded meanwhile, or a link is in it
+    info = FileInfo(folder / LOG_NAME, "", sum(e.stat.st_size for e in files), None)
+    return [Note(info, "overlap record", "history")], left
+
+
+def remove_temporary(root: Path, f: FileInfo) -> bool:
+    """Remove a temporary file found by :func:`stale_temporary_files` (never through a link)."""
+    try:
+        return Boundary(root).unlink(f.path)
+    except (OSError, CacheWriteError):
+        return False
+
+
+def remove_manifest(root: Path, path: Path) -> None:
+    """Remove a schema's manifest and its lock file, under that lock."""
+    store = CacheStore(Path(root))
+    with manifest.lock(store, path) as lock:
+        store.boundary.unlink(path)
+        lock.remove()
 
 
 @_cache_errors
 def gc(root: Path, *, max_size: int | None = None, older_than: float | None = None, dry_run: bool = False,
-       now: float | None = None, lock_timeout: float = LOCK_TIMEOUT) -> GcReport:
-    """Remove the cache files (module files and prefix states) unused for more than ``older_than``
-    seconds, then the least recently used ones until all take at most ``max_size`` bytes; also
-    temporary files older than an hour and lock files whose key has no file left. Locked files are
-    left alone. Evicting some of a prompt's prefix states is fine: an ask resumes from an earlier
-    one, and a missing end state is recomputed."""
-    if max_size is None and older_than is None:
-        raise ValueError("gc needs max_size or older_than")
+       now: float | None = None, lock_timeout: float = LOCK_TIMEOUT, grace: float = GRACE_SECONDS,
+       orphans: bool = False) -> GcReport:
+    """Remove the cache files (module files and prefix states) no manifest references (``orphans``:
+    left behind when a schema was edited and recompiled; not those written in the last
+    ``ORPHAN_GRACE_SECONDS``, which a compile may be about to record), those unused for more than
+    ``older_than`` seconds, then the least recently used ones until all take at most ``max_size``
+    bytes; also temporary files older than an hour and lock files whose key has no file left.
+    Locked files, and files used (read or written) in the last ``grace`` seconds, are left alone:
+    an ask may be about to read them (docs/design.md). Evicting some of a prompt's prefix states is
+    fine: an ask resumes from an earlier one, and a missing end state is recomputed. Links inside
+    the cache are never followed nor removed."""
+    if max_size is None and older_than is None and not orphans:
+        raise ValueError("gc needs max_size, older_than or orphans")
     now = time.time() if now is None else now
     store = CacheStore(Path(root))
     files = sorted(module_files(root) + prefix_files(root),
                    key=lambda f: (f.last_used, f.key, f.position or 0))  # least recently used first
+    used = _referenced(root) if orphans else set()
+    unreferenced = {id(f) for f in files if f.key not in used} if orphans else set()
     total_before = total = sum(f.bytes for f in files)
     removed, skipped = [], []  # of Note
     for f in files:
-        if older_than is not None and now - f.last_used > older_than:
+        if id(f) in unreferenced:
+            reason = "no schema references it"
+            if now - _mtime(store, f.path, now) < ORPHAN_GRACE_SECONDS:
+                skipped.append(Note(f, "no schema references it yet: written in the last minute", _kind(f)))
+                continue
+        elif older_than is not None and now - f.last_used > older_than:
             reason = "unused for longer than the age limit"
         elif max_size is not None and total > max_size:
             reason = "least recently used, over the size limit"
         else:
             continue
-        why = None if dry_run else _remove(store, f.key, lock_timeout, f, unless_used=True)
+        if now - f.last_used < grace:
+            why = f"used in the last {grace:g} s"
+        else:
+            why = None if dry_run else remove_file(store, f.key, lock_timeout, f, unless_used=True)
         if why:
             skipped.append(Note(f, why, _kind(f)))
         else:
             total -= f.bytes
             removed.append(Note(f, reason, _kind(f)))
     for t in stale_temporary_files(root, now):
-        if not dry_run:
-            t.path.unlink(missing_ok=True)
-        removed.append(Note(t, "temporary file older than an hour", "temporary"))
-    for lock in sorted(Path(root).glob("modules/*/*.pcm.lock")):
-        key = lock.name.removesuffix(".pcm.lock")
-        if Path(f"{store.module_path(key)}.lock") == lock and not _in_use(store, key):
-            if dry_run or _remove(store, key, lock_timeout) is None:
-                removed.append(Note(FileInfo(lock, "", 0, None), "lock file of a missing cache file", "lock"))
+        if dry_run or remove_temporary(root, t):
+            removed.append(Note(t, "temporary file older than an hour", "temporary"))
+    for e in _select(root, "modules", _any, _suffix(".pcm.lock")):
+        key = e.path.name.removesuffix(".pcm.lock")
+        if Path(f"{store.module_path(key)}.lock") == e.path and not _in_use(store, key):
+            if dry_run or remove_file(store, key, lock_timeout) is None:
+                removed.append(Note(FileInfo(e.path, "", 0, None), "lock file of a missing cache file", "lock"))
     if not dry_run:  # the span index forgets the files gone (text prompts would skip them anyway)
         from .span_index import compact
 
-        compact(Path(root), lambda key: store.module_path(key).exists())
+        compact(store.boundary, lambda key: store.exists(store.module_path(key)))
     return GcReport(removed, skipped, dry_run, total_before, total)
 
 
@@ -431,7 +524,9 @@ def remove_schema(root: Path, schema: str, *, lock_timeout: float = LOCK_TIMEOUT
     target = os.path.abspath(schema)
     hits = [e for e in entries if e[1].get("path") == target] or [e for e in entries if e[1].get("schema") == schema]
     if not hits:
-        raise InputError(f"no compiled schema '{schema}' in the cache {root} (`pc ls` lists them)")
+        known = [str(d.get("schema")) for _, d in entries] + [str(d.get("path")) for _, d in entries if d.get("path")]
+        raise InputError(f"no compiled schema '{schema}' in the cache {root} (`pc ls` lists them)"
+                         f"{did_you_mean(schema, known)}")
     if len(hits) > 1:
         raise InputError(f"schema name '{schema}' matches {len(hits)} compiled schemas "
                          f"({', '.join(str(d.get('path')) for _, d in hits)}): give the schema file's path")
@@ -445,7 +540,7 @@ def remove_schema(root: Path, schema: str, *, lock_timeout: float = LOCK_TIMEOUT
         if key in others:
             report.kept.append((name, key))
         elif key in files:
-            why = _remove(store, key, lock_timeout, files[key])
+            why = remove_file(store, key, lock_timeout, files[key])
             if why:
                 report.skipped.append(Note(files[key], why))
             else:
@@ -456,14 +551,38 @@ def remove_schema(root: Path, schema: str, *, lock_timeout: float = LOCK_TIMEOUT
             report.kept.append(("prefix", key))
             continue
         for f in states.get(key, []):
-            why = _remove(store, key, lock_timeout, f)
+            why = remove_file(store, key, lock_timeout, f)
             note = Note(f, why or f"prefix state at token {f.position} of '{report.schema}'", "prefix")
             (report.skipped if why else report.removed).append(note)
-    history = _remove_history(Path(root) / "prefix" / "history" / mpath.stem, lock_timeout)  # overlap_log.history_dir
-    if history is not None:
-        info, why = history
-        (report.skipped if why else report.removed).append(Note(info, why or "overlap record", "history"))
-    with FileLock(f"{mpath}.lock") as lock:
-        mpath.unlink(missing_ok=True)
-        Path(lock.lock_file).unlink(missing_ok=True)
+    record = Path(root) / "prefix" / "history" / mpath.stem  # overlap_log.history_dir
+    gone, left = remove_history(root, record, lock_timeout)
+    report.removed += gone
+    report.skipped += left
+    remove_manifest(root, mpath)
     return report
+
+
+def _referenced(root: Path) -> set[str]:
+    """The keys of every module file and prefix-state folder some manifest references."""
+    entries = manifest.load_all(root)
+    return ({key for _, d in entries for _, key, _ in _refs(d["variants"].values())}
+            | {key for _, d in entries for key in _prefix_keys(d["variants"].values())})
+
+
+def _mtime(store: CacheStore, path: Path, default: float) -> float:
+    """A cache file's modification time, its link never followed (``default`` when gone)."""
+    st = store.boundary.file_stat(path)
+    return default if st is None else st.st_mtime
+
+
+def names_by_key(root: Path) -> dict[str, tuple[str, ...]]:
+    """``schema/module`` (``schema/prefix`` for prefix states) of every cache file key the
+    manifests reference, for messages that name a file by what it holds."""
+    out: dict[str, list[str]] = {}
+    for mpath, data in manifest.load_all(root):
+        schema = str(data.get("schema", mpath.stem))
+        for name, key, _ in _refs(data["variants"].values()):
+            out.setdefault(key, []).append(f"{schema}/{name}")
+        for key in _prefix_keys(data["variants"].values()):
+            out.setdefault(key, []).append(f"{schema}/prefix")
+    return {key: tuple(dict.fromkeys(names)) for key, names in out.items()}

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from ..errors import CacheFileError
+from ..errors import CacheFileError, CacheFileMissing, CacheLinkError
 
 MAGIC = b"PCACHE\r\n"
 VERSION = 1
@@ -192,12 +192,14 @@ class CacheFile:
             self._map = None
 
 
-def read(path: str | os.PathLike) -> CacheFile:
+def read(path: str | os.PathLike, *, opener=None) -> CacheFile:
     """Open a cache file: the prelude and header are read and checked (header checksum, frames
     tiling planes and payload exactly) before the payload is memory-mapped. Frame checksums are
-    checked when a blob is read."""
+    checked when a blob is read. ``opener``: as ``open``'s (the cache's boundary passes one that
+    never follows a link). A file that is not there (or is a link, or under one) raises
+    CacheFileMissing."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=opener) as f:
             size = os.fstat(f.fileno()).st_size
             prelude = f.read(_PRELUDE.size)
             if len(prelude) < _PRELUDE.size:
@@ -214,6 +216,10 @@ def read(path: str | os.PathLike) -> CacheFile:
                 raise CacheFileError("cache header checksum mismatch")
             header, segments = parse_header(body, base=_PRELUDE.size + hlen, size=size)
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise CacheFileMissing(f"cannot read cache file: {e.strerror}") from None
+    except CacheLinkError as e:
+        raise CacheFileMissing(str(e)) from None
     except OSError as e:
         raise CacheFileError(f"cannot read cache file: {e.strerror}") from None
     return CacheFile(header, segments, size, _PRELUDE.size + hlen, mm, np.frombuffer(mm, dtype=np.uint8))
@@ -294,9 +300,9 @@ def parse_header(body: bytes, *, base: int, size: int) -> tuple[dict, list[Segme
     return header, segments
 
 
-def verify(path: str | os.PathLike) -> CacheFile:
+def verify(path: str | os.PathLike, *, opener=None) -> CacheFile:
     """Read every frame of every segment (all checksums); raises CacheFileError on damage."""
-    f = read(path)
+    f = read(path, opener=opener)
     try:
         for i in range(len(f.segments)):
             f.blob(i)
@@ -434,3 +440,18 @@ def _decode_pair_into(words: np.ndarray, lo: Frame, hi: Frame, buf: np.ndarray) 
     dst = words[lo.raw_at : lo.raw_at + lo.raw]
     np.left_shift(hi_raw, 8, out=dst, dtype=np.uint16, casting="unsafe")
     np.bitwise_or(dst, lo_raw, out=dst, casting="unsafe")
+
+
+def mismatch(cf: CacheFile, key: str, position: int | None, *, clip: int | None = None) -> str | None:
+    """How a whole, intact file contradicts its name (its key, and for a prefix state the
+    position it is filed under), if it does; header values quoted up to ``clip`` characters."""
+    def quoted(value: object) -> str:
+        return str(value)[:clip] if clip is not None else str(value)
+
+    if cf.header.get("key") != key:
+        return f"its header names another key ({quoted(cf.header.get('key'))})"
+    if position is not None:
+        held = sum(len(s.tokens) for s in cf.segments)
+        if held != position or cf.header.get("mode") != "prefix":
+            return f"its header describes another state ({quoted(cf.header.get('module'))}, {held} tokens)"
+    return None

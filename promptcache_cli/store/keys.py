@@ -26,7 +26,7 @@ def model_fingerprint(path: str) -> dict:
 
 
 def module_key(*, model: dict, llama_cpp: str, state_layout: dict,
-               segments: list[tuple[int, tuple[int, ...], tuple[tuple[int, ...], ...]]]) -> str:
+               segments: list[tuple[int, tuple[int, ...], tuple[tuple[int, ...] | bytes, ...]]]) -> str:
     """Hash of everything a module's cached bytes depend on. ``segments`` holds, per segment,
     (the position its first token is stored at, tokens, the context tokens of each context it is
     computed after: one, or several for the ``average`` encoding). Where a prompt puts the segment
@@ -37,12 +37,14 @@ def module_key(*, model: dict, llama_cpp: str, state_layout: dict,
     h.update(json.dumps(meta, sort_keys=True).encode())
     for offset, tokens, contexts in segments:
         # one context: (offset, length, context length), tokens, context; several: (offset, length,
-        # -number of contexts), tokens, then each context's length and tokens
-        third = len(contexts[0]) if len(contexts) == 1 else -len(contexts)
+        # -number of contexts), tokens, then each context's length and tokens. A context may come
+        # as its tokens' little-endian int32 bytes already (prompt/contexts.context_bytes).
+        data = [c if isinstance(c, bytes) else np.asarray(c, dtype="<i4").tobytes() for c in contexts]
+        third = len(data[0]) // 4 if len(data) == 1 else -len(data)
         h.update(np.array([offset, len(tokens), third], dtype="<i8").tobytes())
         h.update(np.asarray(tokens, dtype="<i4").tobytes())
-        for context in contexts:
-            if len(contexts) > 1:
-                h.update(np.array([len(context)], dtype="<i8").tobytes())
-            h.update(np.asarray(context, dtype="<i4").tobytes())
+        for context in data:
+            if len(data) > 1:
+                h.update(np.array([len(context) // 4], dtype="<i8").tobytes())
+            h.update(context)
     return h.hexdigest()[:40]

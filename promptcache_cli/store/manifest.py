@@ -29,9 +29,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..errors import CacheWriteError
 
+if TYPE_CHECKING:
+    from .boundary import Boundary
+
 PREFIX = "prefix"  # the encoding (and mode) of a prefix-mode variant
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists modules: far below this; a bigger file is not one
 
 
 @dataclass(frozen=True)
@@ -73,38 +79,48 @@ def manifest_path(root: Path, schema_name: str, schema_path: str | None) -> Path
     return Path(root) / "schemas" / f"{schema_name}-{digest}.json"
 
 
-def load(path: Path) -> dict | None:
+def load(path: Path, boundary: Boundary | None = None) -> dict | None:
     """A manifest, or None when missing or unreadable (manifests are an index, never trusted
-    for anything but listing and messages)."""
+    for anything but listing and messages). ``boundary``: the cache's, to read it without
+    following a link."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        with open(path, "rb", opener=boundary.opener if boundary else None) as f:
+            data = json.loads(f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
+    except (OSError, ValueError, CacheWriteError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("variants"), dict) else None
 
 
 def load_all(root: Path) -> list[tuple[Path, dict]]:
-    folder = Path(root) / "schemas"
-    if not folder.is_dir():
+    """Every readable manifest in ``<root>/schemas`` (links there are not followed)."""
+    from .boundary import Boundary
+
+    boundary = Boundary(root)
+    try:
+        entries = boundary.entries(("schemas",))
+    except (OSError, CacheWriteError):
         return []
-    return [(p, m) for p in sorted(folder.glob("*.json")) if (m := load(p)) is not None]
+    return [(e.path, m) for e in entries
+            if e.kind == "file" and e.path.suffix == ".json" and (m := load(e.path, boundary)) is not None]
+
+
+def lock(store, path: Path):
+    """The lock a manifest is written and removed under."""
+    return store.boundary.lock(f"{path}.lock")
 
 
 def record(store, *, schema_name: str, schema_path: str | None, variant: Variant, codec: str,
            modules: list[dict], prefix: dict | None = None) -> None:
     """Add or replace this variant's entry, under the manifest's lock, atomically. ``prefix``
     (``{"key": ..., "tokens": ...}``) makes it a prefix-mode entry."""
-    from filelock import FileLock
-
     path = manifest_path(store.root, schema_name, schema_path)
-    lock = FileLock(str(path) + ".lock")
+    held = lock(store, path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        held.acquire()
     except OSError as e:  # a read-only cache
         raise CacheWriteError(f"cannot write to the cache at {path.parent}: {e.strerror}") from None
     try:
-        data = load(path) or {"schema": schema_name, "variants": {}}
+        data = load(path, store.boundary) or {"schema": schema_name, "variants": {}}
         data["path"] = os.path.abspath(schema_path) if schema_path else None
         entry = {
             "model": variant.model, "llama_cpp": variant.llama_cpp, "state_layout": variant.state_layout,
@@ -116,4 +132,4 @@ def record(store, *, schema_name: str, schema_path: str | None, variant: Variant
         data["variants"][variant.id] = entry
         store.write_atomic(path, [json.dumps(data, indent=1, sort_keys=True).encode()])
     finally:
-        lock.release()
+        held.release()

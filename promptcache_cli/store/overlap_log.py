@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time as _time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import OverlapLogError, TraceError
+from ..errors import CacheWriteError, OverlapLogError, TraceError
+
+if TYPE_CHECKING:
+    from .boundary import Boundary
 
 LOG_NAME = "overlap.jsonl"
 MAX_LINES = 10_000
@@ -48,29 +51,33 @@ class Observation:
 
 
 class OverlapLog:
-    def __init__(self, directory: Path | str, *, max_lines: int = MAX_LINES) -> None:
+    def __init__(self, directory: Path | str, *, max_lines: int = MAX_LINES, boundary: Boundary | None = None) -> None:
+        """``boundary``: the cache folder's (the record lives inside it); by default the record's
+        own folder bounds it. Either way a link on the way is never followed."""
         if max_lines < 1:
             raise ValueError(f"max_lines must be at least 1, not {max_lines}")
+        from .boundary import Boundary
+
         self.directory = Path(directory)
         self.path = self.directory / LOG_NAME
         self.max_lines = max_lines
+        self.boundary = boundary if boundary is not None else Boundary(self.directory)
 
     def _lock(self):
-        from filelock import FileLock
-
-        return FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT)
+        return self.boundary.lock(str(self.path) + ".lock")
 
     def append(self, *, tokens: int, overlap: int, time: float | None = None) -> None:
         """Record one request; compacts the file when it has grown past its bound."""
         _check(tokens, overlap)
-        from filelock import Timeout
+        from .boundary import LockTimeout
 
+        lock = self._lock()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with self._lock():
+            lock.acquire(timeout=LOCK_TIMEOUT)  # makes the record's folder
+            try:
                 when = _time.time() if time is None else float(time)
                 line = json.dumps({"tokens": tokens, "overlap": overlap, "time": round(when, 3)}) + "\n"
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = self.boundary.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
                     size = os.fstat(fd).st_size
                     if size and os.pread(fd, 1, size - 1) != b"\n":  # a writer died mid-line
@@ -80,51 +87,56 @@ class OverlapLog:
                     os.close(fd)
                 if size > self.max_lines * LINE_BYTES:
                     self._compact_locked()
-        except Timeout:
+            finally:
+                lock.release()
+        except LockTimeout:
             raise OverlapLogError(f"{self.path}: locked by another process for over {LOCK_TIMEOUT:.0f} s") from None
         except OSError as e:
             raise OverlapLogError(f"{self.path}: cannot record the request: {e.strerror or e}") from None
+        except CacheWriteError as e:  # a link on the way
+            raise OverlapLogError(f"{self.path}: cannot record the request: {e}") from None
 
     def read(self) -> list[Observation]:
         """The last ``max_lines`` well-formed records, oldest first; [] when there is no record.
         Malformed lines (a torn last line, stray bytes) are skipped."""
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb", opener=self.boundary.opener) as f:
+                data = f.read()
         except FileNotFoundError:
             return []
         except OSError as e:
             raise OverlapLogError(f"{self.path}: cannot read the record: {e.strerror or e}") from None
+        except CacheWriteError as e:
+            raise OverlapLogError(f"{self.path}: cannot read the record: {e}") from None
         return _parse_lenient(data)[-self.max_lines:]
 
     def compact(self) -> None:
         """Rewrite the record as its last ``max_lines`` well-formed lines."""
-        from filelock import Timeout
+        from .boundary import LockTimeout
 
+        lock = self._lock()
         try:
-            with self._lock():
+            lock.acquire(timeout=LOCK_TIMEOUT)
+            try:
                 self._compact_locked()
-        except Timeout:
+            finally:
+                lock.release()
+        except LockTimeout:
             raise OverlapLogError(f"{self.path}: locked by another process for over {LOCK_TIMEOUT:.0f} s") from None
         except OSError as e:
             raise OverlapLogError(f"{self.path}: cannot compact the record: {e.strerror or e}") from None
+        except CacheWriteError as e:
+            raise OverlapLogError(f"{self.path}: cannot compact the record: {e}") from None
 
     def _compact_locked(self) -> None:
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb", opener=self.boundary.opener) as f:
+                data = f.read()
         except FileNotFoundError:
             return
         keep = _parse_lenient(data)[-self.max_lines:]
         text = "".join(json.dumps({"tokens": o.tokens, "overlap": o.overlap, "time": o.time}) + "\n" for o in keep)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(text.encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self.boundary.write_atomic(self.path, [text.encode()])
 
 
 def _parse_lenient(data: bytes) -> list[Observation]:

@@ -11,10 +11,11 @@ from . import cache_file
 from .files import CacheStore
 
 
-def stored(path: Path) -> dict[int, tuple[str, tuple[float, ...]]]:
-    """A module file's scores by segment offset (none when it has none or cannot be read)."""
+def stored(path: Path, cache: CacheStore | None = None) -> dict[int, tuple[str, tuple[float, ...]]]:
+    """A module file's scores by segment offset (none when it has none or cannot be read);
+    ``cache``: the store it is in (read without following a link)."""
     try:
-        f = cache_file.read(path)
+        f = cache.read(path) if cache is not None else cache_file.read(path)
     except CacheFileError:
         return {}
     f.close()
@@ -25,11 +26,11 @@ def store(cache: CacheStore, key: str, ranks: list[tuple[str, list[float]]]) -> 
     """Rewrite a module file with scores (one per segment), under its lock; a file gone or
     damaged meanwhile is left alone (the next ask recomputes it)."""
     path = cache.module_path(key)
-    if not path.exists():
+    if not cache.exists(path):
         return
     with cache.locked(key):
         try:
-            f = cache_file.read(path)
+            f = cache.read(path)
         except CacheFileError:
             return
         try:

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 from ..errors import RemoteError
 from .files import CacheStore
@@ -246,13 +246,20 @@ class Remote:
             raise self._error(e, "cannot download", rel) from None
 
     # -- writing --------------------------------------------------------------------------
-    def upload(self, rel: str, path: Path | bytes, *, replace: bool = False) -> bool:
-        """Upload a file (or bytes) unless an object is there already: True when uploaded, False
-        when it was there (uploads are conditional, so of two machines uploading one key one wins
-        and the other is told; objects never change). ``replace``: overwrite (a damaged object)."""
+    def upload(self, rel: str, path: Path | bytes | BinaryIO, *, replace: bool = False) -> bool:
+        """Upload a file (bytes, or a file opened for reading: a cache file is opened through
+        the cache's boundary, :meth:`.files.CacheStore.open`, never by a name that could be a link)
+        unless an object is there already: True when uploaded, False when it was there (uploads
+        are conditional, so of two machines uploading one key one wins and the other is told;
+        objects never change). ``replace``: overwrite (a damaged object)."""
         import obstore
 
-        size = path.stat().st_size if isinstance(path, Path) else len(path)
+        if isinstance(path, Path):
+            size = path.stat().st_size
+        elif isinstance(path, (bytes, bytearray, memoryview)):
+            size = len(path)
+        else:
+            size = os.fstat(path.fileno()).st_size
         big = size > SINGLE_PUT_LIMIT
         if not replace and self.head(rel) is not None:  # asked first: a refused PUT would still send the body
             return False

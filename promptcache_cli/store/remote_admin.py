@@ -163,17 +163,6 @@ def list_remote(remote: Remote) -> RemoteListing:
     return RemoteListing(str(remote), schemas, orphans, others, sum(f.bytes for f in files))
 
 
-def _mismatch(cf: cache_file.CacheFile, f: RemoteFile) -> str | None:
-    """How a whole, intact file contradicts its name, if it does."""
-    if cf.header.get("key") != f.key:
-        return f"its header names another key ({str(cf.header.get('key'))[:40]})"
-    if f.position is not None:
-        held = sum(len(s.tokens) for s in cf.segments)
-        if held != f.position or cf.header.get("mode") != "prefix":
-            return f"its header describes another state ({str(cf.header.get('module'))[:40]}, {held} tokens)"
-    return None
-
-
 def verify_remote(remote: Remote, root, *, progress: Callable[[int, int, str], None] | None = None
                   ) -> RemoteVerifyReport:
     """Download each cache file into a temporary file in the cache directory (beside where it
@@ -187,18 +176,18 @@ def verify_remote(remote: Remote, root, *, progress: Callable[[int, int, str], N
         try:
             with remote.scratch(f.rel, store, near) as (path, _):
                 try:
-                    cf = cache_file.verify(path)
+                    cf = cache_file.verify(path, opener=store.boundary.opener)
                 except CacheFileError as e:
                     damaged.append(RemoteNote(f, str(e), _kind(f)))
                 else:
                     cf.close()
-                    if why := _mismatch(cf, f):
+                    if why := cache_file.mismatch(cf, f.key, f.position, clip=40):
                         damaged.append(RemoteNote(f, why, _kind(f)))
         except RemoteError as e:
             if remote.head(f.rel) is not None:  # not deleted meanwhile
                 raise e from None
         finally:
-            _prune(near.parent, store.root)
+            _prune(store, near.parent)
         done += f.bytes
         if progress:
             progress(done, total, f.rel)
@@ -208,22 +197,23 @@ def verify_remote(remote: Remote, root, *, progress: Callable[[int, int, str], N
     return RemoteVerifyReport(str(remote), len(files) + len(manifests), damaged)
 
 
-def _prune(folder, root) -> None:
-    """Remove the folders verifying left empty, up to the cache root."""
+def _prune(store: CacheStore, folder) -> None:
+    """Remove the folders verifying left empty, up to the cache root (through the boundary: a
+    link is never removed or followed)."""
+    root = store.root
     while folder != root and root in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
+        if not store.boundary.rmdir(folder):
             return
         folder = folder.parent
 
 
 def gc_remote(remote: Remote, *, max_size: int | None = None, older_than: float | None = None,
-              dry_run: bool = False, now: float | None = None) -> RemoteGcReport:
+              dry_run: bool = False, now: float | None = None, grace: float = 0.0) -> RemoteGcReport:
     """Delete cache files uploaded more than ``older_than`` seconds ago, then the oldest until the
     rest take at most ``max_size`` bytes; then the manifests that name no cache file left, and the
     leases (remote_tier.py) of machines that stopped renewing them LEASE_SECONDS ago or longer
-    (killed while computing; a lease's holder renews it every LEASE_SECONDS / 3)."""
+    (killed while computing; a lease's holder renews it every LEASE_SECONDS / 3). Files uploaded
+    in the last ``grace`` seconds stay (a machine may be downloading one it was just told of)."""
     if max_size is None and older_than is None:
         raise ValueError("gc needs max_size or older_than")
     now = time.time() if now is None else now
@@ -232,6 +222,8 @@ def gc_remote(remote: Remote, *, max_size: int | None = None, older_than: float 
     removed: list[RemoteNote] = []
     gone: set[str] = set()
     for f in sorted(files, key=lambda f: (f.uploaded, f.rel)):
+        if now - f.uploaded < grace:
+            continue
         if older_than is not None and now - f.uploaded > older_than:
             reason = "uploaded longer ago than the age limit"
         elif max_size is not None and total > max_size:

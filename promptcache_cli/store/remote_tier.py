@@ -114,18 +114,20 @@ class Tier:
             self.bytes_down += n
         return "downloaded"
 
-    def publish(self, rel: str, path: Path, *, replace: bool = False) -> str:
-        """Upload a local cache file: ``uploaded``, ``present`` (the store had it), ``offline``
-        or ``refused`` (not allowed to write: warned once). A copy found damaged in the store
-        (:meth:`fetch`), or ``replace``, is overwritten."""
+    def publish(self, rel: str, path: Path, store: CacheStore, *, replace: bool = False) -> str:
+        """Upload a local cache file (opened through ``store``'s boundary: a link is never
+        followed): ``uploaded``, ``present`` (the store had it), ``offline`` or ``refused`` (not
+        allowed to write: warned once). A copy found damaged in the store (:meth:`fetch`), or
+        ``replace``, is overwritten."""
         if not self.online:
             return "offline"
         if self._read_only:
             return "refused"
         try:
-            size = path.stat().st_size
-            done = self.remote.upload(rel, path, replace=replace or rel in self.damaged)
-        except OSError:  # gone meanwhile (`pc gc`): nothing to upload
+            with store.open(path) as f:
+                size = os.fstat(f.fileno()).st_size
+                done = self.remote.upload(rel, f, replace=replace or rel in self.damaged)
+        except (OSError, CacheWriteError):  # gone meanwhile (`pc gc`), or a link: nothing to upload
             return "offline"
         except RemoteError as e:
             if "access denied" in str(e) or "not authenticated" in str(e):

@@ -8,7 +8,8 @@ hashing every window of ``CHUNK`` tokens (prompt/recognize.py): a window equal t
 names a file, a segment and an alignment, which the caller checks against the file's tokens.
 
 One index per model and state layout (files of another model or setting can never load), under
-``<cache>/spans/<variant>.idx``: fixed records of ``RECORD`` bytes, appended under a lock::
+``<cache>/spans/<variant>.idx``: fixed records of ``RECORD`` bytes, appended under a lock, every
+access through the cache folder's boundary (boundary.py: never through a link)::
 
     u64 chunk hash; 20 bytes key (the file name's 40 hex digits); u32 segment; u32 offset;
     u32 check (the low 32 bits of XXH3-64 of the 36 bytes before it)
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -33,6 +35,7 @@ import numpy as np
 import xxhash
 
 from ..errors import CacheWriteError
+from .boundary import Boundary
 
 CHUNK = 32  # tokens per indexed chunk (a run shorter than 2 * CHUNK - 1 may go unfound)
 CONTEXT_TAIL = 32  # context tokens a file records (which of several files with one text fits a prompt best)
@@ -103,8 +106,9 @@ class Entry:
 class SpanIndex:
     """One variant's index, read on first use and again whenever the file grew."""
 
-    def __init__(self, root: Path, variant: str) -> None:
-        self.path = index_path(root, variant)
+    def __init__(self, boundary: Boundary, variant: str) -> None:
+        self.boundary = boundary
+        self.path = index_path(boundary.root, variant)
         self._size = -1
         self._by_hash: dict[int, list[Entry]] = {}
 
@@ -114,29 +118,25 @@ class SpanIndex:
         data = _records(key, segments)
         if not data:
             return
-        from filelock import FileLock
-
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(self.path) + ".lock"):
-                with open(self.path, "ab") as f:
-                    torn = f.tell() % RECORD
-                    if torn:  # a writer killed mid-record: drop its tail before appending
-                        f.truncate(f.tell() - torn)
+            with self.boundary.lock(f"{self.path}.lock"):
+                fd = self.boundary.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, create_dirs=True)
+                with os.fdopen(fd, "ab") as f:
+                    end = os.fstat(fd).st_size
+                    if end % RECORD:  # a writer killed mid-record: drop its tail before appending
+                        f.truncate(end - end % RECORD)
                     f.write(data)
         except OSError as e:
             raise CacheWriteError(f"cannot write the span index {self.path}: {e.strerror}") from None
 
     def _refresh(self) -> None:
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            size = 0
+        st = self.boundary.file_stat(self.path)
+        size = st.st_size if st is not None else 0
         if size == self._size:
             return
         self._size = size
         self._by_hash = {}
-        for e_hash, entry in _read(self.path):
+        for e_hash, entry in _read(self.boundary, self.path):
             self._by_hash.setdefault(e_hash, []).append(entry)
 
     def lookup(self, hashes: np.ndarray) -> list[tuple[int, Entry]]:
@@ -155,10 +155,11 @@ class SpanIndex:
         return sum(len(v) for v in self._by_hash.values())
 
 
-def _read(path: Path) -> list[tuple[int, Entry]]:
+def _read(boundary: Boundary, path: Path) -> list[tuple[int, Entry]]:
     try:
-        data = path.read_bytes()
-    except OSError:
+        with open(path, "rb", opener=boundary.opener) as f:
+            data = f.read()
+    except (OSError, CacheWriteError):  # missing, or a link (never followed)
         return []
     n = len(data) // RECORD
     arr = np.frombuffer(data, dtype=_DTYPE, count=n)
@@ -172,27 +173,24 @@ def _read(path: Path) -> list[tuple[int, Entry]]:
     return out
 
 
-def compact(root: Path, exists: Callable[[str], bool], *, dry_run: bool = False) -> int:
+def compact(boundary: Boundary, exists: Callable[[str], bool], *, dry_run: bool = False) -> int:
     """Drop every index's records of files that no longer exist; returns how many were dropped."""
-    folder = Path(root) / "spans"
     dropped = 0
-    if not folder.is_dir():
+    try:
+        entries = boundary.entries("spans")
+    except (OSError, CacheWriteError):  # no index yet, or a link in its place (left alone)
         return 0
-    from filelock import FileLock
-
-    for path in sorted(folder.glob("*.idx")):
-        try:
-            with FileLock(str(path) + ".lock"):
-                data = path.read_bytes()
+    for e in entries:
+        if e.kind != "file" or not e.path.name.endswith(".idx"):
+            continue
+        with suppress(OSError, CacheWriteError):
+            with boundary.lock(f"{e.path}.lock"):
+                with open(e.path, "rb", opener=boundary.opener) as f:
+                    data = f.read()
                 n = len(data) // RECORD
                 raw = np.frombuffer(data, dtype=np.uint8, count=n * RECORD).reshape(n, RECORD)
                 keep = [r for r in range(n) if exists(bytes(raw[r, 8:28]).hex())]
                 dropped += n - len(keep) + (len(data) % RECORD > 0)
-                if dry_run or (len(keep) == n and len(data) % RECORD == 0):
-                    continue
-                tmp = path.with_suffix(".idx.tmp")
-                tmp.write_bytes(raw[keep].tobytes())
-                os.replace(tmp, path)
-        except OSError:
-            continue
+                if not dry_run and (len(keep) < n or len(data) % RECORD):
+                    boundary.write_atomic(e.path, [raw[keep].tobytes()])
     return dropped

@@ -324,3 +324,47 @@ def forge_refused_state(path: Path) -> None:
     chunks = cache_file.encode(header, out, [r.tokens for r in records], [r.offset for r in records],
                                codec=codec, split_planes=False)
     path.write_bytes(b"".join(bytes(c) for c in chunks))
+
+
+# -- housekeeping beside asks ---------------------------------------------------------------------
+
+
+@dataclass
+class Race:
+    """One round of :func:`gc_beside_asks`: each ask's run, and the gc loop's."""
+
+    asks: list[tuple[tuple[str, ...], Proc]]  # (the ask's extra options, its run)
+    gcs: list[Proc]
+    evicted: int  # files the gc loop removed while the asks ran
+
+
+def gc_beside_asks(question: str, schema: Path, cache: Path, requests: list[tuple[str, ...]], *,
+                   n_asks: int = 8, gc_args: tuple[str, ...] = ("--max-size", "1", "--grace", "0s"),
+                   **env: str) -> Race:
+    """``n_asks`` concurrent `pc ask` (the ``requests``' options in turn) while `pc gc` runs in a
+    loop beside them, evicting everything it may (``--grace 0s``: no grace period, so only the
+    asks' leases protect what they read), until the last ask ends."""
+    stop = threading.Event()
+    gcs: list[Proc] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            gcs.append(run(["gc", *gc_args, "--json"], cache=cache, **env))
+
+    t0 = time.perf_counter()
+    sweeper = threading.Thread(target=loop)
+    sweeper.start()
+    try:
+        started = [(r, start(["ask", question, "-s", schema, "-n", "8", "--json", *r], cache=cache, **env))
+                   for r in (requests[k % len(requests)] for k in range(n_asks))]
+        asks = [(r, finish(p, t0)) for r, p in started]
+    finally:
+        stop.set()
+        sweeper.join()
+    evicted = 0
+    for g in gcs:
+        try:
+            evicted += len(json.loads(g.out)["removed"]) if g.code == 0 else 0
+        except (ValueError, KeyError):
+            pass
+    return Race(asks, gcs, evicted)

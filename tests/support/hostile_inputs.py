@@ -82,7 +82,21 @@ NAMES = (  # every case, in order (parametrizes the tests without writing the fi
     "model is not a GGUF",
     "truncated GGUF model",
     "unreadable model file",
+    # issue 20: limits before work, NaN options, one line means one line, FIFO models
+    "20,000 sibling modules",
+    "9,000 sibling modules (longer than the context)",
+    "elements nested past the depth limit",
+    "--temperature nan",
+    "--refresh nan",
+    "--top-p nan",
+    "model is a FIFO",
+    "schema path with a newline",
+    "1 MB invalid attribute value",
+    "10,000-character module name",
+    "bidi and C1 control characters in a name",
 )
+
+MAX_LINE = 1100  # characters of the one error line: cli.common.MAX_LINE (1000) and its elision note
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,14 @@ def cases(folder: Path) -> list[Case]:
     unreadable = folder / "unreadable.gguf"
     unreadable.write_bytes(model.read_bytes()[:4096])
     unreadable.chmod(0)
+    siblings = lambda n: ('<schema name="many"><user>' + "".join(f'<module name="m{i}">Note {i}.</module>'  # noqa: E731
+                                                                  for i in range(n)) + "</user></schema>\n")
+    deep = "".join(f'<module name="d{i}">' for i in range(150)) + "x" + "</module>" * 150
+    fifo = folder / "fifo.gguf"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    newline = folder / "two\nlines"
+    newline.mkdir(exist_ok=True)
 
     def ask(schema: Path, *extra) -> tuple:
         return ("ask", "What now?", "-s", schema, *extra)
@@ -194,7 +216,7 @@ def cases(folder: Path) -> list[Case]:
                                             _prompt(folder, "param.prompt.xml", '<trip weeks="2"/>hi')),
              errors.EXIT_INPUT, ("param.prompt.xml", "no parameter 'weeks'")),
         Case("parameter value longer than its length", ask(travel, "-p", "days=three long weeks of holiday in Rome"),
-             errors.EXIT_INPUT, ("trip/days", "longer than its length 3")),
+             errors.EXIT_INPUT, ("trip/days", "more than its length 3", "shorten the value by")),
         Case("entity in a prompt file", ("ask", "-s", travel, "--prompt", _schema(folder, "xxe.prompt.xml",
                                          XXE.replace("<schema name=\"xxe\"><module name=\"a\">&xxe;</module></schema>",
                                                      '<prompt schema="travel">&xxe;</prompt>'))),
@@ -213,6 +235,28 @@ def cases(folder: Path) -> list[Case]:
              ("truncated.gguf",)),
         Case("unreadable model file", ask(travel, "--model", unreadable), errors.EXIT_MODEL,
              ("unreadable.gguf", "Permission denied"), drop_write_bypass=True),
+        Case("20,000 sibling modules", ask(_schema(folder, "siblings-20k.xml", siblings(20_000))), errors.EXIT_INPUT,
+             ("siblings-20k.xml:1", "more than 10000 modules")),
+        Case("9,000 sibling modules (longer than the context)", ask(_schema(folder, "siblings-9k.xml", siblings(9_000))),
+             errors.EXIT_TOO_LONG, ("at least 9000 positions", "context")),
+        Case("elements nested past the depth limit", ask(_schema(folder, "deep.xml", f'<schema name="d">{deep}</schema>')),
+             errors.EXIT_INPUT, ("deep.xml:1", "nested deeper than 100")),
+        Case("--temperature nan", ask(travel, "--temperature", "nan"), errors.EXIT_USAGE, ("--temperature", "finite")),
+        Case("--refresh nan", ask(travel, "--refresh", "nan"), errors.EXIT_USAGE, ("--refresh", "finite")),
+        Case("--top-p nan", ask(travel, "--top-p", "nan"), errors.EXIT_USAGE, ("--top-p", "finite")),
+        Case("model is a FIFO", ask(travel, "--model", fifo), errors.EXIT_MODEL, ("fifo.gguf", "not a regular file")),
+        Case("schema path with a newline", ask(_schema(newline, "s.xml", '<schema name="b">\n<module name="a">x</schema>')),
+             errors.EXIT_INPUT, ("two\\nlines/s.xml:2", "XML syntax error")),
+        Case("1 MB invalid attribute value", ask(_schema(folder, "attr.xml", '<schema name="a"><module name="a">'
+                                                          '<parameter name="p" length="' + "9x" * 500_000 + '"/>'
+                                                          "</module></schema>")),
+             errors.EXIT_INPUT, ("attr.xml:1", "characters, cut]")),
+        Case("10,000-character module name", ask(_schema(folder, "name.xml", '<schema name="n"><module name="'
+                                                          + "n" * 10_000 + '">x</module></schema>')),
+             errors.EXIT_INPUT, ("name.xml:1", "invalid name", "characters, cut]")),
+        Case("bidi and C1 control characters in a name",
+             ask(_schema(folder, "bidi.xml", '<schema name="b"><module name="a\u202eb\u009bc">x</module></schema>')),
+             errors.EXIT_INPUT, ("bidi.xml:1", "a\\u202eb\\x9bc")),
     ]
     assert len({x.name for x in c}) == len(c)
     return c
