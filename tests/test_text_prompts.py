@@ -98,7 +98,7 @@ def test_learned_text_is_found_in_another_prompt_then_damaged_then_evicted(model
             assert c.text == ref.text
     index = span_index.SpanIndex(Boundary(cache), next((cache / "spans").glob("*.idx")).stem)
     assert len(index) > 0
-    pc.collect_garbage(cache, max_size=0)
+    pc.collect_garbage(cache, max_size=0, grace=0)
     assert not any(f.exists() for f in files)
     assert len(span_index.SpanIndex(Boundary(cache), index.path.stem)) == 0  # gc dropped the records of evicted files
     with pc.open_session(model_path, cache_dir=cache, mode="modular") as s:

@@ -56,13 +56,14 @@ class BenchConfig:
     rag_docs: int = 8
     rag_doc_tokens: int = 1000
     rag_tokens: int = 32
+    rag_repairs: tuple[int, ...] = (16, 64)  # (d) `--repair` variants beside 0 and the default
     rag_servers: bool = True  # also through the OpenAI client: pc serve --learn, llama-server, llama-cpp-python's
 
 
 QUICK = BenchConfig(quick=True, levels=(512, 1024), slots=2, pool=3, rounds=1, fast_repeats=2, process_rounds=1,
                     process_levels=(1024,), q8_levels=(1024,), prefix_level=1024,
                     quality_questions=6, quality_doc_tokens=200, quality_slots=2, quality_docs=4, repair_tokens=(32,),
-                    rag_questions=4, rag_docs=4, rag_doc_tokens=300, rag_tokens=8)
+                    rag_questions=4, rag_docs=4, rag_doc_tokens=300, rag_tokens=8, rag_repairs=(16,))
 
 
 def preset(cfg: BenchConfig) -> str:
@@ -195,7 +196,8 @@ def run(cfg: BenchConfig, *, model_path: Path, work: Path, progress: Progress) -
                                               llama_server=binary, peers_python=venv / "peers/bin/python") \
                 if cfg.rag_servers else ([], None)
             res["rag"] = rag.run_in_process(Path(model_path), work / "rag", wl_rag, n_tokens=cfg.rag_tokens,
-                                            progress=progress, servers=specs, missing=missing)
+                                            progress=progress, systems=rag.in_process_systems(cfg.rag_repairs),
+                                            servers=specs, missing=missing)
     finally:
         floor.close()
         renderer.close()

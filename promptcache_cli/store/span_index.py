@@ -177,7 +177,7 @@ def compact(boundary: Boundary, exists: Callable[[str], bool], *, dry_run: bool 
     """Drop every index's records of files that no longer exist; returns how many were dropped."""
     dropped = 0
     try:
-        entries = boundary.entries("spans")
+        entries = boundary.entries(("spans",))
     except (OSError, CacheWriteError):  # no index yet, or a link in its place (left alone)
         return 0
     for e in entries:
