@@ -49,7 +49,7 @@ def jsonl(lines: list) -> str:
 
 def test_answers_in_order_a_failed_line_reported_and_exit_9(schema, tmp_path):
     lines = lines_of(schema) + ["not json", {"schema": str(schema), "question": "hi", "max_tokens": "many"},
-                                {"file": "notes.txt", "question": "What is it about?"}]
+                                {"file": str(tmp_path / "missing.txt"), "question": "What is it about?"}]
     src = tmp_path / "in.jsonl"
     src.write_text(jsonl(lines[:2]) + "\n" + jsonl(lines[2:]), encoding="utf-8")  # a blank line is skipped
     run = pc("batch", src)
@@ -59,7 +59,7 @@ def test_answers_in_order_a_failed_line_reported_and_exit_9(schema, tmp_path):
     assert [("error" in o) for o in out] == [False, False, True, False, True, True, True]
     assert out[2] == {"line": 4, "error": out[2]["error"], "exit_code": 3} and "weather" in out[2]["error"]
     assert out[4]["line"] == 6 and out[5]["line"] == 7 and "max_tokens" in out[5]["error"]
-    assert "not supported yet" in out[6]["error"]
+    assert "missing.txt" in out[6]["error"] and out[6]["exit_code"] == 3
     assert "Traceback" not in run.err and run.err.strip().splitlines()[-1] == \
         "pc: 4 of 7 lines failed (each says why in its output line)"
     # each answer is the one `pc ask --json` gives for the same request
@@ -70,6 +70,25 @@ def test_answers_in_order_a_failed_line_reported_and_exit_9(schema, tmp_path):
     seeded = ok(pc("ask", "--json", "-n", "8", "-t", "0.7", "--seed", "3", "-s", schema, "-m", "city", "-p",
                    "name=Rome", "Name the city.")).json()
     assert out[3]["answer"] == seeded["answer"]
+
+
+def test_a_line_about_text_files_answers_as_pc_ask_f(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The meeting about the budget is on Friday at noon, in room 4.\n", encoding="utf-8")
+    lines = [{"file": str(notes), "question": "When is the meeting?", "max_tokens": 8, "stop": ["\n"]},
+             {"file": [str(notes)], "system": "Answer briefly.", "question": "Which room?", "max_tokens": 8,
+              "repeat_penalty": 1.2},
+             {"file": str(notes), "schema": "x.xml", "question": "Which room?"}]
+    run = pc("batch", "-", stdin=jsonl(lines))
+    assert run.code == 9, run.err
+    out = [json.loads(line) for line in run.out.splitlines()]
+    alone = ok(pc("ask", "--json", "-n", "8", "--stop", "\n", "-f", notes, "When is the meeting?")).json()
+    assert out[0]["answer"] == alone["answer"]
+    assert alone["cached_tokens"] > 0 and not alone["compiled"]  # the batch stored the file's states
+    system = ok(pc("ask", "--json", "-n", "8", "--repeat-penalty", "1.2", "-f", notes, "--system",
+                   "Answer briefly.", "Which room?")).json()
+    assert out[1]["answer"] == system["answer"]
+    assert out[2]["exit_code"] == 3 and "use one" in out[2]["error"]
 
 
 def test_all_lines_answered_from_stdin_exit_0(schema):

@@ -120,7 +120,7 @@ def test_ctrl_c_while_computing_ends_in_one_line_and_leaves_the_terminal_as_it_w
 
 
 @pytest.mark.parametrize("command", ["", "ask", "compile", "inspect", "ls", "verify", "gc", "rm", "path", "plan",
-                                     "bench"])
+                                     "bench", "serve", "batch", "push", "pull"])
 def test_every_help_fits_one_screen_with_examples_and_a_docs_pointer(command) -> None:
     screen = terminal.run(*([command] if command else []), "--help", cols=80, rows=60)
     assert screen.code == 0

@@ -12,15 +12,15 @@ import typer
 
 from .. import errors
 from .ask import HELP as ASK_HELP, ask
-from .batch import batch
+from .batch import HELP as BATCH_HELP, batch
 from .bench import HELP as BENCH_HELP, bench
 from .cache import (GC_HELP, LS_HELP, PATH_HELP, RM_HELP, VERIFY_HELP, gc_cmd, ls_cmd, path_cmd, rm_cmd,
                     verify_cmd)
 from .common import ClosedStdoutGuard, StdoutClosed, remote_flag, write_err
 from .compile import COMPILE_HELP, INSPECT_HELP, compile, inspect
 from .plan import HELP as PLAN_HELP, plan
-from .remote import pull, push
-from .serve import serve
+from .remote import PULL_HELP, PUSH_HELP, pull, push
+from .serve import HELP as SERVE_HELP, serve
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -69,8 +69,8 @@ for _name, _command, _help in (
         ("ask", ask, ASK_HELP), ("compile", compile, COMPILE_HELP), ("inspect", inspect, INSPECT_HELP),
         ("ls", ls_cmd, LS_HELP), ("verify", verify_cmd, VERIFY_HELP), ("gc", gc_cmd, GC_HELP),
         ("rm", rm_cmd, RM_HELP), ("path", path_cmd, PATH_HELP), ("plan", plan, PLAN_HELP),
-        ("bench", bench, BENCH_HELP), ("serve", serve, None), ("batch", batch, None),
-        ("push", push, None), ("pull", pull, None)):
+        ("bench", bench, BENCH_HELP), ("serve", serve, SERVE_HELP), ("batch", batch, BATCH_HELP),
+        ("push", push, PUSH_HELP), ("pull", pull, PULL_HELP)):
     app.command(_name, help=_help, short_help=SHORT[_name])(_command)
 
 

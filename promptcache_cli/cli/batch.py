@@ -18,7 +18,18 @@ from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, Enc
 
 MAX_LINE_BYTES = 1 << 20
 FIELDS = {"schema", "question", "modules", "params", "prompt", "max_tokens", "temperature", "top_p", "seed",
-          "no_cache", "file"}
+          "no_cache", "file", "system", "stop", "repeat_penalty"}
+
+
+HELP = """Answer JSON lines of questions with one model load; each output line is what
+`pc ask --json` prints, in input order.
+
+\b
+  pc batch questions.jsonl > answers.jsonl
+  echo '{"file": "notes.txt", "question": "When is it due?"}' | pc batch -
+
+Each line: "schema" (or "file": a path or a list, with "system"), "question", optionally
+"modules", "params", "prompt", "max_tokens", "stop", "temperature", ...: docs/usage.md#pc-batch-file"""
 
 
 def batch(
@@ -33,9 +44,6 @@ def batch(
     threads: int = ThreadsOpt,
     remote: Optional[str] = RemoteOpt,
 ) -> None:
-    """Answer JSON lines of questions with one model load: each line an object with "schema" (a
-    path), "question", and optionally "modules", "params", "prompt" (a <prompt> file), "max_tokens",
-    "temperature", "top_p", "seed", "no_cache"; each output line what `pc ask --json` prints."""
     source = _open(file)
     total = _count(file) if file != "-" else None
     sess = open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads,
@@ -95,7 +103,7 @@ def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes | str]]:
 def _answer(sess, line: bytes | str) -> dict[str, Any]:
     from dataclasses import replace
 
-    from ..api import Request, Sampler, answer_record, request_from_prompt, select
+    from ..api import Request, Sampler, answer_record, documents_schema, read_document, request_from_prompt, select
 
     if isinstance(line, str):
         raise errors.InputError(line)
@@ -108,10 +116,18 @@ def _answer(sess, line: bytes | str) -> dict[str, Any]:
     unknown = sorted(set(obj) - FIELDS)
     if unknown:
         raise errors.InputError(f"unknown field '{unknown[0]}' (a line takes {', '.join(sorted(FIELDS))})")
-    if "file" in obj:
-        raise errors.InputError("'file' (a question about a file, without a schema) is not supported yet")
-    schema = _field(obj, "schema", str, required=True)
-    sch = sess.schema(schema)
+    if "file" in obj:  # text files, each cached by its content (as `pc ask -f`)
+        if "schema" in obj or "prompt" in obj:
+            raise errors.InputError("'file' and 'schema' (or 'prompt') are two ways to give the context: use one")
+        files = _field(obj, "file", (str, list))
+        files = [files] if isinstance(files, str) else files
+        if not files or not all(isinstance(f, str) for f in files):
+            raise errors.InputError("'file' must be a path or a non-empty list of paths")
+        sch = documents_schema([read_document(f) for f in files], system=_field(obj, "system", str))
+    else:
+        if "system" in obj:
+            raise errors.InputError("'system' goes with 'file' (a schema has its own system prompt)")
+        sch = sess.schema(_field(obj, "schema", str, required=True))
     prompt = _field(obj, "prompt", str)
     question = _field(obj, "question", str)
     if prompt is not None:
@@ -138,11 +154,13 @@ def _answer(sess, line: bytes | str) -> dict[str, Any]:
         raise errors.InputError("'max_tokens' must be at least 1")
     try:
         sampler = Sampler(temperature=_number(obj, "temperature", 0.0), top_p=_number(obj, "top_p", 1.0),
-                          seed=_field(obj, "seed", int))
+                          seed=_field(obj, "seed", int), repeat_penalty=_number(obj, "repeat_penalty", 1.0))
+        stop = _field(obj, "stop", (str, list)) or ()
+        no_cache = bool(_field(obj, "no_cache", bool))
+        request = replace(request, max_tokens=max_tokens or 128, sampler=sampler, no_cache=no_cache,
+                          stop=(stop,) if isinstance(stop, str) else tuple(stop))
     except ValueError as e:
         raise errors.InputError(str(e)) from None
-    no_cache = bool(_field(obj, "no_cache", bool))
-    request = replace(request, max_tokens=max_tokens or 128, sampler=sampler, no_cache=no_cache)
     res = sess.ask(request)
     return answer_record(res, mode=sess.mode, no_cache=no_cache, remote=sess.remote)
 

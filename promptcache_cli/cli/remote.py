@@ -14,8 +14,25 @@ from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, Enc
                       ModeOpt, open_session)
 
 
+PUSH_HELP = """Upload a schema's cache files to the remote store, each checked whole first; files
+the store holds already are not sent again. Exit 5: a local file damaged or missing.
+
+\b
+  pc push schemas/gpl-manual.xml --remote s3://bucket/pc   # after pc compile
+
+Setting up a store and a fleet: docs/fleet.md"""
+
+PULL_HELP = """Download a schema's cache files from the remote store, each checked before it is
+put in place. Exit 5: a file missing or damaged; 11: the store unreachable.
+
+\b
+  pc pull schemas/gpl-manual.xml --remote s3://bucket/pc
+
+Setting up a store and a fleet: docs/fleet.md"""
+
+
 def push(
-    schema: str = typer.Argument(..., help="Schema file (PML)."),
+    schema: str = typer.Argument(..., metavar="SCHEMA", help="Schema file (PML)."),
     remote: Optional[str] = RemoteOpt,
     force: bool = typer.Option(False, "--force", help="Upload files the store holds already (replacing them)."),
     model: Optional[str] = ModelOpt,
@@ -27,16 +44,12 @@ def push(
     checkpoints: int = CheckpointsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Upload a schema's cache files to the remote store (each checked whole first).
-
-    The files are those this model and these settings use (as `pc compile` makes them); files the store holds
-    already are not sent again. Exit 5 when a local file is damaged or missing."""
     _transfer("push", schema, remote, model, cache_dir, encoding, compression, kv_type, mode, checkpoints, as_json,
               force=force)
 
 
 def pull(
-    schema: str = typer.Argument(..., help="Schema file (PML)."),
+    schema: str = typer.Argument(..., metavar="SCHEMA", help="Schema file (PML)."),
     remote: Optional[str] = RemoteOpt,
     model: Optional[str] = ModelOpt,
     cache_dir: Optional[str] = CacheOpt,
@@ -47,10 +60,6 @@ def pull(
     checkpoints: int = CheckpointsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Download a schema's cache files the cache directory lacks from the remote store.
-
-    Each is checked whole (checksums, key, model, settings) before it is put in place; a damaged or foreign
-    object is reported and left out. Exit 5 when any file is missing from the store or damaged there."""
     _transfer("pull", schema, remote, model, cache_dir, encoding, compression, kv_type, mode, checkpoints, as_json)
 
 

@@ -11,38 +11,47 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .common import CacheOpt, ModelOpt, RemoteOpt, option_parser, parse_size, write_err
+from .common import HiddenCacheOpt, ModelOpt, RemoteOpt, option_parser, parse_size, write_err
 from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, EncodingOpt, KvType, KvTypeOpt, Mode,
                       ModeOpt, open_session, progress_bar)
 
 
+HELP = """Serve the OpenAI API from the cache: each schema is a model; the bare model answers
+any chat, reusing the states of recent prompts.
+
+\b
+  pc serve schemas/gpl-manual.xml --port 8080
+  curl -s localhost:8080/v1/models
+
+Limits (--queue, --max-tokens-limit, --max-body), --cache-dir and the cache settings:
+docs/usage.md#pc-serve-schema"""
+
+
 def serve(
     schemas: list[str] = typer.Argument(None, metavar="[SCHEMA]...", show_default=False,
-                                        help="Schemas to serve (each as a model named by its PML name)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless told otherwise)."),
-    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: any free one, printed at start)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PC_API_KEY",
-                                          help="Require 'Authorization: Bearer KEY' on every request but /health."),
+                                        help="Schemas to serve, each a model named by its PML name."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDR", show_default=False,
+                             help="Address to listen on (127.0.0.1)."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, metavar="N", show_default=False,
+                             help="Port (8080; 0: any free one, printed at start)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PC_API_KEY", metavar="KEY", show_envvar=False,
+                                          help="Require 'Authorization: Bearer KEY' ($PC_API_KEY)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Allow an address other than loopback without a key."),
-    parallel: int = typer.Option(1, "--parallel", min=1, max=64,
-                                 help="Workers, each answering one request at a time with its own context "
-                                 "(the cores are shared among them)."),
+    parallel: int = typer.Option(1, "--parallel", min=1, max=64, metavar="N", show_default=False,
+                                 help="Workers, each with its own context (1)."),
     cache_ram: int = typer.Option("2GiB", "--cache-ram", metavar="SIZE", parser=option_parser(parse_size),
-                                  help="RAM for the states of recent plain prompts (the bare model), least recently "
-                                  "used dropped first; 0 keeps none."),
+                                  show_default=False, help="RAM for recent plain prompts' states (2GiB; 0: none)."),
     learn: bool = typer.Option(False, "--learn",
-                               help="Bare model, modular mode: find cached text (compiled modules, text learned "
-                               "from earlier chats) anywhere in a chat, and store each chat's long new text on "
-                               "disk for next time (pc gc bounds it)."),
-    queue: int = typer.Option(64, "--queue", min=1, help="Requests waiting for a worker before the server "
-                              "answers 503 (with Retry-After)."),
-    max_tokens_limit: int = typer.Option(2048, "--max-tokens-limit", min=1,
+                               help="Bare model: reuse cached text anywhere; learn new."),
+    queue: int = typer.Option(64, "--queue", min=1, hidden=True, help="Requests waiting for a worker before the "
+                              "server answers 503 (with Retry-After)."),
+    max_tokens_limit: int = typer.Option(2048, "--max-tokens-limit", min=1, hidden=True,
                                          help="The most tokens a request may ask for (also the budget of one "
                                          "that gives no max_tokens)."),
-    max_body: int = typer.Option("4MiB", "--max-body", metavar="SIZE", parser=option_parser(parse_size),
+    max_body: int = typer.Option("4MiB", "--max-body", metavar="SIZE", parser=option_parser(parse_size), hidden=True,
                                  help="The largest request body accepted (413 beyond)."),
     model: Optional[str] = ModelOpt,
-    cache_dir: Optional[str] = CacheOpt,
+    cache_dir: Optional[str] = HiddenCacheOpt,
     encoding: Encoding = EncodingOpt,
     compression: Compression = CompressionOpt,
     kv_type: KvType = KvTypeOpt,
@@ -50,8 +59,6 @@ def serve(
     checkpoints: int = CheckpointsOpt,
     remote: Optional[str] = RemoteOpt,
 ) -> None:
-    """Serve the OpenAI API (chat and completions, streaming or not) from the cache: each schema is a
-    model, the bare model answers plain chats reusing the states of recent prompts."""
     from ..api import load_schema
     from ..serve.server import Limits, listen, run
 
