@@ -23,6 +23,7 @@ Model files are written once into ``.venv/models/`` (about 1.3 and 3.4 GB) and r
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import statistics
 import sys
@@ -454,7 +455,10 @@ def markdown(res: dict) -> str:
     cfg = res["config"]
     smoke = any(size not in random_gguf.PRESETS for size in cfg["sizes"])  # a tiny test model: no figures
     default = asdict(ModelsConfig())
-    full = all(cfg.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in default.items())
+    def plain(v):  # as JSON has it: a run's config compares the same fresh and read back
+        return json.loads(json.dumps(v))
+
+    full = all(plain(cfg.get(k)) == plain(v) for k, v in default.items())
     kind = "smoke run, not a measurement" if smoke else "quick" if cfg["quick"] else "full" if full else "partial"
     lines = [f"# Models benchmark ({kind}), {res['date']}", "",
              f"llama-cpp-python {res['llama_cpp']}, {res['machine']}, {res['threads']} thread"
