@@ -16,10 +16,11 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not typing's: this file runs before pc's Ctrl-C guard (__main__), so it imports nothing
 
-_API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "ENCODINGS", "KV_TYPES", "MAX_DOCUMENT_BYTES", "MODES", "Request",
-        "Session", "answer_record", "cache_names", "collect_garbage", "collect_remote_garbage", "default_cache_dir",
-        "default_model_path", "document_from_bytes", "documents_schema", "inspect_schema", "list_cache",
-        "list_remote", "open_session", "read_document", "remove_schema", "request_from_prompt",
+_API = ("COMPRESSIONS", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "ENCODINGS", "KV_TYPES", "MAX_DOCUMENT_BYTES", "MODES",
+        "Request", "Session", "TextRequest", "answer_record", "cache_names", "collect_garbage",
+        "collect_remote_garbage", "default_cache_dir", "default_model_path", "document_from_bytes",
+        "documents_schema", "inspect_schema", "list_cache", "list_remote", "open_session", "read_document",
+        "remove_schema", "request_from_prompt",
         "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote")
 _ERRORS = ("EXIT_CODES", "BackendError", "BlobError", "CacheFileError", "CacheWriteError", "ContextFullError",
            "InputError", "ListenError", "ModelLoadError", "ModelNotFound", "OutputError", "ParameterTooLong", "PcError",
@@ -29,7 +30,8 @@ _WHERE = {
     **{name: "api" for name in _API},
     **{name: "errors" for name in _ERRORS},
     "Answer": "core.results", "CompileReport": "core.results", "ModuleReport": "core.results",
-    "Staleness": "core.results", "Transfer": "core.results", "TransferReport": "core.results",
+    "SpanUse": "core.results", "Staleness": "core.results", "Transfer": "core.results",
+    "TransferReport": "core.results",
     "PromptState": "core.tokens", "Conversation": "prompt.conversation",
     "PromptPart": "core.views", "PromptView": "core.views", "SchemaLayout": "core.views",
     "Boundary": "prompt.boundaries", "Sampler": "llama.sampling", "Schema": "pml.schema", "load_schema": "pml.schema",
@@ -38,15 +40,16 @@ _WHERE = {
 
 __all__ = [
     "Answer", "BackendError", "BlobError", "Boundary", "COMPRESSIONS", "CacheFileError", "CacheWriteError",
-    "CompileReport", "ContextFullError", "Conversation", "DEFAULT_CHECKPOINTS", "Document", "ENCODINGS", "EXIT_CODES",
-    "InputError", "KV_TYPES", "ListenError", "MAX_DOCUMENT_BYTES", "MODES", "ModelLoadError", "ModelNotFound",
-    "ModuleReport", "OutputError", "ParameterTooLong", "PcError", "PmlError", "PromptPart", "PromptState",
-    "PromptTooLong", "PromptView", "RemoteError", "Request", "Sampler", "Schema", "SchemaLayout", "SelectionError",
-    "Session", "Staleness", "StateRefused", "TemplateError", "Transfer", "TransferReport", "UnsupportedModel",
-    "UsageError", "answer_record", "cache_names", "collect_garbage", "collect_remote_garbage", "default_cache_dir",
-    "default_model_path", "document_from_bytes", "documents_schema", "exit_code_for", "inspect_schema", "list_cache",
-    "list_remote", "load_schema", "open_session", "read_document", "remove_schema", "request_from_prompt",
-    "request_from_prompt_text", "resolve_model", "select", "verify_cache", "verify_remote",
+    "CompileReport", "ContextFullError", "Conversation", "DEFAULT_CHECKPOINTS", "DEFAULT_REPAIR", "Document",
+    "ENCODINGS", "EXIT_CODES", "InputError", "KV_TYPES", "ListenError", "MAX_DOCUMENT_BYTES", "MODES",
+    "ModelLoadError", "ModelNotFound", "ModuleReport", "OutputError", "ParameterTooLong", "PcError", "PmlError",
+    "PromptPart", "PromptState", "PromptTooLong", "PromptView", "RemoteError", "Request", "Sampler", "Schema",
+    "SchemaLayout", "SelectionError", "Session", "SpanUse", "Staleness", "StateRefused", "TemplateError",
+    "TextRequest", "Transfer", "TransferReport", "UnsupportedModel", "UsageError", "answer_record", "cache_names",
+    "collect_garbage", "collect_remote_garbage", "default_cache_dir", "default_model_path", "document_from_bytes",
+    "documents_schema", "exit_code_for", "inspect_schema", "list_cache", "list_remote", "load_schema",
+    "open_session", "read_document", "remove_schema", "request_from_prompt", "request_from_prompt_text",
+    "resolve_model", "select", "verify_cache", "verify_remote",
 ]
 
 
@@ -68,12 +71,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and editors see
     from typing import Any
 
-    from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, ENCODINGS, KV_TYPES, MAX_DOCUMENT_BYTES, MODES, Request,
-                      Session, answer_record, cache_names, collect_garbage, collect_remote_garbage, default_cache_dir,
-                      default_model_path, document_from_bytes, documents_schema, inspect_schema, list_cache,
-                      list_remote, open_session, read_document, remove_schema, request_from_prompt,
-                      request_from_prompt_text, resolve_model, select, verify_cache, verify_remote)
-    from .core.results import Answer, CompileReport, ModuleReport, Staleness, Transfer, TransferReport
+    from .api import (COMPRESSIONS, DEFAULT_CHECKPOINTS, DEFAULT_REPAIR, ENCODINGS, KV_TYPES, MAX_DOCUMENT_BYTES,
+                      MODES, Request, Session, TextRequest, answer_record, cache_names, collect_garbage,
+                      collect_remote_garbage, default_cache_dir, default_model_path, document_from_bytes,
+                      documents_schema, inspect_schema, list_cache, list_remote, open_session, read_document,
+                      remove_schema, request_from_prompt, request_from_prompt_text, resolve_model, select,
+                      verify_cache, verify_remote)
+    from .core.results import Answer, CompileReport, ModuleReport, SpanUse, Staleness, Transfer, TransferReport
     from .core.tokens import PromptState
     from .core.views import PromptPart, PromptView, SchemaLayout
     from .errors import (EXIT_CODES, BackendError, BlobError, CacheFileError, CacheWriteError, ContextFullError,

@@ -3,7 +3,7 @@
 floor, side by side (alternating run by run), plus the answer quality of cached answers. Writes
 bench/results/<date>.json, .md and -ttft.png / -bytes.png. The library is promptcache_cli.benchmarks.
 
-    python scripts/bench.py [--quick] [--only speed|docqa|prefix|params|quality]... [--out DIR]
+    python scripts/bench.py [--quick] [--only speed|docqa|prefix|params|quality|rag]... [--out DIR]
     python scripts/bench.py --render bench/results/<date>.json   # the report again, from a run's JSON
 """
 

@@ -179,7 +179,8 @@ def test_the_mean_is_exact(session, union_schema):
     contexts = ctxs.contexts(layout, bsd, "average")
     ((seg, got),) = list(session.compiler.module_states(layout, [(bsd, contexts)], None))
     assert seg == bsd
-    flat = sorted(((bsd, c) for c in contexts), key=lambda job: job[1] + job[0].tokens)
+    at = ctxs.computed_at(contexts)
+    flat = sorted(((bsd, c, at) for c in contexts), key=lambda job: job[1] + job[0].tokens)
     singles = [blob for _, blob in session.compiler.segment_states(layout, flat, None)]
     want = singles[0].copy()
     n, payloads = kv_payloads(want)
@@ -203,8 +204,9 @@ def test_stored_states_are_the_mean_over_the_contexts(session, union_schema):
         stored = np.array(f.blob(0))
     finally:
         f.close()
-    singles = [blob for ctx in ctxs.contexts(layout, bsd, "average")
-               for _, blob in session.compiler.segment_states(layout, [(bsd, ctx)], None)]
+    contexts = ctxs.contexts(layout, bsd, "average")
+    singles = [blob for ctx in contexts
+               for _, blob in session.compiler.segment_states(layout, [(bsd, ctx, ctxs.computed_at(contexts))], None)]
     mean = np.mean([_values(b) for b in singles], axis=0)
     off_mean = np.abs(_values(stored) - mean).mean()
     off_single = min(np.abs(_values(stored) - _values(b)).mean() for b in singles)

@@ -18,9 +18,10 @@ from promptcache_cli.cli.bench import bench
 from promptcache_cli.benchmarks import suite
 from promptcache_cli.benchmarks.systems import NOT_BUILT
 
-TINY = suite.BenchConfig(sections=("docqa", "quality"), levels=(256,), slots=2, pool=3, rounds=1, fast_repeats=1,
+TINY = suite.BenchConfig(sections=("docqa", "quality", "rag"), levels=(256,), slots=2, pool=3, rounds=1, fast_repeats=1,
                          process_rounds=1, process_levels=(256,), q8_levels=(256,), quality_questions=2, quality_doc_tokens=64,
-                         quality_slots=2, quality_docs=3, quality_tokens=4, repair_tokens=(4,))
+                         quality_slots=2, quality_docs=3, quality_tokens=4, repair_tokens=(4,),
+                         rag_questions=2, rag_docs=3, rag_doc_tokens=80, rag_tokens=4, rag_servers=False)
 MEASURED = ("nocache", "pc", "pc-zstd", "pc-q8", "llama-ram", "llama-disk")  # and pc-prefix, when it is built
 
 
@@ -65,6 +66,28 @@ def test_json_holds_every_system_measured(outputs):
         assert abs(w["systems"][name]["prompt_tokens"][0] - w["prompt_tokens_per_question"][0]) <= 8
 
 
+def test_rag_answers_pasted_documents_from_learned_text(outputs):
+    """The RAG section: prompts with no schema, documents learned in the warm-ups found again in
+    other orders, every system beside --no-cache and the noise control."""
+    paths, _ = outputs
+    res = json.loads(paths["json"].read_text(encoding="utf-8"))
+    r = res["rag"]
+    assert r["questions"] == len(r["rows"]) == 2 and r["generated_tokens"] == 4
+    assert {"nocache", "pc-r0", r["control"]} <= set(r["summary"])
+    for row in r["rows"]:
+        pc_row, ref = row["pc-r0"], row["nocache"]
+        assert pc_row["cached_tokens"] > 80 and pc_row["spans"] >= 2  # documents found wherever they stand
+        assert pc_row["cached_tokens"] + pc_row["computed_tokens"] == ref["computed_tokens"] == row["prompt_tokens"]
+        assert ref["cached_tokens"] == 0 and len(ref["tokens"]) <= 4
+        assert row[r["control"]]["tokens"]
+    assert r["systems"]["pc-r0"]["bytes"] > 0 and r["systems"]["nocache"]["bytes"] is None
+    assert r["missing_systems"]  # the servers not run are named, not dropped (TINY runs none)
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "## (d) RAG" in md and "Not measured in this run" in md
+    rag_targets = [t for t in res["targets"] if t["target"].startswith("RAG") or "(RAG" in t["target"]]
+    assert any(t["value"] is not None for t in rag_targets) and any(t["value"] is None for t in rag_targets)
+
+
 def test_quality_compares_every_variant_with_no_cache(outputs):
     res = json.loads(outputs[0]["json"].read_text(encoding="utf-8"))
     q = res["quality"]
@@ -91,7 +114,7 @@ def test_quality_compares_every_variant_with_no_cache(outputs):
         assert s["needles_only_nocache"] == sum(r["nocache"]["correct"] and not r[name]["correct"] for r in q["rows"])
         assert 0 < s["needle_mcnemar_p"] <= 1
     assert 0 <= q["summary"]["scaffold-q8_0"]["same_as_f16_rate"] <= 1
-    met = [t["met"] for t in res["targets"]]
+    met = [t["met"] for t in res["targets"] if "RAG" not in t["target"]]
     assert met[:3] == [None, None, None]  # no 4k workload in this run
     assert met.count(None) == 6  # the six 4k targets; the quality ones are measured
 

@@ -30,7 +30,8 @@ COMBOS = [("none", False), ("none", True), ("zstd", False), ("zstd", True)]
 
 PIN_MODEL = {"name": "m.gguf", "sha256_ends": "ab" * 16, "size": 1000}
 PIN_LAYOUT = {"flash_attn": False, "kv_unified": True, "type_k": "f16", "type_v": "f16"}
-PIN_KEY = "1ca296de85714cea0ecdcb509979b32b3e7a155b"
+PIN_KEY = "1ca296de85714cea0ecdcb509979b32b3e7a155b"  # the example file's header (docs/cache-format.md)
+PIN_MODULE_KEY = "bf4076affc4d22fa8e840fec77649a27deba4261"  # the key of the segment below, format pcache-2
 PIN_HEADER = {"key": PIN_KEY, "schema": "demo", "module": "intro", "model": PIN_MODEL, "llama_cpp": "0.3.36",
               "state_layout": PIN_LAYOUT, "encoding": "scaffold"}
 PIN_BLOB = np.frombuffer(bytes(range(16)) * 4, dtype=np.uint8)
@@ -79,14 +80,14 @@ def load_all(path) -> list[np.ndarray]:
 def test_module_key_is_pinned():
     key = module_key(model=PIN_MODEL, llama_cpp="0.3.36", state_layout=PIN_LAYOUT,
                      segments=[(10, (1, 2, 3), ((7, 8),))])
-    assert key == PIN_KEY
+    assert key == PIN_MODULE_KEY
     # the spec's recipe, spelled out
-    meta = {"format": "pcache-1", "model": {"sha256_ends": "ab" * 16, "size": 1000}, "llama_cpp": "0.3.36",
+    meta = {"format": "pcache-2", "model": {"sha256_ends": "ab" * 16, "size": 1000}, "llama_cpp": "0.3.36",
             "state_layout": PIN_LAYOUT}
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     h.update(struct.pack("<3q", 10, 3, 2) + struct.pack("<3i", 1, 2, 3) + struct.pack("<2i", 7, 8))
-    assert h.hexdigest()[:40] == PIN_KEY
-    assert CacheStore(Path("/c")).module_path(key) == Path("/c/modules/1c") / f"{key}.pcm"
+    assert h.hexdigest()[:40] == PIN_MODULE_KEY
+    assert CacheStore(Path("/c")).module_path(key) == Path("/c/modules/bf") / f"{key}.pcm"
 
 
 @pytest.mark.parametrize("codec,split", COMBOS)

@@ -87,21 +87,21 @@ def test_single_module_from_cache_equals_no_cache_exactly(sessions, model_path, 
 def _reference_logits(sess: ModularSession, schema, selection, question: str, encoding: str) -> np.ndarray:
     """Build the stitched sequence in process, never serializing a state: each selected segment
     is computed after its context in the scratch sequence, its context cells removed, and its
-    cells copied into sequence 0 at the schema positions."""
+    cells moved to where the prompt puts it and copied into sequence 0."""
     layout = sess.layout(schema)
     plan = sess.prompt_plan(layout, selection)
     q = sess.question_tokens(layout, question)
     ctx = sess.runtime.context(2 * layout.end + len(q) + 8)  # room for a context beside the stitched cells
-    for obj in plan:
+    for obj, at in zip(plan, plan.positions(), strict=True):
         if isinstance(obj, lay.Segment):
             (context,) = ctxs.contexts(layout, obj, encoding)  # one: this schema has no unions
-            start = obj.offset - len(context)
-            ctx.decode(list(context) + list(obj.tokens), start=start, seq=1)
-            ctx.seq_rm(1, start, obj.offset)
+            ctx.decode(list(context) + list(obj.tokens), start=0, seq=1)
+            ctx.seq_rm(1, 0, len(context))
+            ctx.seq_add(1, at - len(context))
             ctx.seq_cp(1, 0)
             ctx.seq_rm(1)
         else:
-            ctx.decode(list(obj.tokens), start=ctx.pos_max(0) + 1)
+            ctx.decode(list(obj.tokens), start=at)
     ctx.decode(q, start=ctx.pos_max(0) + 1, logits=True)
     return ctx.logits()
 

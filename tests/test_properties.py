@@ -213,7 +213,7 @@ def selections(draw, schema: pml.Schema) -> list[str]:
 
 @SETTINGS
 @given(st.data())
-def test_prompt_plan_puts_each_selected_module_at_its_offset(data) -> None:
+def test_prompt_plan_packs_selected_modules_in_request_order(data) -> None:
     xml, _, roles = data.draw(schemas())
     schema, layout, tok = build(xml, roles)
     picks = data.draw(selections(schema))
@@ -224,21 +224,26 @@ def test_prompt_plan_puts_each_selected_module_at_its_offset(data) -> None:
     plan = planner(tok).prompt_plan(layout, selection)
     included = {lay.ROOT} | set(selection.modules)
     segments = plan.cached
-    assert segments == [s for s in layout.segments if s.owner in included]  # all of them, in order
-    positions = []
-    fresh = iter(sorted((s for s in layout.slots if s.owner in included and s.scaffold), key=lambda s: s.offset))
-    for obj in plan:
-        if isinstance(obj, lay.Segment):
-            positions.append((obj.offset, obj.end))
-        else:  # a parameter without a value: its scaffold text, at its slot
-            slot = next(fresh)
-            assert obj.tokens == slot.scaffold
-            positions.append((slot.offset, slot.offset + len(obj.tokens)))
-    assert next(fresh, None) is None
-    assert all(a1 <= b0 for (_, a1), (b0, _) in zip(positions, positions[1:], strict=False))  # ordered, disjoint
-    for path in selection.modules:
-        for seg in layout.segments_of(path):
-            assert (seg.offset, seg.end) in positions  # every selected module lands at its offset
+    assert sorted(segments, key=lambda s: s.offset) == [s for s in layout.segments if s.owner in included]
+    assert [s for s in segments if s.owner == lay.ROOT] == layout.segments_of(lay.ROOT)  # the schema's text stays put
+    fresh = sorted((s for s in layout.slots if s.owner in included and s.scaffold), key=lambda s: s.offset)
+    assert sorted(p.slot_offset for p in plan if not isinstance(p, lay.Segment)) == [s.offset for s in fresh]
+    tops = [p.owner[:1] for p in plan]
+    for top in set(tops) - {lay.ROOT}:  # a top-level module's parts: together, in layout order
+        idx = [i for i, t in enumerate(tops) if t == top]
+        assert idx == list(range(idx[0], idx[-1] + 1))
+        offsets = [p.offset if isinstance(p, lay.Segment) else p.slot_offset for p in plan.parts[idx[0]:idx[-1] + 1]]
+        assert offsets == sorted(offsets)
+    turns = [(e.offset, e.offset + e.length) for e in layout.elements if e.kind == "role"]
+
+    def turn(top):
+        return next((i for i, (a, b) in enumerate(turns) if a <= layout.modules[top].offset < b), -1)
+
+    seen = list(dict.fromkeys(t for t in tops if t != lay.ROOT))
+    for i in {turn(t) for t in seen}:  # named modules of one turn come in the order the request names them
+        named = [t for t in seen if turn(t) == i and t in selection.order]
+        assert named == [t for t in selection.order if t in named]
+    assert plan.positions() == [sum(len(p.tokens) for p in plan.parts[:i]) for i in range(len(plan))]  # no gaps
     for seg in layout.segments:
         if seg.owner not in included:
             assert seg not in segments

@@ -13,6 +13,7 @@ from promptcache_cli.store import cache_file
 from promptcache_cli.modular import refresh as token_rank
 from promptcache_cli.benchmarks import needles
 from promptcache_cli.modular.session import ModularSession
+from promptcache_cli.prompt import contexts as ctxs
 from promptcache_cli.prompt.boundaries import boundaries
 from promptcache_cli.prompt.plan import owner_name
 from promptcache_cli.llama.context import Context, ContextSettings
@@ -139,9 +140,13 @@ def test_compile_ranked_stores_the_distance_between_both_encodings(model_path, w
                 assert all(r.rank is None for r in p.segments)
                 for i, (rec, seg) in enumerate(zip(f.segments, layout.segments_of(owner), strict=True)):
                     against, scores = rec.rank
-                    assert against == token_rank.against(layout, seg, "scaffold")
+                    assert against == token_rank.against(layout, seg, "scaffold", rec.offset)
                     assert against.startswith("independent:")
-                    assert list(scores) == token_rank.scores(f.blob(i), g.blob(i))
+                    # the other encoding's states, computed where the cached ones are stored
+                    (_, there), = ranked.compiler.segment_states(
+                        layout, [(seg, ctxs.context_tokens(layout, seg, "independent"), rec.offset)], None)
+                    assert list(scores) == token_rank.scores(f.blob(i), there)
+                    assert g.segments[i].offset == len(ctxs.context_tokens(layout, seg, "independent"))
                     assert len(scores) == len(seg.tokens) and min(scores) >= 0
                     moved += max(scores) > 0.01
                     if seg.offset == 0:  # the start of the prompt: computed after nothing in both
@@ -178,11 +183,11 @@ def test_refresh_recomputes_the_highest_scored_stale_tokens(model_path, workload
         assert (got.cached_tokens, got.computed_tokens) == (plain.cached_tokens - n, plain.computed_tokens + n)
         keys = sess.keys(layout)
         candidates = []
-        for seg, skip in token_rank.stale(boundaries(layout, plan, "scaffold")):
+        for seg, at in token_rank.stale(boundaries(layout, plan, "scaffold")):
             f = cache_file.read(sess.store.module_path(keys[seg.owner]))
-            rec = next(r for r in f.segments if r.offset == seg.offset)
+            rec = next(r for r, s in zip(f.segments, layout.segments_of(seg.owner), strict=True) if s.offset == seg.offset)
             f.close()
-            candidates.append((seg.offset + skip, seg.tokens[skip:], rec.rank[1][skip:]))
+            candidates.append((at, seg.tokens, rec.rank[1]))
         tokens, positions = token_rank.choose(candidates, n)
         assert len(positions) == n and len(set(positions.tolist())) == n
         q_tokens = sess.question_tokens(layout, q.text)

@@ -9,7 +9,6 @@ from promptcache_cli.benchmarks import repair
 from promptcache_cli.benchmarks import needles, quality
 from promptcache_cli.modular.session import ModularSession
 from promptcache_cli.prompt.boundaries import boundaries
-from promptcache_cli.prompt.plan import PromptPlan
 from promptcache_cli.pml.selection import default_selection
 
 
@@ -48,15 +47,6 @@ def test_other_documents_before_a_module_are_repaired(setup):
     assert segs[0].offset == 0 and 0 not in fix  # the start of the prompt is always exact
     assert fix and all(n == min(8, len(s.tokens)) for s in segs if (n := fix.get(s.offset)))
     assert repair_plan(layout, plan, "scaffold", 0) == {}
-
-
-def test_a_segment_after_a_gap_is_left_alone(setup):
-    sess, wl, _ = setup
-    layout, plan = _plan(sess, wl, wl.selection(wl.questions[0]))
-    segs = plan.cached
-    holed = PromptPlan(tuple(s for s in segs if s.owner != segs[1].owner))  # drop the first module: a gap
-    after = next(s for s in holed.parts[1:] if s.offset > segs[1].offset)
-    assert after.offset not in repair_plan(layout, holed, "scaffold", 8)
 
 
 def test_repairing_everything_gives_the_uncached_answer(setup, model_path):

@@ -45,8 +45,9 @@ class Floor:
                 assert part.file is not None
                 path = str(part.file)
                 f = files.get(path) or files.setdefault(path, cache_file.read(part.file))
-                i = next(i for i, s in enumerate(f.segments) if s.offset == part.offset)
-                ops.append(("load", np.array(f.blob(i))))  # a private copy in RAM
+                i = next(i for i, s in enumerate(f.segments) if s.tokens == part.tokens)
+                # a private copy in RAM, moved from where it is stored to where the prompt puts it
+                ops.append(("load", (np.array(f.blob(i)), part.offset - f.segments[i].offset)))
         finally:
             for f in files.values():
                 f.close()
@@ -58,7 +59,7 @@ class Floor:
 
     @property
     def ops(self) -> list[tuple[str, object]]:
-        """What comes before the question: ("load", blob) and ("decode", tokens), in order."""
+        """What comes before the question: ("load", (blob, shift)) and ("decode", tokens), in order."""
         return list(self._ops)
 
     @staticmethod
@@ -68,12 +69,16 @@ class Floor:
         for kind, obj in ops:
             if kind == "decode":
                 ctx.decode(obj, start=ctx.pos_max(0) + 1)
-            elif ctx.pos_max(0) < 0:
-                ctx.load_state(0, obj)
             else:
-                ctx.load_state(1, obj)
-                ctx.seq_cp(1, 0)
-                ctx.seq_rm(1)
+                blob, delta = obj  # type: ignore[misc]
+                if ctx.pos_max(0) < 0:
+                    ctx.load_state(0, blob)
+                    ctx.seq_add(0, delta)
+                else:
+                    ctx.load_state(1, blob)
+                    ctx.seq_add(1, delta)
+                    ctx.seq_cp(1, 0)
+                    ctx.seq_rm(1)
 
     def measure(self) -> float:
         """Milliseconds from an empty context to the first token's id."""

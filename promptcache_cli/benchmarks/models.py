@@ -398,7 +398,8 @@ def _study(pc: PcSystem, wl: workloads.Workload, q: workloads.Question, repeats:
     for label, threads, ubatch, fa in STUDY:
         settings = replace(session.settings, n_ctx=-(-(n_cells + 16) // 256) * 256, n_batch=ubatch, n_threads=threads,
                            flash_attn=fa)
-        applied = [(kind, _untransposed(obj) if fa and kind == "load" else obj) for kind, obj in ops]
+        applied = [(kind, (_untransposed(obj[0]), obj[1]) if fa and kind == "load" else obj)  # (blob, shift)
+                   for kind, obj in ops]
         times = []
         with Context(session.model, settings) as ctx:
             for _ in range(repeats + 1):

@@ -47,7 +47,10 @@ class NeedleError(Exception):
 
 
 def quality(folder: Path, tok: corpus.Tokenizer, *, doc_tokens: int, n_questions: int, slots: int = 3,
-            n_docs: int = len(NEEDLES), seed: int = 0) -> Workload:
+            n_docs: int = len(NEEDLES), seed: int = 0, scaffolds: bool = True, name: str = "quality") -> Workload:
+    """``scaffolds``: each union's scaffold is a different document (the reference implementation's
+    setting); without, no union has one (the document workload's setting: every document is then
+    computed after the shared prefix alone, one file per document whatever its slot)."""
     sources = list(NEEDLES)[:n_docs]
     names = [slug(s) for s in sources]
     options = []
@@ -61,12 +64,12 @@ def quality(folder: Path, tok: corpus.Tokenizer, *, doc_tokens: int, n_questions
         raise NeedleError(f"cannot cut the quality texts to one common length near {doc_tokens} tokens")
     files = {f"{name}.txt": o[common[0]] for name, o in zip(names, options, strict=True)}
     unions = "\n".join(
-        f'    <union scaffold="s{i}-{names[(i - 1) % len(names)]}">'
+        (f'    <union scaffold="s{i}-{names[(i - 1) % len(names)]}">' if scaffolds else "    <union>")
         + "".join(f'<module name="s{i}-{n}" src="{n}.txt"/>' for n in names) + "</union>"
         for i in range(1, slots + 1)
     )
-    xml = f'<schema name="quality">\n  <system>{SYSTEM}</system>\n  <user>\n{unions}\n  </user>\n</schema>\n'
-    path = _write(folder / "quality", "quality", xml, files)
+    xml = f'<schema name="{name}">\n  <system>{SYSTEM}</system>\n  <user>\n{unions}\n  </user>\n</schema>\n'
+    path = _write(folder / name, name, xml, files)
     rng = random.Random(seed)
     orders = list(itertools.permutations(range(len(names)), slots))
     rng.shuffle(orders)
@@ -79,4 +82,5 @@ def quality(folder: Path, tok: corpus.Tokenizer, *, doc_tokens: int, n_questions
         questions.append(Question(tuple(f"s{i}-{names[d]}" for i, d in enumerate(order, 1)), q, expected=want))
     note = (f"{len(sources)} texts of exactly {common[0]} tokens, each with a planted fact, {slots} slots; "
             "each question picks a different ordered choice of documents and asks for one planted fact")
-    return Workload("quality", "quality", 0, path, [], questions, note)
+    note += "" if scaffolds else "; no union has a scaffold member"
+    return Workload(name, "quality", 0, path, [], questions, note)

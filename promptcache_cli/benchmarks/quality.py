@@ -4,12 +4,14 @@ Per question and cache variant: greedy exact match of the first ``n_tokens`` tok
 agreement and KL divergence KL(no-cache || cached) of the first token's distribution, and whether
 the answer contains the planted fact. Variants: every module encoding (``independent``: after the
 shared prefix; ``scaffold``: after the default prompt before the module; ``average``: the mean
-over several prompts before it), the first two with the
-boundary repair (``repair.py``, through the session's boundary hook), the default encoding with selective
-recompute (``scaffold+refreshN``: `pc ask --refresh N`, modular/refresh.py; N% of the cached tokens
-recomputed, from a cache compiled with `--ranked`), and the
-default encoding with 8-bit quantized KV (``scaffold-q8_0``, as ``--kv-type q8_0``; also compared
-with the f16 cache's answer). Variants alternate question by question.
+over several prompts before it), each at ``--repair 0`` (the bare cache); the first two with
+``--repair N`` (``scaffold+repairN``: the first N tokens of every module placed after other text
+than it was computed after, computed afresh in line); the default encoding with selective
+recompute (``scaffold+refreshN``: `pc ask --refresh N`, modular/refresh.py; N% of the cached
+tokens recomputed, from a cache compiled with `--ranked`), and the default encoding with 8-bit
+quantized KV (``scaffold-q8_0``, as ``--kv-type q8_0``; also compared with the f16 cache's
+answer). Optionally the static layout of pc 0.1 (``scaffold-static``, an experiment: states stored
+at their slot's offset). Variants alternate question by question.
 
 Two controls bound what any approximate cache can reach: the uncached prompt's exact states saved
 and loaded back before the question (``exact-reload``: must agree fully), and the same states
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +32,6 @@ import numpy as np
 
 from ..api import ENCODINGS, Request, Session, open_session
 from ..llama.sampling import Sampler, generate
-from . import repair
 from .needles import found
 from .perturb import rounded_blob
 from .workloads import Workload
@@ -61,71 +62,80 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-REPAIRED = ("scaffold", "independent")  # the encodings measured with the boundary repair too
+REPAIRED = ("scaffold", "independent")  # the encodings measured with --repair too
 
 
-def variants(repair_tokens: tuple[int, ...]) -> list[tuple[str, str, int]]:
-    """(name, encoding, repaired tokens per module boundary)."""
-    out = [(enc, enc, 0) for enc in ENCODINGS]
-    out += [(f"{enc}+repair{r}", enc, r) for r in repair_tokens for enc in REPAIRED]
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    encoding: str
+    repair: int = 0  # as --repair
+    refresh: float = 0.0  # as --refresh (a fraction)
+    kv_type: str = "f16"
+    positions: str = "packed"  # "static": pc 0.1's layout (an experiment)
+
+    @property
+    def cache(self) -> tuple[str, str, str]:
+        """Variants with the same cache share its files (and its session)."""
+        return (self.encoding, self.kv_type, self.positions)
+
+    def record(self) -> dict:
+        return {"name": self.name, "encoding": self.encoding, "repair_tokens": self.repair, "kv_type": self.kv_type,
+                "refresh_fraction": self.refresh, "positions": self.positions}
+
+
+def variants(repair_tokens: tuple[int, ...], refresh: tuple[float, ...] = (), *, q8: bool = False) -> list[Variant]:
+    """Every encoding at --repair 0, the repaired ones, the refreshed default, q8_0."""
+    out = [Variant(enc, enc) for enc in ENCODINGS]
+    out += [Variant(f"{enc}+repair{r}", enc, repair=r) for r in repair_tokens for enc in REPAIRED]
+    out += [Variant(f"scaffold+refresh{round(f * 100)}", "scaffold", refresh=f) for f in refresh]
+    if q8:
+        out.append(Variant(Q8, "scaffold", kv_type="q8_0"))
     return out
 
 
-def make_session(model_path: Path, cache_dir: Path, *, encoding: str, repair_tokens: int = 0,
-                 kv_type: str = "f16") -> Session:
-    hook = repair.hook(repair_tokens) if repair_tokens else None
-    return open_session(model_path, cache_dir=cache_dir, mode="modular", encoding=encoding, kv_type=kv_type,
-                        boundary_hook=hook)
+def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, repair_tokens: tuple[int, ...] = (),
+                progress: Progress, q8: bool = True, refresh: tuple[float, ...] = (),
+                chosen: list[Variant] | None = None) -> dict:
+    """Every variant's answers against --no-cache and the controls (``chosen``: these variants
+    instead of :func:`variants`). Each cache is compiled first (timed, its bytes counted)."""
+    from .systems import dir_bytes
 
-
-def repair_supported() -> bool:
-    import inspect
-
-    return "boundary_hook" in inspect.signature(open_session).parameters
-
-
-def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, repair_tokens: tuple[int, ...],
-                progress: Progress, q8: bool = True, refresh: tuple[float, ...] = ()) -> dict:
     schema = wl.schema()
-    if repair_tokens and not repair_supported():
-        repair_tokens = ()
-    chosen = variants(repair_tokens)
-    base = make_session(model_path, root / "nocache", encoding="scaffold")
-    sessions = {name: make_session(model_path, root / enc, encoding=enc, repair_tokens=r) for name, enc, r in chosen}
-    refreshers = {f"scaffold+refresh{round(f * 100)}": f for f in refresh}  # asked of the scaffold session
-    chosen += [(name, "scaffold", 0) for name in refreshers]
-    if q8:
-        sessions[Q8] = make_session(model_path, root / Q8, encoding="scaffold", kv_type="q8_0")
-        chosen.append((Q8, "scaffold", 0))
+    chosen = chosen if chosen is not None else variants(repair_tokens, refresh, q8=q8)
+    base = open_session(model_path, cache_dir=root / "nocache", mode="modular")
+    caches = list(dict.fromkeys(v.cache for v in chosen))
+    folder = {c: root / "-".join(x for x in c if x not in ("f16", "packed")) for c in caches}
+    sessions = {c: open_session(model_path, cache_dir=folder[c], mode="modular", encoding=c[0], kv_type=c[1],
+                                positions=c[2]) for c in caches}
     rows = []
-    compile_seconds = {}
+    compile_seconds, cache_bytes = {}, {}
     try:
-        for enc in [*ENCODINGS, *([Q8] if q8 else [])]:  # variants of one encoding share its files
+        for c in caches:
+            name = next(v.name for v in chosen if v.cache == c)
             t = time.perf_counter()
-            sessions[enc].compile(schema)
-            compile_seconds[enc] = time.perf_counter() - t
-            progress(f"quality: compiled the {enc} cache in {compile_seconds[enc]:.0f} s")
-        if refresh:  # `pc compile --ranked` over the files just compiled: only the scores are added
+            sessions[c].compile(schema)
+            compile_seconds[name] = time.perf_counter() - t
+            cache_bytes[name] = dir_bytes(folder[c] / "modules")
+            progress(f"quality: compiled the {name} cache in {compile_seconds[name]:.0f} s")
+        if any(v.refresh for v in chosen):  # `pc compile --ranked` over the files just compiled: scores added
+            c = next(v.cache for v in chosen if v.refresh)
             t = time.perf_counter()
-            sessions["scaffold"].compile(schema, ranked=True)
+            sessions[c].compile(schema, ranked=True)
             compile_seconds["scaffold-ranking"] = time.perf_counter() - t
         for i, q in enumerate(wl.questions):
-            request = wl.request(q, max_tokens=n_tokens, keep_logits=True)
+            request = wl.request(q, max_tokens=n_tokens, keep_logits=True, repair=0)
             ref = base.ask(replace(request, no_cache=True))
             ref_tokens = list(ref.tokens)
             row = {"modules": list(q.modules), "question": q.text, "expected": q.expected,
                    "nocache": {"answer": ref.text, "tokens": ref_tokens, "ttft_ms": ref.ttft_ms,
                                "correct": found(q.expected, ref.text)},
                    "gaps": base.prompt(request).gaps}
-            names = [name for name, _, _ in chosen]
             got = {}
-            for name in names[i % len(names):] + names[: i % len(names)]:
-                session, asked = sessions.get(name), request
-                if name in refreshers:
-                    session, asked = sessions["scaffold"], replace(request, refresh=refreshers[name])
-                r = session.ask(asked)
-                got[name] = {"answer": r.text, "tokens": list(r.tokens), "ttft_ms": r.ttft_ms,
-                             "first_logits": r.first_logits, "computed_tokens": r.computed_tokens}
+            for v in chosen[i % len(chosen):] + chosen[: i % len(chosen)]:
+                r = sessions[v.cache].ask(replace(request, repair=v.repair, refresh=v.refresh))
+                got[v.name] = {"answer": r.text, "tokens": list(r.tokens), "ttft_ms": r.ttft_ms,
+                               "first_logits": r.first_logits, "computed_tokens": r.computed_tokens}
             got.update(controls(base, request, n_tokens))
             for name, r in got.items():
                 row[name] = {
@@ -146,12 +156,10 @@ def run_quality(model_path: Path, root: Path, wl: Workload, *, n_tokens: int, re
         for s in sessions.values():
             s.close()
     return {"questions": len(rows), "generated_tokens": n_tokens, "note": wl.note,
-            "variants": [{"name": n, "encoding": e, "repair_tokens": r, "kv_type": "q8_0" if n == Q8 else "f16",
-                          "refresh_fraction": refreshers.get(n, 0)}
-                         for n, e, r in chosen],
-            "repair_available": repair_supported(), "compile_seconds": compile_seconds,
+            "variants": [v.record() for v in chosen],
+            "repair_available": True, "compile_seconds": compile_seconds, "cache_bytes": cache_bytes,
             "controls": list(CONTROLS), "control_bits": CONTROL_BITS,
-            "summary": summarize(rows, [n for n, _, _ in chosen] + list(CONTROLS)), "rows": rows}
+            "summary": summarize(rows, [v.name for v in chosen] + list(CONTROLS)), "rows": rows}
 
 
 def controls(session: Session, request: Request, n_tokens: int) -> dict[str, dict]:

@@ -109,7 +109,35 @@ def targets(res: dict) -> list[dict]:
                      f"{m['needles_only_nocache']}")
         out.append(_target(f"needle accuracy not significantly below --no-cache, McNemar p >= 0.05 ({how})",
                            p, lambda v: v >= 0.05, "p = {:.2f}", detail=f"{_pct(acc)} vs {_pct(base)}{split}"))
-    return out + _storage_targets(w, quality, n_tokens)
+    return out + _storage_targets(w, quality, n_tokens) + _rag_targets(res.get("rag") or {})
+
+
+def _rag_targets(r: dict) -> list[dict]:
+    """The RAG workload's targets (issue 23): schema-free recognition and learning, in process."""
+    s = r.get("summary") or {}
+    dflt = "pc" if "pc" in s else "pc-r0"  # (the default is --repair 0: one system)
+    nocache, bare, default = (s.get(n, {}).get("median_ttft_ms") for n in ("nocache", "pc-r0", dflt))
+    out = [
+        _target("RAG: TTFT at --repair 0 at least 20x faster than --no-cache (in process)",
+                _ratio(nocache, bare), lambda v: v >= 20, "{:.1f}x"),
+        _target("RAG: TTFT at --repair 0 at least 5x faster than llama-server --cache-reuse 256",
+                None, lambda v: v >= 5, "{:.1f}x"),
+        _target("RAG: TTFT at the default at least 5x faster than --no-cache (in process)",
+                _ratio(nocache, default), lambda v: v >= 5, "{:.1f}x"),
+    ]
+    base = s.get("nocache", {}).get("needle_accuracy")
+    for name, how in (("pc-r0", "RAG, --repair 0"), ("pc", "RAG, default")) if dflt == "pc" else \
+            (("pc-r0", "RAG, --repair 0 (the default)"),):
+        m = s.get(name)
+        if not m:
+            continue
+        acc = m.get("needle_accuracy")
+        p = 1.0 if acc is not None and base is not None and acc >= base else m.get("needle_mcnemar_p")
+        out.append(_target(f"needle accuracy not significantly below --no-cache, McNemar p >= 0.05 ({how})", p,
+                           lambda v: v >= 0.05, "p = {:.2f}", detail=f"{_pct(acc)} vs {_pct(base)}"))
+        out += _agreement_targets(how, r.get("rows") or [], name, "nocache", r.get("control", "exact-m9"),
+                                  r.get("generated_tokens", 32))
+    return out
 
 
 # The agreement rule: greedy answers of a small model flip under any perturbation, so a cache agrees
@@ -189,6 +217,8 @@ def markdown(res: dict) -> str:
         out += _processes(procs)
     if res.get("quality"):
         out += _quality(res["quality"])
+    if res.get("rag"):
+        out += _rag(res["rag"])
     out += ["## How this was measured", ""] + [f"- {n}" for n in res.get("notes", [])] + [""]
     return "\n".join(out)
 
@@ -359,4 +389,33 @@ def _horizons(q: dict) -> list[str]:
     if q8 in names and f16 in names:
         out.append(f"| {q8} against the f16 {f16} cache's answer | "
                    + " | ".join(_pct(agreement_at(rows, q8, k, ref=f16)) for k in ks) + " |")
+    return out + [""]
+
+
+def _rag(r: dict) -> list[str]:
+    s, k = r["summary"], r["generated_tokens"]
+    control = r.get("control", "exact-m9")
+    ks = sorted({min(4, k), k})
+    out = ["## (d) RAG: documents pasted into ordinary prompts, no schema", "", r["note"] + ".", "",
+           f"{r['questions']} questions, {k} greedy tokens each; median prompt {_ms(r.get('prompt_tokens'))} tokens. "
+           "Same first k tokens as --no-cache beside the noise control (the uncached prompt's exact states "
+           "rounded to 9 mantissa bits); needles: the planted fact stated; p: exact McNemar test against "
+           "--no-cache.", "",
+           "| system | median TTFT ms | vs --no-cache | cached tokens (mean) | " +
+           " | ".join(f"same {n}" for n in ks) + " | needles | p | median KL | bytes kept |",
+           "| --- | ---: | ---: | ---: |" + " ---: |" * len(ks) + " ---: | ---: | ---: | ---: |"]
+    labels = {n: v["label"] for n, v in r["systems"].items()}
+    labels[control] = f"control: exact states rounded to 9 mantissa bits ({control})"
+    base = s["nocache"]["median_ttft_ms"]
+    for name, m in s.items():
+        sysinfo = r["systems"].get(name, {})
+        same = " | ".join(_pct(m["agreement"].get(str(n))) for n in ks)
+        p = "-" if name == "nocache" else f"{m['needle_mcnemar_p']:.2f}"
+        out.append(f"| {labels.get(name, name)} | {_ms(m['median_ttft_ms'])} | {_x(base, m['median_ttft_ms'])} | "
+                   f"{m['mean_cached_tokens']:.0f} | {same} | {_pct(m['needle_accuracy'])} | {p} | "
+                   f"{'-' if m['median_kl'] is None else format(m['median_kl'], '.4f')} | "
+                   f"{_bytes(sysinfo.get('bytes'))} |")
+    missing = r.get("missing_systems")
+    if missing:
+        out += ["", "Not measured in this run: " + "; ".join(missing) + "."]
     return out + [""]

@@ -16,7 +16,7 @@ from typing import Callable
 from ..api import Session, open_session
 from ..llama.bindings import llama_cpp_version
 from ..llama.context import Context, ContextSettings
-from . import corpus, needles, report, workloads
+from . import corpus, needles, rag, report, workloads
 from .floor import Floor
 from .llama_api import CAPACITY
 from .llama_systems import LlamaCacheSystem
@@ -25,7 +25,7 @@ from .runner import SpeedSettings, needed_questions, run_workload
 from .systems import PcSystem, PrefixSystem, System
 
 Progress = Callable[[str], None]
-SECTIONS = ("docqa", "prefix", "params", "quality")
+SECTIONS = ("docqa", "prefix", "params", "quality", "rag")
 SYSTEMS = ("nocache", "pc", "pc-zstd", "pc-q8", "pc-prefix", "llama-ram", "llama-disk")
 
 
@@ -52,11 +52,18 @@ class BenchConfig:
     quality_tokens: int = 32
     repair_tokens: tuple[int, ...] = (16,)  # boundary repair variants measured in the quality section (64 adds little)
     refresh: tuple[float, ...] = (0.05, 0.1)  # selective recompute (`pc ask --refresh`): fractions of the cached tokens
+    rag_questions: int = 40  # (d) the RAG workload: requests pasting documents into a user message, no schema
+    rag_docs: int = 8
+    rag_doc_tokens: int = 1000
+    rag_tokens: int = 32
+    rag_repairs: tuple[int, ...] = (16, 64)  # (d) `--repair` variants beside 0 and the default
+    rag_servers: bool = True  # also through the OpenAI client: pc serve --learn, llama-server, llama-cpp-python's
 
 
 QUICK = BenchConfig(quick=True, levels=(512, 1024), slots=2, pool=3, rounds=1, fast_repeats=2, process_rounds=1,
                     process_levels=(1024,), q8_levels=(1024,), prefix_level=1024,
-                    quality_questions=6, quality_doc_tokens=200, quality_slots=2, quality_docs=4, repair_tokens=(32,))
+                    quality_questions=6, quality_doc_tokens=200, quality_slots=2, quality_docs=4, repair_tokens=(32,),
+                    rag_questions=4, rag_docs=4, rag_doc_tokens=300, rag_tokens=8, rag_repairs=(16,))
 
 
 def preset(cfg: BenchConfig) -> str:
@@ -120,6 +127,11 @@ def estimate_seconds(cfg: BenchConfig, rate: float) -> float:
         total += cost(2 * cfg.quality_docs * n, n) + cfg.quality_questions * cost(n, n)
         total += cfg.quality_questions * sum(cost(f * n, n) for f in cfg.refresh)
         total += cfg.quality_questions * (3 + 2 * len(cfg.repair_tokens) + len(cfg.refresh)) * cfg.quality_tokens * 0.03
+    if "rag" in cfg.sections:  # the uncached answer and its control compute the whole prompt; pc its fresh text
+        n = 3 * cfg.rag_doc_tokens
+        warmups = -(-cfg.rag_docs // 3)
+        total += (cfg.rag_questions * 1.6 + 2 * warmups) * cost(n, n)
+        total += cfg.rag_questions * 4 * cfg.rag_tokens * 0.03
     return total * 1.15  # model loads, process starts, cache stores
 
 
@@ -172,6 +184,20 @@ def run(cfg: BenchConfig, *, model_path: Path, work: Path, progress: Progress) -
             res["quality"] = run_quality(Path(model_path), work / "quality", wl, n_tokens=cfg.quality_tokens,
                                          repair_tokens=cfg.repair_tokens, refresh=cfg.refresh, progress=progress,
                                          q8="pc-q8" in cfg.systems)
+        if "rag" in cfg.sections:
+            progress(f"[{(time.perf_counter() - t0) / 60:.1f} min] RAG workload (no schema)")
+            wl_rag = rag.build(renderer.model, n_questions=cfg.rag_questions, n_docs=cfg.rag_docs,
+                               doc_tokens=cfg.rag_doc_tokens)
+            import sys
+
+            venv = Path(sys.prefix)  # where `make` builds llama-server and installs the peers' server
+            binary = Path(os.environ.get("PC_LLAMA_SERVER") or venv / "llama.cpp/build/bin/llama-server")
+            specs, missing = rag.server_specs(Path(model_path), work / "rag", threads=os.cpu_count() or 1,
+                                              llama_server=binary, peers_python=venv / "peers/bin/python") \
+                if cfg.rag_servers else ([], None)
+            res["rag"] = rag.run_in_process(Path(model_path), work / "rag", wl_rag, n_tokens=cfg.rag_tokens,
+                                            progress=progress, systems=rag.in_process_systems(cfg.rag_repairs),
+                                            servers=specs, missing=missing)
     finally:
         floor.close()
         renderer.close()

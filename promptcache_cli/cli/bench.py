@@ -28,8 +28,8 @@ Writes JSON, a Markdown table and plots under --out. More: docs/benchmarks.md"""
 
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Small workloads, one round: under 5 minutes."),
-    only: list[str] = typer.Option([], "--only", help="Only these sections: speed, docqa, prefix, params, quality; "
-                                   "repeatable."),
+    only: list[str] = typer.Option([], "--only", help="Only these sections: speed, docqa, prefix, params, quality, "
+                                   "rag; repeatable."),
     out: str = typer.Option("bench/results", "--out", help="Folder for <date>.json, .md and the PNG plots."),
     model: Optional[str] = typer.Option(None, "--model", envvar="PC_MODEL", help="GGUF model file."),
     threads: int = typer.Option(0, "--threads", callback=within(0, 1024), metavar="N", show_default=False,

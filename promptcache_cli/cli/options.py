@@ -18,6 +18,9 @@ from .. import errors
 from .common import cache_root, outlive, resolve_remote, within
 
 
+REPAIR_DEFAULT = 0  # api.DEFAULT_REPAIR (not imported: `pc` starts without the library; a test keeps them equal)
+
+
 class Encoding(str, Enum):
     independent = "independent"
     scaffold = "scaffold"

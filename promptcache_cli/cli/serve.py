@@ -16,8 +16,8 @@ from .options import (CheckpointsOpt, Compression, CompressionOpt, Encoding, Enc
                       ModeOpt, open_session, progress_bar)
 
 
-HELP = """Serve the OpenAI API (chat and completions, streaming or not) from the cache: each
-schema is a model; the bare model answers any chat, reusing the states of recent prompts.
+HELP = """Serve the OpenAI API from the cache: each schema is a model; the bare model answers
+any chat, reusing the states of recent prompts.
 
 \b
   pc serve schemas/gpl-manual.xml --port 8080
@@ -41,6 +41,8 @@ def serve(
                                  help="Workers, each with its own context (1)."),
     cache_ram: int = typer.Option("2GiB", "--cache-ram", metavar="SIZE", parser=option_parser(parse_size),
                                   show_default=False, help="RAM for recent plain prompts' states (2GiB; 0: none)."),
+    learn: bool = typer.Option(False, "--learn",
+                               help="Bare model: reuse cached text anywhere; learn new."),
     queue: int = typer.Option(64, "--queue", min=1, hidden=True, help="Requests waiting for a worker before the "
                               "server answers 503 (with Retry-After)."),
     max_tokens_limit: int = typer.Option(2048, "--max-tokens-limit", min=1, hidden=True,
@@ -73,6 +75,9 @@ def serve(
     threads = 0 if parallel == 1 else max(1, (os.cpu_count() or 1) // parallel)
     sessions = [open_session(model, cache_dir, encoding, compression, kv_type, mode, checkpoints, threads=threads,
                              remote=remote) for _ in range(parallel)]
+    if learn and sessions[0].mode != "modular":
+        raise errors.UsageError(f"--learn moves cached states to where a text stands, which needs modular mode; "
+                                f"this model runs in {sessions[0].mode} mode")
     bar = progress_bar(True)
     with bar:
         for sch in loaded.values():
@@ -89,5 +94,6 @@ def serve(
     write_err(f"pc serve: listening on http://{shown}:{port}/v1 (models: {', '.join([*loaded, bare])}; "
               f"{parallel} worker{'s' if parallel > 1 else ''}; {sessions[0].mode} mode)")
     run(sock, sessions, schemas=loaded, bare=bare, api_key=api_key,
-        limits=Limits(max_body=max_body, max_tokens=max_tokens_limit, queue=queue, cache_ram=cache_ram))
+        limits=Limits(max_body=max_body, max_tokens=max_tokens_limit, queue=queue, cache_ram=cache_ram,
+                      learn=learn))
     write_err("pc serve: stopped")

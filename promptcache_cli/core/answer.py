@@ -14,7 +14,7 @@ from ..llama.context import Context
 from ..llama.sampling import Generation, Sampler
 from ..pml.selection import Selection
 from ..prompt.plan import PromptPlan, owner_name
-from .results import Answer, ModuleReport, Progress
+from .results import Answer, ModuleReport, Progress, SpanUse
 from .runtime import Runtime
 
 
@@ -31,6 +31,7 @@ class Prefilled:
     compiled: list[ModuleReport] = field(default_factory=list)
     ranked: list[str] = field(default_factory=list)
     downloaded: list[ModuleReport] = field(default_factory=list)
+    spans: list[SpanUse] = field(default_factory=list)  # text prompts: the cached runs found
 
 
 def prefill_uncached(runtime: Runtime, plan: PromptPlan, question: list[int], n_cells: int,
@@ -53,6 +54,15 @@ def prefill_uncached(runtime: Runtime, plan: PromptPlan, question: list[int], n_
     return Prefilled(ctx, 0, len(tokens))
 
 
+def prefill_tokens(runtime: Runtime, tokens: list[int], n_cells: int) -> Prefilled:
+    """Tokens decoded from position 0 in a context of ``n_cells``, nothing cached (a text prompt's
+    `--no-cache` baseline)."""
+    runtime.check_fits(n_cells)
+    ctx = runtime.context(n_cells)
+    ctx.decode(tokens, start=0, logits=True)
+    return Prefilled(ctx, 0, len(tokens))
+
+
 def stream(runtime: Runtime, done: Prefilled, *, selection: Selection | None, t0: float, max_tokens: int,
            sampler: Sampler, keep_logits: bool, stop: Sequence[str] = (),
            halt: Callable[[], bool] | None = None) -> Iterator[str | Answer]:
@@ -66,7 +76,7 @@ def stream(runtime: Runtime, done: Prefilled, *, selection: Selection | None, t0
     yield _report(runtime, done, g, selection=selection, t0=t0, logits=logits if keep_logits else None)
 
 
-def finish(runtime: Runtime, done: Prefilled, *, selection: Selection, t0: float, max_tokens: int,
+def finish(runtime: Runtime, done: Prefilled, *, selection: Selection | None, t0: float, max_tokens: int,
            sampler: Sampler, on_text: Callable[[str], None] | None, keep_logits: bool,
            stop: Sequence[str] = (), halt: Callable[[], bool] | None = None) -> Answer:
     """The whole answer; ``on_text`` receives its text as it grows."""
@@ -89,7 +99,8 @@ def _report(runtime: Runtime, done: Prefilled, g: Generation, *, selection: Sele
         total_ms=(time.perf_counter() - t0) * 1000,
         cached_tokens=done.cached,
         computed_tokens=done.computed,
-        modules=tuple(sorted(owner_name(m) for m in selection.modules)) if selection is not None else (),
+        modules=tuple(sorted(owner_name(m) for m in selection.modules)) if selection is not None else
+        tuple(dict.fromkeys(s.name for s in done.spans)),
         model=runtime.model.description,
         warnings=tuple(done.warnings),
         compiled=tuple(done.compiled),
@@ -97,5 +108,6 @@ def _report(runtime: Runtime, done: Prefilled, g: Generation, *, selection: Sele
         refreshed_tokens=done.refreshed,
         ranked=tuple(done.ranked),
         downloaded=tuple(done.downloaded),
+        spans=tuple(done.spans),
         finish_reason=g.finish_reason,
     )

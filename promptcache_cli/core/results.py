@@ -37,6 +37,18 @@ class CompileReport:
 
 
 @dataclass(frozen=True)
+class SpanUse:
+    """A run of a prompt's tokens served by (or stored in) a cache file: text found in any prompt
+    (``pc ask --text``), or learned from one (``--learn``)."""
+
+    name: str  # the schema and module whose file it is (``schema/module``), or ``learned``
+    key: str  # the file's key
+    start: int  # its first position in the prompt
+    tokens: int
+    exact: bool = False  # its states were computed after exactly the text before it here
+
+
+@dataclass(frozen=True)
 class Staleness:
     """What a compile or an ask would compute before answering, and why, in one line for a
     person (``reason``; None when nothing is to be computed)."""
@@ -62,6 +74,8 @@ class Answer:
     first_logits: np.ndarray | None = None  # with ``keep_logits``: the prompt's last logits
     refreshed_tokens: int = 0  # cached tokens recomputed in the prompt's context (``refresh``)
     ranked: tuple[str, ...] = ()  # modules whose recompute scores were measured now
+    spans: tuple[SpanUse, ...] = ()  # text prompts: the cached runs found in the prompt
+    learned: tuple[SpanUse, ...] = ()  # text prompts with ``learn``: the runs stored for next time
     finish_reason: str = "stop"  # "stop": end of turn, a stop string, or halted; "length": max_tokens (or the context)
     downloaded: tuple[ModuleReport, ...] = ()  # modules (or prefix states) fetched from the remote store
 

@@ -24,8 +24,9 @@ from ..store.cache_file import Pending
 from ..store.files import CacheStore
 from ..store.keys import model_fingerprint
 
-if TYPE_CHECKING:  # imported only where a remote is in use
-    from ..store.remote_tier import Tier
+if TYPE_CHECKING:
+    from ..store.remote_tier import Tier  # imported only where a remote is in use
+    from ..store.span_index import SpanIndex
 
 
 class Runtime:
@@ -47,6 +48,7 @@ class Runtime:
         self.arena = Arena()  # decoded blobs of compressed cache files, reused question to question
         self._reads: list[Pending] = []  # reads started since the arena was last reset
         self._layouts: dict[int, tuple[Schema, lay.Layout]] = {}
+        self._span_index: SpanIndex | None = None
 
     def close(self) -> None:
         if self.ctx is not None:
@@ -55,6 +57,19 @@ class Runtime:
         self.reset_arena()
         self.arena.close()
         self.model.close()
+
+    @property
+    def span_index(self) -> SpanIndex:
+        """The index of every stored segment's text for this model and state layout (text prompts
+        look cached text up in it; compiles and learning add to it)."""
+        if self._span_index is None:
+            from ..llama.bindings import llama_cpp_version
+            from ..store.keys import FORMAT_TAG
+            from ..store.span_index import SpanIndex, variant_id
+
+            variant = variant_id(self.fingerprint, llama_cpp_version(), self.settings.state_layout(), FORMAT_TAG)
+            self._span_index = SpanIndex(self.store.boundary, variant)
+        return self._span_index
 
     # -- memory ---------------------------------------------------------------------------------
     def reset_arena(self) -> None:
@@ -104,8 +119,8 @@ class Runtime:
             hit = self._layouts[id(schema)] = (schema, lay.build(schema, self.model, self.model.chat_template()))
         return hit[1]
 
-    def plan(self, layout: lay.Layout, selection: Selection) -> PromptPlan:
-        return plan_prompt(layout, selection, self.model)
+    def plan(self, layout: lay.Layout, selection: Selection, *, static: bool = False) -> PromptPlan:
+        return plan_prompt(layout, selection, self.model, static=static)
 
     def question_tokens(self, layout: lay.Layout, question: str | Conversation) -> list[int]:
         """The question's tokens after the prompt (and the conversation's earlier turns, if any),

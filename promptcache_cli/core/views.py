@@ -32,7 +32,7 @@ class PromptView:
     """What a request's prompt is made of, in position order (nothing is computed)."""
 
     parts: tuple[PromptPart, ...]
-    schema_end: int  # positions the schema's layout takes (its cached parts all lie below)
+    schema_end: int  # positions the prompt takes before the question
 
     @property
     def tokens(self) -> tuple[int, ...]:
@@ -41,9 +41,9 @@ class PromptView:
 
     @property
     def gaps(self) -> int:
-        """Position gaps between consecutive cached parts (0 when the prompt is contiguous)."""
-        ends = [(p.offset, p.end) for p in self.parts if p.kind == "cached"]
-        return sum(1 for (_, e), (o, _) in zip(ends, ends[1:], strict=False) if o != e)
+        """Position gaps between consecutive parts: 0, parts follow each other (kept for callers
+        that measured the gaps of static layouts)."""
+        return sum(1 for a, b in zip(self.parts, self.parts[1:], strict=False) if a.end != b.offset)
 
 
 @dataclass(frozen=True)

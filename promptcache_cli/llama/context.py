@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import BackendError, ContextFullError, StateRefused
+from ..errors import BackendError, ContextFullError, StateRefused, UnsupportedModel
 from .bindings import C
 from .model import Model
 from .threads import threads as resolve_threads
@@ -186,6 +186,24 @@ class Context:
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         C.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+
+    @property
+    def can_shift(self) -> bool:
+        """Cells can be moved to other positions (:meth:`seq_add`): llama.cpp can re-rotate their K
+        (``llama_memory_can_shift``; not for multi-position RoPE, nor some architectures)."""
+        return bool(C.llama_memory_can_shift(self._mem))
+
+    def seq_add(self, seq: int, delta: int, p0: int = -1, p1: int = -1) -> None:
+        """Move ``seq``'s cells at positions [p0, p1) by ``delta`` positions. llama.cpp records the
+        shift per cell and re-rotates K (RoPE) at the next decode, which applies every pending
+        shift: a sequence must not be saved between this and the next decode. Raises
+        :class:`UnsupportedModel` where this memory cannot shift."""
+        if delta == 0:
+            return
+        if not self.can_shift:
+            raise UnsupportedModel(f"{self.model.description}: llama.cpp cannot move this model's cached "
+                                   "states to other positions (no K-shift for its memory)")
+        C.llama_memory_seq_add(self._mem, seq, p0, p1, delta)
 
     def clear(self) -> None:
         """Empty every sequence. Only cell metadata is reset: zeroing the buffers costs ~70 ms

@@ -10,8 +10,9 @@ A session asks these questions instead of comparing kind names:
 - ``partial_checkpoints``: a checkpoint stores only the part that cannot be cut back (a hybrid
   model's recurrent layers); it is restored over the full end state cut back to its position.
 - ``plain_kv``: a state blob is a plain KV cache :mod:`.state_blob` can parse cell by cell.
-- ``can_shift``: cached cells can be moved to other positions (none can today; the room for
-  position-independent modules, which need RoPE shifts of K).
+- ``can_shift``: cached cells can be moved to other positions (llama.cpp re-rotates their K,
+  RoPE): a module's states load at any position. Plain attention can; the live context confirms it
+  (``llama_memory_can_shift``, :attr:`.context.Context.can_shift`), which some architectures deny.
 
 ``state_sections`` says what a state blob of the kind holds, section by section, for the strict
 reader (:func:`.state_blob.parse_state`): "kv" a full KV cache, "swa" a sliding-window KV cache,
@@ -56,6 +57,7 @@ class Attention(Memory):
     can_stitch = True
     can_cut = True
     plain_kv = True
+    can_shift = True
 
     def state_sections(self, *, partial: bool = False, swa: bool = False) -> tuple[str, ...]:
         return ("kv",)

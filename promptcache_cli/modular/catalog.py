@@ -15,7 +15,7 @@ from ..core.runtime import Runtime
 from ..errors import CacheWriteError
 from ..llama.bindings import llama_cpp_version
 from ..pml.schema import Schema
-from ..prompt.contexts import context_bytes
+from ..prompt.contexts import computed_at, context_bytes
 from ..prompt.layout import Layout, Path as ModPath
 from ..prompt.plan import owner_name
 from ..store import manifest
@@ -23,11 +23,12 @@ from ..store.keys import module_key
 
 
 class Catalog:
-    def __init__(self, runtime: Runtime, *, encoding: str, codec: str) -> None:
+    def __init__(self, runtime: Runtime, *, encoding: str, codec: str, static: bool = False) -> None:
         self.runtime = runtime
         self.encoding = encoding
         self.codec = codec
-        self._keys: dict[int, tuple[Layout, dict[ModPath, str]]] = {}
+        self.static = static  # states stored at their layout offsets (an experiment: ModularSession)
+        self._keys: dict[int, tuple[Layout, dict[ModPath, str], dict[tuple[ModPath, int], int]]] = {}
 
     @property
     def variant(self) -> manifest.Variant:
@@ -37,19 +38,31 @@ class Catalog:
     def keys(self, layout: Layout) -> dict[ModPath, str]:
         """Every owner's cache key (computed once per layout: with the average encoding, finding a
         segment's contexts walks its union choices)."""
+        return self._entry(layout)[1]
+
+    def stored_at(self, layout: Layout) -> dict[tuple[ModPath, int], int]:
+        """Where each segment's states are stored, by (owner, layout offset): the position they are
+        computed at (:func:`..prompt.contexts.computed_at`), whatever position a prompt puts them at."""
+        return self._entry(layout)[2]
+
+    def _entry(self, layout: Layout) -> tuple[Layout, dict[ModPath, str], dict[tuple[ModPath, int], int]]:
         hit = self._keys.get(id(layout))
         if hit is None or hit[0] is not layout:
-            hit = self._keys[id(layout)] = (layout, self._compute_keys(layout))
-        return hit[1]
+            hit = self._keys[id(layout)] = (layout, *self._compute_keys(layout))
+        return hit
 
-    def _compute_keys(self, layout: Layout) -> dict[ModPath, str]:
+    def _compute_keys(self, layout: Layout) -> tuple[dict[ModPath, str], dict[tuple[ModPath, int], int]]:
         rt = self.runtime
-        out = {}
+        keys, at = {}, {}
         for owner in layout.owners():
-            segs = [(s.offset, s.tokens, context_bytes(layout, s, self.encoding)) for s in layout.segments_of(owner)]
-            out[owner] = module_key(model=rt.fingerprint, llama_cpp=llama_cpp_version(),
-                                    state_layout=rt.settings.state_layout(), segments=segs)
-        return out
+            segs = []
+            for s in layout.segments_of(owner):
+                cs = context_bytes(layout, s, self.encoding)
+                at[owner, s.offset] = s.offset if self.static else computed_at(cs)
+                segs.append((at[owner, s.offset], s.tokens, cs))
+            keys[owner] = module_key(model=rt.fingerprint, llama_cpp=llama_cpp_version(),
+                                     state_layout=rt.settings.state_layout(), segments=segs)
+        return keys, at
 
     def path(self, key: str) -> Path:
         return self.runtime.store.module_path(key)

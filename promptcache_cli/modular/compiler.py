@@ -1,9 +1,12 @@
 """Computing modules' states and writing their files.
 
-Segments are computed in position order whatever their owner, so the running sequence only grows
-along the default prompt (:func:`extend` keeps what it shares with the next context). With
-the ``average`` encoding a segment's state is the mean of the states computed after each of its
-contexts. Each owner's file is written as soon as its last segment is done, under its lock.
+A segment is computed after its context, from position 0: its states are stored at the position
+right after the context (:func:`..prompt.contexts.computed_at`) and moved to wherever a prompt puts
+them when loaded. Segments are computed in layout order whatever their owner, so the running
+sequence only grows along the default prompt (:func:`extend` keeps what it shares with the next
+context). With the ``average`` encoding a segment's state is the mean of the states computed after
+each of its contexts, each context ending right before the segment. Each owner's file is written as
+soon as its last segment is done, under its lock.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..prompt.contexts import contexts
 from ..prompt.layout import Layout, Path as ModPath, Segment
 from ..prompt.plan import owner_name
 from ..store import cache_file
+from ..store.span_index import context_record
 from .catalog import Catalog
 
 if TYPE_CHECKING:
@@ -75,12 +79,14 @@ class Compiler:
         moment the lock is released; the open file lives on until the answer is done with it.
         """
         store = self.runtime.store
-        self.runtime.check_fits(layout.end + 1)  # before any lock file is made
+        at = self.catalog.stored_at(layout)
+        self.runtime.check_fits(max((at[o, s.offset] + len(s.tokens) for o in owners for s in layout.segments_of(o)),
+                                    default=0) + 1)  # before any lock file is made
         extra = self.bystanders(layout, keys, owners) if bystanders else []
         with contextlib.ExitStack() as locks:
             try:
-                for owner in sorted(owners + extra, key=lambda o: keys[o]):
-                    locks.enter_context(store.locked(keys[owner]))
+                for key in sorted({keys[o] for o in owners + extra}):  # owners may share a file (one text, one context)
+                    locks.enter_context(store.locked(key))
             except CacheWriteError as e:
                 if unstored is None:
                     raise
@@ -92,7 +98,11 @@ class Compiler:
                 if o not in redo and (report := self._reuse(layout, keys, o, opened if o in owners else None)):
                     reports[o] = report
             extra = [o for o in extra if o not in reports]  # another process stored it meanwhile
-            todo = [o for o in owners + extra if o not in reports]
+            first: dict[str, ModPath] = {}
+            for o in owners + extra:
+                if o not in reports:
+                    first.setdefault(keys[o], o)
+            todo = list(first.values())  # owners sharing a file (one text after one context): computed once
             theirs: list[ModPath] = []
             if self.runtime.remote is not None and todo and (unstored is None or unstored.reason is None):
                 todo, theirs = self._claim(keys, todo, redo)
@@ -104,27 +114,39 @@ class Compiler:
                 self._wait_for(layout, keys, o, reports, opened)
             self._compute_owners(layout, keys, [o for o in theirs if o not in reports], progress, unstored, reports,
                                  opened)
+            for o in owners + extra:  # an owner sharing its file with one computed just now: that file serves it
+                if o in reports:
+                    continue
+                src = first[keys[o]]
+                if unstored is not None and src in unstored.blobs:
+                    got = unstored.blobs[src]
+                    unstored.blobs[o] = {s.offset: got[t.offset] for s, t in
+                                         zip(layout.segments_of(o), layout.segments_of(src), strict=True)}
+                reports[o] = (self._reuse(layout, keys, o, opened if o in owners else None)
+                              or ModuleReport(owner_name(o), keys[o], "computed", layout.tokens_of(o), 0, 0.0))
         return [reports[o] for o in owners + extra]
 
     def bystanders(self, layout: Layout, keys: dict[ModPath, str], owners: list[ModPath]) -> list[ModPath]:
         """Modules not asked for, not cached, whose states computing ``owners`` computes anyway:
         every segment of theirs lies inside the context some owner's segment is computed after, at
-        its own position and after exactly its own context (with the ``scaffold`` encoding, a
-        module before the last one asked for, up to the last text of the schema's own). Storing
-        them costs a copy and a write, no computation."""
+        the position it is stored at and after exactly its own context (with the ``scaffold``
+        encoding, a module before the last one asked for, up to the last text of the schema's own).
+        Storing them costs a copy and a write, no computation."""
         if self.catalog.encoding == "average":  # a mean over several contexts is never computed on the way
             return []
+        at = self.catalog.stored_at(layout)
         spans = []  # (start position, tokens) of every context computed
         for o in owners:
             for seg in layout.segments_of(o):
                 (c,) = contexts(layout, seg, self.catalog.encoding)
-                spans.append((seg.offset - len(c), c))
+                spans.append((at[o, seg.offset] - len(c), c))
         found = []
         for o in layout.owners():
             if o in owners or self.runtime.store.exists(self.catalog.path(keys[o])):
                 continue
             segs = layout.segments_of(o)
-            if all(_inside(seg, contexts(layout, seg, self.catalog.encoding), spans) for seg in segs):
+            if all(_inside(seg, at[o, seg.offset], contexts(layout, seg, self.catalog.encoding), spans)
+                   for seg in segs):
                 found.append(o)
         return found
 
@@ -208,9 +230,11 @@ class Compiler:
         whether it was uploaded."""
         segs = layout.segments_of(owner)
         store = self.runtime.store
+        at = self.catalog.stored_at(layout)
         if unstored is None or unstored.reason is None:
-            chunks = cache_file.encode(self.catalog.header(layout, owner, keys[owner]), blobs,
-                                       [s.tokens for s in segs], [s.offset for s in segs],
+            header = self.catalog.header(layout, owner, keys[owner])
+            header["segment_contexts"] = [_context_record(contexts(layout, s, self.catalog.encoding)) for s in segs]
+            chunks = cache_file.encode(header, blobs, [s.tokens for s in segs], [at[owner, s.offset] for s in segs],
                                        codec=self.catalog.codec, split_planes=self._split_planes)
             path = store.module_path(keys[owner])
             try:
@@ -220,6 +244,10 @@ class Compiler:
                     raise
                 unstored.reason = str(e)
             else:
+                try:  # so that text prompts find the module's text (a hint: the module is stored either way)
+                    self.runtime.span_index.add(keys[owner], [s.tokens for s in segs])
+                except CacheWriteError:
+                    pass
                 if opened is None:
                     return n, self.publish(keys[owner], path)
                 try:  # a fresh file found damaged here is an error (EXIT_CACHE), not computed again
@@ -281,7 +309,8 @@ class Compiler:
         sorted order: a walk of their prefix tree, so a text shared by many sequences is decoded
         about once; the sums of every segment not yet complete are held meanwhile (in float32:
         twice their states)."""
-        flat = [(seg, c) for seg, cs in jobs for c in cs]
+        at = self.catalog.stored_at(layout)  # after its contexts (static positions: at its layout offset)
+        flat = [(seg, c, at[seg.owner, seg.offset]) for seg, cs in jobs for c in cs]
         if len(flat) > len(jobs):
             flat.sort(key=lambda job: job[1] + job[0].tokens)
         count = {(seg.owner, seg.offset): len(cs) for seg, cs in jobs}
@@ -307,39 +336,41 @@ class Compiler:
                     first[at : at + 2 * n_embd * n_cells] = mean.astype(np.float16).view(np.uint8)
                 yield seg, first
 
-    def segment_states(self, layout: Layout, jobs: list[tuple[Segment, tuple[int, ...]]],
+    def segment_states(self, layout: Layout, jobs: list[tuple[Segment, tuple[int, ...], int]],
                        progress: Progress | None, label: str = "") -> Iterator[tuple[Segment, np.ndarray]]:
-        """Each job's segment state, computed after its context tokens (jobs in position order, so
-        the running sequence only grows where contexts share a prefix); the context is cleared at the end."""
-        total = decode_count([(seg.offset - len(c), list(c) + list(seg.tokens)) for seg, c in jobs])
-        ctx = self.runtime.context(max(layout.end, max(len(c) + len(s.tokens) for s, c in jobs)) + 1)
+        """Each job's segment state, computed after its context tokens at the job's position (the
+        context ending right before it; jobs in layout order, so the running sequence only grows
+        where contexts share a prefix); the context is cleared at the end."""
+        total = decode_count([(at - len(c), list(c) + list(s.tokens)) for s, c, at in jobs])
+        ctx = self.runtime.context(max(at + len(s.tokens) for s, _, at in jobs) + 1)
         done = 0
         if progress and jobs:  # computing starts now (the first report comes after a batch otherwise)
             progress(0, total, owner_name(jobs[0][0].owner) + label)
         running: tuple[int, list[int]] = (0, [])  # what seq 0 holds: (start position, tokens)
-        for seg, context in jobs:
+        for seg, context, at in jobs:
             def tick(n: int, _name=owner_name(seg.owner) + label) -> None:
                 nonlocal done
                 done += n
                 if progress:
                     progress(done, total, _name)
 
-            running = extend(ctx, running, seg.offset - len(context), list(context) + list(seg.tokens), tick)
-            ctx.seq_cp(0, 1, seg.offset, seg.end)
+            running = extend(ctx, running, at - len(context), list(context) + list(seg.tokens), tick)
+            ctx.seq_cp(0, 1, at, at + len(seg.tokens))
             blob = ctx.save_state(1)
             ctx.seq_rm(1)
             yield seg, blob
         ctx.clear()
 
 
-def _inside(seg: Segment, ctxs: tuple[tuple[int, ...], ...], spans: list[tuple[int, tuple[int, ...]]]) -> bool:
-    """Whether a computed context holds ``seg`` at its position after exactly its one context."""
+def _inside(seg: Segment, stored_at: int, ctxs: tuple[tuple[int, ...], ...],
+            spans: list[tuple[int, tuple[int, ...]]]) -> bool:
+    """Whether a computed context holds ``seg`` at the position it is stored at, after exactly its
+    one context."""
     if len(ctxs) != 1:
         return False
     own = ctxs[0] + seg.tokens
     for start, c in spans:
-        at = seg.offset - len(ctxs[0]) - start  # where its context would begin inside this one
-        if at == 0 and len(c) >= len(own) and tuple(c[: len(own)]) == own:
+        if stored_at - len(ctxs[0]) == start and len(c) >= len(own) and tuple(c[: len(own)]) == own:
             return True
     return False
 
@@ -378,3 +409,9 @@ def extend(ctx: Context, running: tuple[int, list[int]], start: int, tokens: lis
         ctx.seq_rm(0, start + keep, -1)
     ctx.decode(tokens[keep:], start=start + keep, progress=tick)
     return start, tokens
+
+
+def _context_record(cs: tuple[tuple[int, ...], ...]) -> dict:
+    """What a file records of a segment's contexts (text prompts choose among files by it): the one
+    context's length, hash and last tokens, or how many contexts were averaged."""
+    return {"averaged": len(cs)} if len(cs) > 1 else context_record(cs[0])

@@ -189,6 +189,10 @@ class Loader:
                 if size is not None:  # not removed meanwhile (else it is computed)
                     got.append(ModuleReport(owner_name(owner), keys[owner], "downloaded", layout.tokens_of(owner),
                                             size, seconds))
+                    try:  # text prompts find its text too (a hint: the file is in place either way)
+                        self.runtime.span_index.add(keys[owner], [s.tokens for s in layout.segments_of(owner)])
+                    except CacheWriteError:
+                        pass
         if any(status == "missing" for _, status, _ in results):
             from ..core.sharing import remote_mismatch
 
@@ -205,9 +209,9 @@ class Loader:
         return got
 
     def load(self, path: Path, key: str, layout: Layout, owner: ModPath, *, wait: bool = False) -> dict[int, Blob]:
-        """A module file's state blobs by segment offset, being read on all cores (every one read
-        and checked before this returns, with ``wait``). Raises CacheFileMissing when the file
-        is not there."""
+        """A module file's state blobs by segment offset in the layout, being read on all cores
+        (every one read and checked before this returns, with ``wait``). Raises CacheFileMissing
+        when the file is not there."""
         store = self.runtime.store
         store.touch(path)  # first: a gc that listed it sees the use and leaves it (admin.remove_file)
         return self.load_file(store.read(path), key, layout, owner, wait=wait)
@@ -217,26 +221,33 @@ class Loader:
         """:meth:`load` of a file opened already (closed here)."""
         try:
             self.runtime.check_header(f.header, key)
-            expected = [(s.offset, s.tokens) for s in layout.segments_of(owner)]
+            segs = layout.segments_of(owner)
+            at = self.catalog.stored_at(layout)
+            expected = [(at[owner, s.offset], s.tokens) for s in segs]
             if [(r.offset, r.tokens) for r in f.segments] != expected:
                 raise CacheFileError("its tokens differ from the schema's")
             out: dict[int, Blob] = {}
             arena = self.runtime.arena
-            for i, rec in enumerate(f.segments):
+            for i, (seg, rec) in enumerate(zip(segs, f.segments, strict=True)):
                 pending = self.runtime.reading(f.start_blob(i, None if rec.mapped else arena.take(rec.raw_size)))
-                out[rec.offset] = StateRead(pending, lambda blob, rec=rec: self.check_blob(blob, rec))
+                out[seg.offset] = StateRead(pending, lambda blob, rec=rec: self.check_blob(blob, rec))
             return {at: read.get() for at, read in out.items()} if wait else out
         finally:
             f.close()  # a memory map stays alive while a view of it does (a read in progress holds one)
 
     def check_blob(self, blob: np.ndarray, rec: cache_file.SegmentRecord) -> None:
-        """Raises BlobError unless ``blob`` is a state llama.cpp can take for this segment."""
-        settings, model = self.runtime.settings, self.runtime.model
-        info = state_blob.parse(blob)
-        k, v = GGML_TYPES[settings.type_k], GGML_TYPES[settings.type_v]
-        if info.n_layer != model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
-            raise BlobError("its state has another shape than this model's")
-        if info.v_trans == settings.flash_attn:
-            raise BlobError("its V layout does not match the flash-attention setting")
-        if not np.array_equal(np.sort(info.positions), np.arange(rec.offset, rec.offset + len(rec.tokens))):
-            raise BlobError("its cell positions differ from the schema's")
+        check_blob(self.runtime, blob, rec)
+
+
+def check_blob(runtime: Runtime, blob: np.ndarray, rec: cache_file.SegmentRecord) -> None:
+    """Raises BlobError unless ``blob`` is a state llama.cpp can take for this segment record (its
+    cells at the positions the record says it is stored at)."""
+    settings, model = runtime.settings, runtime.model
+    info = state_blob.parse(blob)
+    k, v = GGML_TYPES[settings.type_k], GGML_TYPES[settings.type_v]
+    if info.n_layer != model.n_layer or set(info.k_types) != {k} or set(info.v_types) != {v}:
+        raise BlobError("its state has another shape than this model's")
+    if info.v_trans == settings.flash_attn:
+        raise BlobError("its V layout does not match the flash-attention setting")
+    if not np.array_equal(np.sort(info.positions), np.arange(rec.offset, rec.offset + len(rec.tokens))):
+        raise BlobError("its cell positions differ from the schema's")

@@ -31,19 +31,20 @@ def scores(compiler: Compiler, layout: Layout, keys: dict[ModPath, str], owners:
     encoding, store = compiler.catalog.encoding, compiler.runtime.store
     out: Scores = {}
     missing: list[ModPath] = []
+    at = compiler.catalog.stored_at(layout)
     for owner in owners:
-        want = {s.offset: refresh.against(layout, s, encoding) for s in layout.segments_of(owner)}
-        got = ranks.stored(store.module_path(keys[owner]), store)
-        if all(got.get(at, ("", ()))[0] == w for at, w in want.items()):
-            out.update({(owner, at): got[at][1] for at in want})
+        want = {s.offset: refresh.against(layout, s, encoding, at[owner, s.offset]) for s in layout.segments_of(owner)}
+        got = ranks.stored(store.module_path(keys[owner]), store)  # by the position each segment is stored at
+        if all(got.get(at[owner, off], ("", ()))[0] == w for off, w in want.items()):
+            out.update({(owner, off): got[at[owner, off]][1] for off in want})
         else:
             missing.append(owner)
     if not missing:
         return out
     other = refresh.OTHER[encoding]
-    jobs = sorted(((s, context_tokens(layout, s, other)) for o in missing for s in layout.segments_of(o)),
-                  key=lambda job: job[0].offset)
-    left = Counter(seg.owner for seg, _ in jobs)
+    jobs = sorted(((s, _fit(context_tokens(layout, s, other), at[s.owner, s.offset]), at[s.owner, s.offset])
+                   for o in missing for s in layout.segments_of(o)), key=lambda job: job[0].offset)
+    left = Counter(seg.owner for seg, _, _ in jobs)
     held: dict[ModPath, dict[int, np.ndarray]] = {}
     for seg, blob in compiler.segment_states(layout, jobs, progress, " (ranking)"):
         mine = held.get(seg.owner) or held.setdefault(seg.owner, states(seg.owner))
@@ -53,7 +54,7 @@ def scores(compiler: Compiler, layout: Layout, keys: dict[ModPath, str], owners:
             del held[seg.owner]
     unwritable = None
     for owner in missing:
-        measured_ranks = [(refresh.against(layout, s, encoding), list(out[owner, s.offset]))
+        measured_ranks = [(refresh.against(layout, s, encoding, at[owner, s.offset]), list(out[owner, s.offset]))
                           for s in layout.segments_of(owner)]
         try:
             ranks.store(store, keys[owner], measured_ranks)
@@ -63,3 +64,9 @@ def scores(compiler: Compiler, layout: Layout, keys: dict[ModPath, str], owners:
         warnings.append(f"{unwritable}; the recompute scores measured now are not stored")
     measured += missing
     return out
+
+
+def _fit(context: tuple[int, ...], at: int) -> tuple[int, ...]:
+    """The other encoding's context for a segment stored at ``at``, where both states must sit to
+    be compared: its last ``at`` tokens when it is longer (the scores are a ranking, not states)."""
+    return context[len(context) - at:] if len(context) > at else context

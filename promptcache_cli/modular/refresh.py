@@ -32,19 +32,19 @@ RECOMPUTE_SEQUENCES = 66  # a context for recomputing: 64 tokens per batch (Cont
 MAX_SCORE = 1e5  # what a stored score is clipped to (the reader refuses 1e6 and more)
 
 
-def against(layout: Layout, segment: Segment, encoding: str) -> str:
-    """What a segment's scores are measured against, when its states are cached with ``encoding``."""
+def against(layout: Layout, segment: Segment, encoding: str, at: int) -> str:
+    """What a segment's scores are measured against, when its states are cached with ``encoding``
+    and stored at ``at``: the other encoding's context (its last ``at`` tokens at most)."""
     other = OTHER[encoding]
-    context = np.asarray(context_tokens(layout, segment, other), dtype="<i4")
+    context = context_tokens(layout, segment, other)
+    context = np.asarray(context[len(context) - at:] if len(context) > at else context, dtype="<i4")
     return f"{other}:{xxhash.xxh3_64_hexdigest(context.tobytes())}"
 
 
 def stale(bounds: list[Boundary]) -> list[tuple[Segment, int]]:
     """The cached parts whose states were computed after other text than the prompt puts before
-    them, or at another distance from it (the others hold exact states), each with how many of its
-    first tokens cannot be recomputed: 1 after a position gap (llama.cpp decodes a token only right
-    after its sequence's last cell, and the cell before it is missing), else 0."""
-    return [(b.segment, 0 if b.contiguous else 1) for b in bounds if not b.contiguous or not b.exact]
+    them (the others hold exact states), each with its position in the prompt."""
+    return [(b.segment, b.position) for b in bounds if not b.exact]
 
 
 def rows(blob: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

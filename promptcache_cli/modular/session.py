@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from ..core.answer import Prefilled, finish, prefill_uncached
+from ..core.answer import Prefilled, finish, prefill_tokens, prefill_uncached
 from ..core.results import Answer, CompileReport, ModuleReport, Progress, Staleness
 from ..core.runtime import Runtime
 from ..errors import ModuleDamaged, ModuleStateRefused, UnsupportedModel
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..core.sharing import Shard
     from ..prompt.boundaries import Boundary
     from ..store.remote_tier import CacheObject, Tier
+    from .text import TextEngine
 
 BoundaryHook = Callable[[Sequence["Boundary"]], Mapping[int, int]]
 
@@ -46,12 +47,20 @@ class ModularSession:
 
     def __init__(self, model_path: str | Path, *, cache_dir: str | Path, settings: ContextSettings = ContextSettings(),
                  encoding: str = ENCODINGS[0], codec: str = "none", model: Model | None = None,
-                 boundary_hook: BoundaryHook | None = None, remote: Tier | None = None) -> None:
+                 boundary_hook: BoundaryHook | None = None, remote: Tier | None = None, cache_ram: int = 0,
+                 positions: str = "packed") -> None:
         """``model``: the file at ``model_path``, already loaded. ``boundary_hook``: an experiment's
         choice of cached tokens to compute afresh at module boundaries (segment offset -> how many
         of its first tokens), given every cached part's :class:`..prompt.boundaries.Boundary`; none by
         default (the benchmarks' boundary repair uses it). ``remote``: the shared store behind the
-        cache directory (modules missing locally are downloaded from it, computed ones uploaded)."""
+        cache directory (modules missing locally are downloaded from it, computed ones uploaded).
+        ``cache_ram``: bytes of RAM for spans learned from text prompts (0: learned spans go to disk
+        at once). ``positions``: ``packed`` (parts in request order, without gaps, states moved where
+        they go) or ``static`` (every segment stored and loaded at its layout offset, gaps where
+        unselected members would sit: the layout of pc 0.1, kept as an experiment the benchmark
+        compares against; no repair or refresh)."""
+        if positions not in ("packed", "static"):
+            raise ValueError(f"unknown positions {positions!r}")
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
         if encoding == "average" and not settings.type_k == settings.type_v == "f16":
@@ -64,11 +73,13 @@ class ModularSession:
                 "use prefix mode (--mode prefix, the default for such models)"
             )
         self.runtime = Runtime(model_path, cache_dir=cache_dir, settings=settings, model=model, remote=remote)
-        self.catalog = Catalog(self.runtime, encoding=encoding, codec=codec)
+        self.catalog = Catalog(self.runtime, encoding=encoding, codec=codec, static=positions == "static")
         self.compiler = Compiler(self.runtime, self.catalog)
         self.loader = Loader(self.runtime, self.catalog, self.compiler)
         self.compiler.cache_object = self.loader.cache_object
         self.boundary_hook = boundary_hook
+        self.cache_ram = cache_ram
+        self._text: TextEngine | None = None
 
     # -- what the session holds -------------------------------------------------------------
     @property
@@ -94,6 +105,15 @@ class ModularSession:
     def close(self) -> None:
         self.runtime.close()
 
+    @property
+    def text(self) -> TextEngine:
+        """Text prompts: cached text found wherever it stands, learned spans (text.py)."""
+        if self._text is None:
+            from .text import TextEngine
+
+            self._text = TextEngine(self.runtime, codec=self.codec, ram_bytes=self.cache_ram)
+        return self._text
+
     def layout(self, schema: Schema) -> Layout:
         return self.runtime.layout(schema)
 
@@ -101,7 +121,7 @@ class ModularSession:
         return self.catalog.keys(layout)
 
     def prompt_plan(self, layout: Layout, selection: Selection) -> PromptPlan:
-        return self.runtime.plan(layout, selection)
+        return self.runtime.plan(layout, selection, static=self.catalog.static)
 
     def question_tokens(self, layout: Layout, question: str | Conversation) -> list[int]:
         return self.runtime.question_tokens(layout, question)
@@ -205,41 +225,47 @@ class ModularSession:
     def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
-            stop: Sequence[str] = ()) -> Answer:
+            repair: int = 0, stop: Sequence[str] = ()) -> Answer:
         """Answer ``question`` over the selected modules (:meth:`prefill`, then generate); ``on_text``
         receives the answer's text as it grows."""
         t0 = time.perf_counter()
         done = self.prefill(schema, selection, question, max_tokens=max_tokens, no_cache=no_cache,
-                            progress=progress, refresh=refresh)
+                            progress=progress, refresh=refresh, repair=repair)
         return finish(self.runtime, done, selection=selection, t0=t0, max_tokens=max_tokens, sampler=sampler,
                       on_text=on_text, keep_logits=keep_logits, stop=stop)
 
     def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
-                no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0) -> Prefilled:
-        """A context holding the prompt and the question, with room for ``max_tokens``. ``refresh``:
-        the fraction (0 to 1) of the prompt's cached tokens to recompute in its own context, highest
-        recompute scores first (refresh.py; scores missing from the cache are measured and stored
-        first). ``no_cache``: every token computed from position 0 (the baseline)."""
+                no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0,
+                repair: int = 0) -> Prefilled:
+        """A context holding the prompt and the question, with room for ``max_tokens``. ``repair``:
+        how many first tokens of each cached part placed after other text than it was computed
+        after are computed afresh, in line. ``refresh``: the fraction (0 to 1) of the prompt's cached
+        tokens to recompute in its own context, highest recompute scores first (refresh.py; scores
+        missing from the cache are measured and stored first). ``no_cache``: every token computed
+        from position 0 (the baseline)."""
         if not 0 <= refresh <= 1:
             raise ValueError(f"refresh is a fraction from 0 to 1, not {refresh}")
         if refresh:
             self._check_rankable()
+        if self.catalog.static and (refresh or repair) and not no_cache:
+            raise ValueError("static positions (an experiment) answer from the bare cache: no repair or refresh")
         layout = self.layout(schema)
         plan = self.prompt_plan(layout, selection)
         q = self.question_tokens(layout, question)
-        n_prompt = layout.end + len(q)
+        n_prompt = plan.end + len(q)
         self.runtime.check_fits(n_prompt + max_tokens)  # before compiling anything on demand
         if no_cache:
             return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens, progress)
-        return self._stitch(schema, layout, plan, q, max_tokens, progress, refresh)
+        return self._stitch(schema, layout, plan, q, max_tokens, progress, refresh, repair)
 
     def _stitch(self, schema: Schema, layout: Layout, plan: PromptPlan, q: list[int], max_tokens: int,
-                progress: Progress | None, refresh: float) -> Prefilled:
-        """Load the plan's cached segments into sequence 0 at their positions, compute the fresh
-        parts in between, recompute the ``refresh`` fraction of the cached tokens with the highest
-        scores, then the question. Modules missing or damaged are compiled first, and so is a
+                progress: Progress | None, refresh: float, repair: int = 0) -> Prefilled:
+        """Load the plan's cached segments into sequence 0, each moved to its place, compute the
+        fresh parts in between, recompute the ``refresh`` fraction of the cached tokens with the
+        highest scores, then the question. Modules missing or damaged are compiled first, and so is a
         module whose cached state llama.cpp refuses (once: a fresh state refused is its failure)."""
         keys = self.keys(layout)
+        stored_at = self.catalog.stored_at(layout)
         warnings: list[str] = []
         ranked: list[ModPath] = []
         downloaded: list[ModuleReport] = []
@@ -247,13 +273,17 @@ class ModularSession:
         blobs, compiled, fresh = self.loader.gather(schema, layout, keys, plan.owners, warnings, progress,
                                                     wait=bool(refresh), downloaded=downloaded)
         bounds = []
-        if refresh or self.boundary_hook:  # (imported here: a plain answer needs neither)
+        if refresh or repair or self.boundary_hook:  # (imported here: a plain answer needs none)
             from ..prompt.boundaries import boundaries
 
             bounds = boundaries(layout, plan, self.encoding)
+        fix = dict(self.boundary_hook(bounds)) if self.boundary_hook else {}
+        for b in bounds if repair else ():
+            if not b.exact:
+                fix[b.offset] = max(fix.get(b.offset, 0), min(repair, b.length))
         stale = refresh_stale(bounds) if refresh else []
         n_refresh = min(round(refresh * sum(len(s.tokens) for s in plan.cached)),
-                        sum(len(seg.tokens) - skip for seg, skip in stale))  # exact states need no recompute
+                        sum(len(seg.tokens) - fix.get(seg.offset, 0) for seg, _ in stale))  # exact states: none
         scores = {}
         if n_refresh:
             from . import ranking
@@ -261,14 +291,13 @@ class ModularSession:
             owners = list(dict.fromkeys(seg.owner for seg, _ in stale))
             scores = ranking.scores(self.compiler, layout, keys, owners, blobs.__getitem__,
                                     ranked, warnings, progress)
-        n_cells = layout.end + len(q) + max_tokens
+        n_cells = plan.end + len(q) + max_tokens + max(fix.values(), default=0)  # repaired cells twice, briefly
         if n_refresh:  # a recompute batch holds its tokens' old and new cells at once
             n_cells = min(n_cells + min(n_refresh, RECOMPUTE_SEQUENCES - 2), self.model.n_ctx_train)
         ctx = self.runtime.context(n_cells, n_seq=RECOMPUTE_SEQUENCES if n_refresh else Context.N_SEQ)
-        fix = dict(self.boundary_hook(bounds)) if self.boundary_hook else {}
         while True:
             try:
-                cached, computed = fill(ctx, plan, blobs, fix)
+                cached, computed = fill(ctx, plan, blobs, stored_at, fix)
                 break
             except (ModuleStateRefused, ModuleDamaged) as e:
                 if e.owner in fresh:
@@ -283,13 +312,27 @@ class ModularSession:
                 ctx.clear()
         refreshed = 0
         if n_refresh:
-            first = {seg.offset: max(skip, fix.get(seg.offset, 0)) for seg, skip in stale}
-            candidates = [(seg.offset + first[seg.offset], seg.tokens[first[seg.offset]:],
-                           scores[seg.owner, seg.offset][first[seg.offset]:]) for seg, _ in stale]
+            first = {seg.offset: fix.get(seg.offset, 0) for seg, _ in stale}
+            candidates = [(at + first[seg.offset], seg.tokens[first[seg.offset]:],
+                           scores[seg.owner, seg.offset][first[seg.offset]:]) for seg, at in stale]
             tokens, positions = choose(candidates, n_refresh)
             ctx.recompute(tokens, positions)
             refreshed = len(tokens)
-        ctx.decode(q, start=ctx.pos_max(0) + 1, logits=True)
-        return Prefilled(ctx, cached - refreshed, computed + refreshed + len(q), refreshed, warnings, compiled,
-                         [owner_name(o) for o in ranked], downloaded)
+        ctx.decode(q, start=plan.end, logits=True)
+        repaired = sum(fix.values())
+        return Prefilled(ctx, cached - refreshed, computed + refreshed + len(q), refreshed + repaired, warnings,
+                         compiled, [owner_name(o) for o in ranked], downloaded)
 
+    # -- text prompts (no schema) -------------------------------------------------------------
+    def prefill_text(self, tokens: list[int], contents: list[tuple[int, int]], *, max_tokens: int = 128,
+                     no_cache: bool = False, refresh: float = 0.0, repair: int = 0):
+        """A context holding a prompt given as tokens (``contents``: where its messages' texts lie),
+        its cached text found wherever it stands (text.py), and the plan to learn from (None with
+        ``no_cache``)."""
+        if not 0 <= refresh <= 1:
+            raise ValueError(f"refresh is a fraction from 0 to 1, not {refresh}")
+        if refresh:
+            self._check_rankable()
+        if no_cache:
+            return prefill_tokens(self.runtime, tokens, len(tokens) + max_tokens), None
+        return self.text.prefill(tokens, contents, max_tokens=max_tokens, repair=repair, refresh=refresh)

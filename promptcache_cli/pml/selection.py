@@ -19,6 +19,7 @@ Path = tuple[str, ...]
 class Selection:
     modules: frozenset[Path]  # every included module path (ancestors included)
     params: tuple[tuple[Path, str, str], ...]  # (module path, param name, value), sorted
+    order: tuple[Path, ...] = ()  # the top-level modules the request names, in the order it names them
 
 
 def _members(children: tuple[Node, ...]) -> Iterator[tuple[Module, Union | None]]:
@@ -67,6 +68,7 @@ class _Resolver:
         self.schema = schema
         self.modules: set[Path] = set()
         self.params: dict[tuple[Path, str], str] = {}
+        self.order: tuple[Path, ...] = ()
 
     def include(self, children: tuple[Node, ...], prefix: Path,
                 imports: Sequence[ModuleImport], *, top: bool) -> None:
@@ -88,6 +90,8 @@ class _Resolver:
                 raise SelectionError(f"modules {chosen[id(union)]!r} and {imp.name!r} are members "
                                      "of the same union; pick one", line)
             picked[imp.name] = imp
+        if top and not prefix:
+            self.order = tuple((name,) for name in picked)
         for module, union in _members(children):
             imp = picked.get(module.name)
             if imp is None and (top or (union is not None
@@ -112,7 +116,7 @@ class _Resolver:
 
     def selection(self) -> Selection:
         params = sorted((path, name, value) for (path, name), value in self.params.items())
-        return Selection(frozenset(self.modules), tuple(params))
+        return Selection(frozenset(self.modules), tuple(params), self.order)
 
 
 def default_selection(schema: Schema) -> Selection:

@@ -405,7 +405,7 @@ class PrefixSession:
     def ask(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
             sampler: Sampler = Sampler(), no_cache: bool = False, on_text: Callable[[str], None] | None = None,
             progress: Progress | None = None, keep_logits: bool = False, refresh: float = 0.0,
-            stop: Sequence[str] = ()) -> Answer:
+            repair: int = 0, stop: Sequence[str] = ()) -> Answer:
         """Answer ``question`` (:meth:`prefill`, then generate): the `--no-cache` answer, sooner."""
         t0 = time.perf_counter()
         done = self.prefill(schema, selection, question, max_tokens=max_tokens, no_cache=no_cache,
@@ -414,15 +414,17 @@ class PrefixSession:
                       on_text=on_text, keep_logits=keep_logits, stop=stop)
 
     def prefill(self, schema: Schema, selection: Selection, question: str | Conversation, *, max_tokens: int = 128,
-                no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0) -> Prefilled:
+                no_cache: bool = False, progress: Progress | None = None, refresh: float = 0.0,
+                repair: int = 0) -> Prefilled:
         """A context holding the prompt and the question, resumed from the deepest usable stored
-        state, with room for ``max_tokens``."""
+        state, with room for ``max_tokens``. ``repair`` does nothing here: prefix mode computes
+        every token the stored state does not hold exactly."""
         _no_refresh(refresh)
         layout = self.layout(schema)
         if no_cache:
             plan = self.prompt_plan(layout, selection)
             q = self.question_tokens(layout, question)
-            n_prompt = layout.end + len(q)
+            n_prompt = plan.end + len(q)
             self.runtime.check_fits(n_prompt + max_tokens)
             return prefill_uncached(self.runtime, plan, q, n_prompt + max_tokens, progress)
         return self._resume_request(schema, layout, selection, question, max_tokens, progress)

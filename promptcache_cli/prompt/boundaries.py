@@ -18,13 +18,15 @@ class Boundary:
 
     segment: Segment
     preceded: bool  # the prompt holds text before it
-    contiguous: bool  # it follows the prompt so far without a position gap
+    contiguous: bool  # it follows the prompt so far without a position gap (always, but in static layouts)
     _layout: Layout
     _before: tuple[int, ...]
     _encoding: str
+    position: int  # where the prompt puts it
 
     @property
     def offset(self) -> int:
+        """The segment's offset in the schema's layout (what names it; a hook's answer is keyed by it)."""
         return self.segment.offset
 
     @property
@@ -40,5 +42,12 @@ class Boundary:
 
 def boundaries(layout: Layout, plan: PromptPlan, encoding: str) -> list[Boundary]:
     """Every cached part's boundary, in prompt order, for states cached with ``encoding``."""
-    return [Boundary(seg, bool(before), seg.offset == end, layout, tuple(before), encoding)
-            for seg, before, end in plan.preceding()]
+    out: list[Boundary] = []
+    before: list[int] = []
+    end = 0
+    for p, at in zip(plan.parts, plan.positions(), strict=True):
+        if isinstance(p, Segment):
+            out.append(Boundary(p, bool(before), at == end, layout, tuple(before), encoding, at))
+        before += p.tokens
+        end = at + len(p.tokens)
+    return out

@@ -311,9 +311,18 @@ def _without_repeats(layout: Layout, segment: Segment, cap: int) -> tuple[tuple[
     return (*head, *others)
 
 
+def computed_at(contexts: tuple[tuple[int, ...] | bytes, ...]) -> int:
+    """The position a segment's states are computed at, after ``contexts`` (tokens, or their
+    int32 bytes as :func:`context_bytes` gives them): right after the longest, each context ending
+    right before it (the longest from position 0). RoPE sees only relative positions, so the same
+    states serve every place a prompt puts the segment, moved there (a K-shift): one file per
+    module text and contexts, whatever the position."""
+    return max(len(c) // 4 if isinstance(c, bytes) else len(c) for c in contexts)
+
+
 def context_tokens(layout: Layout, segment: Segment, encoding: str) -> tuple[int, ...]:
     """The tokens a segment is computed after, in order; they are decoded immediately before
-    the segment (at positions ending at ``segment.offset - 1``) and then dropped.
+    the segment (at positions ending right before :func:`computed_at`) and then dropped.
 
     - ``independent``: the text of the schema and of the segment's own ancestor modules before
       it (the shared prefix: system turn, role headers, the enclosing modules' text), with

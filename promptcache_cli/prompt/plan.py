@@ -1,10 +1,13 @@
-"""A prompt's plan: what a question's prompt is made of, in position order, typed.
+"""A prompt's plan: what a question's prompt is made of, in prompt order, typed.
 
-Cached parts are the layout's :class:`Segment` objects (their states come from the cache); fresh
-parts are parameter values (:class:`Fresh`) and the text of cache="false" modules
-(:class:`Uncached`), computed when the question is asked and decoded right after the prompt so
-far. The question and the template's tail follow the plan (:func:`question_tokens`). Where each
-cached part meets the text before it is boundaries.py.
+Cached parts are the layout's :class:`Segment` objects (their states come from the cache, moved to
+where the plan puts them); fresh parts are parameter values (:class:`Fresh`) and the text of
+cache="false" modules (:class:`Uncached`), computed when the question is asked. Parts follow each
+other without gaps from position 0: a segment's ``offset`` is its place in the schema's static
+layout (which names it), not where the prompt puts it (:meth:`PromptPlan.positions`). The modules a
+request names are placed in the order it names them (within one chat turn), the schema's own text
+stays where the schema has it. The question and the template's tail follow the plan
+(:func:`question_tokens`). Where each cached part meets the text before it is boundaries.py.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Fresh:
 
     tokens: tuple[int, ...]
     slot_offset: int  # where the parameter's slot starts in the layout
+    owner: Path = ROOT  # the module holding the parameter
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ Part = Union[Segment, Fresh, Uncached]
 @dataclass(frozen=True)
 class PromptPlan:
     parts: tuple[Part, ...]
+    static: bool = False  # cached parts at their layout offsets, with gaps (pc 0.1's layout; an experiment)
 
     def __iter__(self) -> Iterator[Part]:
         return iter(self.parts)
@@ -81,29 +86,38 @@ class PromptPlan:
 
     def starts(self) -> list[int]:
         """Where each part after the first starts in :meth:`tokens`."""
+        return self.positions()[1:]
+
+    def positions(self) -> list[int]:
+        """Where each part starts in the prompt: right after the part before it (``static``: a
+        cached part at its layout offset, a fresh one right after the part before it)."""
         out, n = [], 0
-        for p in self.parts[:-1]:
-            n += len(p.tokens)
-            out.append(n)
+        for p in self.parts:
+            at = p.offset if self.static and isinstance(p, Segment) else n
+            out.append(at)
+            n = at + len(p.tokens)
         return out
 
+    @property
+    def end(self) -> int:
+        """The position after the last part (the question starts here)."""
+        if not self.parts:
+            return 0
+        return self.positions()[-1] + len(self.parts[-1].tokens)
+
     def preceding(self) -> Iterator[tuple[Segment, list[int], int]]:
-        """For each cached part: the part, the prompt's tokens before it and the next position
-        after them (fresh parts and cache="false" modules follow the prompt so far without a gap)."""
+        """For each cached part: the part, the prompt's tokens before it and its position."""
         before: list[int] = []
-        end = 0
-        for p in self.parts:
+        for p, at in zip(self.parts, self.positions(), strict=True):
             if isinstance(p, Segment):
-                yield p, before, end
-                before = before + list(p.tokens)
-                end = p.end
-            else:
-                before = before + list(p.tokens)
-                end += len(p.tokens)
+                yield p, before, at
+            before = before + list(p.tokens)
 
 
-def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer) -> PromptPlan:
-    """The selected prompt in position order: cached segments, and fresh parameter values."""
+def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer, *, static: bool = False) -> PromptPlan:
+    """The selected prompt in prompt order: cached segments, and fresh parameter values; the
+    modules the request names in the order it names them (:func:`_in_request_order`). ``static``:
+    in layout order, at layout offsets (the layout of pc 0.1, kept as an experiment)."""
     included = {ROOT} | set(selection.modules)
     items: list[tuple[int, Part]] = [
         (s.offset, Uncached(s.owner, s.offset, s.tokens) if s.owner in layout.uncached else s)
@@ -117,9 +131,42 @@ def plan_prompt(layout: Layout, selection: Selection, tok: Tokenizer) -> PromptP
         if len(toks) > slot.length:
             raise ParameterTooLong(too_long(slot.owner, slot.name, value, len(toks), slot.length))
         if toks:
-            items.append((slot.offset, Fresh(toks, slot.offset)))
+            items.append((slot.offset, Fresh(toks, slot.offset, slot.owner)))
     items.sort(key=lambda it: it[0])
-    return PromptPlan(tuple(part for _, part in items))
+    parts = [part for _, part in items]
+    order = selection.order
+    if static:
+        return PromptPlan(tuple(parts), static=True)
+    return PromptPlan(tuple(_in_request_order(layout, parts, order) if len(order) > 1 else parts))
+
+
+def _in_request_order(layout: Layout, parts: list[Part], order: tuple[Path, ...]) -> list[Part]:
+    """``parts`` (in document order) with the top-level modules named in ``order`` swapped into
+    that order: within each chat turn, the places the named modules take in document order are
+    filled with them in the order named. The schema's own text and unnamed modules stay put."""
+    rank = {path: i for i, path in enumerate(order)}
+    turns = [(e.offset, e.offset + e.length) for e in layout.elements if e.kind == "role"]
+
+    def turn_of(path: Path) -> int:
+        at = layout.modules[path].offset
+        return next((i for i, (a, b) in enumerate(turns) if a <= at < b), -1)
+
+    runs: list[tuple[Path, list[Part]]] = []  # consecutive parts of one top-level module (or the root)
+    for part in parts:
+        top = part.owner[:1]
+        if runs and runs[-1][0] == top and top != ROOT:
+            runs[-1][1].append(part)
+        else:
+            runs.append((top, [part]))
+    named = [i for i, (top, _) in enumerate(runs) if top in rank]
+    by_turn: dict[int, list[int]] = {}
+    for i in named:
+        by_turn.setdefault(turn_of(runs[i][0]), []).append(i)
+    placed = list(runs)
+    for places in by_turn.values():
+        for place, run in zip(places, sorted((runs[i] for i in places), key=lambda r: rank[r[0]]), strict=True):
+            placed[place] = run
+    return [part for _, run in placed for part in run]
 
 
 def too_long(owner: Path, name: str, value: str | None, n_tokens: int, length: int) -> str:

@@ -31,6 +31,7 @@ class Limits:
     max_tokens: int = 2048  # the most tokens one answer may ask for (and the default budget)
     queue: int = 64  # requests waiting for a worker before the server answers 503
     cache_ram: int = 2 << 30  # bytes of plain prompts' states kept in RAM
+    learn: bool = False  # plain chats: cached text found anywhere, new text learned (api.TextRequest)
 
 
 def is_loopback(host: str) -> bool:
@@ -77,7 +78,8 @@ def run(sock: socket.socket, sessions: list[Session], *, schemas: dict[str, Sche
     metrics = Metrics()
     cache = PromptCache(limits.cache_ram, prefixes_redundant=sessions[0].states_can_cut)
     queue = JobQueue(limits.queue)
-    workers = [Worker(i, s, queue, cache, metrics, max_tokens_limit=limits.max_tokens) for i, s in enumerate(sessions)]
+    workers = [Worker(i, s, queue, cache, metrics, max_tokens_limit=limits.max_tokens, learn=limits.learn)
+               for i, s in enumerate(sessions)]
     state = State(Served(bare, schemas), queue, cache, metrics, workers, api_key, limits.max_body, limits.max_tokens,
                   sessions[0].mode, time.time())
     config = uvicorn.Config(build(state), log_level="warning", access_log=False, lifespan="off",

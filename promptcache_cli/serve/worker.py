@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
 from .. import errors
-from ..api import Sampler, answer_record
+from ..api import Sampler, TextRequest, answer_record
 from .jobs import Done, Job, JobQueue
 from .metrics import Metrics
 from .prompt_cache import Hit, PromptCache
@@ -62,13 +62,14 @@ class StopText:
 
 class Worker(threading.Thread):
     def __init__(self, index: int, session: Session, queue: JobQueue, cache: PromptCache, metrics: Metrics, *,
-                 max_tokens_limit: int) -> None:
+                 max_tokens_limit: int, learn: bool = False) -> None:
         super().__init__(name=f"pc-worker-{index}", daemon=True)
         self.session = session
         self.queue = queue
         self.cache = cache
         self.metrics = metrics
         self.max_tokens_limit = max_tokens_limit
+        self.learn = learn  # chats: cached text found anywhere in them, their new text learned
         self.busy = False
 
     def run(self) -> None:
@@ -185,6 +186,9 @@ class Worker(threading.Thread):
             raise ApiError(400, f"the prompt ({len(tokens)} tokens) and max_tokens ({max_tokens}) exceed the "
                            f"model's context of {session.context_length}", code="context_length_exceeded",
                            param="max_tokens")
+        if self.learn and work.messages is not None:  # found wherever it stands, learned for next time
+            request = TextRequest(tuple(work.messages), max_tokens=max_tokens, sampler=self._sampler(work), learn=True)
+            return session.stream(request, halt=halt)
         hit = self.resume_point(tokens)
         # a state that cannot be cut back serves only prompts it is a whole prefix of, and one token is
         # always computed: kept one token before the prompt's end, it serves this prompt again and every

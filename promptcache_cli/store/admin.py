@@ -509,6 +509,10 @@ def gc(root: Path, *, max_size: int | None = None, older_than: float | None = No
         if Path(f"{store.module_path(key)}.lock") == e.path and not _in_use(store, key):
             if dry_run or remove_file(store, key, lock_timeout) is None:
                 removed.append(Note(FileInfo(e.path, "", 0, None), "lock file of a missing cache file", "lock"))
+    if not dry_run:  # the span index forgets the files gone (text prompts would skip them anyway)
+        from .span_index import compact
+
+        compact(store.boundary, lambda key: store.exists(store.module_path(key)))
     return GcReport(removed, skipped, dry_run, total_before, total)
 
 

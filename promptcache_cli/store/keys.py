@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-FORMAT_TAG = "pcache-1"
+FORMAT_TAG = "pcache-2"  # 2: states stored where they are computed (after their contexts), moved on load
 
 
 def model_fingerprint(path: str) -> dict:
@@ -28,8 +28,9 @@ def model_fingerprint(path: str) -> dict:
 def module_key(*, model: dict, llama_cpp: str, state_layout: dict,
                segments: list[tuple[int, tuple[int, ...], tuple[tuple[int, ...] | bytes, ...]]]) -> str:
     """Hash of everything a module's cached bytes depend on. ``segments`` holds, per segment,
-    (offset, tokens, the context tokens of each context it is computed after: one, or several
-    for the ``average`` encoding)."""
+    (the position its first token is stored at, tokens, the context tokens of each context it is
+    computed after: one, or several for the ``average`` encoding). Where a prompt puts the segment
+    is not part of it: the states are moved there when loaded."""
     h = hashlib.sha256()
     meta = {"format": FORMAT_TAG, "model": {k: model[k] for k in ("size", "sha256_ends")},
             "llama_cpp": llama_cpp, "state_layout": state_layout}
