@@ -155,21 +155,31 @@ class SpanIndex:
         return sum(len(v) for v in self._by_hash.values())
 
 
+def _raw(boundary: Boundary, path: Path) -> tuple[bytes, np.ndarray]:
+    """An index file's bytes, and its whole records as rows of ``RECORD`` bytes (read through
+    the boundary: a link raises CacheWriteError, never followed)."""
+    with open(path, "rb", opener=boundary.opener) as f:
+        data = f.read()
+    n = len(data) // RECORD
+    return data, np.frombuffer(data, dtype=np.uint8, count=n * RECORD).reshape(n, RECORD)
+
+
+def _key(row: np.ndarray) -> str:
+    return bytes(row[8:28]).hex()  # (not the "key" field: numpy drops an "S" field's trailing zero bytes)
+
+
 def _read(boundary: Boundary, path: Path) -> list[tuple[int, Entry]]:
     try:
-        with open(path, "rb", opener=boundary.opener) as f:
-            data = f.read()
+        data, raw = _raw(boundary, path)
     except (OSError, CacheWriteError):  # missing, or a link (never followed)
         return []
-    n = len(data) // RECORD
+    n = len(raw)
     arr = np.frombuffer(data, dtype=_DTYPE, count=n)
-    raw = np.frombuffer(data, dtype=np.uint8, count=n * RECORD).reshape(n, RECORD)
     out = []
     for r in range(n):
         if xxhash.xxh3_64_intdigest(raw[r, :36].tobytes()) & 0xFFFFFFFF != int(arr["check"][r]):
             continue
-        key = bytes(raw[r, 8:28]).hex()  # (not arr["key"]: numpy drops an "S" field's trailing zero bytes)
-        out.append((int(arr["hash"][r]), Entry(key, int(arr["segment"][r]), int(arr["offset"][r]))))
+        out.append((int(arr["hash"][r]), Entry(_key(raw[r]), int(arr["segment"][r]), int(arr["offset"][r]))))
     return out
 
 
@@ -185,11 +195,9 @@ def compact(boundary: Boundary, exists: Callable[[str], bool], *, dry_run: bool 
             continue
         with suppress(OSError, CacheWriteError):
             with boundary.lock(f"{e.path}.lock"):
-                with open(e.path, "rb", opener=boundary.opener) as f:
-                    data = f.read()
-                n = len(data) // RECORD
-                raw = np.frombuffer(data, dtype=np.uint8, count=n * RECORD).reshape(n, RECORD)
-                keep = [r for r in range(n) if exists(bytes(raw[r, 8:28]).hex())]
+                data, raw = _raw(boundary, e.path)
+                n = len(raw)
+                keep = [r for r in range(n) if exists(_key(raw[r]))]
                 dropped += n - len(keep) + (len(data) % RECORD > 0)
                 if not dry_run and (len(keep) < n or len(data) % RECORD):
                     boundary.write_atomic(e.path, [raw[keep].tobytes()])
