@@ -191,8 +191,18 @@ class Session:
     @property
     def last_context(self) -> Context | None:
         """The llama.cpp context the last answer was computed in (its prompt, question and answer
-        cells), for measurements such as the benchmark's controls; valid until the next call."""
-        return self.engine.runtime.ctx
+        cells), for measurements such as the benchmark's controls; valid until the next call,
+        which computes what it needs afresh (the caller may change the context's cells)."""
+        return self.engine.runtime.handed_out()
+
+    def forget(self) -> None:
+        """The next question reuses nothing earlier questions left (the context's cells, the
+        questions' cells kept in RAM; cached states stay cached): for measuring what a question
+        costs on its own."""
+        self.engine.runtime.handed_out()
+        tails = getattr(self.engine, "tails", None)
+        if tails is not None:
+            tails.clear()
 
     def close(self) -> None:
         self.engine.close()
@@ -349,8 +359,8 @@ class Session:
         return self._tokens
 
     def held_tokens(self) -> tuple[int, ...]:
-        """The tokens the session's context holds from the last :meth:`stream_tokens` (none once a
-        schema's question has used the context since)."""
+        """The tokens the session's context for token prompts holds from the last
+        :meth:`stream_tokens` (a context of its own: schema questions in between leave it alone)."""
         return self._token_prompts().held()
 
     def save_held(self) -> PromptState | None:

@@ -282,3 +282,38 @@ def test_only_selected_modules_are_loaded(sessions, docs_schema):
     bsd = sum(len(s.tokens) for s in layout.segments_of(("bsd",)))
     assert res.cached_tokens == root + bsd
     assert res.modules == ("bsd",)
+
+
+def test_a_question_beginning_like_an_earlier_one_computes_only_the_rest(sessions, docs_schema, model_path):
+    """Questions over the same modules keep the modules where they are and reuse the cells of the
+    question before (or of an earlier one, kept in RAM) as far as they share tokens: a question
+    beginning with the same pasted note computes only what follows it. The answers are the ones a
+    fresh session gives."""
+    from promptcache_cli.core.tokens import common_prefix
+
+    note = "Here is a note from a colleague:\n" + license_excerpt("BSD.txt", 500) + "\n\n"
+    questions = [note + "Who may redistribute?", "What is the access code for the archive room?",
+                 note + "What is the access code for the archive room?"]
+    sess = sessions[DEFAULT]
+    sel = default_selection(docs_schema)
+    layout = sess.layout(docs_schema)
+    prompt = sess.prompt_plan(layout, sel).end
+    q = [sess.question_tokens(layout, text) for text in questions]
+    sess.ask(docs_schema, select_cli(docs_schema, modules=["bsd"], params=[]), "Hello?", max_tokens=1)  # other modules
+    got = [sess.ask(docs_schema, sel, text, max_tokens=8, keep_logits=True) for text in questions]
+    assert got[0].cached_tokens + got[0].computed_tokens == prompt + len(q[0])
+    assert got[0].computed_tokens >= len(q[0])  # the modules loaded again, the whole question computed
+    shared = common_prefix(q[1], q[0])
+    assert (got[1].cached_tokens, got[1].computed_tokens) == (prompt + shared, len(q[1]) - shared)
+    shared = common_prefix(q[2], q[0])  # the note: from the first question's cells, kept in RAM
+    assert shared > 100
+    assert (got[2].cached_tokens, got[2].computed_tokens) == (prompt + shared, len(q[2]) - shared)
+    fresh = ModularSession(model_path, cache_dir=sess.store.root)
+    try:
+        for text, warm in zip(questions, got, strict=True):
+            alone = fresh.ask(docs_schema, sel, text, max_tokens=8, keep_logits=True)
+            fresh.runtime.handed_out()  # every question from a cleared context
+            assert alone.text == warm.text
+            assert np.max(np.abs(alone.first_logits - warm.first_logits)) < 1e-3
+    finally:
+        fresh.close()

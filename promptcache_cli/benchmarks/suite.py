@@ -216,7 +216,9 @@ def notes(res: dict) -> list[str]:
         f"{cfg['fast_repeats']} more times (alternating). Medians. One generated token.",
         "Every measured question is new to every system: no prompt repeats a warm-up or an earlier question, "
         "so llama-cpp-python's caches find at most a shared prefix. Warm-ups (untimed) let every cache see each "
-        "document once before measuring; `pc` compiles its modules once per workload (not timed as TTFT).",
+        "document once before measuring; `pc` compiles its modules once per workload (not timed as TTFT) and "
+        "answers every question from a cleared context (`Session.forget()`: no cells of the question before "
+        "reused), so its figures are the cost of loading the states.",
         "llama-cpp-python runs the high-level `Llama` (the threads `pc` uses, batch 512, f16 KV, no flash "
         "attention, a context just large enough) with `LlamaRAMCache`/`LlamaDiskCache` of "
         f"{CAPACITY >> 30} GiB capacity (no eviction); its TTFT is the time from "

@@ -121,6 +121,7 @@ class PcSystem(System):
     def ask(self, wl: Workload, q: Question, prompt: Prompt, *, max_tokens: int = 1,
             keep_logits: bool = False) -> Answer:
         assert self.session is not None
+        self.session.forget()  # the cost of loading the states: nothing reused from the question before
         r = self.session.ask(wl.request(q, max_tokens=max_tokens, no_cache=self.no_cache, keep_logits=keep_logits))
         return Answer(r.ttft_ms, r.total_ms, list(r.tokens), r.text, r.cached_tokens + r.computed_tokens,
                       r.first_logits)

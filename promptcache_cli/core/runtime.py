@@ -1,5 +1,6 @@
-"""What both session kinds hold: a loaded model, one llama.cpp context sized on demand, the cache
-store, the layouts of the schemas asked about, and the arena decoded state blobs live in.
+"""What both session kinds hold: a loaded model, a llama.cpp context sized on demand (and a second
+one for prompts given as tokens, once there is one), the cache store, the layouts of the schemas
+asked about, and the arena decoded state blobs live in.
 
 A :class:`Runtime` is reused question to question; it never prints and keeps no per-question
 state beyond the context's cells and the arena's blobs (both reset by the next question).
@@ -45,15 +46,21 @@ class Runtime:
         self.settings = settings
         self.ctx: Context | None = None  # the context the last question was answered in
         self.uses = 0  # calls of context(): another one means the context may hold something else now
+        # prompts given as tokens (a server's plain chats) have a context of their own, so a
+        # schema's question between two turns of a chat leaves the chat's cells where they are
+        self.token_ctx: Context | None = None
+        self.token_uses = 0
+        self.last_ctx: Context | None = None  # whichever of the two answered last
         self.arena = Arena()  # decoded blobs of compressed cache files, reused question to question
         self._reads: list[Pending] = []  # reads started since the arena was last reset
         self._layouts: dict[int, tuple[Schema, lay.Layout]] = {}
         self._span_index: SpanIndex | None = None
 
     def close(self) -> None:
-        if self.ctx is not None:
-            self.ctx.close()
-            self.ctx = None
+        for ctx in (self.ctx, self.token_ctx):
+            if ctx is not None:
+                ctx.close()
+        self.ctx = self.token_ctx = self.last_ctx = None
         self.reset_arena()
         self.arena.close()
         self.model.close()
@@ -89,17 +96,35 @@ class Runtime:
         """A context with at least ``n_cells`` cells and ``n_seq`` sequences (reused while big
         enough), cleared (``clear=False``: holding what it held, unless it had to be replaced;
         :attr:`uses` counts the calls that may have changed what it holds)."""
+        self.ctx = self.last_ctx = self._sized(self.ctx, n_cells, n_seq, clear)
+        self.uses += 1
+        return self.ctx
+
+    def token_context(self, n_cells: int, *, clear: bool = True) -> Context:
+        """:meth:`context` for prompts given as tokens: a second context, created on first use
+        (:attr:`token_uses` counts its calls)."""
+        self.token_ctx = self.last_ctx = self._sized(self.token_ctx, n_cells, Context.N_SEQ, clear)
+        self.token_uses += 1
+        return self.token_ctx
+
+    def handed_out(self) -> Context | None:
+        """The context that answered last, for a caller that may change its cells: neither
+        context's cells are reused after this."""
+        self.uses += 1
+        self.token_uses += 1
+        return self.last_ctx
+
+    def _sized(self, ctx: Context | None, n_cells: int, n_seq: int, clear: bool) -> Context:
         need = max(256, -(-n_cells // 256) * 256)
         self.check_fits(n_cells)
         need = min(need, self.model.n_ctx_train)
-        if self.ctx is None or self.ctx.n_ctx < need or self.ctx.N_SEQ < n_seq:
-            if self.ctx is not None:
-                self.ctx.close()
-            self.ctx = Context(self.model, replace(self.settings, n_ctx=need), n_seq=n_seq)
-        elif clear:
-            self.ctx.clear()
-        self.uses += 1
-        return self.ctx
+        if ctx is None or ctx.n_ctx < need or ctx.N_SEQ < n_seq:
+            if ctx is not None:
+                ctx.close()
+            return Context(self.model, replace(self.settings, n_ctx=need), n_seq=n_seq)
+        if clear:
+            ctx.clear()
+        return ctx
 
     def check_fits(self, n_cells: int) -> None:
         if n_cells > self.model.n_ctx_train:

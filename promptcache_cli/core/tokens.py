@@ -43,21 +43,21 @@ class TokenPrompts:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._held: tuple[int, ...] = ()
-        self._uses = -1  # runtime.uses when _held was last true
+        self._uses = -1  # runtime.token_uses when _held was last true
 
     # -- what the context holds -------------------------------------------------------------
     def held(self) -> tuple[int, ...]:
-        """The tokens the context holds from the last token prompt; none once anything else
-        (a schema's question) has used the context since."""
-        return self._held if self.runtime.uses == self._uses and self.runtime.ctx is not None else ()
+        """The tokens the token prompts' context (:meth:`Runtime.token_context`) holds from the
+        last token prompt."""
+        return self._held if self.runtime.token_uses == self._uses and self.runtime.token_ctx is not None else ()
 
     def save_held(self) -> PromptState | None:
         """The state of what the context holds, to keep in RAM (None when it holds nothing)."""
         held = self.held()
         if not held:
             return None
-        assert self.runtime.ctx is not None
-        return PromptState(held, self.runtime.ctx.save_state(0))
+        assert self.runtime.token_ctx is not None
+        return PromptState(held, self.runtime.token_ctx.save_state(0))
 
     def depth(self, tokens: Sequence[int], state: Sequence[int]) -> int:
         """How many leading ``tokens`` a state holding ``state`` can serve: their common prefix
@@ -111,7 +111,7 @@ class TokenPrompts:
         at = self.depth(tokens, held) if held else 0
         self._held = ()
         if resume is not None and self.depth(tokens, resume.tokens) > at:
-            ctx = rt.context(max(len(tokens) + max_tokens, len(resume.tokens)))
+            ctx = rt.token_context(max(len(tokens) + max_tokens, len(resume.tokens)))
             try:
                 ctx.load_state(0, resume.blob)
                 at = self.depth(tokens, resume.tokens)
@@ -120,11 +120,11 @@ class TokenPrompts:
                 ctx.clear()
                 at = 0
         else:
-            ctx = rt.context(len(tokens) + max_tokens, clear=False)
+            ctx = rt.token_context(len(tokens) + max_tokens, clear=False)
             if not held or ctx.pos_max(0) + 1 != len(held):  # another's cells, or a new context
                 ctx.clear()
                 at = 0
-        self._uses = rt.uses
+        self._uses = rt.token_uses
         if at < ctx.pos_max(0) + 1:
             ctx.seq_rm(0, at, -1)
         self._held = tuple(tokens[:at])
@@ -145,7 +145,7 @@ class TokenPrompts:
         """Record what sequence 0 holds once a prompt is done (or stopped): its cells are the
         first ones of ``known``; cells past those (an answer closed before its end) are cut off,
         or, where cells cannot be cut, nothing is kept."""
-        if self.runtime.uses != self._uses:
+        if self.runtime.token_uses != self._uses:
             return
         n = ctx.pos_max(0) + 1
         if n > len(known):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from ..core.answer import Prefilled, finish, prefill_tokens, prefill_uncached
 from ..core.results import Answer, CompileReport, ModuleReport, Progress, Staleness
 from ..core.runtime import Runtime
+from ..core.tokens import common_prefix
 from ..errors import ModuleDamaged, ModuleStateRefused, UnsupportedModel
 from ..llama.context import Context, ContextSettings
 from ..llama.model import Model
@@ -32,6 +33,7 @@ from .compiler import Compiler
 from .loader import Loader, damaged
 from .refresh import RECOMPUTE_SEQUENCES, choose, stale as refresh_stale
 from .stitch import fill
+from .tails import Held, Tails, filled_as
 
 if TYPE_CHECKING:
     from ..core.sharing import Shard
@@ -80,6 +82,8 @@ class ModularSession:
         self.boundary_hook = boundary_hook
         self.cache_ram = cache_ram
         self._text: TextEngine | None = None
+        self.tails = Tails()  # questions' cells, for questions that begin alike (tails.py)
+        self._held: Held | None = None  # what the context holds after the last question
 
     # -- what the session holds -------------------------------------------------------------
     @property
@@ -266,12 +270,6 @@ class ModularSession:
         module whose cached state llama.cpp refuses (once: a fresh state refused is its failure)."""
         keys = self.keys(layout)
         stored_at = self.catalog.stored_at(layout)
-        warnings: list[str] = []
-        ranked: list[ModPath] = []
-        downloaded: list[ModuleReport] = []
-        self.runtime.reset_arena()
-        blobs, compiled, fresh = self.loader.gather(schema, layout, keys, plan.owners, warnings, progress,
-                                                    wait=bool(refresh), downloaded=downloaded)
         bounds = []
         if refresh or repair or self.boundary_hook:  # (imported here: a plain answer needs none)
             from ..prompt.boundaries import boundaries
@@ -281,6 +279,23 @@ class ModularSession:
         for b in bounds if repair else ():
             if not b.exact:
                 fix[b.offset] = max(fix.get(b.offset, 0), min(repair, b.length))
+        held, self._held = self._held, None
+        if held is not None and held.uses != self.runtime.uses:
+            held = None  # the context has answered something else since
+        filled = None if refresh or self.boundary_hook else filled_as(plan, keys, stored_at, fix)
+        if filled is not None and held is not None and held.prompt == filled:
+            again = self._again(held, q, plan.end + len(q) + max_tokens)
+            if again is not None:
+                return again
+        if held is not None:  # the context is about to be cleared
+            assert self.runtime.ctx is not None
+            self.tails.keep(self.runtime.ctx, held)
+        warnings: list[str] = []
+        ranked: list[ModPath] = []
+        downloaded: list[ModuleReport] = []
+        self.runtime.reset_arena()
+        blobs, compiled, fresh = self.loader.gather(schema, layout, keys, plan.owners, warnings, progress,
+                                                    wait=bool(refresh), downloaded=downloaded)
         stale = refresh_stale(bounds) if refresh else []
         n_refresh = min(round(refresh * sum(len(s.tokens) for s in plan.cached)),
                         sum(len(seg.tokens) - fix.get(seg.offset, 0) for seg, _ in stale))  # exact states: none
@@ -318,10 +333,32 @@ class ModularSession:
             tokens, positions = choose(candidates, n_refresh)
             ctx.recompute(tokens, positions)
             refreshed = len(tokens)
-        ctx.decode(q, start=plan.end, logits=True)
+        reused = 0
+        if filled is not None:
+            reused = self.tails.resume(ctx, filled, plan.end, q, 0)
+        ctx.decode(q[reused:], start=plan.end + reused, logits=True)
+        if filled is not None:
+            self._held = Held(filled, plan.end, tuple(q), self.runtime.uses)
         repaired = sum(fix.values())
-        return Prefilled(ctx, cached - refreshed, computed + refreshed + len(q), refreshed + repaired, warnings,
-                         compiled, [owner_name(o) for o in ranked], downloaded)
+        return Prefilled(ctx, cached - refreshed + reused, computed + refreshed + len(q) - reused,
+                         refreshed + repaired, warnings, compiled, [owner_name(o) for o in ranked], downloaded)
+
+    def _again(self, held: Held, q: list[int], n_cells: int) -> Prefilled | None:
+        """The question after the prompt the context already holds: the cells the last question
+        shares with it kept (or a kept tail's, when it shares more), the rest computed. None when
+        the context is too small for this question and its answer."""
+        ctx = self.runtime.ctx
+        if ctx is None or ctx.n_ctx < n_cells:
+            return None
+        here = min(common_prefix(held.tokens, q), len(q) - 1)
+        if here < len(held.tokens):
+            self.tails.keep(ctx, held)
+        ctx.seq_rm(0, held.start + here, -1)
+        n = self.tails.resume(ctx, held.prompt, held.start, q, here)
+        ctx.decode(q[n:], start=held.start + n, logits=True)
+        self.runtime.last_ctx = ctx
+        self._held = Held(held.prompt, held.start, tuple(q), self.runtime.uses)
+        return Prefilled(ctx, held.start + n, len(q) - n)
 
     # -- text prompts (no schema) -------------------------------------------------------------
     def prefill_text(self, tokens: list[int], contents: list[tuple[int, int]], *, max_tokens: int = 128,

@@ -4,9 +4,10 @@ their events back to the event loop. The event loop never waits on llama.cpp.
 
 A plain prompt (the bare model) goes request -> prompt tokens -> the deepest usable state
 (:meth:`Worker.resume_point`: what the context holds, or a state from the RAM prompt cache) ->
-the rest computed. Before the context's state is lost to another prompt it is kept in the RAM
-cache when it is worth it (more than half of it would be lost), as llama.cpp's server does; where
-states cannot be cut back, the state at the prompt's end is kept as it is computed.
+the rest computed. Plain prompts have a context of their own (a schema's question never
+displaces them). Before that context's state is lost to another plain prompt it is kept in the
+RAM cache when it is worth it (more than half of it would be lost), as llama.cpp's server does;
+where states cannot be cut back, the state at the prompt's end is kept as it is computed.
 """
 
 from __future__ import annotations
@@ -157,7 +158,6 @@ class Worker(threading.Thread):
     def _schema_answer(self, work: Work, halt) -> Iterator[str | Answer]:
         session = self.session
         assert work.request is not None
-        self._keep_held()
         request = work.request
         if work.sampling.max_tokens is None:
             view = session.prompt(request)
