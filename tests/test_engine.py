@@ -287,9 +287,10 @@ def test_only_selected_modules_are_loaded(sessions, docs_schema):
 def test_a_question_beginning_like_an_earlier_one_computes_only_the_rest(sessions, docs_schema, model_path):
     """Questions over the same modules keep the modules where they are and reuse the cells of the
     question before (or of an earlier one, kept in RAM) as far as they share tokens: a question
-    beginning with the same pasted note computes only what follows it. The answers are the ones a
-    fresh session gives."""
+    beginning with the same pasted note computes only the chunks after it. The answers are exactly
+    the ones a fresh session gives."""
     from promptcache_cli.core.tokens import common_prefix
+    from promptcache_cli.modular.tails import usable
 
     note = "Here is a note from a colleague:\n" + license_excerpt("BSD.txt", 500) + "\n\n"
     questions = [note + "Who may redistribute?", "What is the access code for the archive room?",
@@ -303,17 +304,16 @@ def test_a_question_beginning_like_an_earlier_one_computes_only_the_rest(session
     got = [sess.ask(docs_schema, sel, text, max_tokens=8, keep_logits=True) for text in questions]
     assert got[0].cached_tokens + got[0].computed_tokens == prompt + len(q[0])
     assert got[0].computed_tokens >= len(q[0])  # the modules loaded again, the whole question computed
-    shared = common_prefix(q[1], q[0])
-    assert (got[1].cached_tokens, got[1].computed_tokens) == (prompt + shared, len(q[1]) - shared)
-    shared = common_prefix(q[2], q[0])  # the note: from the first question's cells, kept in RAM
-    assert shared > 100
+    assert (got[1].cached_tokens, got[1].computed_tokens) == (prompt, len(q[1]))  # modules in place
+    shared = usable(common_prefix(q[2], q[0]), q[2])  # the note: from the first question's cells, kept in RAM
+    assert shared >= 64
     assert (got[2].cached_tokens, got[2].computed_tokens) == (prompt + shared, len(q[2]) - shared)
     fresh = ModularSession(model_path, cache_dir=sess.store.root)
     try:
         for text, warm in zip(questions, got, strict=True):
             alone = fresh.ask(docs_schema, sel, text, max_tokens=8, keep_logits=True)
             fresh.runtime.handed_out()  # every question from a cleared context
-            assert alone.text == warm.text
-            assert np.max(np.abs(alone.first_logits - warm.first_logits)) < 1e-3
+            assert alone.text == warm.text  # exactly: the chunks computed are the ones a fresh session computes
+            np.testing.assert_array_equal(alone.first_logits, warm.first_logits)
     finally:
         fresh.close()

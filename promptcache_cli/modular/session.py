@@ -33,7 +33,7 @@ from .compiler import Compiler
 from .loader import Loader, damaged
 from .refresh import RECOMPUTE_SEQUENCES, choose, stale as refresh_stale
 from .stitch import fill
-from .tails import Held, Tails, filled_as
+from .tails import Held, Tails, decode, filled_as, usable
 
 if TYPE_CHECKING:
     from ..core.sharing import Shard
@@ -336,7 +336,7 @@ class ModularSession:
         reused = 0
         if filled is not None:
             reused = self.tails.resume(ctx, filled, plan.end, q, 0)
-        ctx.decode(q[reused:], start=plan.end + reused, logits=True)
+        decode(ctx, q, plan.end, reused)
         if filled is not None:
             self._held = Held(filled, plan.end, tuple(q), self.runtime.uses)
         repaired = sum(fix.values())
@@ -350,12 +350,12 @@ class ModularSession:
         ctx = self.runtime.ctx
         if ctx is None or ctx.n_ctx < n_cells:
             return None
-        here = min(common_prefix(held.tokens, q), len(q) - 1)
+        here = usable(common_prefix(held.tokens, q), q)
         if here < len(held.tokens):
             self.tails.keep(ctx, held)
         ctx.seq_rm(0, held.start + here, -1)
         n = self.tails.resume(ctx, held.prompt, held.start, q, here)
-        ctx.decode(q[n:], start=held.start + n, logits=True)
+        decode(ctx, q, held.start, n)
         self.runtime.last_ctx = ctx
         self._held = Held(held.prompt, held.start, tuple(q), self.runtime.uses)
         return Prefilled(ctx, held.start + n, len(q) - n)

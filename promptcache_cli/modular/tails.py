@@ -9,9 +9,12 @@ in RAM (:class:`Tails`, least recently used evicted past a byte budget), so a qu
 begins like an earlier one, not the last, resumes from it: its cells are loaded beside the prompt
 they were computed after, at the positions they were computed at.
 
-Only the prompt's own tokens decide what a question's cells are worth: a question is computed
-after exactly the cells it would be computed after from scratch, so reusing them changes nothing
-but where the work was done (as llama.cpp's server reuses a chat's prefix).
+Answers stay exactly the ones a fresh session gives. llama.cpp's results for a token depend a
+little on the batch it is decoded in (its matrix kernels block by batch size), so a question is
+always decoded in chunks of CHUNK tokens from its first one (:func:`decode`), and cells are reused
+only up to a chunk's end (:func:`usable`): the chunks computed now are the ones a fresh
+computation computes, after the same cells. (llama.cpp's server reuses any prefix and documents
+that its answers may then differ.)
 """
 
 from __future__ import annotations
@@ -29,8 +32,22 @@ from ..prompt.layout import Path as ModPath, Segment
 from ..prompt.plan import PromptPlan
 from .stitch import place
 
-MIN_TOKENS = 16  # a question shorter than this is not worth a copy of its cells
+CHUNK = 64  # a question's decode batch: 128 tokens at ~4k took 1.13x one batch's time (SmolLM2, 2 cores)
 DEFAULT_BYTES = 64 << 20  # per session: ~2,800 question tokens of SmolLM2-135M, ~570 of a 3B model
+
+
+def usable(shared: int, question: Sequence[int]) -> int:
+    """How many of a question's first ``shared`` tokens can come from cells computed before: whole
+    chunks, and never the last token (a state carries no logits)."""
+    n = min(shared, len(question) - 1)
+    return n - n % CHUNK
+
+
+def decode(ctx: Context, question: Sequence[int], start: int, done: int) -> None:
+    """Decode ``question[done:]`` (``done``: a chunk's end) at ``start + done ...`` in chunks of
+    CHUNK counted from the question's first token, the last one's logits kept."""
+    for b in range(done, len(question), CHUNK):
+        ctx.decode(list(question[b:b + CHUNK]), start=start + b, logits=b + CHUNK >= len(question))
 
 
 def filled_as(plan: PromptPlan, keys: Mapping[ModPath, str], stored_at: Mapping[tuple[ModPath, int], int],
@@ -89,7 +106,7 @@ class Tails:
         """Copy the held question's cells out of sequence 0 (when they are worth it and not kept
         yet), evicting the least recently used past the capacity."""
         key = (held.prompt, held.tokens)
-        if len(held.tokens) < MIN_TOKENS or key in self._tails or ctx.pos_max(0) + 1 < held.start + len(held.tokens):
+        if len(held.tokens) <= CHUNK or key in self._tails or ctx.pos_max(0) + 1 < held.start + len(held.tokens):
             return
         ctx.seq_cp(0, 1, held.start, held.start + len(held.tokens))
         try:
@@ -104,16 +121,14 @@ class Tails:
             self._bytes -= self._tails.popitem(last=False)[1].blob.nbytes
 
     def resume(self, ctx: Context, prompt: Hashable, start: int, question: Sequence[int], beyond: int) -> int:
-        """Sequence 0 holds the prompt and the question's first ``beyond`` tokens: when a kept tail
-        after the same prompt shares at least MIN_TOKENS more of ``question``, put its cells there
-        instead. Returns how
-        many of the question's tokens sequence 0 holds (at most all but the last: a state carries
-        no logits)."""
+        """Sequence 0 holds the prompt and the question's first ``beyond`` tokens (a chunk's end):
+        when a kept tail after the same prompt serves more of ``question`` (:func:`usable`), put
+        its cells there instead. Returns how many of the question's tokens sequence 0 holds."""
         best: tuple[Tail, int] | None = None
         for tail in self._tails.values():
             if tail.prompt == prompt and tail.start == start:
-                n = min(common_prefix(tail.tokens, question), len(question) - 1)
-                if n >= beyond + MIN_TOKENS and (best is None or n > best[1]):
+                n = usable(common_prefix(tail.tokens, question), question)
+                if n > beyond and (best is None or n > best[1]):
                     best = (tail, n)
         if best is None:
             return beyond
