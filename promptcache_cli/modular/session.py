@@ -3,9 +3,9 @@ stitching the selected modules' states into one sequence.
 
 :class:`ModularSession` runs the phases; each lives in its own module: where modules live in the
 cache (catalog.py), computing and storing them (compiler.py), reading them back (loader.py),
-putting them into one sequence (stitch.py) and recomputing the tokens that depend most on their
-context (refresh.py, ranking.py). It returns dataclasses, reports progress through callbacks and
-never prints.
+putting them into one sequence (stitch.py), recomputing the tokens that depend most on their
+context (refresh.py, ranking.py) and reusing the cells of earlier questions (tails.py). It
+returns dataclasses, reports progress through callbacks and never prints.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from ..core.tokens import common_prefix
 from ..errors import StateRefused
 from ..llama.context import Context
 from ..prompt.layout import Path as ModPath, Segment
-from ..prompt.plan import PromptPlan
+from ..prompt.plan import PromptPlan, Uncached
 from .stitch import place
 
 CHUNK = 64  # a question's decode batch: 128 tokens at ~4k took 1.13x one batch's time (SmolLM2, 2 cores)
@@ -51,12 +51,15 @@ def decode(ctx: Context, question: Sequence[int], start: int, done: int) -> None
 
 
 def filled_as(plan: PromptPlan, keys: Mapping[ModPath, str], stored_at: Mapping[tuple[ModPath, int], int],
-              fix: Mapping[int, int]) -> Hashable:
+              fix: Mapping[int, int]) -> Hashable | None:
     """What decides the cells a plan fills the context with: each cached part's file, the cells it
     is taken from and where they go (and how many of its first tokens are computed afresh), each
-    fresh part's tokens and place. Two plans with the same value fill the context alike."""
+    parameter value's tokens and place. Two plans with the same value fill the context alike.
+    None for a plan with a cache="false" module: PML computes those for every request."""
     out: list[tuple] = []
     for part, at in zip(plan, plan.positions(), strict=True):
+        if isinstance(part, Uncached):
+            return None
         if isinstance(part, Segment):
             out.append((keys[part.owner], part.offset, stored_at[part.owner, part.offset], at, len(part.tokens),
                         fix.get(part.offset, 0)))
