@@ -33,7 +33,7 @@ from ..prompt.plan import PromptPlan, Uncached
 from .stitch import place
 
 CHUNK = 64  # a question's decode batch: 128 tokens at ~4k took 1.13x one batch's time (SmolLM2, 2 cores)
-DEFAULT_BYTES = 64 << 20  # per session: ~2,800 question tokens of SmolLM2-135M, ~570 of a 3B model
+DEFAULT_BYTES = 64 << 20  # per session: ~2,900 question tokens of SmolLM2-135M, ~580 of Llama 3.2 3B
 
 
 def usable(shared: int, question: Sequence[int]) -> int:
